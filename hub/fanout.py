@@ -1,0 +1,224 @@
+"""Pushing changes to browsers: render once per change, then fan out latest-wins per viewer.
+
+Node changes are collected as they arrive and flushed on a fixed tick (``max_rate_hz``, 10 by
+default): each dirty node is rendered once per tick, whatever its number of messages, and the
+same bytes go to every viewer that is keeping up. Each viewer has its own sender task and a
+pending map bounded by the number of nodes (newer fragments replace older ones), so a slow
+browser only ever holds one picture of the lab and costs the others nothing. A viewer whose send
+does not complete within ``send_timeout_s`` is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from frontend.viewmodels import SummaryView
+from hub.registry import NodeChange, NodeRegistry
+from hub.scene import Scene, ViewFilter
+
+log = logging.getLogger("sers.hub")
+
+SendBytes = Callable[[bytes], Awaitable[None]]
+KEEPALIVE_S = 2.0  # browsers treat 6 s of silence as a lost hub
+SUMMARY_EVERY_S = 1.0
+
+
+@dataclass(slots=True)
+class Batch:
+    """One tick's rendered changes: node id -> element id -> HTML. Payloads are built once per
+    filter."""
+
+    fragments: dict[str, dict[str, str]]
+    summaries: dict[ViewFilter, str]
+    _payloads: dict[ViewFilter, bytes] = field(default_factory=dict)
+    keep: Callable[[str, ViewFilter], bool] = lambda node_id, view_filter: True
+
+    def payload(self, view_filter: ViewFilter) -> bytes:
+        payload = self._payloads.get(view_filter)
+        if payload is None:
+            parts = [
+                html
+                for node_id, elements in self.fragments.items()
+                if self.keep(node_id, view_filter)
+                for html in elements.values()
+            ]
+            summary = self.summaries.get(view_filter)
+            if summary:
+                parts.append(summary)
+            payload = self._payloads[view_filter] = "".join(parts).encode()
+        return payload
+
+
+class Viewer:
+    """One browser. ``offer`` never blocks; the sender task does the sending."""
+
+    def __init__(self, send: SendBytes, view_filter: ViewFilter, send_timeout_s: float) -> None:
+        self._send = send
+        self.filter = view_filter
+        self._send_timeout_s = send_timeout_s
+        self._shared: Batch | None = None  # fast path: exactly one batch, sent as built
+        self._pending: dict[str, dict[str, str]] = {}  # node id -> element id -> HTML, when behind
+        self._pending_summary: str | None = None
+        self._first: bytes | None = None
+        self._wake = asyncio.Event()
+        self.last_sent_at = time.monotonic()
+        self.closed = asyncio.Event()
+        self.sent_messages = 0
+
+    def start_with(self, full_state: bytes) -> None:
+        self._first = full_state
+        self._wake.set()
+
+    def offer(self, batch: Batch, keep: Callable[[str], bool]) -> None:
+        if self._shared is None and not self._pending and self._first is None:
+            self._shared = batch
+        else:
+            if self._shared is not None:
+                self._absorb(self._shared, keep)
+                self._shared = None
+            self._absorb(batch, keep)
+        self._wake.set()
+
+    def _absorb(self, batch: Batch, keep: Callable[[str], bool]) -> None:
+        for node_id, elements in batch.fragments.items():
+            if not keep(node_id):
+                continue
+            pending = self._pending.get(node_id)
+            if pending is None or f"node-{node_id}" in elements:
+                # a whole card (or a removal) supersedes everything older for that node
+                self._pending.pop(node_id, None)
+                self._pending[node_id] = dict(elements)
+            else:
+                pending.update(elements)  # newer parts replace older ones of the same id
+        summary = batch.summaries.get(self.filter)
+        if summary:
+            self._pending_summary = summary
+
+    def keepalive(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Sends until the browser goes away or stops keeping up."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                payload = self._take()
+                try:
+                    await asyncio.wait_for(self._send(payload), self._send_timeout_s)
+                except TimeoutError:
+                    log.warning("dropping a viewer: a send took over %.0f s", self._send_timeout_s)
+                    return
+                self.last_sent_at = time.monotonic()
+                self.sent_messages += 1
+        finally:
+            self.closed.set()
+
+    def _take(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            if self._pending or self._pending_summary:
+                return first + self._take()
+            return first
+        if self._shared is not None:
+            shared, self._shared = self._shared, None
+            return shared.payload(self.filter)
+        parts = [html for elements in self._pending.values() for html in elements.values()]
+        if self._pending_summary:
+            parts.append(self._pending_summary)
+        self._pending.clear()
+        self._pending_summary = None
+        return "".join(parts).encode()
+
+
+class Fanout:
+    def __init__(self, registry: NodeRegistry, scene: Scene, max_rate_hz: float) -> None:
+        self._registry = registry
+        self._scene = scene
+        self._tick_s = 1.0 / max_rate_hz
+        self._dirty: dict[str, NodeChange] = {}
+        self.viewers: set[Viewer] = set()
+        self._last_summaries: dict[ViewFilter, SummaryView] = {}
+        self._summary_due_at = 0.0
+
+    # ------------------------------------------------------------------ input
+    def note(self, change: NodeChange | None) -> None:
+        """Records a node change; rendered at the next tick, merged with others before then."""
+        if change is None:
+            return
+        old = self._dirty.get(change.node_id)
+        if old is not None:
+            change = NodeChange(
+                change.node_id,
+                card=old.card or change.card,
+                host=old.host or change.host,
+                gpus=old.gpus | change.gpus,
+                removed=change.removed,
+            )
+        self._dirty[change.node_id] = change
+
+    # ------------------------------------------------------------------ viewers
+    def full_state(self, view_filter: ViewFilter) -> bytes:
+        cards = self._scene.cards(view_filter)
+        summary = self._scene.summary(self._scene.summary_view(view_filter))
+        return ('<main id="nodes" class="grid">' + "".join(cards) + "</main>" + summary).encode()
+
+    def add_viewer(self, viewer: Viewer) -> None:
+        viewer.start_with(self.full_state(viewer.filter))
+        self.viewers.add(viewer)
+
+    def remove_viewer(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+
+    # ------------------------------------------------------------------ the tick
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_s)
+            try:
+                self.flush()
+            except Exception:  # one bad render must not stop the page for everyone
+                log.exception("fan-out tick failed")
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        summaries = self._summaries(now) if self._dirty or now >= self._summary_due_at else {}
+        if self._dirty or summaries:
+            dirty, self._dirty = self._dirty, {}
+            fragments = {node_id: self._scene.render_change(change) for node_id, change in dirty.items()}
+            nodes = self._registry.nodes
+
+            def keep(node_id: str, view_filter: ViewFilter) -> bool:
+                node = nodes.get(node_id)
+                return node is None or view_filter.matches(node)
+
+            batch = Batch(fragments, summaries, keep=keep)
+            for viewer in self.viewers:
+                viewer.offer(batch, lambda node_id, f=viewer.filter: keep(node_id, f))  # type: ignore[misc]
+        for viewer in self.viewers:
+            if now - viewer.last_sent_at >= KEEPALIVE_S:
+                viewer.keepalive()
+
+    def _summaries(self, now: float) -> dict[ViewFilter, str]:
+        """Each distinct filter's summary bar, at most once a second and only when it changed."""
+        if now < self._summary_due_at:
+            return {}
+        self._summary_due_at = now + SUMMARY_EVERY_S
+        changed = {}
+        for view_filter in {v.filter for v in self.viewers}:
+            view = self._scene.summary_view(view_filter)
+            # the summary carries the server's clock; only its numbers decide whether to resend
+            if self._last_summaries.get(view_filter) != view:
+                self._last_summaries[view_filter] = view
+                changed[view_filter] = self._scene.summary(view)
+        return changed
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,23 @@
+"""Everything one hub process holds, built once by ``create_app`` and passed to the endpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starlette.websockets import WebSocket
+
+from frontend.render import Renderer
+from hub.fanout import Fanout
+from hub.registry import NodeRegistry
+from hub.scene import Scene
+from hub.settings import HubSettings
+
+
+@dataclass(slots=True)
+class HubState:
+    settings: HubSettings
+    registry: NodeRegistry
+    renderer: Renderer
+    scene: Scene
+    fanout: Fanout
+    agent_sockets: dict[str, tuple[int, WebSocket]] = field(default_factory=dict)

@@ -1,0 +1,95 @@
+"""``sers-agent``: stream this node's state to a hub, or print one snapshot with ``--once``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import orjson
+
+from node_agent.gpu import GpuCollector
+from node_agent.host import HostCollector
+from node_agent.link import Backoff, HubLink
+from node_agent.protocol import to_wire
+from node_agent.sampler import Sampler, SampleSource
+from node_agent.settings import AgentSettings, SettingsError, load_settings
+
+log = logging.getLogger("sers.agent")
+
+
+def build_sampler(settings: AgentSettings) -> Sampler:
+    return Sampler(
+        HostCollector(settings.mounts),
+        GpuCollector(full_cmdline=settings.full_cmdline, log=log),
+    )
+
+
+def print_once(settings: AgentSettings) -> None:
+    sampler = build_sampler(settings)
+    try:
+        time.sleep(0.5)  # CPU % and I/O rates are measured over this half second
+        hello = sampler.hello(settings.node_name, settings.interval_s)
+        snapshot = sampler.snapshot()
+    finally:
+        sampler.close()
+    if settings.json:
+        document = {"hello": to_wire(hello), "snapshot": snapshot}
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    host = snapshot["host"]
+    print(f"{settings.node_name}  cpu {host.get('cpu_percent')}%  load {host.get('load_avg_1m')}")
+    for index, gpu in snapshot["gpus"].items():
+        print(
+            f"  gpu{index} {gpu.get('name')}  util {gpu.get('util_gpu_percent')}%  error {gpu.get('error')}"
+        )
+
+
+async def stream(settings: AgentSettings) -> None:
+    sampler = build_sampler(settings)
+    source = SampleSource(sampler, settings.interval_s)
+    link = HubLink(
+        url=settings.hub_url,
+        token=settings.token,
+        hello=sampler.hello(settings.node_name, settings.interval_s),
+        source=source,
+        backoff=Backoff(cap_s=settings.backoff_max_s),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    tasks = [asyncio.create_task(source.run()), asyncio.create_task(link.run_forever())]
+    try:
+        await stop.wait()  # the link closes cleanly when cancelled: the hub sees 1000 at once
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        source.close()
+        sampler.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"sers-agent: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.once:
+        print_once(settings)
+        return 0
+    log.info("sers-agent %s → %s every %g s", settings.node_name, settings.hub_url, settings.interval_s)
+    asyncio.run(stream(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

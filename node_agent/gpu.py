@@ -1,0 +1,397 @@
+"""The GPU collector: NVML through nvidia-ml-py (``pynvml``). The only module that imports it.
+
+NVML is initialised once; handles and static facts are fetched once; each sample reads only the
+values that change. One policy, :meth:`_Nvml.query`, decides what an NVML error means: a field
+the GPU doesn't support (or we may not read) is ``None``; a lost GPU, or any other NVML error on
+a required call, turns that GPU's sample into an error entry while the other GPUs still report.
+A machine without the library or driver gets no GPUs and a :class:`GpuDriver` that says why.
+
+Blocking (talks to the driver): the sampler calls it from its worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from node_agent.procinfo import ProcessResolver, ProcInfo
+from node_agent.protocol import MAX_OBJECT_LIST, GpuDriver, GpuProcess, GpuSample, GpuStatic
+
+# Clocks event ("throttle") reason bits, stable across NVML versions (nvml.h).
+THROTTLE_REASON_BITS: tuple[tuple[int, str], ...] = (
+    (0x1, "gpu_idle"),
+    (0x2, "applications_clocks"),
+    (0x4, "sw_power_cap"),
+    (0x8, "hw_slowdown"),
+    (0x10, "sync_boost"),
+    (0x20, "sw_thermal"),
+    (0x40, "hw_thermal"),
+    (0x80, "hw_power_brake"),
+    (0x100, "display_clocks"),
+)
+
+# nvml.h values, used when the bindings lack the named constant.
+_TEMPERATURE_GPU = 0
+_CLOCK_SM = 1
+_CLOCK_MEM = 2
+_ECC_UNCORRECTED = 1
+_ECC_VOLATILE = 0
+_MIG_ENABLE = 1
+_PSTATE_UNKNOWN = 32
+
+_UNSUPPORTED_ERRORS = (
+    "NVMLError_NotSupported",
+    "NVMLError_NoPermission",
+    "NVMLError_FunctionNotFound",
+)
+
+
+class _Never(Exception):
+    """Stands in for an NVML error class that these bindings don't define."""
+
+
+class GpuLost(Exception):
+    """A GPU stopped answering (or failed a required call); ``reason`` goes on the wire."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_throttle_reasons(mask: int) -> list[str]:
+    """Short names of the bits set in an NVML clocks event reasons mask."""
+    return [name for bit, name in THROTTLE_REASON_BITS if mask & bit]
+
+
+def cuda_version_text(version: int) -> str:
+    """NVML's CUDA driver version integer (``12040``) as ``"12.4"``."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def _text(value: Any) -> str | None:
+    """NVML strings are ``bytes`` in older bindings."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _watts(milliwatts: int | None) -> float | None:
+    return None if milliwatts is None else milliwatts / 1000.0
+
+
+class _Nvml:
+    """The bound ``pynvml`` module, the names resolved once, and the one error policy."""
+
+    def __init__(self, module: ModuleType, log: logging.Logger) -> None:
+        self.m = module
+        self._log = log
+        self.error = getattr(module, "NVMLError", _Never)
+        self.lost = getattr(module, "NVMLError_GpuIsLost", _Never)
+        names = (getattr(module, n, _Never) for n in _UNSUPPORTED_ERRORS)
+        mismatch = getattr(module, "NVMLLibraryMismatchError", _Never)  # unversioned fn missing
+        self.unsupported: tuple[type[BaseException], ...] = (*names, mismatch)
+        self._warned: set[tuple[int, str]] = set()
+        # Optional functions: new names first, the older bindings' names as fallback.
+        self.cuda_version = self._fn("nvmlSystemGetCudaDriverVersion")
+        self.nvml_version = self._fn("nvmlSystemGetNVMLVersion")
+        self.pci_info = self._fn("nvmlDeviceGetPciInfo")
+        self.mig_mode = self._fn("nvmlDeviceGetMigMode")
+        self.power_limit = self._fn("nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetPowerManagementLimit")
+        self.throttle = self._fn(
+            "nvmlDeviceGetCurrentClocksEventReasons",  # nvidia-ml-py >= 12.535
+            "nvmlDeviceGetCurrentClocksThrottleReasons",
+        )
+        self.temp_gpu = self._const("NVML_TEMPERATURE_GPU", _TEMPERATURE_GPU)
+        self.clock_sm = self._const("NVML_CLOCK_SM", _CLOCK_SM)
+        self.clock_mem = self._const("NVML_CLOCK_MEM", _CLOCK_MEM)
+        self.ecc_uncorrected = self._const("NVML_MEMORY_ERROR_TYPE_UNCORRECTED", _ECC_UNCORRECTED)
+        self.ecc_volatile = self._const("NVML_VOLATILE_ECC", _ECC_VOLATILE)
+        self.mig_enable = self._const("NVML_DEVICE_MIG_ENABLE", _MIG_ENABLE)
+
+    def _const(self, name: str, default: int) -> int:
+        value = getattr(self.m, name, default)
+        return value if isinstance(value, int) else default
+
+    def _fn(self, *names: str) -> Callable[..., Any] | None:
+        for name in names:
+            function = getattr(self.m, name, None)
+            if function is not None:
+                return function
+        return None
+
+    def query(
+        self, gpu: _Gpu, key: str, fn: Callable[..., Any] | None, *args: Any, required: bool = False
+    ) -> Any:
+        """Calls ``fn(*args)`` for ``gpu``'s field ``key``; the value, or ``None`` if unsupported.
+
+        Unsupported fields are remembered and not asked again. A lost GPU raises
+        :class:`GpuLost`; so does any other NVML error on a ``required`` call, while on an
+        optional one it is logged once and the field is ``None``.
+        """
+        if fn is None or key in gpu.unsupported:
+            return None
+        try:
+            return fn(*args)
+        except self.unsupported:
+            gpu.unsupported.add(key)
+            return None
+        except self.lost:
+            raise GpuLost("GPU is lost") from None
+        except self.error as exc:
+            if required:
+                raise GpuLost(f"NVML error: {exc}") from None
+            if (gpu.index, key) not in self._warned:
+                self._warned.add((gpu.index, key))
+                where = f"GPU {gpu.index}" if gpu.index >= 0 else "NVML"
+                self._log.warning("%s: reading %s failed: NVML error: %s", where, key, exc)
+            return None
+
+
+@dataclass(slots=True)
+class _Gpu:
+    index: int
+    handle: Any = None
+    static: GpuStatic = field(default_factory=GpuStatic)
+    error: str | None = None  # set when the GPU failed while its static facts were read
+    unsupported: set[str] = field(default_factory=set)
+
+    def failed(self, reason: str) -> GpuSample:
+        return GpuSample(index=self.index, uuid=self.static.uuid, name=self.static.name, error=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class _RawProcess:
+    pid: int
+    gpu_mem_bytes: int | None
+
+
+class GpuCollector:
+    """NVIDIA GPUs through NVML. Never raises for a missing library or driver: then
+    :meth:`driver` says why and :meth:`sample` returns ``{}``."""
+
+    def __init__(self, *, full_cmdline: bool = False, log: logging.Logger | None = None) -> None:
+        self._log = log or logging.getLogger(__name__)
+        self._lock = threading.Lock()
+        self._procs = ProcessResolver(full_cmdline=full_cmdline)
+        self._nvml: _Nvml | None = None
+        self._gpus: list[_Gpu] = []
+        self._driver = GpuDriver()
+        try:
+            self._start()
+        except Exception as exc:  # no pynvml, no libnvidia-ml, no driver, or NVML failed
+            self._shutdown()
+            reason = self._describe_init_error(exc)
+            self._driver = GpuDriver(error=reason)
+            self._log.warning("GPU monitoring disabled: %s", reason)
+
+    # ----------------------------------------------------------------- lifecycle
+    def _start(self) -> None:
+        import pynvml  # lazily: machines without nvidia-ml-py still run
+
+        nvml = _Nvml(pynvml, self._log)
+        pynvml.nvmlInit()
+        self._nvml = nvml
+        self._driver = self._read_driver(nvml)
+        count = pynvml.nvmlDeviceGetCount()
+        self._gpus = [self._read_static(nvml, index) for index in range(count)]
+
+    @staticmethod
+    def _describe_init_error(exc: Exception) -> str:
+        if isinstance(exc, ImportError):
+            return "nvidia-ml-py (pynvml) is not installed"
+        kind = type(exc).__name__
+        if kind == "NVMLError_LibraryNotFound":
+            return "NVML library not found (libnvidia-ml.so.1): no NVIDIA driver installed?"
+        if kind == "NVMLError_DriverNotLoaded":
+            return "NVIDIA driver not loaded"
+        if kind == "NVMLError_NoPermission":
+            return "no permission to use NVML (/dev/nvidia*)"
+        if kind.startswith("NVMLError"):
+            return f"NVML init failed: {exc}"
+        return f"NVML init failed: {kind}: {exc}"
+
+    def _shutdown(self) -> None:
+        nvml, self._nvml = self._nvml, None
+        if nvml is None:
+            return
+        try:
+            nvml.m.nvmlShutdown()
+        except Exception as exc:
+            self._log.debug("nvmlShutdown failed: %s", exc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._shutdown()
+
+    # ----------------------------------------------------------------- static facts
+    def _read_driver(self, nvml: _Nvml) -> GpuDriver:
+        probe = _Gpu(index=-1)  # the policy's bookkeeping for system-wide fields
+        m = nvml.m
+        cuda = nvml.query(probe, "cuda", nvml.cuda_version)
+        return GpuDriver(
+            driver_version=_text(nvml.query(probe, "driver", m.nvmlSystemGetDriverVersion)),
+            cuda_driver_version=cuda_version_text(cuda) if isinstance(cuda, int) else None,
+            nvml_version=_text(nvml.query(probe, "nvml", nvml.nvml_version)),
+        )
+
+    def _read_static(self, nvml: _Nvml, index: int) -> _Gpu:
+        gpu = _Gpu(index=index, static=GpuStatic(index=index))
+        m = nvml.m
+        try:
+            handle = nvml.query(gpu, "handle", m.nvmlDeviceGetHandleByIndex, index, required=True)
+            if handle is None:
+                raise GpuLost("GPU handle not available")
+            gpu.handle = handle
+            name = _text(nvml.query(gpu, "name", m.nvmlDeviceGetName, handle, required=True))
+            uuid = _text(nvml.query(gpu, "uuid", m.nvmlDeviceGetUUID, handle, required=True))
+            gpu.static = GpuStatic(index=index, uuid=uuid, name=name)
+            memory = nvml.query(gpu, "memory", m.nvmlDeviceGetMemoryInfo, handle, required=True)
+            pci = nvml.query(gpu, "pci", nvml.pci_info, handle)
+            mig = nvml.query(gpu, "mig", nvml.mig_mode, handle)
+            gpu.static = GpuStatic(
+                index=index,
+                uuid=uuid,
+                name=name,
+                mem_total_bytes=None if memory is None else int(memory.total),
+                power_limit_watts=_watts(self._power_limit_mw(nvml, gpu)),
+                pci_bus_id=None if pci is None else _text(pci.busId),
+                mig_mode=None if mig is None else _mig_mode_text(mig[0], nvml.mig_enable),
+            )
+        except GpuLost as exc:
+            gpu.error = exc.reason
+            self._log.warning("GPU %d: %s", index, exc.reason)
+        return gpu
+
+    @staticmethod
+    def _power_limit_mw(nvml: _Nvml, gpu: _Gpu) -> int | None:
+        return _int(nvml.query(gpu, "power_limit", nvml.power_limit, gpu.handle))
+
+    def driver(self) -> GpuDriver:
+        return self._driver
+
+    def static(self) -> list[GpuStatic]:
+        return [gpu.static for gpu in self._gpus]
+
+    # ----------------------------------------------------------------- sampling
+    def sample(self) -> dict[str, GpuSample]:
+        """One sample per GPU, keyed by ``str(index)``; a failed GPU gets an error entry."""
+        with self._lock:
+            nvml = self._nvml
+            if nvml is None:
+                return {}
+            failed: dict[int, GpuSample] = {}
+            readings: dict[int, tuple[dict[str, Any], list[_RawProcess] | None]] = {}
+            for gpu in self._gpus:
+                try:
+                    if gpu.error is not None:
+                        raise GpuLost(gpu.error)
+                    readings[gpu.index] = self._read_gpu(nvml, gpu)
+                except GpuLost as exc:
+                    failed[gpu.index] = gpu.failed(exc.reason)
+                except Exception as exc:  # a bug or a binding surprise: only this GPU fails
+                    self._log.exception("GPU %d: sampling failed", gpu.index)
+                    failed[gpu.index] = gpu.failed(f"collector error: {type(exc).__name__}")
+            infos = self._resolve({p.pid for _, procs in readings.values() for p in procs or ()})
+            out: dict[str, GpuSample] = {}
+            for gpu in self._gpus:
+                if gpu.index in failed:
+                    out[str(gpu.index)] = failed[gpu.index]
+                else:
+                    fields, processes = readings[gpu.index]
+                    out[str(gpu.index)] = GpuSample(**fields, processes=_gpu_processes(processes, infos))
+            return out
+
+    def _resolve(self, pids: set[int]) -> dict[int, ProcInfo]:
+        try:
+            return self._procs.resolve(pids)
+        except Exception:  # never lose the GPU sample over a process lookup
+            self._log.exception("resolving GPU process owners failed")
+            return {}
+
+    def _read_gpu(self, nvml: _Nvml, gpu: _Gpu) -> tuple[dict[str, Any], list[_RawProcess] | None]:
+        m, h, q = nvml.m, gpu.handle, nvml.query
+        memory = q(gpu, "memory", m.nvmlDeviceGetMemoryInfo, h, required=True)
+        util = q(gpu, "util", m.nvmlDeviceGetUtilizationRates, h)
+        power_mw = q(gpu, "power", m.nvmlDeviceGetPowerUsage, h)
+        pstate = q(gpu, "pstate", m.nvmlDeviceGetPerformanceState, h)
+        enc = q(gpu, "enc", m.nvmlDeviceGetEncoderUtilization, h)
+        dec = q(gpu, "dec", m.nvmlDeviceGetDecoderUtilization, h)
+        reasons = q(gpu, "throttle", nvml.throttle, h)
+        ecc_args = (nvml.ecc_uncorrected, nvml.ecc_volatile)
+        ecc = q(gpu, "ecc", m.nvmlDeviceGetTotalEccErrors, h, *ecc_args)
+        fields: dict[str, Any] = {
+            "index": gpu.index,
+            "uuid": gpu.static.uuid,
+            "name": gpu.static.name,
+            "util_gpu_percent": None if util is None else float(util.gpu),
+            "util_mem_percent": None if util is None else float(util.memory),
+            "mem_used_bytes": None if memory is None else int(memory.used),
+            "mem_total_bytes": None if memory is None else int(memory.total),
+            "temp_celsius": _float(q(gpu, "temp", m.nvmlDeviceGetTemperature, h, nvml.temp_gpu)),
+            "fan_percent": _float(q(gpu, "fan", m.nvmlDeviceGetFanSpeed, h)),
+            "power_draw_watts": _watts(power_mw),
+            "power_limit_watts": _watts(self._power_limit_mw(nvml, gpu)),
+            "clock_sm_mhz": _int(q(gpu, "clock_sm", m.nvmlDeviceGetClockInfo, h, nvml.clock_sm)),
+            "clock_mem_mhz": _int(q(gpu, "clock_mem", m.nvmlDeviceGetClockInfo, h, nvml.clock_mem)),
+            "pstate": None if pstate is None or pstate == _PSTATE_UNKNOWN else int(pstate),
+            "enc_util_percent": None if enc is None else float(enc[0]),
+            "dec_util_percent": None if dec is None else float(dec[0]),
+            "throttle_reasons": None if reasons is None else decode_throttle_reasons(reasons),
+            "ecc_volatile_uncorrected": _int(ecc),
+        }
+        return fields, self._read_processes(nvml, gpu)
+
+    def _read_processes(self, nvml: _Nvml, gpu: _Gpu) -> list[_RawProcess] | None:
+        """Compute and graphics processes merged by pid (a pid in both counts once, with the
+        larger memory figure); ``None`` when the GPU can list neither."""
+        m, h = nvml.m, gpu.handle
+        compute = nvml.query(gpu, "compute_procs", m.nvmlDeviceGetComputeRunningProcesses, h)
+        graphics = nvml.query(gpu, "graphics_procs", m.nvmlDeviceGetGraphicsRunningProcesses, h)
+        if compute is None and graphics is None:
+            return None
+        merged: dict[int, int | None] = {}
+        for proc in (*(compute or ()), *(graphics or ())):
+            pid, used = int(proc.pid), _int(proc.usedGpuMemory)
+            known = merged.get(pid)
+            if pid not in merged or (used is not None and (known is None or used > known)):
+                merged[pid] = used
+        return [_RawProcess(pid, used) for pid, used in merged.items()]
+
+
+def _mig_mode_text(current: int, enable_value: int) -> str:
+    return "enabled" if current == enable_value else "disabled"
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _gpu_processes(raw: list[_RawProcess] | None, infos: dict[int, ProcInfo]) -> list[GpuProcess] | None:
+    """Largest GPU memory first (unknown last); at most the protocol's list limit."""
+    if raw is None:
+        return None
+    ordered = sorted(raw, key=lambda p: (p.gpu_mem_bytes is None, -(p.gpu_mem_bytes or 0), p.pid))
+    out = []
+    for proc in ordered[:MAX_OBJECT_LIST]:
+        info = infos.get(proc.pid) or ProcInfo()
+        out.append(
+            GpuProcess(
+                pid=proc.pid,
+                user=info.user,
+                command=info.command,
+                gpu_mem_bytes=proc.gpu_mem_bytes,
+                cpu_percent=info.cpu_percent,
+                host_mem_bytes=info.host_mem_bytes,
+            )
+        )
+    return out

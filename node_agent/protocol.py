@@ -1,0 +1,454 @@
+"""The wire protocol between node agents and the hub: the one definition of every message.
+
+Pure: no I/O, no psutil, no NVML. Both sides import it.
+
+Frames are JSON text (orjson). Every message has a ``type``:
+
+- ``hello``: sent first on every connection; protocol version, node name, agent version,
+  sampling interval and the node's static facts (:class:`HostStatic`, :class:`GpuDriver`,
+  one :class:`GpuStatic` per GPU).
+- ``delta``: a sequence number, the agent's wall-clock time ``ts`` and ``patch``, an RFC 7396
+  JSON Merge Patch against the previously sent :data:`Snapshot`. The first delta after a hello
+  carries the full snapshot. A delta with an empty patch is a heartbeat.
+
+A snapshot is ``{"sampled_at": epoch_s, "host": HostSample, "gpus": {"<index>": GpuSample}}``.
+GPUs are keyed by index so one GPU's change stays small; lists are replaced whole.
+``null`` always means "not supported or unknown".
+
+Decoding is strict about types and bounds and tolerant of unknown fields (they are dropped, so a
+newer agent still talks to an older hub): anything else raises :class:`ProtocolError`, whose
+``close_code`` says how the hub should close the connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import orjson
+
+PROTOCOL_VERSION = 1
+
+# Limits enforced by the decoder. An agent message is a few KiB; 64 KiB leaves room for
+# 8 GPUs with many processes each while keeping a hostile agent cheap to reject.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_STRING_CHARS = 256
+MAX_NUMBER_LIST = 1024  # e.g. per-core CPU percentages
+MAX_OBJECT_LIST = 128  # processes per GPU, disks per host
+MAX_STRING_LIST = 32
+MAX_GPUS = 64
+MAX_ABS_NUMBER = 1e18
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+CLOSE_POLICY = 1008
+CLOSE_BAD_DATA = 1007
+CLOSE_TOO_BIG = 1009
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol. ``close_code`` is the WebSocket close code to use."""
+
+    def __init__(self, reason: str, close_code: int = CLOSE_BAD_DATA) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.close_code = close_code
+
+
+# --------------------------------------------------------------------------- wire types
+@dataclass(frozen=True, slots=True)
+class HostStatic:
+    hostname: str | None = None
+    os_name: str | None = None
+    kernel: str | None = None
+    cpu_model: str | None = None
+    cpu_cores_logical: int | None = None
+    cpu_cores_physical: int | None = None
+    mem_total_bytes: int | None = None
+    boot_time_epoch_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDriver:
+    """NVML-wide facts. ``error`` says why there are no GPUs (no library, no driver)."""
+
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    nvml_version: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStatic:
+    index: int | None = None
+    uuid: str | None = None
+    name: str | None = None
+    mem_total_bytes: int | None = None
+    power_limit_watts: float | None = None
+    pci_bus_id: str | None = None
+    mig_mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    mount: str | None = None
+    total_bytes: int | None = None
+    used_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostSample:
+    cpu_percent: float | None = None
+    cpu_percent_per_core: list[float] | None = None
+    load_avg_1m: float | None = None
+    load_avg_5m: float | None = None
+    load_avg_15m: float | None = None
+    mem_total_bytes: int | None = None
+    mem_used_bytes: int | None = None
+    mem_available_bytes: int | None = None
+    swap_total_bytes: int | None = None
+    swap_used_bytes: int | None = None
+    disks: list[DiskUsage] | None = None
+    disk_read_bytes_per_s: float | None = None
+    disk_write_bytes_per_s: float | None = None
+    net_rx_bytes_per_s: float | None = None
+    net_tx_bytes_per_s: float | None = None
+    uptime_s: float | None = None
+    users_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    pid: int | None = None
+    user: str | None = None
+    command: str | None = None
+    gpu_mem_bytes: int | None = None
+    cpu_percent: float | None = None
+    host_mem_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    index: int | None = None
+    uuid: str | None = None
+    name: str | None = None
+    util_gpu_percent: float | None = None
+    util_mem_percent: float | None = None
+    mem_used_bytes: int | None = None
+    mem_total_bytes: int | None = None
+    temp_celsius: float | None = None
+    fan_percent: float | None = None
+    power_draw_watts: float | None = None
+    power_limit_watts: float | None = None
+    clock_sm_mhz: int | None = None
+    clock_mem_mhz: int | None = None
+    pstate: int | None = None
+    enc_util_percent: float | None = None
+    dec_util_percent: float | None = None
+    throttle_reasons: list[str] | None = None
+    ecc_volatile_uncorrected: int | None = None
+    processes: list[GpuProcess] | None = None
+    error: str | None = None  # set when this GPU failed (lost, unknown NVML error)
+
+
+Snapshot = dict[str, Any]
+"""``{"sampled_at": float, "host": HostSample-dict, "gpus": {"<index>": GpuSample-dict}}``"""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    node: str
+    agent_version: str
+    interval_s: float
+    host: dict[str, Any] = field(default_factory=dict)
+    gpu_driver: dict[str, Any] = field(default_factory=dict)
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    seq: int
+    ts: float
+    patch: dict[str, Any]
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return not self.patch
+
+
+Message = Hello | Delta
+
+
+def to_wire(obj: Any) -> Any:
+    """A wire type (or a snapshot holding wire types) as plain JSON-ready data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_wire(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_wire(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- encoding
+def encode(message: Message) -> bytes:
+    if isinstance(message, Hello):
+        return orjson.dumps(
+            {
+                "type": "hello",
+                "protocol": message.protocol,
+                "node": message.node,
+                "agent_version": message.agent_version,
+                "interval_s": message.interval_s,
+                "host": message.host,
+                "gpu_driver": message.gpu_driver,
+                "gpus": message.gpus,
+            }
+        )
+    return orjson.dumps({"type": "delta", "seq": message.seq, "ts": message.ts, "patch": message.patch})
+
+
+# --------------------------------------------------------------------------- validation
+Checker = Callable[[Any, str], Any]
+"""Takes a value and its path (for the error message); returns the cleaned value or raises."""
+
+
+def _fail(path: str, expected: str, value: Any) -> typing.NoReturn:
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    raise ProtocolError(f"{path}: expected {expected}, got {shown}")
+
+
+def _check_number(value: Any, path: str) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(path, "a number", value)
+    if not math.isfinite(value) or abs(value) > MAX_ABS_NUMBER:
+        _fail(path, f"a finite number within ±{MAX_ABS_NUMBER:g}", value)
+    return value
+
+
+def _check_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(path, "an integer", value)
+    if abs(value) > MAX_ABS_NUMBER:
+        _fail(path, f"an integer within ±{MAX_ABS_NUMBER:g}", value)
+    return value
+
+
+def _check_str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        _fail(path, "a string", value)
+    if len(value) > MAX_STRING_CHARS:
+        _fail(path, f"a string of at most {MAX_STRING_CHARS} characters", value)
+    return value
+
+
+def _list_checker(item: Checker, max_items: int) -> Checker:
+    def check(value: Any, path: str) -> list[Any]:
+        if not isinstance(value, list):
+            _fail(path, "a list", value)
+        if len(value) > max_items:
+            _fail(path, f"a list of at most {max_items} items", f"{len(value)} items")
+        return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+    return check
+
+
+def _nullable(check: Checker) -> Checker:
+    def nullable(value: Any, path: str) -> Any:
+        return None if value is None else check(value, path)
+
+    return nullable
+
+
+def _checker_for(hint: Any) -> Checker:
+    """The checker for one annotated field type (``X | None``, ``list[X] | None``, ...)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _nullable(_checker_for(inner))
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if dataclasses.is_dataclass(item_hint):
+            return _list_checker(_object_checker(item_hint, partial=False), MAX_OBJECT_LIST)
+        if item_hint is str:
+            return _list_checker(_check_str, MAX_STRING_LIST)
+        return _list_checker(_checker_for(item_hint), MAX_NUMBER_LIST)
+    if hint is float:
+        return _check_number
+    if hint is int:
+        return _check_int
+    if hint is str:
+        return _check_str
+    raise TypeError(f"no wire checker for {hint!r}")
+
+
+def _object_checker(cls: type, *, partial: bool) -> Checker:
+    """Checks a JSON object against a wire dataclass. Unknown keys are dropped.
+
+    ``partial`` objects are merge patches: only the present keys are checked and returned, and
+    ``null`` deletes. Complete objects get every field, missing ones as ``None``.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: _checker_for(hints[f.name]) for f in dataclasses.fields(cls)}
+
+    def check(value: Any, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            _fail(path, "an object", value)
+        if partial:
+            return {k: fields[k](v, f"{path}.{k}") for k, v in value.items() if k in fields}
+        return {k: c(value.get(k), f"{path}.{k}") for k, c in fields.items()}
+
+    return check
+
+
+_host_static = _object_checker(HostStatic, partial=False)
+_gpu_driver = _object_checker(GpuDriver, partial=False)
+_gpu_static_list = _list_checker(_object_checker(GpuStatic, partial=False), MAX_GPUS)
+_host_patch = _object_checker(HostSample, partial=True)
+_gpu_patch = _object_checker(GpuSample, partial=True)
+
+
+def check_patch(patch: Any, path: str = "patch") -> dict[str, Any]:
+    """Validates a snapshot merge patch and returns it without unknown fields."""
+    if not isinstance(patch, dict):
+        _fail(path, "an object", patch)
+    clean: dict[str, Any] = {}
+    for key, value in patch.items():
+        if key == "sampled_at":
+            clean[key] = _nullable(_check_number)(value, f"{path}.sampled_at")
+        elif key == "host":
+            clean[key] = None if value is None else _host_patch(value, f"{path}.host")
+        elif key == "gpus":
+            clean[key] = None if value is None else _check_gpus_patch(value, f"{path}.gpus")
+    return clean
+
+
+def _check_gpus_patch(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _fail(path, "an object keyed by GPU index", value)
+    if len(value) > MAX_GPUS:
+        _fail(path, f"at most {MAX_GPUS} GPUs", f"{len(value)} GPUs")
+    gpus: dict[str, Any] = {}
+    for index, gpu in value.items():
+        if not (index.isdigit() and len(index) <= 3):
+            _fail(path, "GPU index keys such as '0'", index)
+        gpus[index] = None if gpu is None else _gpu_patch(gpu, f"{path}.{index}")
+    return gpus
+
+
+def _field(obj: Mapping[str, Any], key: str, check: Checker) -> Any:
+    if key not in obj:
+        raise ProtocolError(f"{obj.get('type', 'message')}: missing field {key!r}")
+    return check(obj[key], key)
+
+
+def check_node_name(value: Any, path: str = "node") -> str:
+    name = _check_str(value, path)
+    if not NODE_NAME_RE.fullmatch(name):
+        _fail(path, "a node name of letters, digits, '.', '_', '-' (at most 63)", name)
+    return name
+
+
+def decode(data: str | bytes) -> Message:
+    """Parses one agent frame. Raises :class:`ProtocolError` for anything malformed."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}", CLOSE_TOO_BIG)
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("message must be a JSON object")
+    kind = obj.get("type")
+    if kind == "delta":
+        seq = _field(obj, "seq", _check_int)
+        ts = _field(obj, "ts", _check_number)
+        return Delta(seq=seq, ts=float(ts), patch=check_patch(_field(obj, "patch", _identity)))
+    if kind == "hello":
+        protocol = _field(obj, "protocol", _check_int)
+        if protocol != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"protocol version {protocol} is not supported (hub speaks {PROTOCOL_VERSION})",
+                CLOSE_POLICY,
+            )
+        interval = _field(obj, "interval_s", _check_number)
+        if not 0.05 <= interval <= 3600:
+            _fail("interval_s", "a number of seconds between 0.05 and 3600", interval)
+        return Hello(
+            node=_field(obj, "node", check_node_name),
+            agent_version=_field(obj, "agent_version", _check_str),
+            interval_s=float(interval),
+            host=_host_static(obj.get("host") or {}, "host"),
+            gpu_driver=_gpu_driver(obj.get("gpu_driver") or {}, "gpu_driver"),
+            gpus=_gpu_static_list(obj.get("gpus") or [], "gpus"),
+            protocol=protocol,
+        )
+    raise ProtocolError(f"unknown message type {kind!r}", CLOSE_POLICY)
+
+
+def _identity(value: Any, path: str) -> Any:
+    return value
+
+
+# --------------------------------------------------------------------------- merge patch
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: applies ``patch`` to ``target`` and returns the result; inputs are not mutated.
+
+    Unchanged branches of ``target`` are shared with the result, not copied.
+    """
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def make_patch(old: Any, new: Any) -> Any:
+    """The smallest RFC 7396 patch that turns ``old`` into ``new`` (``{}`` when equal).
+
+    Objects are diffed key by key; anything else (numbers, strings, lists) is replaced whole.
+    A ``None`` value inside ``new`` cannot be expressed by a merge patch, so it is dropped from
+    objects: absent and ``null`` mean the same thing on this wire.
+    """
+    if not isinstance(new, dict):
+        return new
+    if not isinstance(old, dict):
+        return _without_nulls(new)
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        if value is None:
+            if key in old:
+                patch[key] = None
+            continue
+        if key not in old:
+            patch[key] = _without_nulls(value)
+            continue
+        old_value = old[key]
+        if isinstance(value, dict) and isinstance(old_value, dict):
+            sub = make_patch(old_value, value)
+            if sub:
+                patch[key] = sub
+        elif value != old_value or type(value) is not type(old_value):
+            patch[key] = _without_nulls(value)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value

@@ -1,0 +1,137 @@
+"""The agent's settings: one frozen object, built once from CLI flags and ``SERS_*`` env vars."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node_agent import __version__
+from node_agent.protocol import NODE_NAME_RE
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the flag or variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    hub_url: str = "ws://127.0.0.1:8000/ws/agent"
+    token: str | None = None
+    node_name: str = "localhost"
+    interval_s: float = 1.0
+    mounts: tuple[str, ...] = ("/",)
+    full_cmdline: bool = False
+    once: bool = False
+    json: bool = False
+    log_level: str = "INFO"
+    backoff_max_s: float = 30.0
+
+
+def default_node_name() -> str:
+    """The short host name, reduced to the characters a node name may hold."""
+    short = socket.gethostname().split(".")[0]
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in short).strip("-._")
+    return cleaned[:63] or "localhost"
+
+
+def agent_ws_url(hub: str) -> str:
+    """Accepts ``http(s)://host[:port][/prefix]`` or a full ``ws(s)://.../ws/agent`` URL."""
+    url = hub.rstrip("/")
+    if url.startswith("http://"):
+        url = "ws://" + url[len("http://") :]
+    elif url.startswith("https://"):
+        url = "wss://" + url[len("https://") :]
+    elif not url.startswith(("ws://", "wss://")):
+        raise SettingsError(f"--hub / SERS_HUB_URL: expected an http(s):// or ws(s):// URL, got {hub!r}")
+    return url if url.endswith("/ws/agent") else url + "/ws/agent"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sers-agent",
+        description=(
+            "sers-monitor node agent: samples this machine (psutil) and its NVIDIA GPUs (NVML) "
+            "and streams the state to a sers-hub over one WebSocket."
+        ),
+        epilog="Every option can also be set by the environment variable named in brackets.",
+    )
+    parser.add_argument("--hub", metavar="URL", help="hub URL, e.g. http://hub:8000 [SERS_HUB_URL]")
+    parser.add_argument("--token", help="bearer token for the hub [SERS_TOKEN]")
+    parser.add_argument("--token-file", metavar="FILE", help="read the token from FILE [SERS_TOKEN_FILE]")
+    parser.add_argument(
+        "--name", help="node name shown on the hub (default: short host name) [SERS_NODE_NAME]"
+    )
+    parser.add_argument("--interval", metavar="SECONDS", help="sampling interval (default 1) [SERS_INTERVAL]")
+    parser.add_argument(
+        "--mount",
+        action="append",
+        metavar="PATH",
+        help="filesystem to report, repeatable (default /) [SERS_MOUNTS, comma-separated]",
+    )
+    parser.add_argument(
+        "--full-cmdline",
+        action="store_true",
+        default=None,
+        help="report GPU processes' full command lines, secrets redacted (default: name only) [SERS_FULL_CMDLINE=1]",
+    )
+    parser.add_argument("--once", action="store_true", help="take one sample, print it and exit")
+    parser.add_argument("--json", action="store_true", help="with --once: print JSON (hello and snapshot)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR [SERS_LOG_LEVEL]")
+    parser.add_argument("--version", action="version", version=f"sers-agent {__version__}")
+    return parser
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.environ) -> AgentSettings:
+    args = build_parser().parse_args(argv)
+
+    def pick(flag: str | None, var: str) -> str | None:
+        return flag if flag is not None else env.get(var)
+
+    hub = pick(args.hub, "SERS_HUB_URL")
+    token = pick(args.token, "SERS_TOKEN")
+    token_file = pick(args.token_file, "SERS_TOKEN_FILE")
+    if token is None and token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"--token-file / SERS_TOKEN_FILE: cannot read {token_file}: {exc.strerror}"
+            ) from None
+    name = pick(args.name, "SERS_NODE_NAME") or default_node_name()
+    if not NODE_NAME_RE.fullmatch(name):
+        raise SettingsError(
+            f"--name / SERS_NODE_NAME: {name!r} is not a node name (letters, digits, '.', '_', '-'; at most 63)"
+        )
+    interval_raw = pick(args.interval, "SERS_INTERVAL") or "1"
+    try:
+        interval = float(interval_raw)
+    except ValueError:
+        raise SettingsError(f"--interval / SERS_INTERVAL: expected seconds, got {interval_raw!r}") from None
+    if not 0.1 <= interval <= 3600:
+        raise SettingsError(f"--interval / SERS_INTERVAL: must be between 0.1 and 3600 s, got {interval}")
+    mounts = tuple(args.mount or [m for m in env.get("SERS_MOUNTS", "/").split(",") if m])
+    full_cmdline = (
+        args.full_cmdline if args.full_cmdline is not None else _truthy(env.get("SERS_FULL_CMDLINE", ""))
+    )
+    log_level = (pick(args.log_level, "SERS_LOG_LEVEL") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"--log-level / SERS_LOG_LEVEL: unknown level {log_level!r}")
+    return AgentSettings(
+        hub_url=agent_ws_url(hub) if hub else AgentSettings.hub_url,
+        token=token or None,
+        node_name=name,
+        interval_s=interval,
+        mounts=mounts or ("/",),
+        full_cmdline=full_cmdline,
+        once=args.once,
+        json=args.json,
+        log_level=log_level,
+    )

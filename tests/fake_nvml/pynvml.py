@@ -1,0 +1,313 @@
+"""A small fake of nvidia-ml-py's ``pynvml``: only what ``node_agent.gpu`` calls.
+
+The scenario is JSON named by ``SERS_FAKE_NVML`` (read when this module is imported), so it
+works in-process and in subprocesses started with ``PYTHONPATH=tests/fake_nvml``. Shape::
+
+    {"import_error": false,            # true: importing this module raises ImportError
+     "init_error": null,               # "LibraryNotFound" | "DriverNotLoaded" | ...
+     "legacy": false,                  # old bindings: bytes strings, ...ThrottleReasons only
+     "driver_version": "550.54.15", "cuda_driver_version": 12040, "nvml_version": "12.550.54.15",
+     "gpus": [{"name": ..., "uuid": ..., "pci_bus_id": ..., "mem_total_bytes": ...,
+               "mem_used_bytes": ..., "util_gpu": ..., "util_mem": ..., "temp_celsius": ...,
+               "fan_percent": ..., "power_mw": ..., "power_limit_mw": ..., "clock_sm_mhz": ...,
+               "clock_mem_mhz": ..., "pstate": ..., "enc_util": ..., "dec_util": ...,
+               "clocks_event_reasons": ..., "ecc_uncorrected": ..., "mig_mode": [cur, pending],
+               "compute_processes": [{"pid": ..., "used_gpu_memory": ...}],
+               "graphics_processes": [...],
+               "errors": {"nvmlDeviceGetFanSpeed": "NotSupported", "*": "GpuIsLost"}}]}
+
+``errors`` maps an NVML function name (``"*"``: every per-GPU function) to the name of the
+``NVMLError_<name>`` it raises. Tests may change a GPU's dict in place between samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+from typing import Any
+
+# --------------------------------------------------------------------------- constants
+NVML_SUCCESS = 0
+NVML_TEMPERATURE_GPU = 0
+NVML_CLOCK_SM = 1
+NVML_CLOCK_MEM = 2
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+NVML_VOLATILE_ECC = 0
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
+NVML_PSTATE_UNKNOWN = 32
+
+_ERROR_CODES = {
+    "Uninitialized": (1, "Uninitialized"),
+    "InvalidArgument": (2, "Invalid Argument"),
+    "NotSupported": (3, "Not Supported"),
+    "NoPermission": (4, "Insufficient Permissions"),
+    "NotFound": (6, "Not Found"),
+    "DriverNotLoaded": (9, "Driver Not Loaded"),
+    "Timeout": (10, "Timeout"),
+    "LibraryNotFound": (12, "NVML Shared Library Not Found"),
+    "FunctionNotFound": (13, "Function Not Found"),
+    "GpuIsLost": (15, "GPU is lost"),
+    "ResetRequired": (16, "GPU requires restart"),
+    "Unknown": (999, "Unknown Error"),
+}
+
+
+# --------------------------------------------------------------------------- errors
+class NVMLError(Exception):
+    """Like the real one: ``NVMLError(code)`` builds the matching subclass."""
+
+    _by_code: dict[int, type[NVMLError]] = {}
+    _text: dict[int, str] = {}
+
+    def __new__(cls, value: int) -> NVMLError:
+        if cls is NVMLError:
+            cls = NVMLError._by_code.get(value, NVMLError)
+        obj = Exception.__new__(cls)
+        obj.value = value  # type: ignore[attr-defined]
+        return obj
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.value = value
+
+    def __str__(self) -> str:
+        return NVMLError._text.get(self.value, f"NVML Error with code {self.value}")
+
+
+class NVMLLibraryMismatchError(Exception):
+    pass
+
+
+def _define_errors() -> None:
+    for name, (code, text) in _ERROR_CODES.items():
+        cls = type(f"NVMLError_{name}", (NVMLError,), {})
+        globals()[cls.__name__] = cls
+        globals()[f"NVML_ERROR_{name.upper()}"] = code
+        NVMLError._by_code[code] = cls
+        NVMLError._text[code] = text
+
+
+_define_errors()
+NVMLError_NotSupported: type[NVMLError]  # defined above, named here for readers
+NVMLError_GpuIsLost: type[NVMLError]
+NVMLError_LibraryNotFound: type[NVMLError]
+NVMLError_DriverNotLoaded: type[NVMLError]
+
+
+def _raise(name: str) -> None:
+    raise NVMLError(_ERROR_CODES[name][0])
+
+
+# --------------------------------------------------------------------------- scenario
+def _load() -> dict[str, Any]:
+    path = os.environ.get("SERS_FAKE_NVML")
+    if not path:
+        return {"gpus": []}
+    with open(path, encoding="utf-8") as f:
+        scenario: dict[str, Any] = json.load(f)
+    return scenario
+
+
+_scenario = _load()
+if _scenario.get("import_error"):
+    raise ImportError("No module named 'pynvml' (fake: scenario import_error)")
+
+_initialised = 0
+calls: dict[str, int] = {}  # per-function call counts, for tests
+
+
+class _Handle:
+    __slots__ = ("gpu", "index")
+
+    def __init__(self, index: int, gpu: dict[str, Any]) -> None:
+        self.index = index
+        self.gpu = gpu
+
+
+def _text(value: str) -> str | bytes:
+    return value.encode() if _scenario.get("legacy") else value
+
+
+def _gpu(handle: _Handle, fn: str) -> dict[str, Any]:
+    calls[fn] = calls.get(fn, 0) + 1
+    if not _initialised:
+        _raise("Uninitialized")
+    gpu = handle.gpu
+    errors = gpu.get("errors")
+    if errors:
+        error = errors.get(fn) or errors.get("*")
+        if error:
+            _raise(error)
+    return gpu
+
+
+def _value(handle: _Handle, fn: str, key: str) -> Any:
+    value = _gpu(handle, fn).get(key)
+    if value is None:
+        _raise("NotSupported")
+    return value
+
+
+# --------------------------------------------------------------------------- system
+def nvmlInit() -> None:
+    global _initialised
+    error = _scenario.get("init_error")
+    if error:
+        _raise(error)
+    _initialised += 1
+
+
+def nvmlShutdown() -> None:
+    global _initialised
+    if not _initialised:
+        _raise("Uninitialized")
+    _initialised -= 1
+
+
+def _system(key: str) -> Any:
+    if not _initialised:
+        _raise("Uninitialized")
+    value = _scenario.get(key)
+    if value is None:
+        _raise("NotSupported")
+    return value
+
+
+def nvmlSystemGetDriverVersion() -> str | bytes:
+    return _text(_system("driver_version"))
+
+
+def nvmlSystemGetNVMLVersion() -> str | bytes:
+    return _text(_system("nvml_version"))
+
+
+def nvmlSystemGetCudaDriverVersion() -> int:
+    return int(_system("cuda_driver_version"))
+
+
+def nvmlDeviceGetCount() -> int:
+    if not _initialised:
+        _raise("Uninitialized")
+    return len(_scenario.get("gpus", []))
+
+
+def nvmlDeviceGetHandleByIndex(index: int) -> _Handle:
+    gpus = _scenario.get("gpus", [])
+    if not 0 <= index < len(gpus):
+        _raise("InvalidArgument")
+    handle = _Handle(index, gpus[index])
+    _gpu(handle, "nvmlDeviceGetHandleByIndex")
+    return handle
+
+
+# --------------------------------------------------------------------------- static facts
+def nvmlDeviceGetName(handle: _Handle) -> str | bytes:
+    return _text(_value(handle, "nvmlDeviceGetName", "name"))
+
+
+def nvmlDeviceGetUUID(handle: _Handle) -> str | bytes:
+    return _text(_value(handle, "nvmlDeviceGetUUID", "uuid"))
+
+
+def nvmlDeviceGetPciInfo(handle: _Handle) -> SimpleNamespace:
+    bus_id = _value(handle, "nvmlDeviceGetPciInfo", "pci_bus_id")
+    return SimpleNamespace(busId=_text(bus_id), busIdLegacy=_text(bus_id[-12:]))
+
+
+def nvmlDeviceGetMigMode(handle: _Handle) -> list[int]:
+    return list(_value(handle, "nvmlDeviceGetMigMode", "mig_mode"))
+
+
+def nvmlDeviceGetEnforcedPowerLimit(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetEnforcedPowerLimit", "power_limit_mw"))
+
+
+# --------------------------------------------------------------------------- samples
+def nvmlDeviceGetMemoryInfo(handle: _Handle, version: int | None = None) -> SimpleNamespace:
+    gpu = _gpu(handle, "nvmlDeviceGetMemoryInfo")
+    total, used = gpu.get("mem_total_bytes"), gpu.get("mem_used_bytes")
+    if total is None or used is None:
+        _raise("NotSupported")
+    return SimpleNamespace(total=total, used=used, free=total - used)
+
+
+def nvmlDeviceGetUtilizationRates(handle: _Handle) -> SimpleNamespace:
+    gpu = _gpu(handle, "nvmlDeviceGetUtilizationRates")
+    if gpu.get("util_gpu") is None or gpu.get("util_mem") is None:
+        _raise("NotSupported")
+    return SimpleNamespace(gpu=gpu["util_gpu"], memory=gpu["util_mem"])
+
+
+def nvmlDeviceGetTemperature(handle: _Handle, sensor: int) -> int:
+    if sensor != NVML_TEMPERATURE_GPU:
+        _raise("InvalidArgument")
+    return int(_value(handle, "nvmlDeviceGetTemperature", "temp_celsius"))
+
+
+def nvmlDeviceGetFanSpeed(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetFanSpeed", "fan_percent"))
+
+
+def nvmlDeviceGetPowerUsage(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetPowerUsage", "power_mw"))
+
+
+def nvmlDeviceGetClockInfo(handle: _Handle, clock_type: int) -> int:
+    key = {NVML_CLOCK_SM: "clock_sm_mhz", NVML_CLOCK_MEM: "clock_mem_mhz"}.get(clock_type)
+    if key is None:
+        _raise("InvalidArgument")
+    return int(_value(handle, "nvmlDeviceGetClockInfo", str(key)))
+
+
+def nvmlDeviceGetPerformanceState(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetPerformanceState", "pstate"))
+
+
+def nvmlDeviceGetEncoderUtilization(handle: _Handle) -> list[int]:
+    return [int(_value(handle, "nvmlDeviceGetEncoderUtilization", "enc_util")), 167000]
+
+
+def nvmlDeviceGetDecoderUtilization(handle: _Handle) -> list[int]:
+    return [int(_value(handle, "nvmlDeviceGetDecoderUtilization", "dec_util")), 167000]
+
+
+def nvmlDeviceGetCurrentClocksEventReasons(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetCurrentClocksEventReasons", "clocks_event_reasons"))
+
+
+def nvmlDeviceGetCurrentClocksThrottleReasons(handle: _Handle) -> int:
+    fn = "nvmlDeviceGetCurrentClocksThrottleReasons"
+    return int(_value(handle, fn, "clocks_event_reasons"))
+
+
+if _scenario.get("legacy"):  # bindings older than 12.535 only know the "throttle" name
+    del nvmlDeviceGetCurrentClocksEventReasons
+
+
+def nvmlDeviceGetTotalEccErrors(handle: _Handle, error_type: int, counter_type: int) -> int:
+    if (error_type, counter_type) != (NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC):
+        _raise("InvalidArgument")
+    return int(_value(handle, "nvmlDeviceGetTotalEccErrors", "ecc_uncorrected"))
+
+
+def _processes(handle: _Handle, fn: str, key: str) -> list[SimpleNamespace]:
+    gpu = _gpu(handle, fn)
+    return [
+        SimpleNamespace(
+            pid=p["pid"],
+            usedGpuMemory=p.get("used_gpu_memory"),
+            gpuInstanceId=0xFFFFFFFF,
+            computeInstanceId=0xFFFFFFFF,
+        )
+        for p in gpu.get(key, ())
+    ]
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle: _Handle) -> list[SimpleNamespace]:
+    return _processes(handle, "nvmlDeviceGetComputeRunningProcesses", "compute_processes")
+
+
+def nvmlDeviceGetGraphicsRunningProcesses(handle: _Handle) -> list[SimpleNamespace]:
+    return _processes(handle, "nvmlDeviceGetGraphicsRunningProcesses", "graphics_processes")

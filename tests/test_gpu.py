@@ -1,0 +1,584 @@
+"""The GPU collector against the fake ``pynvml`` (tests/fake_nvml), in-process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psutil
+import pytest
+
+from node_agent import procinfo
+from node_agent.gpu import GpuCollector, cuda_version_text, decode_throttle_reasons
+from node_agent.procinfo import ProcessResolver, redact_cmdline
+from node_agent.protocol import GpuProcess, GpuSample, check_patch, to_wire
+from tests import fakes
+from tests.fakes import GIB, MISSING_PIDS
+
+MY_USER = pwd.getpwuid(os.getuid()).pw_name
+
+MakeCollector = Callable[..., tuple[GpuCollector, ModuleType]]
+
+
+@pytest.fixture
+def make_collector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeCollector]:
+    """Builds a collector over a fresh fake pynvml loaded with ``scenario``."""
+    made: list[GpuCollector] = []
+
+    def make(scenario: dict[str, Any], **kwargs: Any) -> tuple[GpuCollector, ModuleType]:
+        path = fakes.write_scenario(tmp_path / f"scenario{len(made)}.json", scenario)
+        fake = fakes.load_fake_pynvml(path)
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        collector = GpuCollector(**kwargs)
+        made.append(collector)
+        return collector, fake
+
+    yield make
+    for collector in made:
+        collector.close()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    child = subprocess.Popen(["sleep", "30"])
+    yield child
+    child.kill()
+    child.wait()
+
+
+def assert_wire_valid(samples: dict[str, GpuSample]) -> None:
+    """The sample survives the hub's decoder unchanged (no unknown or invalid fields)."""
+    wire = to_wire(samples)
+    assert check_patch({"gpus": wire}) == {"gpus": wire}
+
+
+# --------------------------------------------------------------------------- pure helpers
+def test_throttle_reasons_decode_to_short_names() -> None:
+    assert decode_throttle_reasons(0) == []
+    assert decode_throttle_reasons(0x1) == ["gpu_idle"]
+    assert decode_throttle_reasons(0x4 | 0x8 | 0x40 | 0x80) == [
+        "sw_power_cap",
+        "hw_slowdown",
+        "hw_thermal",
+        "hw_power_brake",
+    ]
+    assert decode_throttle_reasons(0x2 | 0x10 | 0x20) == [
+        "applications_clocks",
+        "sync_boost",
+        "sw_thermal",
+    ]
+
+
+def test_cuda_version_text() -> None:
+    assert cuda_version_text(12040) == "12.4"
+    assert cuda_version_text(11080) == "11.8"
+    assert cuda_version_text(12090) == "12.9"
+
+
+# --------------------------------------------------------------------------- several GPUs
+def test_mixed_models_static_and_driver(make_collector: MakeCollector) -> None:
+    collector, _ = make_collector(fakes.mixed_models())
+    driver = collector.driver()
+    assert driver.driver_version == "550.54.15"
+    assert driver.cuda_driver_version == "12.4"
+    assert driver.nvml_version == "12.550.54.15"
+    assert driver.error is None
+
+    static = collector.static()
+    assert [g.index for g in static] == [0, 1, 2, 3]
+    assert [g.name for g in static] == [
+        "NVIDIA H100 80GB HBM3",
+        "NVIDIA A100-SXM4-40GB",
+        "NVIDIA A100-SXM4-40GB",
+        "NVIDIA GeForce RTX 4090",
+    ]
+    assert len({g.uuid for g in static}) == 4
+    assert static[0].mem_total_bytes == 80 * GIB
+    assert static[0].power_limit_watts == 700.0
+    assert static[3].power_limit_watts == 450.0
+    assert static[1].pci_bus_id == "00000000:19:00.0"
+    assert [g.mig_mode for g in static] == ["disabled", "disabled", "enabled", "disabled"]
+
+
+def test_mixed_models_sample(make_collector: MakeCollector) -> None:
+    collector, _ = make_collector(fakes.mixed_models())
+    samples = collector.sample()
+    assert list(samples) == ["0", "1", "2", "3"]
+    gpu0, gpu1 = samples["0"], samples["1"]
+    assert gpu0 == GpuSample(
+        index=0,
+        uuid=collector.static()[0].uuid,
+        name="NVIDIA H100 80GB HBM3",
+        util_gpu_percent=0.0,
+        util_mem_percent=0.0,
+        mem_used_bytes=1 * GIB,
+        mem_total_bytes=80 * GIB,
+        temp_celsius=40.0,
+        fan_percent=30.0,
+        power_draw_watts=100.0,
+        power_limit_watts=700.0,
+        clock_sm_mhz=1980,
+        clock_mem_mhz=2619,
+        pstate=0,
+        enc_util_percent=0.0,
+        dec_util_percent=0.0,
+        throttle_reasons=[],
+        ecc_volatile_uncorrected=0,
+        processes=[],
+        error=None,
+    )
+    assert gpu1.util_gpu_percent == 97.0
+    assert gpu1.power_draw_watts == 101.0
+    assert gpu1.throttle_reasons == ["sw_power_cap", "sw_thermal"]
+    assert gpu1.ecc_volatile_uncorrected == 2
+    assert samples["3"].temp_celsius == 88.0
+    assert samples["3"].throttle_reasons == ["gpu_idle"]
+    assert all(s.error is None for s in samples.values())
+    assert_wire_valid(samples)
+
+
+def test_values_follow_the_device_between_samples(make_collector: MakeCollector) -> None:
+    collector, fake = make_collector(fakes.mixed_models())
+    collector.sample()
+    fake._scenario["gpus"][0].update(util_gpu=55, mem_used_bytes=7 * GIB, pstate=32)
+    sample = collector.sample()["0"]
+    assert sample.util_gpu_percent == 55.0
+    assert sample.mem_used_bytes == 7 * GIB
+    assert sample.pstate is None  # NVML_PSTATE_UNKNOWN
+
+
+def test_static_facts_are_fetched_once(make_collector: MakeCollector) -> None:
+    collector, fake = make_collector(fakes.mixed_models())
+    for _ in range(5):
+        collector.sample()
+    assert fake.calls["nvmlDeviceGetHandleByIndex"] == 4
+    assert fake.calls["nvmlDeviceGetName"] == 4
+    assert fake.calls["nvmlDeviceGetUUID"] == 4
+    assert fake.calls["nvmlDeviceGetPciInfo"] == 4
+    assert fake.calls["nvmlDeviceGetMigMode"] == 4
+    assert fake.calls["nvmlDeviceGetUtilizationRates"] == 4 * 5
+
+
+def test_legacy_bindings_bytes_and_throttle_name(make_collector: MakeCollector) -> None:
+    collector, fake = make_collector(fakes.legacy_bindings())
+    assert not hasattr(fake, "nvmlDeviceGetCurrentClocksEventReasons")
+    assert collector.driver().driver_version == "550.54.15"
+    static = collector.static()[0]
+    assert static.name == "NVIDIA A100-SXM4-40GB"
+    assert isinstance(static.uuid, str) and static.uuid.startswith("GPU-")
+    assert static.pci_bus_id == "00000000:18:00.0"
+    assert collector.sample()["0"].throttle_reasons == ["hw_slowdown"]
+
+
+# --------------------------------------------------------------------------- unsupported
+def test_unsupported_fields_are_none(make_collector: MakeCollector) -> None:
+    collector, _ = make_collector(fakes.unsupported_fields())
+    driver = collector.driver()
+    assert driver.driver_version == "550.54.15"
+    assert driver.cuda_driver_version is None and driver.nvml_version is None
+    static = collector.static()[0]
+    assert static.name == "Tesla T4" and static.mem_total_bytes == 15 * GIB
+    assert static.power_limit_watts is None
+    assert static.pci_bus_id is None and static.mig_mode is None
+
+    samples = collector.sample()
+    bare = samples["0"]
+    assert bare == GpuSample(
+        index=0,
+        uuid=static.uuid,
+        name="Tesla T4",
+        mem_used_bytes=1 * GIB,
+        mem_total_bytes=15 * GIB,
+    )
+    assert bare.processes is None  # unknown, not "no processes"
+    assert bare.throttle_reasons is None
+
+    restricted = samples["1"]
+    assert restricted.error is None
+    assert restricted.power_draw_watts is None  # NoPermission
+    assert restricted.ecc_volatile_uncorrected is None  # FunctionNotFound
+    assert restricted.temp_celsius == 41.0 and restricted.processes == []
+    assert_wire_valid(samples)
+
+
+def test_unsupported_fields_are_not_asked_again(make_collector: MakeCollector) -> None:
+    collector, fake = make_collector(fakes.unsupported_fields())
+    collector.sample()
+    power_calls, fan_calls = (
+        fake.calls["nvmlDeviceGetPowerUsage"],
+        fake.calls["nvmlDeviceGetFanSpeed"],
+    )
+    collector.sample()
+    collector.sample()
+    assert fake.calls["nvmlDeviceGetPowerUsage"] == power_calls  # both GPUs: unsupported
+    assert fake.calls["nvmlDeviceGetFanSpeed"] == fan_calls + 2  # only GPU 1 is asked
+
+
+def test_unexpected_error_on_optional_field_logs_once(
+    make_collector: MakeCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    collector, fake = make_collector(fakes.mixed_models())
+    fake._scenario["gpus"][2]["errors"] = {"nvmlDeviceGetFanSpeed": "Unknown"}
+    with caplog.at_level(logging.WARNING):
+        first = collector.sample()
+        second = collector.sample()
+    for samples in (first, second):
+        assert samples["2"].error is None
+        assert samples["2"].fan_percent is None
+        assert samples["2"].temp_celsius == 42.0
+    warnings = [r for r in caplog.records if "fan" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "GPU 2" in warnings[0].getMessage() and "Unknown Error" in warnings[0].getMessage()
+
+
+# --------------------------------------------------------------------------- lost GPU
+def test_gpu_lost_at_start_is_an_error_entry(make_collector: MakeCollector) -> None:
+    collector, _ = make_collector(fakes.one_gpu_lost())
+    static = collector.static()
+    assert [g.index for g in static] == [0, 1, 2]
+    assert static[1].uuid is None and static[0].uuid is not None
+    samples = collector.sample()
+    assert list(samples) == ["0", "1", "2"]
+    assert samples["1"] == GpuSample(index=1, error="GPU is lost")
+    assert samples["0"].error is None and samples["0"].util_gpu_percent == 0.0
+    assert samples["2"].error is None and samples["2"].temp_celsius == 42.0
+    assert_wire_valid(samples)
+
+
+def test_gpu_lost_while_running_then_back(make_collector: MakeCollector) -> None:
+    collector, fake = make_collector(fakes.mixed_models())
+    uuid1 = collector.static()[1].uuid
+    fake._scenario["gpus"][1]["errors"] = {"*": "GpuIsLost"}
+    samples = collector.sample()
+    assert samples["1"] == GpuSample(index=1, uuid=uuid1, name="NVIDIA A100-SXM4-40GB", error="GPU is lost")
+    assert [samples[k].error for k in ("0", "2", "3")] == [None, None, None]
+    fake._scenario["gpus"][1]["errors"] = {}
+    assert collector.sample()["1"].error is None
+
+
+def test_gpu_lost_on_an_optional_call_fails_the_gpu(make_collector: MakeCollector) -> None:
+    collector, fake = make_collector(fakes.mixed_models())
+    fake._scenario["gpus"][0]["errors"] = {"nvmlDeviceGetTemperature": "GpuIsLost"}
+    assert collector.sample()["0"].error == "GPU is lost"
+
+
+def test_nvml_error_on_required_call(make_collector: MakeCollector) -> None:
+    collector, fake = make_collector(fakes.mixed_models())
+    fake._scenario["gpus"][3]["errors"] = {"nvmlDeviceGetMemoryInfo": "Unknown"}
+    samples = collector.sample()
+    assert samples["3"].error == "NVML error: Unknown Error"
+    assert samples["3"].name == "NVIDIA GeForce RTX 4090"
+    assert samples["0"].error is None
+
+
+def test_no_exception_escapes_sample(make_collector: MakeCollector, caplog: pytest.LogCaptureFixture) -> None:
+    collector, fake = make_collector(fakes.mixed_models())
+
+    def broken(handle: Any) -> int:
+        if handle.index == 2:
+            raise RuntimeError("binding bug")
+        return 10
+
+    fake.nvmlDeviceGetFanSpeed = broken
+    with caplog.at_level(logging.ERROR):
+        samples = collector.sample()
+    assert samples["2"].error == "collector error: RuntimeError"
+    assert samples["1"].fan_percent == 10.0 and samples["1"].error is None
+    assert any("GPU 2" in r.getMessage() for r in caplog.records)
+
+
+def test_process_lookup_failure_keeps_the_sample(
+    make_collector: MakeCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector, _ = make_collector(fakes.unknown_pids())
+
+    def boom(self: ProcessResolver, pids: Any) -> Any:
+        raise OSError("proc is gone")
+
+    monkeypatch.setattr(ProcessResolver, "resolve", boom)
+    sample = collector.sample()["0"]
+    assert sample.error is None
+    assert [p.pid for p in sample.processes or []] == list(MISSING_PIDS)
+    assert all(p.user is None for p in sample.processes or [])
+
+
+# --------------------------------------------------------------------------- no NVML
+@pytest.mark.parametrize(
+    ("scenario", "reason"),
+    [
+        (fakes.no_library(), "NVML library not found"),
+        (fakes.driver_not_loaded(), "NVIDIA driver not loaded"),
+        (fakes.scenario([], init_error="Unknown"), "NVML init failed: Unknown Error"),
+    ],
+)
+def test_no_library_or_driver(
+    make_collector: MakeCollector,
+    caplog: pytest.LogCaptureFixture,
+    scenario: dict[str, Any],
+    reason: str,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        collector, fake = make_collector(scenario)
+        assert collector.sample() == {}
+        assert collector.sample() == {}
+    error = collector.driver().error
+    assert error is not None and reason in error
+    assert collector.driver().driver_version is None
+    assert collector.static() == []
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and reason in warnings[0].getMessage()
+    collector.close()
+    assert fake._initialised == 0
+
+
+def test_no_pynvml_module(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    path = fakes.write_scenario(tmp_path / "s.json", fakes.no_pynvml())
+    with pytest.raises(ImportError):
+        fakes.load_fake_pynvml(path)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml → ImportError
+    with caplog.at_level(logging.WARNING):
+        collector = GpuCollector()
+    assert collector.driver().error == "nvidia-ml-py (pynvml) is not installed"
+    assert collector.sample() == {} and collector.static() == []
+    assert len(caplog.records) == 1
+    collector.close()
+
+
+def test_close_shuts_nvml_down_once(make_collector: MakeCollector) -> None:
+    collector, fake = make_collector(fakes.mixed_models())
+    assert fake._initialised == 1
+    collector.close()
+    collector.close()
+    assert fake._initialised == 0
+    assert collector.sample() == {}
+
+
+def test_uses_the_given_logger(make_collector: MakeCollector, caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("sers.test.gpu")
+    with caplog.at_level(logging.WARNING):
+        make_collector(fakes.driver_not_loaded(), log=log)
+    assert [r.name for r in caplog.records] == ["sers.test.gpu"]
+
+
+# --------------------------------------------------------------------------- processes
+def test_unknown_pids_give_unknown_owners(make_collector: MakeCollector) -> None:
+    collector, _ = make_collector(fakes.unknown_pids())
+    samples = collector.sample()
+    assert samples["0"].processes == [
+        GpuProcess(pid=MISSING_PIDS[0], gpu_mem_bytes=3 * GIB),
+        GpuProcess(pid=MISSING_PIDS[1], gpu_mem_bytes=None),
+    ]
+    assert_wire_valid(samples)
+
+
+def test_real_child_process(make_collector: MakeCollector, sleeper: subprocess.Popen[bytes]) -> None:
+    me = os.getpid()
+    collector, _ = make_collector(fakes.real_pids([sleeper.pid, me]))
+    first = collector.sample()
+    procs = first["0"].processes or []
+    assert [p.pid for p in procs] == [me, sleeper.pid]  # 2 GiB before 1 GiB
+    child = procs[1]
+    assert child.user == MY_USER
+    assert child.command == "sleep"
+    assert child.gpu_mem_bytes == 1 * GIB
+    assert child.host_mem_bytes is not None and child.host_mem_bytes > 0
+    assert child.cpu_percent is None  # the first reading only starts the measurement
+    assert procs[0].user == MY_USER
+    assert procs[0].command == psutil.Process(me).name()
+    # The same pid on GPU 1 (graphics) resolves to the same owner.
+    (on_gpu1,) = first["1"].processes or []
+    assert (on_gpu1.pid, on_gpu1.user, on_gpu1.command) == (sleeper.pid, MY_USER, "sleep")
+    assert on_gpu1.gpu_mem_bytes == 256 * 1024**2
+    assert_wire_valid(first)
+
+    time.sleep(0.05)
+    second = collector.sample()
+    child = (second["0"].processes or [])[1]
+    assert child.cpu_percent is not None and child.cpu_percent >= 0.0
+
+
+def test_process_that_exits_between_samples(
+    make_collector: MakeCollector, sleeper: subprocess.Popen[bytes]
+) -> None:
+    collector, _ = make_collector(fakes.real_pids([sleeper.pid]))
+    assert (collector.sample()["0"].processes or [])[0].command == "sleep"
+    sleeper.kill()
+    sleeper.wait()
+    (gone,) = collector.sample()["0"].processes or []
+    assert gone == GpuProcess(pid=sleeper.pid, gpu_mem_bytes=1 * GIB)
+
+
+def test_zombie_process_never_breaks_the_sample(make_collector: MakeCollector) -> None:
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 5
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        collector, _ = make_collector(fakes.real_pids([child.pid]))
+        (proc,) = collector.sample()["0"].processes or []
+        assert proc.pid == child.pid and proc.gpu_mem_bytes == 1 * GIB
+    finally:
+        child.wait()
+
+
+def test_compute_and_graphics_merge_by_pid(make_collector: MakeCollector) -> None:
+    both = fakes.gpu(
+        0,
+        compute_processes=[fakes.process(MISSING_PIDS[0], 2 * GIB), fakes.process(7, None)],
+        graphics_processes=[fakes.process(MISSING_PIDS[0], 1 * GIB), fakes.process(8, GIB)],
+    )
+    collector, _ = make_collector(fakes.scenario([both]))
+    procs = collector.sample()["0"].processes or []
+    assert [(p.pid, p.gpu_mem_bytes) for p in procs] == [
+        (MISSING_PIDS[0], 2 * GIB),
+        (8, GIB),
+        (7, None),
+    ]
+
+
+def test_full_cmdline_is_redacted(make_collector: MakeCollector) -> None:
+    secret = "0123456789abcdef0123456789abcdef"
+    code = "import time; time.sleep(30)"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, "--token", "hunter2", "API_KEY=xyz", secret, "--lr", "0.1"]
+    )
+    try:
+        collector, _ = make_collector(fakes.real_pids([child.pid]), full_cmdline=True)
+        (proc,) = collector.sample()["0"].processes or []
+        assert proc.user == MY_USER
+        assert proc.command == (f"{sys.executable} -c {code} --token *** API_KEY=*** *** --lr 0.1")
+        assert "hunter2" not in proc.command and secret not in proc.command
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_name_only_by_default(make_collector: MakeCollector) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "--token", "x"])
+    try:
+        collector, _ = make_collector(fakes.real_pids([child.pid]))
+        (proc,) = collector.sample()["0"].processes or []
+        assert proc.command == psutil.Process(child.pid).name()
+        assert proc.command is not None and "python" in proc.command
+        assert "token" not in proc.command
+    finally:
+        child.kill()
+        child.wait()
+
+
+# --------------------------------------------------------------------------- procinfo
+def test_unresolvable_uid_falls_back_to_the_number(
+    monkeypatch: pytest.MonkeyPatch, sleeper: subprocess.Popen[bytes]
+) -> None:
+    def no_such_user(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(procinfo.pwd, "getpwuid", no_such_user)
+    info = ProcessResolver().resolve([sleeper.pid])[sleeper.pid]
+    assert info.user == str(os.getuid())
+    assert info.command == "sleep"
+
+
+def test_access_denied_gives_unknown(
+    monkeypatch: pytest.MonkeyPatch, sleeper: subprocess.Popen[bytes]
+) -> None:
+    def denied(self: psutil.Process) -> Any:
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "name", denied)
+    info = ProcessResolver().resolve([sleeper.pid])[sleeper.pid]
+    assert info == procinfo.UNKNOWN
+
+
+def test_access_denied_on_metrics_keeps_the_owner(
+    monkeypatch: pytest.MonkeyPatch, sleeper: subprocess.Popen[bytes]
+) -> None:
+    def denied(self: psutil.Process, interval: float | None = None) -> Any:
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "cpu_percent", denied)
+    info = ProcessResolver().resolve([sleeper.pid])[sleeper.pid]
+    assert info == procinfo.ProcInfo(user=MY_USER, command="sleep")
+
+
+def test_resolver_caches_processes_and_forgets_unlisted_pids(
+    sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolver = ProcessResolver()
+    created: list[int] = []
+    original = procinfo.ProcessResolver._new_entry
+
+    def counting(self: ProcessResolver, pid: int) -> Any:
+        created.append(pid)
+        return original(self, pid)
+
+    monkeypatch.setattr(procinfo.ProcessResolver, "_new_entry", counting)
+    for _ in range(3):
+        resolver.resolve([sleeper.pid, MISSING_PIDS[0]])
+    assert created.count(sleeper.pid) == 1  # resolved once, reused
+    assert set(resolver._cache) == {sleeper.pid}  # missing pids aren't cached
+    resolver.resolve([])
+    assert resolver._cache == {}
+
+
+def test_resolver_notices_a_reused_pid(sleeper: subprocess.Popen[bytes]) -> None:
+    resolver = ProcessResolver()
+    resolver.resolve([sleeper.pid])
+    entry = resolver._cache[sleeper.pid]
+    # Pretend the cached process object belongs to an older process that had this pid.
+    entry.process = psutil.Process(os.getpid())
+    entry.process._pid = sleeper.pid  # type: ignore[attr-defined]
+    info = resolver.resolve([sleeper.pid])[sleeper.pid]
+    assert info.command == "sleep"
+    assert resolver._cache[sleeper.pid] is not entry
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["python", "train.py", "--lr", "0.1"], "python train.py --lr 0.1"),
+        (["app", "--token", "abc", "--password", "pw"], "app --token *** --password ***"),
+        (["app", "--api-key=abc", "--secret=s", "-p", "8"], "app --api-key=*** --secret=*** -p 8"),
+        (
+            ["env", "HF_TOKEN=hf_x", "AWS_SECRET_ACCESS_KEY=k"],
+            "env HF_TOKEN=*** AWS_SECRET_ACCESS_KEY=***",
+        ),
+        (["env", "DB_PASSWORD=p", "PATH=/usr/bin"], "env DB_PASSWORD=*** PATH=/usr/bin"),
+        (["run", "--key", "k", "--keyboard", "us"], "run --key *** --keyboard us"),
+        (["x", "deadbeef" * 4], "x ***"),
+        (["x", "--url=http://h/?k=" + "aB3" * 12], "x --url=http://h/?k=***"),
+        (["x", "/data/runs/resnet50_imagenet_baseline_v2/ckpt"], None),
+        (["x", "/Data/Run2023/ResNet50ImageNetBaselineVersion2/ckpt"], None),
+        (["x", "abcdefghijklmnopqrstuvwxyzabcdefgh"], None),  # lower case only: a word
+    ],
+)
+def test_redact_cmdline(args: list[str], expected: str | None) -> None:
+    assert redact_cmdline(args) == (" ".join(args) if expected is None else expected)
+
+
+def test_redact_cmdline_truncates() -> None:
+    text = redact_cmdline(["python"] + ["--epochs 10"] * 40)
+    assert len(text) == 200 and text.endswith("…")
+
+
+# --------------------------------------------------------------------------- cost
+def test_eight_gpus_sample_is_cheap(make_collector: MakeCollector) -> None:
+    collector, _ = make_collector(fakes.eight_gpus())
+    collector.sample()
+    runs = 200
+    start = time.process_time()
+    for _ in range(runs):
+        collector.sample()
+    per_sample_s = (time.process_time() - start) / runs
+    assert per_sample_s < 1e-3, f"{per_sample_s * 1e6:.0f} µs per 8-GPU sample"

@@ -276,7 +276,7 @@ def _checker_for(hint: Any) -> Checker:
         return _nullable(_checker_for(inner))
     if origin is list:
         (item_hint,) = typing.get_args(hint)
-        if dataclasses.is_dataclass(item_hint):
+        if isinstance(item_hint, type) and dataclasses.is_dataclass(item_hint):
             return _list_checker(_object_checker(item_hint, partial=False), MAX_OBJECT_LIST)
         if item_hint is str:
             return _list_checker(_check_str, MAX_STRING_LIST)
@@ -429,7 +429,7 @@ def make_patch(old: Any, new: Any) -> Any:
     patch: dict[str, Any] = {}
     for key, value in new.items():
         if value is None:
-            if key in old:
+            if old.get(key) is not None:
                 patch[key] = None
             continue
         if key not in old:

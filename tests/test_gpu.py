@@ -279,7 +279,9 @@ def test_nvml_error_on_required_call(make_collector: MakeCollector) -> None:
     assert samples["0"].error is None
 
 
-def test_no_exception_escapes_sample(make_collector: MakeCollector, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_exception_escapes_sample(
+    make_collector: MakeCollector, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     collector, fake = make_collector(fakes.mixed_models())
 
     def broken(handle: Any) -> int:
@@ -287,7 +289,7 @@ def test_no_exception_escapes_sample(make_collector: MakeCollector, caplog: pyte
             raise RuntimeError("binding bug")
         return 10
 
-    fake.nvmlDeviceGetFanSpeed = broken
+    monkeypatch.setattr(fake, "nvmlDeviceGetFanSpeed", broken)
     with caplog.at_level(logging.ERROR):
         samples = collector.sample()
     assert samples["2"].error == "collector error: RuntimeError"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 # --------------------------------------------------------------------------- constants
 NVML_SUCCESS = 0
@@ -64,9 +64,7 @@ class NVMLError(Exception):
     def __new__(cls, value: int) -> NVMLError:
         if cls is NVMLError:
             cls = NVMLError._by_code.get(value, NVMLError)
-        obj = Exception.__new__(cls)
-        obj.value = value  # type: ignore[attr-defined]
-        return obj
+        return Exception.__new__(cls)
 
     def __init__(self, value: int) -> None:
         super().__init__(value)
@@ -96,7 +94,7 @@ NVMLError_LibraryNotFound: type[NVMLError]
 NVMLError_DriverNotLoaded: type[NVMLError]
 
 
-def _raise(name: str) -> None:
+def _raise(name: str) -> NoReturn:
     raise NVMLError(_ERROR_CODES[name][0])
 
 

@@ -1,0 +1,147 @@
+"""Real processes for integration tests: a hub on a free port, agents, and waiting helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float = 10.0, every_s: float = 0.05, what: str = "") -> T:
+    """Polls until ``predicate`` returns something truthy; returns it or fails with ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate}")
+        time.sleep(every_s)
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERS_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Proc:
+    """A child process whose output goes to a log file (read it when a test fails)."""
+
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                return self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        return self.popen.wait(10)
+
+
+def spawn(args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> Proc:
+    log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    popen = subprocess.Popen(list(args), stdout=log_file, stderr=subprocess.STDOUT, env=base_env(env), cwd=REPO)
+    log_file.close()
+    return Proc(popen, log_path)
+
+
+@dataclass
+class Hub:
+    port: int
+    tmp: Path
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> Hub:
+        args = [sys.executable, "-m", "hub", "--port", str(self.port), *self.args]
+        env = {"SERS_STATE_DB": str(self.tmp / "hub.sqlite3"), **self.env}
+        self.proc = spawn(args, self.tmp / f"hub-{self.port}.log", env)
+        wait_until(self._healthy, timeout_s, what=f"hub on port {self.port} to answer /healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.popen.poll() is not None:
+            raise AssertionError(f"hub exited early:\n{self.proc.log()}")
+        try:
+            self.get("/healthz")
+        except OSError:
+            return False
+        return True
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            return json.loads(response.read())
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        return {n["id"]: n for n in self.get("/api/v1/nodes")["nodes"]}
+
+    def status(self, node: str) -> str | None:
+        found = self.nodes().get(node)
+        return None if found is None else found["status"]
+
+    def wait_status(self, node: str, status: str, timeout_s: float = 15.0) -> float:
+        """Waits for ``node`` to reach ``status``; returns the seconds it took."""
+        started = time.monotonic()
+        wait_until(lambda: self.status(node) == status, timeout_s, what=f"{node} to be {status}")
+        return time.monotonic() - started
+
+
+def start_agent(
+    hub: Hub,
+    name: str,
+    *args: str,
+    interval_s: float = 0.5,
+    env: Mapping[str, str] | None = None,
+    hub_url: str | None = None,
+) -> Proc:
+    argv = [sys.executable, "-m", "node_agent", "--hub", hub_url or hub.url, "--name", name, "--interval", str(interval_s), *args]
+    return spawn(argv, hub.tmp / f"agent-{name}.log", env)

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from hub.clock import ManualClock
+from hub.registry import Liveness, Naming, NodeRegistry, NodeStatus
+from node_agent.protocol import Delta, Hello
+
+
+def make(interval_s: float = 1.0) -> tuple[NodeRegistry, ManualClock, int]:
+    clock = ManualClock()
+    registry = NodeRegistry(clock, Liveness(stale_after_intervals=3, offline_after_intervals=8))
+    connection, change = registry.hello(Hello(node="n1", agent_version="t", interval_s=interval_s))
+    assert change.card
+    return registry, clock, connection
+
+
+def beat(registry: NodeRegistry, connection: int, patch: dict | None = None) -> None:  # type: ignore[type-arg]
+    registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch=patch or {}))
+
+
+def test_live_then_stale_then_offline_then_live_again() -> None:
+    registry, clock, connection = make()
+    node = registry.nodes["n1"]
+    assert node.status is NodeStatus.LIVE
+    clock.advance(2.9)
+    assert registry.sweep() == [] and node.status is NodeStatus.LIVE
+    clock.advance(0.2)  # 3.1 s of silence at a 1 s interval: late
+    [change] = registry.sweep()
+    assert change.card and node.status is NodeStatus.STALE
+    assert registry.sweep() == [], "no repeated change while still stale"
+    clock.advance(5.0)  # 8.1 s: gone
+    [change] = registry.sweep()
+    assert node.status is NodeStatus.OFFLINE
+    beat(registry, connection)
+    assert node.status is NodeStatus.LIVE
+
+
+def test_heartbeats_keep_a_node_live() -> None:
+    registry, clock, connection = make()
+    for second in range(20):
+        clock.advance(1.0)
+        beat(registry, connection, {"sampled_at": float(second)})
+        assert registry.sweep() == []
+    assert registry.nodes["n1"].status is NodeStatus.LIVE
+
+
+def test_offline_time_scales_with_the_interval_but_has_a_floor() -> None:
+    registry, clock, _ = make(interval_s=0.1)
+    clock.advance(2.9)
+    registry.sweep()
+    assert registry.nodes["n1"].status is NodeStatus.STALE
+    clock.advance(0.2)
+    registry.sweep()
+    assert registry.nodes["n1"].status is NodeStatus.OFFLINE
+
+
+def test_clean_disconnect_is_offline_at_once() -> None:
+    registry, _, connection = make()
+    change = registry.disconnect("n1", connection)
+    assert change is not None and change.card
+    assert registry.nodes["n1"].status is NodeStatus.OFFLINE
+
+
+def test_newer_connection_owns_the_node() -> None:
+    registry, _, old = make()
+    new, _ = registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
+    assert registry.delta("n1", old, Delta(1, 0.0, {"host": {"cpu_percent": 5.0}})) is None
+    assert registry.disconnect("n1", old) is None, "the old connection ending does not take the node offline"
+    assert registry.nodes["n1"].status is NodeStatus.LIVE
+    change = registry.delta("n1", new, Delta(1, 0.0, {"host": {"cpu_percent": 5.0}}))
+    assert change is not None and change.host
+
+
+def test_delta_changes_name_the_parts_to_render() -> None:
+    registry, _, connection = make()
+    first = registry.delta("n1", connection, Delta(1, 0.0, {"sampled_at": 1.0, "host": {"cpu_percent": 1.0}, "gpus": {"0": {"util_gpu_percent": 1.0}, "1": {}}}))
+    assert first is not None and first.card, "new GPUs need the whole card"
+    second = registry.delta("n1", connection, Delta(2, 0.0, {"gpus": {"1": {"util_gpu_percent": 50.0}}}))
+    assert second is not None and not second.card and not second.host and second.gpus == {"1"}
+    assert registry.nodes["n1"].state["gpus"]["1"] == {"util_gpu_percent": 50.0}
+    assert registry.nodes["n1"].state["host"] == {"cpu_percent": 1.0}
+
+
+def test_hung_collector_shows_as_sample_late_while_heartbeats_flow() -> None:
+    registry, clock, connection = make()
+    beat(registry, connection, {"sampled_at": 1.0, "host": {"cpu_percent": 1.0}})
+    for _ in range(4):
+        clock.advance(1.0)
+        beat(registry, connection)  # heartbeats only
+        registry.sweep()
+    node = registry.nodes["n1"]
+    assert node.status is NodeStatus.LIVE and node.sample_late
+    beat(registry, connection, {"sampled_at": 2.0})
+    assert not node.sample_late
+
+
+def test_names_map_by_node_name_or_address() -> None:
+    clock = ManualClock()
+    registry = NodeRegistry(clock, names={"n1": Naming("GPU One", "A100"), "10.0.0.7": Naming(group="H100")})
+    registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
+    registry.hello(Hello(node="n2", agent_version="t", interval_s=1.0), address="10.0.0.7")
+    registry.hello(Hello(node="a0", agent_version="t", interval_s=1.0))
+    assert registry.nodes["n1"].display_name == "GPU One" and registry.nodes["n1"].group == "A100"
+    assert registry.nodes["n2"].display_name == "n2" and registry.nodes["n2"].group == "H100"
+    assert [n.node_id for n in registry.ordered()] == ["n1", "n2", "a0"], "grouped first, by group then name"

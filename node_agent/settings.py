@@ -17,9 +17,12 @@ class SettingsError(ValueError):
     """A setting with a bad value; the message names the flag or variable."""
 
 
+DEFAULT_HUB_URL = "ws://127.0.0.1:8000/ws/agent"
+
+
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
-    hub_url: str = "ws://127.0.0.1:8000/ws/agent"
+    hub_url: str = DEFAULT_HUB_URL
     token: str | None = None
     node_name: str = "localhost"
     interval_s: float = 1.0
@@ -125,7 +128,7 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"--log-level / SERS_LOG_LEVEL: unknown level {log_level!r}")
     return AgentSettings(
-        hub_url=agent_ws_url(hub) if hub else AgentSettings.hub_url,
+        hub_url=agent_ws_url(hub) if hub else DEFAULT_HUB_URL,
         token=token or None,
         node_name=name,
         interval_s=interval,

@@ -25,7 +25,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], T], timeout_s: float = 10.0, every_s: float = 0.05, what: str = "") -> T:
+def wait_until(
+    predicate: Callable[[], T], timeout_s: float = 10.0, every_s: float = 0.05, what: str = ""
+) -> T:
     """Polls until ``predicate`` returns something truthy; returns it or fails with ``what``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -79,7 +81,9 @@ class Proc:
 
 def spawn(args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> Proc:
     log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    popen = subprocess.Popen(list(args), stdout=log_file, stderr=subprocess.STDOUT, env=base_env(env), cwd=REPO)
+    popen = subprocess.Popen(
+        list(args), stdout=log_file, stderr=subprocess.STDOUT, env=base_env(env), cwd=REPO
+    )
     log_file.close()
     return Proc(popen, log_path)
 
@@ -143,5 +147,16 @@ def start_agent(
     env: Mapping[str, str] | None = None,
     hub_url: str | None = None,
 ) -> Proc:
-    argv = [sys.executable, "-m", "node_agent", "--hub", hub_url or hub.url, "--name", name, "--interval", str(interval_s), *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "node_agent",
+        "--hub",
+        hub_url or hub.url,
+        "--name",
+        name,
+        "--interval",
+        str(interval_s),
+        *args,
+    ]
     return spawn(argv, hub.tmp / f"agent-{name}.log", env)

@@ -28,7 +28,9 @@ def test_sample_has_sane_numbers() -> None:
     assert sample.disks is not None
     root, missing = sample.disks
     assert root.mount == "/" and root.total_bytes and 0 < (root.used_bytes or 0) <= root.total_bytes
-    assert missing.mount == "/does-not-exist" and missing.total_bytes is None, "a bad mount is unknown, not an error"
+    assert missing.mount == "/does-not-exist" and missing.total_bytes is None, (
+        "a bad mount is unknown, not an error"
+    )
     for rate in (sample.net_rx_bytes_per_s, sample.net_tx_bytes_per_s, sample.disk_read_bytes_per_s):
         assert rate is None or rate >= 0
     assert sample.uptime_s is not None and sample.uptime_s > 0

@@ -71,7 +71,9 @@ def test_agent_reconnects_after_hub_restart(hub: Hub, procs: list[Proc]) -> None
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=base_env(), timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=base_env(), timeout=30
+    )
 
 
 def test_cli_help_and_errors_are_one_readable_line() -> None:

@@ -102,7 +102,14 @@ def test_make_patch_removes_gpus_and_replaces_lists_whole() -> None:
 
 
 def test_decode_drops_unknown_fields_so_newer_agents_still_talk() -> None:
-    raw = orjson.dumps({"type": "delta", "seq": 1, "ts": 1.0, "patch": {"host": {"cpu_percent": 1.0, "new_field": 3}, "extra": 1}})
+    raw = orjson.dumps(
+        {
+            "type": "delta",
+            "seq": 1,
+            "ts": 1.0,
+            "patch": {"host": {"cpu_percent": 1.0, "new_field": 3}, "extra": 1},
+        }
+    )
     decoded = p.decode(raw)
     assert isinstance(decoded, p.Delta)
     assert decoded.patch == {"host": {"cpu_percent": 1.0}}
@@ -116,8 +123,16 @@ def test_decode_drops_unknown_fields_so_newer_agents_still_talk() -> None:
         (b'{"type": "launch"}', "unknown message type", p.CLOSE_POLICY),
         (b'{"seq": 1}', "unknown message type None", p.CLOSE_POLICY),
         (b'{"type": "delta", "ts": 1.0, "patch": {}}', "missing field 'seq'", p.CLOSE_BAD_DATA),
-        (b'{"type": "delta", "seq": "1", "ts": 1.0, "patch": {}}', "seq: expected an integer", p.CLOSE_BAD_DATA),
-        (b'{"type": "delta", "seq": 1, "ts": 1.0, "patch": []}', "patch: expected an object", p.CLOSE_BAD_DATA),
+        (
+            b'{"type": "delta", "seq": "1", "ts": 1.0, "patch": {}}',
+            "seq: expected an integer",
+            p.CLOSE_BAD_DATA,
+        ),
+        (
+            b'{"type": "delta", "seq": 1, "ts": 1.0, "patch": []}',
+            "patch: expected an object",
+            p.CLOSE_BAD_DATA,
+        ),
         (b'{"type": "delta", "seq": 1, "ts": 1e300, "patch": {}}', "finite number", p.CLOSE_BAD_DATA),
         (b'{"type": "delta", "seq": 1, "ts": true, "patch": {}}', "ts: expected a number", p.CLOSE_BAD_DATA),
         (
@@ -164,7 +179,9 @@ def test_decode_rejects_nan_long_strings_and_oversized_messages() -> None:
         p.decode(b'{"type": "delta", "seq": 1, "ts": NaN, "patch": {}}')
     long_name = "x" * (p.MAX_STRING_CHARS + 1)
     with pytest.raises(p.ProtocolError, match="at most 256 characters"):
-        p.decode(orjson.dumps({"type": "delta", "seq": 1, "ts": 1, "patch": {"gpus": {"0": {"name": long_name}}}}))
+        p.decode(
+            orjson.dumps({"type": "delta", "seq": 1, "ts": 1, "patch": {"gpus": {"0": {"name": long_name}}}})
+        )
     with pytest.raises(p.ProtocolError) as caught:
         p.decode(b" " * (p.MAX_MESSAGE_BYTES + 1))
     assert caught.value.close_code == p.CLOSE_TOO_BIG

@@ -72,7 +72,19 @@ def test_newer_connection_owns_the_node() -> None:
 
 def test_delta_changes_name_the_parts_to_render() -> None:
     registry, _, connection = make()
-    first = registry.delta("n1", connection, Delta(1, 0.0, {"sampled_at": 1.0, "host": {"cpu_percent": 1.0}, "gpus": {"0": {"util_gpu_percent": 1.0}, "1": {}}}))
+    first = registry.delta(
+        "n1",
+        connection,
+        Delta(
+            1,
+            0.0,
+            {
+                "sampled_at": 1.0,
+                "host": {"cpu_percent": 1.0},
+                "gpus": {"0": {"util_gpu_percent": 1.0}, "1": {}},
+            },
+        ),
+    )
     assert first is not None and first.card, "new GPUs need the whole card"
     second = registry.delta("n1", connection, Delta(2, 0.0, {"gpus": {"1": {"util_gpu_percent": 50.0}}}))
     assert second is not None and not second.card and not second.host and second.gpus == {"1"}

@@ -3,16 +3,22 @@
 Autoescape is on for every template: agent-provided text (host, user, process and GPU names)
 always arrives as text. Pre-rendered fragments are wrapped in ``Markup`` only here, because
 they are our own escaped output.
+
+The per-second fragments (host part, GPU rows, sparklines) are Python functions in
+:mod:`frontend.fragments`; the rest are templates, rendered through the compiled template's
+render function with a plain context (what ``Template.render`` does, minus its argument handling).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from jinja2 import Environment, PackageLoader
+from jinja2 import Environment, PackageLoader, Template
 from markupsafe import Markup
 
-from frontend.viewmodels import GpuView, HeadView, HostView, SummaryView
+from frontend.fragments import gpu_html, host_html, spark_html
+from frontend.viewmodels import DetailView, GpuView, HeadView, HostView, SparkView, SummaryView
 
 
 def build_environment() -> Environment:
@@ -25,30 +31,55 @@ def build_environment() -> Environment:
     )
 
 
+def _fast(template: Template) -> Callable[[dict[str, Any]], str]:
+    """A one-argument renderer for ``template`` (same output as ``template.render``)."""
+    render_func = template.root_render_func
+    new_context = template.new_context
+    concat = template.environment.concat
+
+    def render(variables: dict[str, Any]) -> str:
+        return str(concat(render_func(new_context(variables))))
+
+    return render
+
+
 class Renderer:
     """Renders each fragment kind; the hub calls it once per change and caches the result."""
 
     def __init__(self, env: Environment | None = None) -> None:
         env = env or build_environment()
-        self._host = env.get_template("_host.html")
-        self._gpu = env.get_template("_gpu.html")
-        self._card = env.get_template("_card.html")
-        self._summary = env.get_template("_summary.html")
+        self._card = _fast(env.get_template("_card.html"))
+        self._summary = _fast(env.get_template("_summary.html"))
         self._page = env.get_template("page.html")
+        self._node_page = env.get_template("node.html")
 
     def host(self, view: HostView) -> str:
-        return self._host.render(h=view)
+        return host_html(view)
 
     def gpu(self, view: GpuView) -> str:
-        return self._gpu.render(g=view)
+        return gpu_html(view)
 
-    def card(self, head: HeadView, host_html: str, gpu_htmls: Sequence[str]) -> str:
-        return self._card.render(
-            v=head, host_html=Markup(host_html), gpu_htmls=[Markup(row) for row in gpu_htmls]
+    def spark(self, view: SparkView) -> str:
+        return spark_html(view)
+
+    def card(
+        self,
+        head: HeadView,
+        host_html: str,
+        cpu_spark: str,
+        gpu_lines: Sequence[tuple[str, str]],
+    ) -> str:
+        return self._card(
+            {
+                "v": head,
+                "host_html": Markup(host_html),
+                "cpu_spark": Markup(cpu_spark),
+                "gpu_lines": [(Markup(row), Markup(spark)) for row, spark in gpu_lines],
+            }
         )
 
     def summary(self, view: SummaryView, now_epoch_s: float) -> str:
-        return self._summary.render(s=view, now_epoch_s=round(now_epoch_s, 1))
+        return self._summary({"s": view, "now_epoch_s": round(now_epoch_s, 1)})
 
     def page(
         self,
@@ -60,6 +91,9 @@ class Renderer:
         title: str = "sers-monitor",
         theme: str = "dark",
         density: str = "normal",
+        sort: str = "name",
+        cycle_s: float = 0,
+        hub_url: str = "http://HUB:8000",
     ) -> str:
         return self._page.render(
             root_path=root_path,
@@ -69,4 +103,25 @@ class Renderer:
             title=title,
             theme=theme,
             density=density,
+            sort=sort,
+            cycle_s=f"{cycle_s:g}",
+            hub_url=hub_url,
+        )
+
+    def node_page(
+        self,
+        detail: DetailView,
+        *,
+        root_path: str,
+        now_epoch_s: float,
+        theme: str = "dark",
+        back_query: str = "",
+    ) -> str:
+        return self._node_page.render(
+            d=detail,
+            now_epoch_s=round(now_epoch_s, 1),
+            root_path=root_path,
+            theme=theme,
+            back_query=back_query,
+            chart=lambda view: Markup(spark_html(view)),
         )

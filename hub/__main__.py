@@ -1,8 +1,18 @@
-"""``sers-hub``: serve the dashboard and take agents, on uvicorn."""
+"""``sers-hub``: serve the dashboard and take agents, on uvicorn.
+
+``sers-hub forget NODE --state-db FILE`` removes a remembered node from the state file (with
+the hub stopped; on a running hub use ``DELETE /api/v1/nodes/NODE``).
+
+On SIGTERM or SIGINT uvicorn closes every WebSocket with 1012 (service restart) and the hub
+exits within ``timeout_graceful_shutdown`` seconds, writing the state file once more.
+"""
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -10,7 +20,40 @@ import uvicorn
 
 from hub.app import create_app
 from hub.settings import HubSettings, SettingsError, load_settings
+from hub.store import NodeStore, StoreError, forget_offline
 from node_agent.protocol import MAX_MESSAGE_BYTES
+
+
+class QuietConnections(logging.Filter):
+    """Drops uvicorn's per-connection WebSocket lines: the hub logs its own (node connected,
+    disconnected, refused at most once per source per minute), so a client that hammers the hub
+    cannot flood the log. Also drops the "returned without completing handshake" error that
+    uvicorn's websockets-sansio protocol logs after every HTTP denial response (401/403)."""
+
+    _DROPPED_PREFIXES = ("connection open", "connection rejected", "connection closed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno <= logging.INFO:
+            return not (message.startswith(self._DROPPED_PREFIXES) or '"WebSocket ' in message)
+        return "returned without completing handshake" not in message
+
+
+# Kernel send buffer per connection (Linux doubles it). Without it, loopback and LAN sockets
+# autotune up to tcp_wmem's maximum (4 MiB), so a browser that stops reading could hide megabytes
+# in the kernel for tens of seconds before the hub's send timeout even starts counting.
+SOCKET_SEND_BUFFER_BYTES = 128 * 1024
+
+
+class HubServer(uvicorn.Server):
+    """uvicorn's server, with :data:`SOCKET_SEND_BUFFER_BYTES` on its listening sockets (accepted
+    connections inherit it)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        for server in self.servers:
+            for sock in server.sockets:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER_BYTES)
 
 
 def uvicorn_config(settings: HubSettings) -> uvicorn.Config:
@@ -19,8 +62,7 @@ def uvicorn_config(settings: HubSettings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         root_path=settings.root_path,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
+        proxy_headers=False,  # create_app applies uvicorn's proxy middleware itself (ProxyTrust)
         ws_max_size=MAX_MESSAGE_BYTES,  # agents send a few KiB; browsers send nothing
         ws_per_message_deflate=False,  # fragments are small; per-viewer compression costs 5x CPU
         ws_ping_interval=20.0,
@@ -32,14 +74,67 @@ def uvicorn_config(settings: HubSettings) -> uvicorn.Config:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def forget(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sers-hub forget",
+        description="Remove a remembered node from the hub's state file (stop the hub first; "
+        "on a running hub use DELETE /api/v1/nodes/NODE).",
+    )
+    parser.add_argument("node", metavar="NODE", help="the node name")
+    parser.add_argument("--state-db", metavar="FILE", required=True, help="the hub's SQLite state file")
+    args = parser.parse_args(argv)
     try:
-        settings = load_settings(argv)
+        forgotten = forget_offline(args.state_db, args.node)
+    except StoreError as exc:
+        print(f"sers-hub forget: error: {exc}", file=sys.stderr)
+        return 2
+    if not forgotten:
+        print(f"sers-hub forget: {args.node!r} is not in {args.state_db}", file=sys.stderr)
+        return 1
+    print(f"forgot {args.node} (restart the hub if it is running)")
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_open(settings: HubSettings, log: logging.Logger) -> None:
+    if _is_loopback(settings.host):
+        return
+    if settings.agent_token is None and not settings.node_tokens:
+        log.warning("no agent token: anyone who reaches %s:%d can report nodes", settings.host, settings.port)
+    if settings.view_token is None:
+        log.warning(
+            "no view token: anyone who reaches %s:%d can see the dashboard", settings.host, settings.port
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["forget"]:
+        return forget(args[1:])
+    try:
+        settings = load_settings(args)
     except SettingsError as exc:
         print(f"sers-hub: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = uvicorn.Server(uvicorn_config(settings))
+    if settings.state_db:
+        try:
+            NodeStore(settings.state_db).close()
+        except StoreError as exc:
+            print(f"sers-hub: error: state_db: {exc}", file=sys.stderr)
+            return 2
+    warn_if_open(settings, logging.getLogger("sers.hub"))
+    config = uvicorn_config(settings)  # configures uvicorn's loggers: add the filter after
+    logging.getLogger("uvicorn.error").addFilter(QuietConnections())
+    server = HubServer(config)
     try:
         server.run()
     except OSError as exc:

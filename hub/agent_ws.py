@@ -1,19 +1,37 @@
-"""``/ws/agent``: one node agent's connection. Bad input closes that connection, nothing else."""
+"""``/ws/agent``: one node agent's connection. Bad input closes that connection, nothing else.
+
+Before accept: the bearer token (``Authorization`` header only). A missing token is answered
+with HTTP 401, a wrong one with 403; refusals are logged at most once per source per minute.
+After accept: a hello within :data:`HELLO_TIMEOUT_S`, then deltas. Every limit closes only this
+connection, with a close code that says why (see ``docs/security.md``):
+
+- 1009: a message over ``MAX_MESSAGE_BYTES`` (uvicorn enforces it as ``ws_max_size``);
+- 1007: malformed JSON, wrong types, non-finite or huge numbers, over-long strings and lists;
+- 1008: policy: no hello first, a second hello, unknown message types, more messages per second
+  than ``agent_max_messages_per_s`` (or 3 per announced interval, if more), a token bound to another node, too many nodes, or a newer
+  connection for the same node (the newer one wins);
+- 1003: binary frames.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from hub.security import FailureLog, bearer_token, tokens_equal
+from hub.settings import HubSettings
 from hub.state import HubState
 from node_agent.protocol import (
     CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    MAX_MESSAGE_BYTES,
     Delta,
     Hello,
     ProtocolError,
@@ -23,28 +41,24 @@ from node_agent.protocol import (
 log = logging.getLogger("sers.hub")
 
 HELLO_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INTERNAL_ERROR = 1011
 
 
-def _bearer(websocket: WebSocket) -> str | None:
-    header = websocket.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+def token_owner(settings: HubSettings, token: str | None) -> tuple[bool, str | None]:
+    """(accepted, the node the token is bound to). Open when no token is configured at all.
 
-
-def token_owner(hub: HubState, token: str | None) -> tuple[bool, str | None]:
-    """(accepted, bound node). Open when no token is configured at all."""
-    settings = hub.settings
+    Every configured token is compared, in constant time, whatever matched before.
+    """
     if settings.agent_token is None and not settings.node_tokens:
         return True, None
     if token is None:
         return False, None
-    ok = settings.agent_token is not None and hmac.compare_digest(
-        token.encode(), settings.agent_token.encode()
-    )
+    ok = tokens_equal(token, settings.agent_token)
     bound = None
-    for node, node_token in settings.node_tokens.items():  # every entry compared: constant time
-        if hmac.compare_digest(token.encode(), node_token.encode()):
+    for node, node_token in settings.node_tokens.items():
+        if tokens_equal(token, node_token):
             ok, bound = True, node
     return ok, bound
 
@@ -70,26 +84,27 @@ class RateLimit:
 
 async def agent_endpoint(websocket: WebSocket) -> None:
     hub: HubState = websocket.app.state.hub
+    failures: FailureLog = websocket.app.state.failures
     address = websocket.client.host if websocket.client else None
-    accepted, bound_node = token_owner(hub, _bearer(websocket))
+    token = bearer_token(websocket.headers)
+    accepted, bound_node = token_owner(hub.settings, token)
     if not accepted:
-        status = 401 if _bearer(websocket) is None else 403
-        log.warning("agent from %s refused: %s token", address, "missing" if status == 401 else "wrong")
-        await websocket.send_denial_response(PlainTextResponse("invalid or missing agent token\n", status))
+        status = 401 if token is None else 403
+        failures.refused(address or "unknown", f"an agent with {'no' if token is None else 'a wrong'} token")
+        await websocket.send_denial_response(
+            PlainTextResponse(
+                "missing agent token\n" if status == 401 else "invalid agent token\n",
+                status,
+                headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
+            )
+        )
         return
     await websocket.accept()
     try:
         hello = await _receive_hello(websocket)
+        _check_hello(hub, hello, bound_node)
     except (ProtocolError, WebSocketDisconnect, TimeoutError) as exc:
         await _close(websocket, exc, node=None, address=address)
-        return
-    if bound_node is not None and hello.node != bound_node:
-        await _close(
-            websocket,
-            ProtocolError(f"this token belongs to node {bound_node!r}, not {hello.node!r}", CLOSE_POLICY),
-            node=hello.node,
-            address=address,
-        )
         return
     connection, change = hub.registry.hello(hello, address)
     hub.fanout.note(change)
@@ -98,20 +113,26 @@ async def agent_endpoint(websocket: WebSocket) -> None:
     if older is not None:
         log.warning("node %s: a newer connection from %s replaces the older one", hello.node, address)
         with contextlib.suppress(Exception):
-            await older[1].close(CLOSE_POLICY, "replaced by a newer connection for this node")
+            await asyncio.wait_for(
+                older[1].close(CLOSE_POLICY, "replaced by a newer connection for this node"),
+                CLOSE_TIMEOUT_S,
+            )
     log.info("node %s connected from %s (agent %s)", hello.node, address, hello.agent_version)
-    limit = RateLimit(hub.settings.agent_max_messages_per_s)
+    # an agent sends about one message per interval: a fast interval gets a higher limit
+    max_per_s = max(hub.settings.agent_max_messages_per_s, 3.0 / hello.interval_s)
+    limit = RateLimit(max_per_s)
     try:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
+                _log_transport_close(message, hello.node, address)
                 break
             text = message.get("text")
             if text is None:
                 raise ProtocolError("binary frames are not part of the protocol", CLOSE_UNSUPPORTED_DATA)
             if not limit.allow():
                 raise ProtocolError(
-                    f"more than {hub.settings.agent_max_messages_per_s:g} messages per second",
+                    f"more than {max_per_s:g} messages per second",
                     CLOSE_POLICY,
                 )
             decoded = decode(text)
@@ -122,6 +143,11 @@ async def agent_endpoint(websocket: WebSocket) -> None:
         await _close(websocket, exc, node=hello.node, address=address)
     except WebSocketDisconnect:
         pass
+    except Exception:  # a bug must cost this one connection, never the hub
+        log.exception("node %s: internal error; closing its connection", hello.node)
+        await _close(
+            websocket, ProtocolError("internal error", CLOSE_INTERNAL_ERROR), node=hello.node, address=address
+        )
     finally:
         current = hub.agent_sockets.get(hello.node)
         if current is not None and current[0] == connection:
@@ -130,9 +156,22 @@ async def agent_endpoint(websocket: WebSocket) -> None:
         log.info("node %s disconnected", hello.node)
 
 
+def _check_hello(hub: HubState, hello: Hello, bound_node: str | None) -> None:
+    """Raises unless this connection may speak for ``hello.node``."""
+    if bound_node is not None and hello.node != bound_node:
+        raise ProtocolError(f"this token belongs to node {bound_node!r}, not {hello.node!r}", CLOSE_POLICY)
+    if bound_node is None and hello.node in hub.settings.node_tokens:
+        raise ProtocolError(
+            f"node {hello.node!r} has its own token; the shared one cannot speak for it", CLOSE_POLICY
+        )
+    if hello.node not in hub.registry.nodes and len(hub.registry.nodes) >= hub.settings.max_nodes:
+        raise ProtocolError(f"the hub already has max_nodes={hub.settings.max_nodes} nodes", CLOSE_POLICY)
+
+
 async def _receive_hello(websocket: WebSocket) -> Hello:
     message = await asyncio.wait_for(websocket.receive(), HELLO_TIMEOUT_S)
     if message["type"] == "websocket.disconnect":
+        _log_transport_close(message, None, websocket.client.host if websocket.client else None)
         raise WebSocketDisconnect(message.get("code", 1000))
     text = message.get("text")
     if text is None:
@@ -141,6 +180,18 @@ async def _receive_hello(websocket: WebSocket) -> Hello:
     if not isinstance(decoded, Hello):
         raise ProtocolError("the first message must be a hello", CLOSE_POLICY)
     return decoded
+
+
+def _log_transport_close(message: Mapping[str, Any], node: str | None, address: str | None) -> None:
+    """uvicorn closes over-size messages (1009) and bad UTF-8 (1007) itself; say so in our log."""
+    code = message.get("code")
+    if code == CLOSE_TOO_BIG:
+        reason = f"a message over {MAX_MESSAGE_BYTES} bytes"
+    elif code == 1007:
+        reason = "a text frame that is not UTF-8"
+    else:
+        return
+    log.warning("closed agent %s from %s with %d: %s", node or "(before hello)", address, code, reason)
 
 
 async def _close(websocket: WebSocket, exc: BaseException, *, node: str | None, address: str | None) -> None:
@@ -158,4 +209,10 @@ async def _close(websocket: WebSocket, exc: BaseException, *, node: str | None, 
     )
     if websocket.application_state is WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):
-            await websocket.close(exc.close_code, exc.reason[:120])
+            await asyncio.wait_for(websocket.close(exc.close_code, _reason(exc.reason)), CLOSE_TIMEOUT_S)
+
+
+def _reason(text: str) -> str:
+    """A close reason must fit in 123 bytes of UTF-8."""
+    encoded = text.encode()[:120]
+    return encoded.decode(errors="ignore")

@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -15,18 +17,22 @@ from hub.agent_ws import agent_endpoint
 from hub.clock import SystemClock
 from hub.fanout import Fanout, stop_task
 from hub.liveness import run_sweeps
-from hub.pages import api_nodes, healthz, page
+from hub.metrics import metrics
+from hub.history import History
+from hub.pages import api_nodes, healthz, node_page, page
 from hub.registry import Clock, NodeRegistry
 from hub.scene import Scene
+from hub.security import FailureLog, OriginPolicy, ProxyTrust, SecurityHeaders, ViewAuth, admin_token
 from hub.settings import HubSettings
 from hub.state import HubState
+from hub.store import StoreSync, forget_node
 from hub.view_ws import view_endpoint
 
 
 def build_state(settings: HubSettings, clock: Clock) -> HubState:
     registry = NodeRegistry(clock, settings.liveness, dict(settings.names))
     renderer = Renderer()
-    scene = Scene(registry, renderer, settings.gpu_free, clock.wall)
+    scene = Scene(registry, renderer, settings.gpu_free, clock.wall, History(settings.history_s))
     fanout = Fanout(registry, scene, settings.viewer_max_rate_hz)
     return HubState(settings=settings, registry=registry, renderer=renderer, scene=scene, fanout=fanout)
 
@@ -34,29 +40,63 @@ def build_state(settings: HubSettings, clock: Clock) -> HubState:
 def create_app(settings: HubSettings | None = None, clock: Clock | None = None) -> Starlette:
     settings = settings or HubSettings()
     state = build_state(settings, clock or SystemClock())
+    store = StoreSync(settings.state_db, state.registry, settings.names) if settings.state_db else None
+    failures = FailureLog()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if store is not None:
+            await store.open()  # remembered nodes come back as offline
         tasks = [
             asyncio.create_task(run_sweeps(state.registry, state.fanout)),
             asyncio.create_task(state.fanout.run()),
         ]
+        if store is not None:
+            tasks.append(asyncio.create_task(store.run()))
         try:
             yield
         finally:
             for task in tasks:
                 await stop_task(task)
+            if store is not None:
+                await store.close()  # last seen of every node, written once more
 
     app = Starlette(
         routes=[
             Route("/", page),
+            Route("/node/{node_id}", node_page),
             Route("/api/v1/nodes", api_nodes),
+            Route("/api/v1/nodes/{node_id}", forget_node, methods=["DELETE"]),
             Route("/healthz", healthz),
+            Route("/metrics", metrics),
             WebSocketRoute("/ws/agent", agent_endpoint),
             WebSocketRoute("/ws/view", view_endpoint),
             Mount("/static", StaticFiles(packages=[("frontend", "static")]), name="static"),
         ],
         lifespan=lifespan,
+        middleware=security_middleware(settings, failures),
     )
     app.state.hub = state
+    app.state.store = store
+    app.state.failures = failures
+    app.state.origins = OriginPolicy(settings.allowed_origins)
     return app
+
+
+def security_middleware(settings: HubSettings, failures: FailureLog) -> list[Middleware]:
+    """Outermost first: trusted proxies, trusted Host names, headers, then the view token."""
+    stack = [
+        Middleware(ProxyTrust, forwarded_allow_ips=settings.forwarded_allow_ips),
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.trusted_hosts), www_redirect=False),
+        Middleware(SecurityHeaders),
+    ]
+    if settings.view_token:
+        stack.append(
+            Middleware(
+                ViewAuth,
+                view_token=settings.view_token,
+                admin_token=admin_token(settings),
+                failures=failures,
+            )
+        )
+    return stack

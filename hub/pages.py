@@ -1,7 +1,14 @@
-"""HTTP endpoints: the page, the JSON API and the health check."""
+"""HTTP endpoints: the wall page, a node's detail page, the JSON API and the health check.
+
+Kiosk URL options (bookmarkable): ``group=a,b`` and ``node=gpu01,gpu02`` filter by group or by
+node name (or display name), ``gpus=1`` keeps nodes with GPUs, ``sort=name|status|free``,
+``density=normal|compact|large``, ``theme=dark|light`` and ``cycle=<seconds>`` (show one
+screenful at a time, turning pages when more nodes exist than fit).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +18,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from hub.registry import Node
 from hub.scene import ViewFilter
 from hub.state import HubState
+
+SORTS = ("name", "status", "free")
+DENSITIES = ("normal", "compact", "large")
+MIN_CYCLE_S = 3.0
+MAX_CYCLE_S = 3600.0
 
 
 def _csv(params: Mapping[str, str], key: str) -> frozenset[str]:
@@ -26,21 +38,60 @@ def view_filter_from(params: Mapping[str, str]) -> ViewFilter:
     )
 
 
+def _choice(params: Mapping[str, str], key: str, choices: tuple[str, ...]) -> str:
+    value = params.get(key, "")
+    return value if value in choices else choices[0]
+
+
+def theme_from(params: Mapping[str, str]) -> str:
+    return "light" if params.get("theme") == "light" else "dark"
+
+
+def cycle_from(params: Mapping[str, str]) -> float:
+    """Seconds per page in cycle mode; 0 (off) for a missing or unreadable value."""
+    try:
+        seconds = float(params.get("cycle", "0"))
+    except ValueError:
+        return 0.0
+    if not math.isfinite(seconds) or seconds <= 0:
+        return 0.0
+    return min(max(seconds, MIN_CYCLE_S), MAX_CYCLE_S)
+
+
 async def page(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     root = request.scope.get("root_path", "").rstrip("/")
-    view_filter = view_filter_from(request.query_params)
+    params = request.query_params
+    view_filter = view_filter_from(params)
     query = request.url.query
     scene = hub.scene
-    theme = "light" if request.query_params.get("theme") == "light" else "dark"
-    density = "compact" if request.query_params.get("density") == "compact" else "normal"
     html = hub.renderer.page(
         root_path=root,
         ws_path=f"{root}/ws/view" + (f"?{query}" if query else ""),
         summary_html=scene.summary(scene.summary_view(view_filter)),
         cards=scene.cards(view_filter),
-        theme=theme,
-        density=density,
+        theme=theme_from(params),
+        density=_choice(params, "density", DENSITIES),
+        sort=_choice(params, "sort", SORTS),
+        cycle_s=cycle_from(params),
+        hub_url=str(request.base_url).rstrip("/"),
+    )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+async def node_page(request: Request) -> Response:
+    """``/node/<id>``: every field the agent reports, processes per GPU, the whole history."""
+    hub: HubState = request.app.state.hub
+    node = hub.registry.nodes.get(request.path_params["node_id"])
+    if node is None:
+        return HTMLResponse("<!doctype html><title>unknown node</title><p>No such node.</p>", 404)
+    query = request.url.query
+    html = hub.renderer.node_page(
+        hub.scene.detail(node),
+        root_path=request.scope.get("root_path", "").rstrip("/"),
+        now_epoch_s=hub.scene.now(),
+        theme=theme_from(request.query_params),
+        back_query=f"?{query}" if query else "",
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 

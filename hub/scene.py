@@ -1,32 +1,43 @@
 """The rendered picture of every node: each part rendered once per change, then shared.
 
-A card is made of parts with their own element ids: the host part (``node-<id>-host``) and one
-row per GPU (``node-<id>-gpu-<index>``). A delta that touched only the host or one GPU renders
-only that part. Status changes and hellos render the whole card (``node-<id>``).
+A card is made of parts with their own element ids: the host part (``node-<id>-host``), one
+row per GPU (``node-<id>-gpu-<index>``) and the sparklines (``spark-<id>-cpu``,
+``spark-<id>-gpu-<index>``). A delta that touched only the host or one GPU renders only that
+part, and a GPU row is pushed only when its HTML changed. Sparklines show closed history
+buckets, so they are pushed only when a bucket group closes (every 20 s per node, staggered).
+Status changes and hellos render the whole card (``node-<id>``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from frontend.render import Renderer
 from frontend.viewmodels import (
+    DetailView,
     SummaryView,
-    gpu_is_free,
+    detail_view,
     gpu_view,
     head_view,
     host_view,
+    spark_view,
     summary_view,
 )
+from hub.history import History, sample_values
 from hub.registry import Node, NodeChange, NodeRegistry, NodeStatus, sort_key
 from hub.settings import GpuFreeRule
+
+DEFAULT_HISTORY_S = 900.0
 
 
 @dataclass(slots=True)
 class RenderedNode:
     host: str = ""
+    cpu_spark: str = ""
     gpus: dict[str, str] = field(default_factory=dict)
+    gpu_sparks: dict[str, str] = field(default_factory=dict)
 
 
 def gpu_order(gpus: Iterable[str]) -> list[str]:
@@ -56,11 +67,13 @@ class Scene:
         renderer: Renderer,
         gpu_free: GpuFreeRule,
         wall_clock: Callable[[], float],
+        history: History | None = None,
     ) -> None:
         self._registry = registry
         self._renderer = renderer
         self._gpu_free = gpu_free
         self._wall = wall_clock
+        self.history = history or History(DEFAULT_HISTORY_S)
         self._rendered: dict[str, RenderedNode] = {}
 
     def render_change(self, change: NodeChange) -> dict[str, str]:
@@ -70,19 +83,27 @@ class Scene:
         node = self._registry.nodes.get(node_id)
         if change.removed or node is None:
             self._rendered.pop(node_id, None)
+            self.history.forget(node_id)
             return {card_id: f'<template id="{card_id}" data-remove></template>'}
-        if change.card or node_id not in self._rendered:
+        sparks_changed = self._record(node)
+        rendered = self._rendered.get(node_id)
+        if change.card or rendered is None:
             return {card_id: self._render_card(node)}
-        rendered = self._rendered[node_id]
         out = {}
         if change.host:
             rendered.host = out[f"{card_id}-host"] = self._render_host(node)
         gpus = node.state.get("gpus") or {}
+        live = node.status is NodeStatus.LIVE
         for index in gpu_order(change.gpus):
             if index in gpus:
-                row = self._render_gpu(node, index, gpus[index])
+                row = self._render_gpu(node_id, index, gpus[index], live)
                 if row != rendered.gpus.get(index):  # only what a person would see change
                     rendered.gpus[index] = out[f"{card_id}-gpu-{index}"] = row
+        if sparks_changed:
+            rendered.cpu_spark = out[f"spark-{node_id}-cpu"] = self._render_cpu_spark(node_id)
+            for index in gpu_order(gpus):
+                spark = self._render_gpu_spark(node_id, index)
+                rendered.gpu_sparks[index] = out[f"spark-{node_id}-gpu-{index}"] = spark
         return out
 
     def card(self, node: Node) -> str:
@@ -107,30 +128,77 @@ class Scene:
     def summary(self, view: SummaryView) -> str:
         return self._renderer.summary(view, self._wall())
 
+    def now(self) -> float:
+        """The hub's wall clock (epoch seconds), for pages that count time on in the browser."""
+        return self._wall()
+
+    def detail(self, node: Node) -> DetailView:
+        """Everything about one node, with its whole history (the detail page)."""
+        history = self.history.node(node.node_id)
+        points = {key: history.points(key) for key in history.series}
+        rule = self._gpu_free
+        return detail_view(
+            node,
+            points,
+            round(self.history.window_s / 60),
+            self._registry.silent_s(node),
+            rule.max_util_percent,
+            rule.max_mem_percent,
+        )
+
+    # ------------------------------------------------------------------ history
+    def _record(self, node: Node) -> bool:
+        """Adds the node's newest sample to its history; True when its sparklines changed."""
+        sampled_at = node.state.get("sampled_at")
+        if not isinstance(sampled_at, int | float):
+            return False
+        history = self.history.node(node.node_id)
+        if history.last_sample_at == sampled_at:
+            return False
+        return history.record(sampled_at, sample_values(node.state))
+
     # ------------------------------------------------------------------ rendering
     def _render_card(self, node: Node) -> str:
         gpus = node.state.get("gpus") or {}
+        live = node.status is NodeStatus.LIVE
+        node_id = node.node_id
+        order = gpu_order(gpus)
         rendered = RenderedNode(
             host=self._render_host(node),
-            gpus={i: self._render_gpu(node, i, gpus[i]) for i in gpu_order(gpus)},
+            cpu_spark=self._render_cpu_spark(node_id),
+            gpus={i: self._render_gpu(node_id, i, gpus[i], live) for i in order},
+            gpu_sparks={i: self._render_gpu_spark(node_id, i) for i in order},
         )
-        self._rendered[node.node_id] = rendered
+        self._rendered[node_id] = rendered
         return self._assemble(node, rendered)
 
     def _assemble(self, node: Node, rendered: RenderedNode) -> str:
-        gpus = node.state.get("gpus") or {}
-        free = 0
-        if node.status is NodeStatus.LIVE:
-            rule = self._gpu_free
-            free = sum(gpu_is_free(g, rule.max_util_percent, rule.max_mem_percent) for g in gpus.values())
-        return self._renderer.card(head_view(node, free), rendered.host, list(rendered.gpus.values()))
+        lines = [(rendered.gpus[i], rendered.gpu_sparks.get(i, "")) for i in gpu_order(rendered.gpus)]
+        head = head_view(node, self._registry.silent_s(node))
+        return self._renderer.card(head, rendered.host, rendered.cpu_spark, lines)
 
     def _render_host(self, node: Node) -> str:
         late_s = self._registry.sample_age_s(node) if node.sample_late else None
         return self._renderer.host(host_view(node, late_s))
 
-    def _render_gpu(self, node: Node, index: str, gpu: dict) -> str:  # type: ignore[type-arg]
+    def _render_gpu(self, node_id: str, index: str, gpu: dict[str, Any], live: bool) -> str:
         rule = self._gpu_free
         return self._renderer.gpu(
-            gpu_view(node.node_id, index, gpu, rule.max_util_percent, rule.max_mem_percent)
+            gpu_view(node_id, index, gpu, rule.max_util_percent, rule.max_mem_percent, live)
+        )
+
+    def _render_cpu_spark(self, node_id: str) -> str:
+        history = self.history.node(node_id)
+        return self._renderer.spark(
+            spark_view(f"spark-{node_id}-cpu", history.card_points("cpu"), history.card_points("mem"))
+        )
+
+    def _render_gpu_spark(self, node_id: str, index: str) -> str:
+        history = self.history.node(node_id)
+        return self._renderer.spark(
+            spark_view(
+                f"spark-{node_id}-gpu-{index}",
+                history.card_points(f"u{index}"),
+                history.card_points(f"m{index}"),
+            )
         )

@@ -38,6 +38,7 @@ class HubSettings:
     agent_token: str | None = None  # one token shared by every agent
     node_tokens: Mapping[str, str] = field(default_factory=dict)  # node name -> its own token
     view_token: str | None = None
+    admin_token: str | None = None  # for forgetting nodes; falls back to agent_token
     trusted_hosts: tuple[str, ...] = ("*",)
     allowed_origins: tuple[str, ...] = ()
     forwarded_allow_ips: str = "127.0.0.1"
@@ -47,6 +48,7 @@ class HubSettings:
     viewer_max_rate_hz: float = 10.0
     viewer_send_timeout_s: float = 10.0
     agent_max_messages_per_s: float = 20.0
+    max_nodes: int = 2000  # new node names beyond this are refused (1008)
     state_db: str | None = "sers-hub.sqlite3"
     history_s: float = 900.0
 
@@ -58,6 +60,8 @@ _SCALARS: dict[str, tuple[type, str]] = {
     "log_level": (str, "SERS_LOG_LEVEL"),
     "agent_token": (str, "SERS_TOKEN"),
     "view_token": (str, "SERS_VIEW_TOKEN"),
+    "admin_token": (str, "SERS_ADMIN_TOKEN"),
+    "max_nodes": (int, "SERS_MAX_NODES"),
     "forwarded_allow_ips": (str, "SERS_FORWARDED_ALLOW_IPS"),
     "viewer_max_rate_hz": (float, "SERS_VIEWER_MAX_RATE_HZ"),
     "viewer_send_timeout_s": (float, "SERS_VIEWER_SEND_TIMEOUT_S"),
@@ -88,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--view-token", help="token needed to view the dashboard (default: none) [SERS_VIEW_TOKEN]"
+    )
+    parser.add_argument(
+        "--view-token-file", metavar="FILE", help="read the view token from FILE [SERS_VIEW_TOKEN_FILE]"
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="read the admin token (forgetting nodes) from FILE [SERS_ADMIN_TOKEN_FILE]",
     )
     parser.add_argument(
         "--forwarded-allow-ips",
@@ -170,12 +182,18 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
     for key, var in _LISTS.items():
         if var in env:
             values[key] = tuple(x.strip() for x in env[var].split(",") if x.strip())
-    token_file = args.token_file or env.get("SERS_TOKEN_FILE")
-    if token_file:
-        try:
-            values["agent_token"] = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise SettingsError(f"--token-file: cannot read {token_file}: {exc.strerror}") from None
+    for key, flag, var in (
+        ("agent_token", "token_file", "SERS_TOKEN_FILE"),
+        ("view_token", "view_token_file", "SERS_VIEW_TOKEN_FILE"),
+        ("admin_token", "admin_token_file", "SERS_ADMIN_TOKEN_FILE"),
+    ):
+        token_file = getattr(args, flag) or env.get(var)
+        if token_file:
+            try:
+                values[key] = Path(token_file).read_text().strip()
+            except OSError as exc:
+                option = "--" + flag.replace("_", "-")
+                raise SettingsError(f"{option}: cannot read {token_file}: {exc.strerror}") from None
     for key in (
         "host",
         "port",
@@ -203,11 +221,19 @@ def _checked(settings: HubSettings) -> HubSettings:
         raise SettingsError(f"log_level: unknown level {settings.log_level!r}")
     if settings.viewer_max_rate_hz <= 0:
         raise SettingsError("viewer_max_rate_hz: must be positive")
+    if settings.agent_max_messages_per_s <= 0:
+        raise SettingsError("agent_max_messages_per_s: must be positive")
+    if settings.max_nodes < 1:
+        raise SettingsError(f"max_nodes: must be at least 1, got {settings.max_nodes}")
+    for pattern in settings.trusted_hosts:
+        if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
+            raise SettingsError(f"trusted_hosts: {pattern!r} must be a host name, '*.domain' or '*'")
     return replace(
         settings,
         root_path=root,
         log_level=settings.log_level.upper(),
         agent_token=settings.agent_token or None,
         view_token=settings.view_token or None,
+        admin_token=settings.admin_token or None,
         state_db=settings.state_db or None,
     )

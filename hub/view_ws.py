@@ -1,19 +1,37 @@
-"""``/ws/view``: one browser. It gets the full state, then rendered changes; it never sends."""
+"""``/ws/view``: one browser. It gets the full state, then rendered changes; it never sends.
+
+A browser's ``Origin`` must be the hub's own or an allowed one (HTTP 403 before accept
+otherwise); the view token, when configured, was checked by :class:`hub.security.ViewAuth`.
+A viewer that stops reading is dropped once a send has waited ``viewer_send_timeout_s``; its
+memory in the hub meanwhile is one pending picture of the lab plus the socket's write buffer.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hub.fanout import Viewer
 from hub.pages import view_filter_from
+from hub.security import FailureLog, OriginPolicy, client_address
 from hub.state import HubState
+
+CLOSE_TIMEOUT_S = 2.0
 
 
 async def view_endpoint(websocket: WebSocket) -> None:
     hub: HubState = websocket.app.state.hub
+    origins: OriginPolicy = websocket.app.state.origins
+    if not origins.allows(websocket.scope):
+        failures: FailureLog = websocket.app.state.failures
+        failures.refused(
+            client_address(websocket.scope), f"a viewer from origin {websocket.headers.get('origin')!r}"
+        )
+        await websocket.send_denial_response(PlainTextResponse("origin not allowed\n", 403))
+        return
     await websocket.accept()
     viewer = Viewer(
         websocket.send_bytes,
@@ -29,8 +47,9 @@ async def view_endpoint(websocket: WebSocket) -> None:
         hub.fanout.remove_viewer(viewer)
         for task in (sender, reader):
             task.cancel()
+        # a frozen browser never lets the close frame out: give up on it after a moment
         with contextlib.suppress(Exception):
-            await websocket.close(1008 if sender.done() else 1000)
+            await asyncio.wait_for(websocket.close(1008 if sender.done() else 1000), CLOSE_TIMEOUT_S)
 
 
 async def _drain(websocket: WebSocket) -> None:

@@ -1,4 +1,13 @@
-"""The agent's one WebSocket to the hub: hello, then deltas and heartbeats; reconnects forever."""
+"""The agent's one WebSocket to the hub: hello, then deltas and heartbeats; reconnects forever.
+
+Reconnects back off exponentially with full jitter. Two cases wait differently: a hub that
+refuses the token (HTTP 401/403) will not change its mind soon, so the agent says why and waits
+long; a hub that restarts (close code 1012) closes every agent at once, so each agent waits a
+random delay spread over :data:`RESTART_SPREAD_S` to avoid reconnecting all in the same second.
+
+No message larger than the hub accepts (``MAX_MESSAGE_BYTES``) ever leaves: a snapshot too big
+for it (hundreds of GPU processes) is trimmed first, the least GPU memory first.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +21,13 @@ from dataclasses import dataclass
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from node_agent.protocol import Delta, Hello, Snapshot, encode, make_patch
+from node_agent.protocol import MAX_MESSAGE_BYTES, Delta, Hello, Snapshot, encode, make_patch
 from node_agent.sampler import SampleSource
 
 log = logging.getLogger("sers.agent")
 
 CLOSE_SERVICE_RESTART = 1012
+RESTART_SPREAD_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,9 @@ class HubLink:
             delay = self._backoff.delay_s(failures, self._rng)
             if reason.startswith("refused"):  # a wrong token will not fix itself: wait long
                 delay = max(delay, self._backoff.cap_s * self._rng.uniform(0.5, 1.0))
+            elif reason.startswith("hub is restarting"):
+                # every agent got 1012 in the same instant: spread the reconnects out
+                delay = self._rng.uniform(self._backoff.base_s / 2, RESTART_SPREAD_S)
             failures += 1
             log.warning("%s; reconnecting in %.1f s", reason, delay)
             await asyncio.sleep(delay)
@@ -113,11 +126,22 @@ class HubLink:
                     self._source.changed.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._source.changed.wait(), timeout=interval_s)
-                latest = self._source.latest
+                latest, version = self._source.latest, self._source.version
                 patch: Snapshot = {}
-                if latest is not None and self._source.version != sent_version:
+                changed = version != sent_version
+                sent_version = version  # also before the first sample: never spin on "changed"
+                if latest is not None and changed:
                     patch = make_patch(sent, latest)
-                    sent, sent_version = latest, self._source.version
+                    if _too_big(patch):
+                        latest = fit_snapshot(latest)
+                        patch = make_patch(sent, latest)
+                    if _too_big(patch):
+                        log.error(
+                            "a snapshot does not fit in %d bytes even trimmed; not sent", MAX_MESSAGE_BYTES
+                        )
+                        patch = {}
+                    else:
+                        sent = latest
                 seq += 1
                 await ws.send(encode(Delta(seq=seq, ts=round(time.time(), 3), patch=patch)).decode())
             await reader  # re-raises ConnectionClosed with the hub's close code
@@ -129,3 +153,40 @@ async def _drain(ws: ClientConnection) -> None:
     """Reads (and ignores) what the hub sends, so a close from the hub is noticed at once."""
     async for _ in ws:
         pass
+
+
+# Room for the delta's envelope (type, seq, ts) and the nulls a patch adds for removed keys.
+_MESSAGE_MARGIN_BYTES = 1024
+
+
+def _too_big(patch: Snapshot) -> bool:
+    return len(encode(Delta(seq=0, ts=0.0, patch=patch))) > MAX_MESSAGE_BYTES - _MESSAGE_MARGIN_BYTES
+
+
+def fit_snapshot(
+    snapshot: Snapshot, limit_bytes: int = MAX_MESSAGE_BYTES - _MESSAGE_MARGIN_BYTES
+) -> Snapshot:
+    """``snapshot`` with fewer GPU processes per GPU (the biggest users kept), then without
+    per-core CPU figures, until its JSON fits in ``limit_bytes``. Returns a new snapshot."""
+    gpus = snapshot.get("gpus") or {}
+    most = max((len(g.get("processes") or ()) for g in gpus.values() if isinstance(g, dict)), default=0)
+    keep = most
+    fitted = snapshot
+    while len(encode(Delta(seq=0, ts=0.0, patch=fitted))) > limit_bytes:
+        if keep > 0:
+            keep //= 2
+            fitted = {**snapshot, "gpus": {i: _top_processes(g, keep) for i, g in gpus.items()}}
+        elif (fitted.get("host") or {}).get("cpu_percent_per_core") is not None:
+            fitted = {**fitted, "host": {**fitted["host"], "cpu_percent_per_core": None}}
+        else:
+            break
+    if keep < most:
+        log.warning("trimmed GPU processes to %d per GPU to fit the hub's message limit", keep)
+    return fitted
+
+
+def _top_processes(gpu: object, keep: int) -> object:
+    if not isinstance(gpu, dict) or not gpu.get("processes"):
+        return gpu
+    ranked = sorted(gpu["processes"], key=lambda p: -(p.get("gpu_mem_bytes") or 0))
+    return {**gpu, "processes": ranked[:keep]}

@@ -2,22 +2,28 @@
 
 The collectors block (psutil reads /proc, NVML talks to the driver), so :class:`SampleSource`
 runs them on one worker thread and keeps only the latest snapshot. If a collector hangs, the
-snapshot simply stops getting newer; the link keeps sending heartbeats meanwhile.
+snapshot simply stops getting newer; the link keeps sending heartbeats meanwhile, and the hub
+shows the sample as late. The worker is a daemon thread: a call stuck in the driver must not keep
+the agent from exiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Generic, Protocol, TypeVar
 
 from node_agent import __version__
 from node_agent.host import HostCollector
 from node_agent.protocol import GpuDriver, GpuSample, GpuStatic, Hello, Snapshot, to_wire
 
 log = logging.getLogger("sers.agent")
+T = TypeVar("T")
 
 
 class GpuSource(Protocol):
@@ -52,8 +58,42 @@ class Sampler:
             "gpus": to_wire(self._gpus.sample()),
         }
 
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Shuts the GPU collector down, unless a hung call holds it: then gives up after
+        ``timeout_s`` so that the agent still exits."""
+        closer = threading.Thread(target=self._gpus.close, name="sers-gpu-close", daemon=True)
+        closer.start()
+        closer.join(timeout_s)
+        if closer.is_alive():
+            log.warning("the GPU collector is stuck in a call; exiting without shutting NVML down")
+
+
+class DaemonWorker(Generic[T]):
+    """Runs blocking calls one at a time on a daemon thread (unlike ``ThreadPoolExecutor``,
+    whose threads the interpreter waits for at exit, even when one is stuck for good)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], T], Future[T]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
     def close(self) -> None:
-        self._gpus.close()
+        self._jobs.put(None)
 
 
 class SampleSource:
@@ -62,7 +102,7 @@ class SampleSource:
     def __init__(self, sampler: Sampler, interval_s: float) -> None:
         self._sampler = sampler
         self._interval_s = interval_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sers-sampler")
+        self._worker: DaemonWorker[Snapshot] = DaemonWorker("sers-sampler")
         self.latest: Snapshot | None = None
         self.version = 0
         self.changed = asyncio.Event()
@@ -72,7 +112,7 @@ class SampleSource:
         next_at = loop.time()
         while True:
             try:
-                snapshot = await loop.run_in_executor(self._executor, self._sampler.snapshot)
+                snapshot = await asyncio.wrap_future(self._worker.submit(self._sampler.snapshot))
             except Exception:
                 log.exception("sampling failed; keeping the previous snapshot")
             else:
@@ -86,4 +126,4 @@ class SampleSource:
             await asyncio.sleep(next_at - now)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._worker.close()

@@ -1,74 +1,181 @@
 // sers-monitor live page: one WebSocket, server-rendered fragments swapped in place by id.
 // A message is HTML; each top-level element replaces the element with the same id (a new node
-// card is inserted in sort order; an element with data-remove deletes its namesake).
+// card is inserted in sort order; an element with data-remove deletes its namesake). The page
+// keeps no other state, so after a reconnect the hub's full state simply replaces everything.
+// Per message the work is: parse once, then one getElementById + replaceWith per part.
 (() => {
   "use strict";
   const root = document.documentElement;
-  const nodes = document.getElementById("nodes");
+  const body = document.body;
   const conn = document.getElementById("conn");
   const clock = document.getElementById("clock");
-  const decoder = new TextDecoder();
   const SILENCE_MS = 6000; // the hub sends at least every 2 s; longer silence means it is gone
-  let socket = null;
-  let lastMessageAt = 0;
-  let retryMs = 500;
-  let serverOffsetMs = 0; // server clock minus this browser's clock
+  const SORT_EVERY_MS = 10000; // status and free-GPU orders settle this often, not on every change
+  const STATUS_RANK = { offline: 0, stale: 1, live: 2 };
+  let serverOffsetMs = 0; // the hub's clock minus this browser's clock
 
   function setConn(state, text) {
-    root.dataset.conn = state;
-    conn.textContent = text;
-  }
-
-  function wsUrl() {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return scheme + "//" + location.host + document.body.dataset.ws;
-  }
-
-  function insertCard(card) {
-    const key = card.dataset.sort || "";
-    for (const other of nodes.children) {
-      if ((other.dataset.sort || "") > key) {
-        nodes.insertBefore(card, other);
-        return;
-      }
-    }
-    nodes.appendChild(card);
-  }
-
-  function swap(html) {
-    const template = document.createElement("template");
-    template.innerHTML = html;
-    for (const el of Array.from(template.content.children)) {
-      const old = el.id ? document.getElementById(el.id) : null;
-      if (el.hasAttribute("data-remove")) {
-        if (old) old.remove();
-      } else if (old) {
-        old.replaceWith(el);
-      } else if (el.tagName === "ARTICLE" && el.dataset.node !== undefined) {
-        insertCard(el);
-      }
-    }
-    const summary = document.getElementById("summary");
-    if (summary && summary.dataset.now) {
-      serverOffsetMs = parseFloat(summary.dataset.now) * 1000 - Date.now();
-      delete summary.dataset.now;
-    }
-    refreshTimes();
+    if (root.dataset.conn !== state) root.dataset.conn = state;
+    if (conn.textContent !== text) conn.textContent = text;
   }
 
   function ago(seconds) {
-    if (seconds < 60) return Math.floor(seconds) + " s";
-    if (seconds < 3600) return Math.floor(seconds / 60) + " min";
-    return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
+    const s = Math.max(0, Math.floor(seconds));
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min";
+    const m = Math.floor((s % 3600) / 60);
+    return Math.floor(s / 3600) + " h " + (m < 10 ? "0" : "") + m + " min";
   }
 
+  // "late by N s" and "last seen N min ago" count on in the browser, without server messages.
   function refreshTimes() {
     const now = (Date.now() + serverOffsetMs) / 1000;
-    for (const el of nodes.querySelectorAll("article[data-status=stale] .st, article[data-status=offline] .st")) {
+    for (const el of document.querySelectorAll("[data-status=stale] .st, [data-status=offline] .st")) {
       const since = parseFloat(el.dataset.since);
       if (!since) continue;
-      const status = el.closest("article").dataset.status;
-      el.textContent = status === "stale" ? "late by " + ago(now - since) : "last seen " + ago(now - since) + " ago";
+      const holder = el.closest("[data-status]");
+      const text = holder.dataset.status === "stale" ? "late by " + ago(now - since) : "last seen " + ago(now - since) + " ago";
+      if (el.textContent !== text) el.textContent = text;
+    }
+  }
+
+  function takeServerTime(el) {
+    if (el && el.dataset.now) {
+      serverOffsetMs = parseFloat(el.dataset.now) * 1000 - Date.now();
+      delete el.dataset.now;
+    }
+  }
+
+  function tickClock() {
+    const text = new Date(Date.now() + serverOffsetMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    if (clock.textContent !== text) clock.textContent = text;
+  }
+
+  if (body.dataset.page === "node") {
+    nodePage();
+    return;
+  }
+
+  // ------------------------------------------------------------------ the wall
+  const template = document.createElement("template");
+  const sortBy = body.dataset.sort || "name";
+  const cyclePageMs = parseFloat(body.dataset.cycle || "0") * 1000;
+  const pager = document.getElementById("pager");
+  let nodes = document.getElementById("nodes");
+  let socket = null;
+  let lastMessageAt = 0;
+  let retryMs = 500;
+  let pageIndex = 0;
+  let lastSortAt = 0;
+
+  function wsUrl() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return scheme + "//" + location.host + body.dataset.ws;
+  }
+
+  function freeGpus(card) {
+    return card.querySelectorAll(".g.f").length;
+  }
+
+  function compare(a, b) {
+    if (sortBy === "status") {
+      const d = STATUS_RANK[a.dataset.status] - STATUS_RANK[b.dataset.status];
+      if (d) return d;
+    } else if (sortBy === "free") {
+      const d = freeGpus(b) - freeGpus(a);
+      if (d) return d;
+    }
+    const ka = a.dataset.sort || "";
+    const kb = b.dataset.sort || "";
+    return ka < kb ? -1 : ka > kb ? 1 : 0;
+  }
+
+  // Reorders cards in place (the same elements move; nothing is re-created), only if needed.
+  function sortCards() {
+    lastSortAt = Date.now();
+    const cards = Array.from(nodes.children);
+    const sorted = cards.slice().sort(compare);
+    if (sorted.every((card, i) => card === cards[i])) return false;
+    for (const card of sorted) nodes.appendChild(card);
+    return true;
+  }
+
+  function insertCard(card) {
+    if (sortBy === "name") {
+      for (const other of nodes.children) {
+        if (compare(other, card) > 0) {
+          nodes.insertBefore(card, other);
+          return;
+        }
+      }
+    }
+    nodes.appendChild(card); // other orders settle at the next sort
+  }
+
+  // Cycle mode: show one screenful of cards at a time, turning pages every ?cycle= seconds.
+  function perPage() {
+    const cards = nodes.children;
+    if (!cards.length) return 1;
+    const style = getComputedStyle(nodes);
+    const columns = style.gridTemplateColumns.split(" ").length || 1;
+    const gap = parseFloat(style.rowGap) || 0;
+    let tallest = 0;
+    for (const card of cards) if (!card.hidden) tallest = Math.max(tallest, card.offsetHeight);
+    if (!tallest) tallest = cards[0].offsetHeight || 200;
+    const top = nodes.getBoundingClientRect().top + (parseFloat(style.paddingTop) || 0);
+    const rows = Math.max(1, Math.floor((window.innerHeight - top + gap) / (tallest + gap)));
+    return columns * rows;
+  }
+
+  function applyPage() {
+    if (!cyclePageMs) return;
+    const cards = nodes.children;
+    for (const card of cards) if (card.hidden) card.hidden = false; // measure the full layout
+    const size = perPage();
+    const pages = Math.max(1, Math.ceil(cards.length / size));
+    if (pageIndex >= pages) pageIndex = 0;
+    const first = pageIndex * size;
+    for (let i = 0; i < cards.length; i++) {
+      const hide = i < first || i >= first + size;
+      if (cards[i].hidden !== hide) cards[i].hidden = hide;
+    }
+    pager.hidden = pages < 2;
+    pager.textContent = "page " + (pageIndex + 1) + "/" + pages;
+  }
+
+  function swap(html) {
+    template.innerHTML = html;
+    let cardsChanged = false;
+    let el = template.content.firstElementChild;
+    while (el) {
+      const next = el.nextElementSibling;
+      const id = el.id;
+      const old = id ? document.getElementById(id) : null;
+      if (el.hasAttribute("data-remove")) {
+        if (old) old.remove();
+        cardsChanged = true;
+      } else if (old) {
+        if (old.tagName === "ARTICLE") {
+          el.hidden = old.hidden; // keep its place in cycle mode
+          cardsChanged = true;
+        }
+        old.replaceWith(el);
+        if (id === "nodes") {
+          nodes = el;
+          cardsChanged = true;
+        }
+      } else if (el.tagName === "ARTICLE" && el.dataset.node !== undefined) {
+        insertCard(el);
+        cardsChanged = true;
+      }
+      el = next;
+    }
+    template.innerHTML = "";
+    takeServerTime(document.getElementById("summary"));
+    if (cardsChanged) {
+      if (sortBy !== "name") sortCards();
+      applyPage();
+      refreshTimes();
     }
   }
 
@@ -76,33 +183,87 @@
     setConn(root.dataset.conn === "lost" ? "lost" : "connecting", "connecting…");
     socket = new WebSocket(wsUrl());
     socket.binaryType = "arraybuffer";
+    const decoder = new TextDecoder();
     socket.onopen = () => {
       retryMs = 500;
       lastMessageAt = Date.now();
     };
     socket.onmessage = (event) => {
       lastMessageAt = Date.now();
-      if (root.dataset.conn !== "live") setConn("live", "live");
+      setConn("live", "live");
       const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
       if (text) swap(text);
     };
     socket.onclose = () => {
       socket = null;
-      setConn("lost", "hub connection lost");
+      setConn("lost", "no connection to hub");
       const delay = retryMs / 2 + Math.random() * retryMs;
-      retryMs = Math.min(retryMs * 2, 10000);
+      retryMs = Math.min(retryMs * 2, 5000);
       setTimeout(connect, delay);
     };
   }
 
+  // A click on a card opens its node's page, keeping the kiosk options (theme) in the URL.
+  document.addEventListener("click", (event) => {
+    const card = event.target.closest("article[data-node]");
+    if (!card || event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    event.preventDefault();
+    location.href = "node/" + encodeURIComponent(card.dataset.node) + location.search;
+  });
+
   setInterval(() => {
-    clock.textContent = new Date().toLocaleTimeString();
+    tickClock();
     if (socket && socket.readyState === WebSocket.OPEN && Date.now() - lastMessageAt > SILENCE_MS) {
       setConn("lost", "no data from hub");
       socket.close(); // onclose reconnects
     }
     refreshTimes();
+    if (sortBy !== "name" && Date.now() - lastSortAt >= SORT_EVERY_MS) sortCards();
   }, 1000);
 
+  if (cyclePageMs) {
+    body.classList.add("cycling");
+    setInterval(() => {
+      pageIndex += 1;
+      applyPage();
+    }, cyclePageMs);
+    window.addEventListener("resize", applyPage);
+  }
+
+  tickClock();
+  if (sortBy !== "name") sortCards();
+  applyPage();
   connect();
+
+  // ------------------------------------------------------------------ a node's own page
+  // Server-rendered too: it fetches itself every few seconds and swaps its main element.
+  function nodePage() {
+    const every = parseInt(body.dataset.refreshMs || "2000", 10);
+    const parser = new DOMParser();
+    takeServerTime(document.getElementById("detail"));
+    async function refresh() {
+      try {
+        const response = await fetch(location.href, { cache: "no-store", headers: { Accept: "text/html" } });
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        const fresh = parser.parseFromString(await response.text(), "text/html").getElementById("detail");
+        const old = document.getElementById("detail");
+        if (fresh && old) {
+          old.replaceWith(document.adoptNode(fresh));
+          takeServerTime(fresh);
+        }
+        setConn("live", "live");
+      } catch (error) {
+        setConn("lost", "no answer from hub");
+      }
+      refreshTimes();
+      setTimeout(refresh, every);
+    }
+    setInterval(() => {
+      tickClock();
+      refreshTimes();
+    }, 1000);
+    tickClock();
+    refreshTimes();
+    setTimeout(refresh, every);
+  }
 })();

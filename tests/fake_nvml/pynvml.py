@@ -18,12 +18,18 @@ works in-process and in subprocesses started with ``PYTHONPATH=tests/fake_nvml``
 
 ``errors`` maps an NVML function name (``"*"``: every per-GPU function) to the name of the
 ``NVMLError_<name>`` it raises. Tests may change a GPU's dict in place between samples.
+
+For changes mid-run in a subprocess (hardening tests): with ``"live_reload": true`` the file is
+read again whenever it changes (write it atomically: temp file, then rename) and every GPU's
+dict is updated in place; the number of GPUs must stay the same. A GPU's ``"hang": [fn, ...]``
+makes those per-GPU functions block, like a stuck driver, until the file no longer lists them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
@@ -109,6 +115,29 @@ def _load() -> dict[str, Any]:
 
 
 _scenario = _load()
+_scenario_path = os.environ.get("SERS_FAKE_NVML")
+_scenario_mtime_ns = os.stat(_scenario_path).st_mtime_ns if _scenario_path else 0
+
+
+def _reload_if_changed() -> None:
+    """``live_reload``: takes in a changed scenario file, keeping every dict's identity."""
+    global _scenario_mtime_ns
+    if not (_scenario.get("live_reload") and _scenario_path):
+        return
+    mtime_ns = os.stat(_scenario_path).st_mtime_ns
+    if mtime_ns == _scenario_mtime_ns:
+        return
+    try:
+        fresh = _load()
+    except ValueError:  # caught mid-write: try again at the next call
+        return
+    _scenario_mtime_ns = mtime_ns
+    for old, new in zip(_scenario.get("gpus", []), fresh.get("gpus", []), strict=False):
+        old.clear()
+        old.update(new)
+    _scenario.update({k: v for k, v in fresh.items() if k != "gpus"})
+
+
 if _scenario.get("import_error"):
     raise ImportError("No module named 'pynvml' (fake: scenario import_error)")
 
@@ -132,7 +161,11 @@ def _gpu(handle: _Handle, fn: str) -> dict[str, Any]:
     calls[fn] = calls.get(fn, 0) + 1
     if not _initialised:
         _raise("Uninitialized")
+    _reload_if_changed()
     gpu = handle.gpu
+    while fn in (gpu.get("hang") or ()):  # a stuck driver call, until the scenario lets go
+        time.sleep(0.05)
+        _reload_if_changed()
     errors = gpu.get("errors")
     if errors:
         error = errors.get(fn) or errors.get("*")

@@ -1,0 +1,342 @@
+"""Hub load: N simulated agents at R Hz and B viewers against a real ``sers-hub`` process.
+
+    python -m bench.hub_load [--nodes 2000[,3000,5000]] [--rate 1] [--viewers 50] [--tiny]
+
+For each node count: start ``python -m hub --port P --state-db ''``; connect the agents
+(:mod:`bench.load_agents`, real protocol, in ``--agent-procs`` processes) and then the viewers
+(:mod:`bench.load_viewers`, real ``/ws/view`` WebSockets offering permessage-deflate like a
+browser); let it run ``--warmup`` s; then hold a quiet gap (heartbeats only), let deltas flow for
+``--duration`` s (the window), and hold another quiet gap while the last pushes arrive.
+
+Prints, per node count: updates delivered / expected (host parts and GPU rows, every viewer),
+latency from the agent's sample to a viewer's receipt (p50/p99/max, read back from the pushed
+HTML, see :mod:`bench.simnode`), hub CPU (% of one core) and RSS, bytes/s per viewer, and the
+load generator's own CPU. Then the same agents and viewers run against a bare ``websockets``
+broadcast server sending payloads of the same sizes on the same 10 Hz tick
+(:mod:`bench.bare_broadcast`), and the hub's CPU per delivered update is printed as a ratio to
+the bare server's CPU for the same bytes.
+
+Everything shares this machine's cores, load generator included: read the figures with the
+load generator's CPU next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.figures import Figures
+from bench.workers import REPO, Worker, free_port, get_json, wait_for
+
+MIB = 1024**2
+PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
+
+@dataclass
+class Phase:
+    """What one run (hub or bare server) measured."""
+
+    server_cpu_s: float = 0.0
+    server_rss_max: int = 0
+    server_rss_end: int = 0
+    duration_s: float = 0.0
+    agents_cpu_s: float = 0.0
+    viewers_cpu_s: float = 0.0
+    driver_cpu_s: float = 0.0
+    agents: dict[str, Any] = field(default_factory=dict)
+    viewers: dict[str, Any] = field(default_factory=dict)
+    connected: dict[str, Any] = field(default_factory=dict)
+    count_window_s: float = 0.0
+
+
+def _sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for key in ("sent", "deltas_in_window", "host_expected", "gpu_expected", "skipped_ticks", "closed"):
+        total[key] = sum(r[key] for r in reports)
+    total["send_lag_p99_ms"] = max((r["send_lag_ms"]["p99"] or 0.0) for r in reports)
+    return total
+
+
+async def _sleep_until(epoch_s: float) -> None:
+    delay = epoch_s - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def run_phase(
+    args: argparse.Namespace,
+    nodes: int,
+    log_dir: Path,
+    *,
+    bare_sizes: Path | None = None,
+    py_spy_out: Path | None = None,
+) -> Phase:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    ws_base = f"ws://127.0.0.1:{port}"
+    label = "bare" if bare_sizes else "hub"
+    if bare_sizes:
+        argv = [sys.executable, "-m", "bench.bare_broadcast", "--port", str(port), "--sizes", str(bare_sizes)]
+    else:
+        argv = [sys.executable, "-m", "hub", "--port", str(port), "--state-db", "", "--log-level", "WARNING"]
+    env = None
+    if args.hub_path and not bare_sizes:
+        env = {"PYTHONPATH": os.pathsep.join([*args.hub_path, str(REPO)])}
+    server = await Worker.start(f"{label}-{nodes}", argv, log_dir, env=env, jsonl=False)
+    workers: list[Worker] = []
+    phase = Phase()
+    try:
+        await wait_for(lambda: get_json(base + "/healthz", 1), 30, f"{label} to answer /healthz")
+        procs = max(1, min(args.agent_procs or math.ceil(nodes / 2500), nodes))
+        per = math.ceil(nodes / procs)
+        agents: list[Worker] = []
+        for k in range(procs):
+            count = min(per, nodes - k * per)
+            agents.append(
+                await Worker.start(
+                    f"{label}-{nodes}-agents{k}",
+                    [
+                        sys.executable, "-m", "bench.load_agents",
+                        "--url", ws_base + "/ws/agent",
+                        "--nodes", str(count),
+                        "--first", str(k * per),
+                        "--rate", str(args.rate),
+                        "--busy-fraction", str(args.busy_fraction),
+                    ],
+                    log_dir,
+                )
+            )
+        workers.extend(agents)
+        connect_timeout = 60 + nodes / 20
+        for agent in agents:
+            event = await agent.event("connected", connect_timeout)
+            if event["failed"]:
+                raise RuntimeError(f"{event['failed']} agents failed to connect: {event['first_failures']}")
+            phase.connected.setdefault("agent_connect_s", []).append(event["connect_s"])
+        await wait_for(
+            lambda: get_json(base + "/healthz", 5)["nodes"] >= nodes, 60, f"{label} to list {nodes} nodes"
+        )
+        await asyncio.sleep(1.5 / args.rate)  # every node's first sample is in: a full first picture
+        viewers = await Worker.start(
+            f"{label}-{nodes}-viewers",
+            [
+                sys.executable, "-m", "bench.load_viewers",
+                "--url", ws_base + "/ws/view",
+                "--viewers", str(args.viewers),
+                "--probes", str(min(args.probes, args.viewers)),
+                "--origin", base,
+            ],
+            log_dir,
+        )
+        workers.append(viewers)
+        event = await viewers.event("connected", 60 + args.viewers * nodes / 2000)
+        if event["failed"] or event["got_full_state"] < event["n"]:
+            raise RuntimeError(f"viewers: {event}")
+        phase.connected.update(event)
+        await asyncio.sleep(args.warmup)
+
+        gap_s = min(args.gap, 2.5 / args.rate)  # under 3 intervals: no "sample late" warnings
+        quiet_from = time.time() + 0.3
+        start = quiet_from + gap_s
+        end = start + args.duration
+        count_from = quiet_from + gap_s / 2
+        count_to = end + args.drain
+        for agent in agents:
+            await agent.send(cmd="window", quiet_from=quiet_from, start=start, end=end)
+        await viewers.send(cmd="window", count_from=count_from, count_to=count_to, start=start, end=end)
+        me = psutil.Process()
+
+        def driver_cpu() -> float:
+            t = me.cpu_times()
+            return float(t.user + t.system)
+
+        await _sleep_until(start)
+        cpu0 = (server.cpu_s(), sum(a.cpu_s() for a in agents), viewers.cpu_s(), driver_cpu())
+        spy = None
+        if py_spy_out is not None and PY_SPY:
+            spy = await asyncio.create_subprocess_exec(
+                PY_SPY, "record", "-p", str(server.proc.pid), "-d", str(int(args.duration)),
+                "-r", "100", "-f", "raw", "-o", str(py_spy_out),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )
+        t0 = time.monotonic()
+        while time.time() < end:
+            phase.server_rss_max = max(phase.server_rss_max, server.rss_bytes())
+            await asyncio.sleep(min(0.5, max(0.0, end - time.time())))
+        cpu1 = (server.cpu_s(), sum(a.cpu_s() for a in agents), viewers.cpu_s(), driver_cpu())
+        phase.duration_s = time.monotonic() - t0
+        phase.server_rss_end = server.rss_bytes()
+        phase.server_rss_max = max(phase.server_rss_max, phase.server_rss_end)
+        phase.server_cpu_s, phase.agents_cpu_s, phase.viewers_cpu_s, phase.driver_cpu_s = (
+            b - a for a, b in zip(cpu0, cpu1, strict=True)
+        )
+        await _sleep_until(count_to + 0.2)
+        phase.count_window_s = count_to - count_from
+        reports = []
+        for agent in agents:
+            await agent.send(cmd="report")
+            reports.append(await agent.event("report", 30))
+        phase.agents = _sum_reports(reports)
+        await viewers.send(cmd="report")
+        phase.viewers = await viewers.event("report", 60)
+        if spy is not None:
+            await asyncio.wait_for(spy.wait(), 30)
+        return phase
+    finally:
+        for worker in reversed(workers):
+            await worker.stop()
+        await server.stop()
+
+
+def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -> tuple[float, float]:
+    """Prints the hub run's figures; returns (delivered updates, payload bytes per update)."""
+    tag = f"n{nodes}"
+    a, v = hub.agents, hub.viewers
+    viewers = v["viewers"]
+    expected = a["host_expected"] + a["gpu_expected"]
+    delivered = [t["host"] + t["gpu"] for t in viewers]
+    ratios = [d / expected if expected else 0.0 for d in delivered]
+    closed = sum(1 for t in viewers if t["closed"])
+    cards = sum(t["cards"] for t in viewers)
+    fig.note(
+        f"{nodes} agents at {args.rate:g} Hz, {args.viewers} viewers, {args.duration:g} s window: "
+        f"{a['deltas_in_window']} deltas ({a['host_expected']} host parts + {a['gpu_expected']} GPU rows "
+        f"expected per viewer); agents connected in {max(hub.connected['agent_connect_s']):.1f} s; "
+        f"full state {hub.connected['full_state_bytes'] / MIB:.1f} MiB per viewer; "
+        f"negotiated extensions: {hub.connected['extensions']}"
+    )
+    achieved = a["deltas_in_window"] / (nodes * args.rate * hub.duration_s) if hub.duration_s else 0.0
+    fig.add(f"{tag}.agent_rate_achieved", 100 * achieved, "% of N x R", digits=1)
+    if ratios:
+        worst = min(ratios)
+        fig.add(f"{tag}.delivered_min", 100 * worst, "% of expected", target="100%", ok=worst >= 0.9995, digits=2)
+        fig.add(f"{tag}.delivered_mean", 100 * statistics.fmean(ratios), "%", digits=2)
+    sparks = sum(t["sparks"] for t in viewers) / max(len(viewers), 1)
+    fig.note(
+        f"per viewer in the window: {sparks:.0f} sparkline pushes (not counted as updates), "
+        f"{cards / max(len(viewers), 1):.1f} whole cards; {closed} viewers closed by the hub"
+    )
+    lat = v["latency_ms"]
+    if lat["count"]:
+        fig.add(f"{tag}.latency_p50", lat["p50"], "ms", digits=0)
+        fig.add(f"{tag}.latency_p99", lat["p99"], "ms", target="≤ 250 ms", ok=lat["p99"] <= 250, digits=0)
+        fig.add(f"{tag}.latency_max", lat["max"], "ms", digits=0)
+    cpu_pct = 100 * hub.server_cpu_s / hub.duration_s
+    fig.add(f"{tag}.hub_cpu", cpu_pct, "% of one core", target="≤ 70%", ok=cpu_pct <= 70)
+    rss = hub.server_rss_max / MIB
+    fig.add(f"{tag}.hub_rss_max", rss, "MiB", target="≤ 200 MiB", ok=rss <= 200)
+    if viewers:
+        bytes_per_s = statistics.fmean(t["bytes_in_measure"] for t in viewers) / hub.duration_s
+        fig.add(f"{tag}.bytes_per_s_per_viewer", bytes_per_s / 1024, "KiB/s", digits=0)
+    fig.add(f"{tag}.loadgen_agents_cpu", 100 * hub.agents_cpu_s / hub.duration_s, "% of one core")
+    fig.add(f"{tag}.loadgen_viewers_cpu", 100 * hub.viewers_cpu_s / hub.duration_s, "% of one core")
+    fig.add(f"{tag}.agent_send_lag_p99", a["send_lag_p99_ms"], "ms", digits=0)
+    if a["deltas_in_window"]:
+        per_message = 1e6 * hub.server_cpu_s / a["deltas_in_window"]
+        fig.add(f"{tag}.hub_cpu_per_agent_message", per_message, "µs (fan-out included)", digits=0)
+    total_delivered = float(sum(delivered))
+    total_bytes = float(sum(t["bytes_in_window"] for t in viewers))
+    if total_delivered:
+        fig.add(f"{tag}.hub_cpu_per_delivered_update", 1e6 * hub.server_cpu_s / total_delivered, "µs", digits=2)
+    return total_delivered, (total_bytes / total_delivered if total_delivered else 0.0)
+
+
+def report_bare(
+    fig: Figures, nodes: int, hub: Phase, bare: Phase, hub_delivered: float, bytes_per_update: float
+) -> None:
+    tag = f"n{nodes}"
+    bare_bytes = float(sum(t["bytes_in_measure"] for t in bare.viewers["viewers"]))
+    hub_bytes = float(sum(t["bytes_in_measure"] for t in hub.viewers["viewers"]))
+    fig.add(f"{tag}.bare_cpu", 100 * bare.server_cpu_s / bare.duration_s, "% of one core")
+    fig.add(f"{tag}.bare_bytes_vs_hub", 100 * bare_bytes / hub_bytes if hub_bytes else 0.0, "%")
+    if not (bare_bytes and bytes_per_update and hub_delivered and bare.server_cpu_s):
+        fig.note("bare comparison skipped: nothing delivered")
+        return
+    bare_updates = bare_bytes / bytes_per_update
+    bare_us = 1e6 * bare.server_cpu_s / bare_updates
+    hub_us = 1e6 * hub.server_cpu_s / hub_delivered
+    fig.add(f"{tag}.bare_cpu_per_update", bare_us, "µs", digits=2)
+    ratio = hub_us / bare_us
+    fig.add(f"{tag}.hub_vs_bare_cpu_per_update", ratio, "x", target="≤ 1.5x", ok=ratio <= 1.5, digits=2)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    fig = Figures("hub_load")
+    fig.header(
+        f"agents at {args.rate:g} Hz x {args.viewers} viewers against a real sers-hub "
+        f"(node counts {args.nodes}); load generator on the same machine"
+    )
+    log_dir = Path(tempfile.mkdtemp(prefix="sers-bench-"))
+    fig.note(f"logs: {log_dir}")
+    for nodes in args.nodes:
+        spy = Path(args.py_spy) / f"hub-{nodes}.collapsed.txt" if args.py_spy else None
+        hub = await run_phase(args, nodes, log_dir, py_spy_out=spy)
+        delivered, bytes_per_update = report_hub(fig, args, nodes, hub)
+        if spy is not None:
+            fig.note(f"py-spy profile of the hub: {spy}")
+        if args.bare:
+            sizes = log_dir / f"sizes-{nodes}.json"
+            sizes.write_text(json.dumps(per_tick(hub.viewers["payload_sizes"], round(hub.duration_s * 10))))
+            bare = await run_phase(args, nodes, log_dir, bare_sizes=sizes)
+            report_bare(fig, nodes, hub, bare, delivered, bytes_per_update)
+    return fig.done()
+
+
+def per_tick(sizes: list[int], ticks: int) -> list[int]:
+    """The hub's payload sizes spread over ``ticks`` ticks: a tick with nothing to send is 0."""
+    if len(sizes) >= ticks or not sizes:
+        return sizes or [0]
+    out = [0] * ticks
+    for k, size in enumerate(sizes):
+        out[k * ticks // len(sizes)] = size
+    return out
+
+
+def _counts(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.hub_load", description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=_counts, default=[2000], help="node counts, e.g. 2000,3000,5000")
+    parser.add_argument("--rate", type=float, default=1.0, help="deltas per second per agent")
+    parser.add_argument("--viewers", type=int, default=50)
+    parser.add_argument("--probes", type=int, default=4, help="viewers that measure latency")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of measured load")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--drain", type=float, default=3.0, help="seconds to wait for late pushes")
+    parser.add_argument("--gap", type=float, default=2.0, help="quiet seconds around the window")
+    parser.add_argument("--busy-fraction", type=float, default=0.6, help="share of GPUs that are busy")
+    parser.add_argument("--agent-procs", type=int, default=0, help="agent processes (0: one per 2,500)")
+    parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare-server run")
+    parser.add_argument(
+        "--hub-path",
+        action="append",
+        metavar="DIR",
+        help="put DIR first on the hub's PYTHONPATH (try a changed copy of the hub), repeatable",
+    )
+    parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub into DIR")
+    parser.add_argument("--tiny", action="store_true", help="5 agents, 2 viewers, 3 s (seconds in all)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.nodes, args.viewers, args.probes = [5], 2, 1
+        args.duration, args.warmup, args.drain, args.gap = 3.0, 1.0, 1.0, 1.0
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

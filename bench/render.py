@@ -1,0 +1,109 @@
+"""µs and bytes per changed node for the fragments the hub actually pushes.
+
+Drives the hub's own pieces in-process: a :class:`NodeRegistry` fed real encoded-then-decoded
+hellos and deltas from simulated nodes (:mod:`bench.simnode`), and :class:`Scene.render_change`
+called the way the fan-out's tick calls it. Only rendering is timed.
+
+    python -m bench.render [--nodes 200] [--rounds 20] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+
+from bench.figures import Figures
+from bench.simnode import SimNode
+from frontend.render import Renderer
+from hub.clock import ManualClock
+from hub.registry import NodeChange, NodeRegistry
+from hub.scene import Scene
+from hub.settings import GpuFreeRule
+from node_agent.protocol import Delta, Hello, decode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.render", description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=20, help="samples per node")
+    parser.add_argument("--busy-fraction", type=float, default=0.6, help="share of GPUs that are busy")
+    parser.add_argument("--tiny", action="store_true", help="a few nodes and rounds (seconds)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.nodes, args.rounds = 5, 3
+
+    fig = Figures("render")
+    fig.header(
+        f"{args.nodes} nodes x 8 GPUs ({args.busy_fraction:.0%} busy), {args.rounds} samples each; "
+        "Scene.render_change per changed node"
+    )
+    clock = ManualClock()
+    registry = NodeRegistry(clock)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    sims = [SimNode(f"gpu{i:04d}", seed=i, busy_fraction=args.busy_fraction) for i in range(args.nodes)]
+    connections: dict[str, int] = {}
+    card_us: list[float] = []
+    card_bytes: list[int] = []
+    for sim in sims:
+        hello = decode(sim.hello_frame())
+        assert isinstance(hello, Hello)
+        connections[sim.name], _ = registry.hello(hello, "10.0.0.1")
+        first = decode(sim.next_delta(clock.wall()))
+        assert isinstance(first, Delta)
+        change = registry.delta(sim.name, connections[sim.name], first)
+        assert change is not None and change.card
+        started = time.perf_counter()
+        out = scene.render_change(change)
+        card_us.append((time.perf_counter() - started) * 1e6)
+        card_bytes.append(sum(len(html.encode()) for html in out.values()))
+
+    per_node_us: list[float] = []
+    per_node_bytes: list[int] = []
+    host_bytes: list[int] = []
+    gpu_bytes: list[int] = []
+    fragments = 0
+    for _ in range(args.rounds):
+        clock.advance(1.0)
+        changes: list[NodeChange] = []
+        for sim in sims:
+            delta = decode(sim.next_delta(clock.wall()))
+            assert isinstance(delta, Delta)
+            change = registry.delta(sim.name, connections[sim.name], delta)
+            assert change is not None
+            changes.append(change)
+        for change in changes:
+            started = time.perf_counter()
+            out = scene.render_change(change)
+            per_node_us.append((time.perf_counter() - started) * 1e6)
+            sizes = {element: len(html.encode()) for element, html in out.items()}
+            per_node_bytes.append(sum(sizes.values()))
+            fragments += len(sizes)
+            for element, size in sizes.items():
+                (host_bytes if element.endswith("-host") else gpu_bytes).append(size)
+
+    busy = sum(sim.busy_gpus for sim in sims) / len(sims)
+    fig.note(f"{busy:.1f} busy GPUs per node on average; idle GPU rows are never re-rendered or sent")
+    mean_us = statistics.fmean(per_node_us)
+    mean_bytes = statistics.fmean(per_node_bytes)
+    fig.add("us_per_changed_node", mean_us, "µs", target="≤ 100 µs", ok=mean_us <= 100)
+    fig.add("us_per_changed_node_p99", _quantile(per_node_us, 0.99), "µs")
+    fig.add("bytes_per_changed_node", mean_bytes, "B", target="≤ 1536 B", ok=mean_bytes <= 1536, digits=0)
+    fig.add("fragments_per_changed_node", fragments / len(per_node_us), "", digits=2)
+    fig.add("host_fragment_bytes", statistics.fmean(host_bytes), "B", digits=0)
+    if gpu_bytes:
+        fig.add("gpu_row_bytes", statistics.fmean(gpu_bytes), "B", digits=0)
+    fig.add("us_per_fragment", sum(per_node_us) / max(fragments, 1), "µs")
+    fig.add("us_per_whole_card", statistics.fmean(card_us), "µs")
+    fig.add("bytes_per_whole_card", statistics.fmean(card_bytes), "B", digits=0)
+    return fig.done()
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""The hot fragments, written as Python: a card's host part, its GPU rows and its sparklines.
+
+The hub renders these for every changed node every second (thousands per second on a large
+lab), and a Jinja2 template costs several times more than an f-string here (autoescape and
+attribute lookups per expression), so these three are plain functions. Everything else (card
+shell, summary, pages) is a template. The rule that keeps this safe: every string that could
+come from an agent (node id, GPU name, user names, error text) goes through :func:`_e`
+(HTML-escaped, quotes included). The rest (meter texts, temperature, power, rates, load,
+uptime) is text that :mod:`frontend.viewmodels` formats from numbers, which the protocol's
+decoder has already checked to be numbers; it is placed as is. ``tests/test_render.py`` feeds
+hostile strings through every field.
+
+Markup is compact on purpose (a busy GPU row is about 180 bytes): short class names, no
+whitespace, bar fills as classes ``p0``..``p100`` (no inline styles, so a strict CSP works).
+"""
+
+from __future__ import annotations
+
+from html import escape as _escape
+
+from frontend.viewmodels import GpuView, HostView, Meter, SparkView
+
+
+def _e(text: str) -> str:
+    return _escape(text, quote=True)
+
+
+def _meter(m: Meter) -> str:
+    return f'<u class="p{m.p}{m.cls}">{m.text}</u>'
+
+
+def host_html(h: HostView) -> str:
+    """``<div id="node-<id>-host" class="host">``: CPU, memory and disk bars, then network,
+    load averages and uptime (or the late-sample warning)."""
+    if h.late_text:
+        line = f'<span class="late">{h.late_text}</span>'
+    else:
+        line = f"<span>{h.net_text}</span><span>load {h.load_text}</span><span>up {h.uptime_text}</span>"
+    return (
+        f'<div id="node-{_e(h.node_id)}-host" class="host">'
+        f'{_meter(h.cpu)}{_meter(h.mem)}{_meter(h.disk)}<div class="kv">{line}</div>\n</div>'
+    )
+
+
+_USERS_FALLBACK = {"f": "✓ free", "b": "● busy", "o": "–", "e": "–"}
+
+
+def gpu_html(g: GpuView) -> str:
+    """``<div id="node-<id>-gpu-<i>" class="g <state>">``: index, model, utilization and
+    memory bars, temperature, power draw/limit, users (or the error)."""
+    index = _e(g.gpu_index)
+    head = f'<div id="node-{_e(g.node_id)}-gpu-{index}" class="g {g.state}"><b>{index}</b><i>{_e(g.name)}</i>'
+    if g.error:
+        return f'{head}<span class="er">✖ {_e(g.error)}</span></div>'
+    temp = f'<em class="{g.temp_cls}">' if g.temp_cls else "<em>"
+    users = _e(", ".join(g.users)) if g.users else _USERS_FALLBACK[g.state]
+    more = f'<span class="mo">+{g.more_users} more</span>' if g.more_users else ""
+    return (
+        f"{head}{_meter(g.util)}{_meter(g.mem)}{temp}{g.temp_text}</em><em>{g.power_text}</em>"
+        f'<span class="us">{users}</span>{more}</div>'
+    )
+
+
+def spark_html(s: SparkView) -> str:
+    """An inline SVG of percents drawn 1:1 in pixels: a solid line and a dashed one (class
+    ``m2``). Detail-page charts (those with a title) get a viewBox so they can scale."""
+    if s.title:
+        head = f'<svg id="{_e(s.element_id)}" class="sp" width="{s.width}" height="{s.height}" viewBox="0 0 {s.width} {s.height}" role="img"><title>{_e(s.title)}</title>'
+    else:
+        head = f'<svg id="{_e(s.element_id)}" class="sp" width="{s.width}" height="{s.height}">'
+    return f'{head}<path d="{s.main}"/><path class="m2" d="{s.second}"/></svg>'

@@ -1,0 +1,373 @@
+"""``GET /metrics``: every node's latest state in the Prometheus text format.
+
+The hub's :class:`NodeRegistry` is read when Prometheus scrapes, so agent messages cost nothing
+extra: there are no metric objects to update per message. On the event loop a scrape only takes
+a reference to every node's current snapshot (snapshots are never mutated: merge patches build
+new ones); the collector and the text formatting then run in a worker thread, because at 500
+nodes x 8 GPUs that is ~90,000 lines and most of a second of CPU. Values the agent reports
+as ``null`` (unsupported) are left out rather than exported as a number. Offline nodes keep only
+their status, info and last-seen time: their last readings are history, not the present.
+
+Names follow Prometheus conventions: base units (bytes, seconds, watts, hertz, celsius) and
+ratios from 0 to 1 instead of percentages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from frontend.viewmodels import gpu_is_free
+from hub.registry import NodeRegistry, NodeStatus
+from hub.settings import GpuFreeRule
+from hub.state import HubState
+from node_agent.protocol import Hello, Snapshot
+
+NODE_LABELS = ("node",)
+GPU_LABELS = ("node", "gpu", "uuid", "model")
+UNKNOWN_USER = "unknown"
+# The classic text format: what generate_latest writes for names like ours, and what every
+# Prometheus version reads.
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    """One gauge read from a sample field: ``value = sample[field] * scale``."""
+
+    name: str
+    help: str
+    field: str
+    scale: float = 1.0
+
+
+HOST_GAUGES = (
+    Gauge(
+        "sers_node_cpu_utilization_ratio", "CPU busy share over the last interval (0-1).", "cpu_percent", 0.01
+    ),
+    Gauge("sers_node_load1", "1-minute load average.", "load_avg_1m"),
+    Gauge("sers_node_load5", "5-minute load average.", "load_avg_5m"),
+    Gauge("sers_node_load15", "15-minute load average.", "load_avg_15m"),
+    Gauge("sers_node_memory_total_bytes", "Physical memory.", "mem_total_bytes"),
+    Gauge("sers_node_memory_used_bytes", "Physical memory in use.", "mem_used_bytes"),
+    Gauge("sers_node_memory_available_bytes", "Memory available without swapping.", "mem_available_bytes"),
+    Gauge("sers_node_swap_total_bytes", "Swap space.", "swap_total_bytes"),
+    Gauge("sers_node_swap_used_bytes", "Swap space in use.", "swap_used_bytes"),
+    Gauge(
+        "sers_node_disk_read_bytes_per_second", "Disk reads over the last interval.", "disk_read_bytes_per_s"
+    ),
+    Gauge(
+        "sers_node_disk_write_bytes_per_second",
+        "Disk writes over the last interval.",
+        "disk_write_bytes_per_s",
+    ),
+    Gauge("sers_node_network_receive_bytes_per_second", "Network receive rate.", "net_rx_bytes_per_s"),
+    Gauge("sers_node_network_transmit_bytes_per_second", "Network transmit rate.", "net_tx_bytes_per_s"),
+    Gauge("sers_node_uptime_seconds", "Time since the node booted.", "uptime_s"),
+    Gauge("sers_node_logged_in_users", "Logged-in user sessions.", "users_count"),
+)
+
+GPU_GAUGES = (
+    Gauge(
+        "sers_gpu_utilization_ratio", "Share of time a kernel ran on the GPU (0-1).", "util_gpu_percent", 0.01
+    ),
+    Gauge(
+        "sers_gpu_memory_utilization_ratio",
+        "Share of time GPU memory was read or written (0-1).",
+        "util_mem_percent",
+        0.01,
+    ),
+    Gauge("sers_gpu_memory_used_bytes", "GPU memory in use.", "mem_used_bytes"),
+    Gauge("sers_gpu_memory_total_bytes", "GPU memory.", "mem_total_bytes"),
+    Gauge("sers_gpu_temperature_celsius", "GPU core temperature.", "temp_celsius"),
+    Gauge("sers_gpu_fan_speed_ratio", "Fan speed as a share of its maximum (0-1).", "fan_percent", 0.01),
+    Gauge("sers_gpu_power_watts", "Power draw.", "power_draw_watts"),
+    Gauge("sers_gpu_power_limit_watts", "Enforced power limit.", "power_limit_watts"),
+    Gauge("sers_gpu_sm_clock_hertz", "SM clock.", "clock_sm_mhz", 1e6),
+    Gauge("sers_gpu_memory_clock_hertz", "Memory clock.", "clock_mem_mhz", 1e6),
+    Gauge("sers_gpu_performance_state", "Performance state (0 fastest, 15 slowest).", "pstate"),
+    Gauge("sers_gpu_encoder_utilization_ratio", "Video encoder utilization (0-1).", "enc_util_percent", 0.01),
+    Gauge("sers_gpu_decoder_utilization_ratio", "Video decoder utilization (0-1).", "dec_util_percent", 0.01),
+    Gauge(
+        "sers_gpu_ecc_volatile_uncorrected_errors",
+        "Uncorrected ECC errors since the driver loaded.",
+        "ecc_volatile_uncorrected",
+    ),
+)
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a sample field, or ``None`` (unsupported, unknown, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReading:
+    """One node as a scrape sees it; ``state`` and ``hello`` are shared, never-mutated objects."""
+
+    node_id: str
+    display_name: str
+    group: str | None
+    status: NodeStatus
+    hello: Hello | None
+    state: Snapshot
+    last_seen_epoch_s: float | None
+    sample_age_s: float | None
+
+
+def read_nodes(registry: NodeRegistry) -> list[NodeReading]:
+    """Every node's current state, by reference (cheap: call it on the event loop)."""
+    return [
+        NodeReading(
+            node_id=node.node_id,
+            display_name=node.display_name,
+            group=node.group,
+            status=node.status,
+            hello=node.hello,
+            state=node.state,
+            last_seen_epoch_s=node.last_seen_wall or None,
+            sample_age_s=registry.sample_age_s(node) if node.state else None,
+        )
+        for node in registry.ordered()
+    ]
+
+
+class HubCollector:
+    """Turns node readings into metric families (a ``prometheus_client`` collector)."""
+
+    def __init__(self, nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int) -> None:
+        self._nodes = nodes
+        self._gpu_free = gpu_free
+        self._viewers = viewers
+
+    def collect(self) -> Iterator[Metric]:
+        nodes = self._nodes
+        yield from self._hub_families(nodes)
+        yield from self._node_families(nodes)
+        reporting = [n for n in nodes if n.status is not NodeStatus.OFFLINE]
+        yield from self._host_families(reporting)
+        yield from self._gpu_families(reporting)
+
+    def _hub_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
+        by_status = GaugeMetricFamily(
+            "sers_hub_nodes", "Nodes known to the hub, by status.", labels=["status"]
+        )
+        for status in NodeStatus:
+            by_status.add_metric([status.value], sum(1 for n in nodes if n.status is status))
+        yield by_status
+        yield GaugeMetricFamily("sers_hub_viewers", "Dashboard viewers connected.", value=self._viewers)
+
+    def _node_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "sers_node_up", "1 while the node's agent reports on time, else 0.", labels=NODE_LABELS
+        )
+        status = GaugeMetricFamily(
+            "sers_node_status",
+            "1 for the node's current status (live, stale, offline).",
+            labels=["node", "status"],
+        )
+        info = GaugeMetricFamily(
+            "sers_node_info",
+            "Static facts about the node, as labels; always 1.",
+            labels=[
+                "node",
+                "display_name",
+                "group",
+                "hostname",
+                "os",
+                "kernel",
+                "cpu_model",
+                "agent_version",
+                "driver_version",
+                "cuda_version",
+            ],
+        )
+        last_seen = GaugeMetricFamily(
+            "sers_node_last_seen_timestamp_seconds",
+            "When the hub last heard from the node (Unix time).",
+            labels=NODE_LABELS,
+        )
+        cores = GaugeMetricFamily("sers_node_cpu_cores", "Logical CPU cores.", labels=NODE_LABELS)
+        sample_age = GaugeMetricFamily(
+            "sers_node_sample_age_seconds", "Time since the node's last new sample.", labels=NODE_LABELS
+        )
+        for node in nodes:
+            key = [node.node_id]
+            up.add_metric(key, 1.0 if node.status is NodeStatus.LIVE else 0.0)
+            for value in NodeStatus:
+                status.add_metric([node.node_id, value.value], 1.0 if node.status is value else 0.0)
+            hello = node.hello
+            host: Mapping[str, Any] = hello.host if hello else {}
+            driver: Mapping[str, Any] = hello.gpu_driver if hello else {}
+            info.add_metric(
+                [
+                    node.node_id,
+                    node.display_name,
+                    node.group or "",
+                    _text(host.get("hostname")),
+                    _text(host.get("os_name")),
+                    _text(host.get("kernel")),
+                    _text(host.get("cpu_model")),
+                    hello.agent_version if hello else "",
+                    _text(driver.get("driver_version")),
+                    _text(driver.get("cuda_driver_version")),
+                ],
+                1.0,
+            )
+            if node.last_seen_epoch_s is not None:
+                last_seen.add_metric(key, node.last_seen_epoch_s)
+            logical = _number(host.get("cpu_cores_logical"))
+            if logical is not None:
+                cores.add_metric(key, logical)
+            if node.status is not NodeStatus.OFFLINE and node.sample_age_s is not None:
+                sample_age.add_metric(key, max(0.0, node.sample_age_s))
+        yield from (up, status, info, last_seen, cores, sample_age)
+
+    def _host_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
+        families = [GaugeMetricFamily(g.name, g.help, labels=NODE_LABELS) for g in HOST_GAUGES]
+        fs_size = GaugeMetricFamily(
+            "sers_node_filesystem_size_bytes", "Size of a reported filesystem.", labels=["node", "mount"]
+        )
+        fs_used = GaugeMetricFamily(
+            "sers_node_filesystem_used_bytes",
+            "Space used on a reported filesystem.",
+            labels=["node", "mount"],
+        )
+        for node in nodes:
+            host = node.state.get("host")
+            if not isinstance(host, dict):
+                continue
+            for gauge, family in zip(HOST_GAUGES, families, strict=True):
+                value = _number(host.get(gauge.field))
+                if value is not None:
+                    family.add_metric([node.node_id], value * gauge.scale)
+            for disk in host.get("disks") or []:
+                mount = _text(disk.get("mount")) if isinstance(disk, dict) else ""
+                if not mount:
+                    continue
+                size, used = _number(disk.get("total_bytes")), _number(disk.get("used_bytes"))
+                if size is not None:
+                    fs_size.add_metric([node.node_id, mount], size)
+                if used is not None:
+                    fs_used.add_metric([node.node_id, mount], used)
+        yield from families
+        yield fs_size
+        yield fs_used
+
+    def _gpu_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
+        families = [GaugeMetricFamily(g.name, g.help, labels=GPU_LABELS) for g in GPU_GAUGES]
+        gpu_up = GaugeMetricFamily(
+            "sers_gpu_up",
+            "1 when the GPU answers NVML, 0 when it failed (lost, Xid, error).",
+            labels=GPU_LABELS,
+        )
+        free = GaugeMetricFamily(
+            "sers_gpu_free",
+            "1 when the GPU is free by the hub's rule (no processes, idle).",
+            labels=GPU_LABELS,
+        )
+        processes = GaugeMetricFamily("sers_gpu_processes", "Processes using the GPU.", labels=GPU_LABELS)
+        user_labels = [*GPU_LABELS, "user"]
+        user_mem = GaugeMetricFamily(
+            "sers_gpu_user_memory_used_bytes",
+            "GPU memory used by one user's processes on the GPU.",
+            labels=user_labels,
+        )
+        user_procs = GaugeMetricFamily(
+            "sers_gpu_user_processes", "One user's processes on the GPU.", labels=user_labels
+        )
+        rule = self._gpu_free
+        for node in nodes:
+            gpus = node.state.get("gpus")
+            if not isinstance(gpus, dict):
+                continue
+            static = {str(g.get("index")): g for g in (node.hello.gpus if node.hello else [])}
+            for index, gpu in gpus.items():
+                if not isinstance(gpu, dict):
+                    continue
+                facts = static.get(index, {})
+                labels = [
+                    node.node_id,
+                    index,
+                    _text(gpu.get("uuid")) or _text(facts.get("uuid")),
+                    _text(gpu.get("name")) or _text(facts.get("name")),
+                ]
+                failed = bool(gpu.get("error"))
+                gpu_up.add_metric(labels, 0.0 if failed else 1.0)
+                if failed:
+                    continue
+                free.add_metric(
+                    labels, 1.0 if gpu_is_free(gpu, rule.max_util_percent, rule.max_mem_percent) else 0.0
+                )
+                for gauge, family in zip(GPU_GAUGES, families, strict=True):
+                    value = _number(gpu.get(gauge.field))
+                    if value is not None:
+                        family.add_metric(labels, value * gauge.scale)
+                procs = [p for p in gpu.get("processes") or [] if isinstance(p, dict)]
+                processes.add_metric(labels, float(len(procs)))
+                for user, (count, mem_bytes) in _per_user(procs).items():
+                    user_procs.add_metric([*labels, user], float(count))
+                    if mem_bytes is not None:
+                        user_mem.add_metric([*labels, user], mem_bytes)
+        yield from families
+        yield from (gpu_up, free, processes, user_mem, user_procs)
+
+
+def _per_user(processes: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, float | None]]:
+    """Process count and summed GPU memory per user; memory ``None`` when no process reports it."""
+    totals: dict[str, tuple[int, float | None]] = {}
+    for proc in processes:
+        user = _text(proc.get("user")) or UNKNOWN_USER
+        count, mem_bytes = totals.get(user, (0, None))
+        used = _number(proc.get("gpu_mem_bytes"))
+        if used is not None:
+            mem_bytes = (mem_bytes or 0.0) + used
+        totals[user] = (count + 1, mem_bytes)
+    return totals
+
+
+def exposition(nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int) -> bytes:
+    """The whole ``/metrics`` body: the nodes, plus the hub process's own CPU, memory and files.
+
+    Pure CPU work on immutable inputs: safe to run in a worker thread.
+    """
+    registry = CollectorRegistry()
+    registry.register(HubCollector(nodes, gpu_free, viewers))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return generate_latest(registry)
+
+
+def _body(nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int, compress: bool) -> bytes:
+    text = exposition(nodes, gpu_free, viewers)
+    # The text repeats long labels on every line: level 1 shrinks it ~25x in ~2% of the time.
+    return gzip.compress(text, compresslevel=1) if compress else text
+
+
+async def metrics(request: Request) -> Response:
+    hub: HubState = request.app.state.hub
+    nodes = read_nodes(hub.registry)
+    compress = "gzip" in request.headers.get("accept-encoding", "")
+    body = await asyncio.to_thread(_body, nodes, hub.settings.gpu_free, len(hub.fanout.viewers), compress)
+    headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+    if compress:
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=TEXT_FORMAT, headers=headers)

@@ -1,0 +1,86 @@
+"""Every benchmark runs once at a tiny size, so none of them rots (no assertions on speed).
+
+Each runs as ``python -m bench.<name> --tiny`` in its own process, against real processes (a
+real hub, real agent processes or simulated agents speaking the real protocol, real WebSocket
+viewers), and must print its figure lines. The load test must also account for every update it
+sent: that checks the benchmark's own counting end to end, and the hub's delivery.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.procs import REPO, base_env
+
+
+def run_bench(name: str, timeout_s: float) -> dict[str, str]:
+    """Runs one benchmark at tiny size; returns its figures (name -> value text)."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--tiny"],
+        cwd=REPO,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    figures = dict(re.findall(rf"^figure {name} (\S+) = (.+?)\s*(?:\[|$)", done.stdout, re.MULTILINE))
+    assert figures, output
+    return figures
+
+
+def number(text: str) -> float:
+    return float(text.split()[0].replace(",", ""))
+
+
+def test_render_prints_cost_per_changed_node() -> None:
+    figures = run_bench("render", 60)
+    for name in ("us_per_changed_node", "bytes_per_changed_node", "host_fragment_bytes", "us_per_whole_card"):
+        assert name in figures, figures
+    assert number(figures["bytes_per_changed_node"]) > 0
+    assert number(figures["host_fragment_bytes"]) > 0
+
+
+@pytest.mark.timeout(180)
+def test_hub_load_delivers_every_update_and_compares_with_bare_websockets() -> None:
+    figures = run_bench("hub_load", 150)
+    for name in (
+        "n5.delivered_min",
+        "n5.latency_p50",
+        "n5.latency_p99",
+        "n5.hub_cpu",
+        "n5.hub_rss_max",
+        "n5.bytes_per_s_per_viewer",
+        "n5.loadgen_agents_cpu",
+        "n5.loadgen_viewers_cpu",
+        "n5.bare_cpu",
+        "n5.hub_vs_bare_cpu_per_update",
+    ):
+        assert name in figures, figures
+    # every host part and GPU row the simulated agents changed reached both viewers, no more
+    assert number(figures["n5.delivered_min"]) == 100.0, figures
+    assert number(figures["n5.delivered_mean"]) == 100.0, figures
+    assert number(figures["n5.bytes_per_s_per_viewer"]) > 0
+    assert 0 < number(figures["n5.hub_rss_max"]) < 4096
+
+
+def test_agent_cost_measures_a_real_agent_and_the_installed_peers() -> None:
+    figures = run_bench("agent_cost", 90)
+    assert "agent_cpu_per_sample" in figures, figures
+    assert 0 < number(figures["agent_rss"]) < 4096
+    if shutil.which("prometheus-node-exporter") or shutil.which("node_exporter"):
+        assert "agent_vs_node_exporter_cpu" in figures, figures
+    if shutil.which("glances"):
+        assert "glances_cpu_per_refresh" in figures, figures
+
+
+def test_browser_load_runs_when_present() -> None:
+    if not (REPO / "bench" / "browser_load.py").exists():
+        pytest.skip("bench/browser_load.py is not written yet")
+    run_bench("browser_load", 110)

@@ -1,0 +1,346 @@
+"""The wall display in a real headless Chromium, against a real hub and real agent processes
+whose GPUs come from the fake NVML scenarios (``tests/fakes.py``).
+
+One lab (a hub and four agents) serves the tests that only look; the tests that kill an agent
+or stop the hub get their own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import fakes
+from tests.procs import Hub, Proc, free_port, start_agent, wait_until
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+XSS_NAME = "<script>window.__xss=1</script>"
+XSS_GROUP = '<img src=x onerror="window.__xss=2">'
+XSS_GPU = '"><img src=x onerror="window.__xss=3">'
+XSS_COMMAND = "<u>cmd</u>&lt;"  # a process name is at most 15 bytes (the kernel's comm)
+LONG_NAME = "W" * 300
+TIMEOUT_MS = 20_000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1600, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
+    yield tab
+    context.close()
+
+
+def fake_gpus(tmp: Path, name: str, scenario: dict[str, Any]) -> dict[str, str]:
+    return fakes.fake_env(fakes.write_scenario(tmp / f"{name}.json", scenario))
+
+
+def named_process(comm: str, log: Path) -> Proc:
+    """A real process whose name (``/proc/<pid>/comm``) is ``comm``."""
+    code = f"open('/proc/self/comm', 'w').write({comm!r}); import time; time.sleep(600)"
+    popen = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = Proc(popen, log)
+    wait_until(lambda: Path(f"/proc/{popen.pid}/comm").read_text().strip() == comm, 5, what="comm set")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A hub naming four nodes, and their agents: alpha (8 GPUs, a process with a hostile
+    name), beta (a lost GPU), gamma (no GPUs, a 300-character display name), xss (hostile
+    display name, group and GPU name)."""
+    tmp = tmp_path_factory.mktemp("lab")
+    config = tmp / "hub.toml"
+    config.write_text(
+        f"""
+[names.alpha]
+display_name = 'Alpha'
+group = 'vision'
+[names.beta]
+group = 'nlp'
+[names.gamma]
+display_name = '{LONG_NAME}'
+[names.xss]
+display_name = '{XSS_NAME}'
+group = '{XSS_GROUP}'
+"""
+    )
+    started: list[Proc] = []
+    hub = Hub(port=free_port(), tmp=tmp, args=("--config", str(config))).start()
+    assert hub.proc is not None
+    started.append(hub.proc)
+    try:
+        worker = named_process(XSS_COMMAND, tmp / "worker.log")
+        started.append(worker)
+        scenarios = {
+            "alpha": fakes.eight_gpus([worker.pid]),
+            "beta": fakes.one_gpu_lost(),
+            "gamma": fakes.no_library(),
+            "xss": fakes.scenario([fakes.gpu(0, "A100", name=XSS_GPU)]),
+        }
+        for name, scenario in scenarios.items():
+            started.append(start_agent(hub, name, interval_s=1.0, env=fake_gpus(tmp, name, scenario)))
+        for name in scenarios:
+            hub.wait_status(name, "live", timeout_s=30)
+        yield hub
+    finally:
+        for proc in started:
+            if proc.popen.poll() is None:
+                proc.kill()
+
+
+def open_wall(page: Any, hub: Hub, query: str = "", cards: int = 1) -> None:
+    page.goto(hub.url + "/" + query)
+    page.wait_for_function(
+        "n => document.documentElement.dataset.conn === 'live' && document.querySelectorAll('article.n').length >= n",
+        arg=cards,
+    )
+
+
+def shown_nodes(page: Any) -> list[str]:
+    return list(page.eval_on_selector_all("article.n:not([hidden])", "cards => cards.map(c => c.dataset.node)"))
+
+
+# --------------------------------------------------------------------------- the lab, looking only
+def test_cards_show_nodes_gpus_and_the_lab_summary(page: Any, lab: Hub) -> None:
+    open_wall(page, lab, cards=4)
+    assert sorted(shown_nodes(page)) == ["alpha", "beta", "gamma", "xss"]
+    alpha = page.locator("#node-alpha")
+    assert alpha.locator(".nm").inner_text() == "Alpha"
+    assert alpha.locator(".grp").inner_text() == "vision"
+    assert alpha.locator(".st").inner_text().endswith("live")
+    assert alpha.locator(".g").count() == 8
+    row0 = page.locator("#node-alpha-gpu-0")
+    assert row0.get_attribute("class") == "g b", "GPU 0 runs the worker process"
+    assert row0.locator("b").inner_text() == "0" and row0.locator("i").inner_text() == "H100"
+    assert "/80G" in row0.inner_text() and "/700W" in row0.inner_text()
+    assert page.locator("#node-alpha-gpu-1").get_attribute("class") == "g f"
+    assert "✓ free" in page.locator("#node-alpha-gpu-1").inner_text()
+    assert "✖ GPU is lost" in page.locator("#node-beta-gpu-1").inner_text()
+    assert page.locator("#node-beta-gpu-1").get_attribute("class") == "g e"
+    assert page.locator("#node-gamma .g").count() == 0
+    assert page.locator("#spark-alpha-cpu").count() == 1 and page.locator("#spark-alpha-gpu-7").count() == 1
+    host = page.locator("#node-alpha-host").inner_text()
+    assert "CPU" in host and "MEM" in host and "DSK" in host and "load" in host and "up" in host
+    summary = page.locator("#summary").inner_text()
+    assert "● 4 live" in summary
+    # alpha: GPU 1 free (0 has the worker); beta: GPU 0 free, 1 lost; xss: its GPU is free
+    assert "3/12 GPUs free" in summary and "✖ 1 GPU fault" in summary
+    assert "H100 80GB HBM3 2/10" in summary and "GPU 0/1" in summary, "a GPU lost from the start has no name"
+    assert page.locator("#clock").inner_text() != "--:--:--"
+    assert page.locator("#conn").inner_text() == "live"
+
+
+def test_values_change_in_place_without_reloading(page: Any, lab: Hub) -> None:
+    open_wall(page, lab, cards=4)
+    page.evaluate(
+        """() => {
+        window.__marker = 'still here';
+        window.__card = document.getElementById('node-alpha');
+        window.__host = document.getElementById('node-alpha-host');
+        window.__hostText = window.__host.textContent;
+    }"""
+    )
+    elements_before = page.evaluate("document.getElementsByTagName('*').length")
+    page.wait_for_function(
+        "document.getElementById('node-alpha-host').textContent !== window.__hostText", timeout=30_000
+    )
+    state = page.evaluate(
+        """() => ({
+        marker: window.__marker,
+        sameCard: document.getElementById('node-alpha') === window.__card,
+        hostReplaced: document.getElementById('node-alpha-host') !== window.__host,
+        hostInCard: window.__card.contains(document.getElementById('node-alpha-host')),
+        oldHostDetached: !document.contains(window.__host),
+        cards: document.querySelectorAll('[id="node-alpha"]').length,
+    })"""
+    )
+    assert state == {
+        "marker": "still here",
+        "sameCard": True,
+        "hostReplaced": True,
+        "hostInCard": True,
+        "oldHostDetached": True,
+        "cards": 1,
+    }
+    page.wait_for_timeout(2500)  # a few more updates
+    elements_after = page.evaluate("document.getElementsByTagName('*').length")
+    assert abs(elements_after - elements_before) <= 4, "the DOM does not grow with updates"
+
+
+def test_url_filters_and_kiosk_options(page: Any, lab: Hub) -> None:
+    open_wall(page, lab, "?group=vision")
+    assert shown_nodes(page) == ["alpha"]
+    assert "● 1 live" in page.locator("#summary").inner_text(), "the summary counts the filtered nodes"
+    open_wall(page, lab, "?node=beta,gamma", cards=2)
+    assert sorted(shown_nodes(page)) == ["beta", "gamma"]
+    open_wall(page, lab, "?gpus=1", cards=3)
+    assert sorted(shown_nodes(page)) == ["alpha", "beta", "xss"]
+    open_wall(page, lab, "?theme=light&density=compact", cards=4)
+    assert page.evaluate("[document.documentElement.dataset.theme, document.documentElement.dataset.density]") == [
+        "light",
+        "compact",
+    ]
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(11, 14, 19)"
+    open_wall(page, lab, "?sort=free", cards=4)
+    free = page.eval_on_selector_all("article.n", "cards => cards.map(c => c.querySelectorAll('.g.f').length)")
+    assert free == sorted(free, reverse=True)
+    open_wall(page, lab, "", cards=4)
+    keys = page.eval_on_selector_all("article.n", "cards => cards.map(c => c.dataset.sort)")
+    assert keys == sorted(keys), "by group, then name"
+
+
+def test_hostile_strings_render_as_text_and_long_names_keep_the_layout(page: Any, lab: Hub) -> None:
+    open_wall(page, lab, cards=4)
+    page.wait_for_timeout(1500)  # several rounds of pushed fragments
+    found = page.evaluate(
+        """() => ({
+        xss: window.__xss === undefined ? null : window.__xss,
+        injected: document.querySelectorAll('#nodes img, #nodes script, #summary img, #summary script').length,
+        name: document.querySelector('#node-xss .nm').textContent,
+        group: document.querySelector('#node-xss .grp').textContent,
+        gpuName: document.querySelector('#node-xss-gpu-0 i').textContent,
+        summary: document.getElementById('summary').textContent,
+        scrollX: document.documentElement.scrollWidth - innerWidth,
+    })"""
+    )
+    assert found["xss"] is None and found["injected"] == 0
+    assert found["name"] == XSS_NAME and found["group"] == XSS_GROUP
+    assert found["gpuName"] == XSS_GPU.split()[0], "the row shows the model's first word, as text"
+    assert XSS_GPU in found["summary"], "the summary shows the whole model name, as text"
+    assert found["scrollX"] <= 0, "no horizontal scrolling"
+    boxes = page.evaluate(
+        """() => ['alpha', 'gamma'].map(n => {
+            const card = document.getElementById('node-' + n).getBoundingClientRect();
+            const head = document.querySelector('#node-' + n + ' header').getBoundingClientRect();
+            return [Math.round(card.width), Math.round(head.height)];
+        })"""
+    )
+    assert boxes[0] == boxes[1], "a 300-character name is cut with an ellipsis, the card keeps its size"
+    assert page.locator("#node-gamma .nm").inner_text() == LONG_NAME
+    # the node page lists the process by its (hostile) name, as text
+    page.goto(lab.url + "/node/alpha")
+    cell = page.locator("#gpu-0 td.cmd").first
+    assert cell.inner_text() == XSS_COMMAND
+    assert cell.evaluate("td => td.children.length") == 0
+    assert page.evaluate("window.__xss === undefined")
+
+
+def test_a_click_opens_the_node_page_which_refreshes_itself(page: Any, lab: Hub) -> None:
+    open_wall(page, lab, "?theme=light", cards=4)
+    page.locator("#node-alpha .hw").click()
+    page.wait_for_url("**/node/alpha?theme=light")
+    assert page.locator("#detail h1").inner_text() == "Alpha"
+    assert page.locator("#detail section.panel[id^=gpu-]").count() == 8
+    assert page.locator("#gpu-0 table.procs tr").count() == 2, "header + the worker process"
+    assert "GPU is lost" not in page.content()
+    assert page.locator("#detail svg.sp").count() == 9, "host and per-GPU history charts"
+    text = page.locator("#detail").inner_text()
+    for label in ("hostname", "kernel", "load average 15 min", "driver version", "UUID", "PCI bus id", "ECC"):
+        assert label in text
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    page.evaluate("window.__old = document.getElementById('detail'); window.__marker = 1")
+    page.wait_for_function("document.getElementById('detail') !== window.__old && window.__marker === 1")
+    page.locator("a.back").click()
+    page.wait_for_url("**/?theme=light")
+    assert page.locator("#node-beta").count() == 1
+
+
+def test_cycle_mode_turns_pages_when_nodes_do_not_fit(browser: Any, lab: Hub) -> None:
+    context = browser.new_context(viewport={"width": 420, "height": 520})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        open_wall(page, lab, "?cycle=3", cards=4)
+        page.wait_for_function("!document.getElementById('pager').hidden")
+        first = shown_nodes(page)
+        assert 1 <= len(first) < 4
+        assert page.locator("#pager").inner_text().startswith("page 1/")
+        page.wait_for_function(
+            "first => { const now = [...document.querySelectorAll('article.n:not([hidden])')].map(c => c.dataset.node);"
+            " return now.length && now.join() !== first.join(); }",
+            arg=first,
+            timeout=10_000,
+        )
+        assert page.locator("#pager").inner_text().startswith("page 2/")
+        assert page.evaluate("document.documentElement.scrollHeight <= innerHeight + 1"), "one screenful"
+    finally:
+        context.close()
+
+
+# --------------------------------------------------------------------------- things going away
+def test_a_killed_agent_turns_its_card_offline_and_the_age_counts_on(
+    page: Any, hub: Hub, procs: list[Proc], tmp_path: Path
+) -> None:
+    agent = start_agent(hub, "alpha", interval_s=0.5, env=fake_gpus(tmp_path, "alpha", fakes.eight_gpus()))
+    procs.append(agent)
+    open_wall(page, hub)
+    agent.kill()
+    page.wait_for_function("document.getElementById('node-alpha').dataset.status === 'offline'")
+    status = page.locator("#node-alpha .st")
+    first = status.inner_text()
+    assert first.startswith("last seen ") and first.endswith(" s ago")
+    glyph = page.evaluate("getComputedStyle(document.querySelector('#node-alpha .st'), '::before').content")
+    assert glyph == '"○ "', "a shape, not only a color"
+    page.wait_for_function(
+        "first => document.querySelector('#node-alpha .st').innerText !== first", arg=first, timeout=5000
+    )
+    assert page.locator("#node-alpha-gpu-1").get_attribute("class") == "g o", "no longer claimed free"
+    assert "○ 1 offline" in page.locator("#summary").inner_text()
+    assert "0/0 GPUs free" in page.locator("#summary").inner_text()
+
+
+def test_a_stopped_hub_shows_as_lost_and_a_restarted_one_recovers_without_reload(
+    page: Any, hub: Hub, procs: list[Proc], tmp_path: Path
+) -> None:
+    procs.append(start_agent(hub, "alpha", interval_s=0.5, env=fake_gpus(tmp_path, "alpha", fakes.eight_gpus())))
+    open_wall(page, hub)
+    page.evaluate("window.__marker = 'no reload'")
+    assert not page.locator("#lost").is_visible()
+    assert hub.proc is not None
+    hub.proc.stop()
+    page.wait_for_function("document.documentElement.dataset.conn === 'lost'", timeout=6000)
+    assert page.locator("#lost").is_visible()
+    assert "NOT live" in page.locator("#lost").inner_text()
+    assert page.locator("#conn").inner_text() != "live"
+    assert float(page.evaluate("getComputedStyle(document.getElementById('nodes')).opacity")) < 0.5
+    hub.start()
+    assert hub.proc is not None
+    procs.append(hub.proc)
+    page.wait_for_function(
+        "document.documentElement.dataset.conn === 'live'"
+        " && document.getElementById('node-alpha')?.dataset.status === 'live'",
+        timeout=40_000,
+    )
+    assert not page.locator("#lost").is_visible()
+    assert page.evaluate("window.__marker") == "no reload"
+    assert page.locator("#node-alpha .g").count() == 8
+    assert page.locator("article.n").count() == 1, "the full state replaced the old cards"

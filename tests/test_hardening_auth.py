@@ -1,0 +1,291 @@
+"""Access control against a real hub: agent tokens (shared, per node, from files), the view
+token and its cookie (HTTP clients and a real Chromium), the viewer Origin check, trusted hosts,
+rate-limited refusal logs, and forgetting remembered nodes (API and CLI)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
+
+from tests.procs import REPO, Hub, Proc, base_env, free_port, start_agent, wait_until
+from tests.wsclients import close_code, delta, hello, open_agent, open_viewer, open_ws, recv_text, snapshot
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def start_hub(tmp: Path, procs: list[Proc], *args: str, **env: str) -> Hub:
+    tmp.mkdir(parents=True, exist_ok=True)
+    hub = Hub(port=free_port(), tmp=tmp, args=args, env=dict(env)).start()
+    assert hub.proc is not None
+    procs.append(hub.proc)
+    return hub
+
+
+def refused_status(connect: object) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        connect()  # type: ignore[operator]
+    return refused.value.response.status_code
+
+
+def hub_log(hub: Hub) -> str:
+    assert hub.proc is not None
+    return hub.proc.log()
+
+
+# --------------------------------------------------------------------------- agent tokens
+def test_agent_token_is_required_checked_and_refusals_logged_once(tmp_path: Path, procs: list[Proc]) -> None:
+    token_file = tmp_path / "hub-token"
+    token_file.write_text("s3cret-agent-token\n")
+    hub = start_hub(tmp_path, procs, "--token-file", str(token_file))
+
+    assert refused_status(lambda: open_agent(hub)) == 401
+    assert refused_status(lambda: open_agent(hub, token="wrong")) == 403
+    assert (
+        refused_status(lambda: open_agent(hub, headers={"Authorization": "Basic s3cret-agent-token"})) == 401
+    )
+    query = hub.ws_url + "/ws/agent?token=s3cret-agent-token"
+    assert refused_status(lambda: open_ws(query)) == 401, "a token in the query string does not count"
+    for _ in range(10):
+        assert refused_status(lambda: open_agent(hub, token="wrong")) == 403
+
+    ws = open_agent(hub, token="s3cret-agent-token")
+    ws.send(hello("raw-ok"))
+    ws.send(delta(1, snapshot()))
+    hub.wait_status("raw-ok", "live")
+    ws.close()
+
+    agent_file = tmp_path / "agent-token"
+    agent_file.write_text("s3cret-agent-token")
+    procs.append(start_agent(hub, "real-ok", "--token-file", str(agent_file)))
+    hub.wait_status("real-ok", "live")
+
+    wrong = start_agent(hub, "real-wrong", "--token", "not-it")
+    procs.append(wrong)
+    line = wait_until(
+        lambda: next((x for x in wrong.log().splitlines() if "refused by the hub" in x), None),
+        15,
+        what="the agent to say it was refused",
+    )
+    assert "HTTP 403" in line and "check the token" in line
+    delay_s = float(line.rsplit("reconnecting in ", 1)[1].split()[0])
+    assert delay_s >= 15, "a refused token waits long instead of hammering"
+    assert "real-wrong" not in hub.nodes()
+
+    refusals = [x for x in hub_log(hub).splitlines() if "refused an agent" in x]
+    assert len(refusals) == 1, refusals  # 14 refusals from one source in a minute: one line
+
+
+def test_per_node_tokens_bind_the_node_name(tmp_path: Path, procs: list[Proc]) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('agent_token = "shared"\n[node_tokens]\nalpha = "token-alpha"\nbeta = "token-beta"\n')
+    hub = start_hub(tmp_path, procs, "--config", str(config))
+
+    ws = open_agent(hub, token="token-alpha")
+    ws.send(hello("beta"))  # alpha's token speaking for beta
+    code, reason = close_code(ws)
+    assert code == 1008 and "belongs to node 'alpha'" in reason
+
+    ws = open_agent(hub, token="shared")
+    ws.send(hello("alpha"))  # the shared token cannot take over a node with its own token
+    code, reason = close_code(ws)
+    assert code == 1008 and "own token" in reason
+    assert "alpha" not in hub.nodes() and "beta" not in hub.nodes()
+
+    ws = open_agent(hub, token="token-alpha")
+    ws.send(hello("alpha"))
+    ws.send(delta(1, snapshot()))
+    hub.wait_status("alpha", "live")
+    ws.close()
+
+    procs.append(start_agent(hub, "beta", "--token", "token-beta"))
+    procs.append(start_agent(hub, "gamma", "--token", "shared"))
+    hub.wait_status("beta", "live")
+    hub.wait_status("gamma", "live")
+
+    # only per-node tokens and a shared one, no admin token: the shared one is the admin token
+    response = httpx.delete(hub.url + "/api/v1/nodes/alpha", headers={"Authorization": "Bearer token-alpha"})
+    assert response.status_code == 403
+
+
+# --------------------------------------------------------------------------- view token
+def test_view_token_cookie_flow_over_http(tmp_path: Path, procs: list[Proc]) -> None:
+    hub = start_hub(tmp_path, procs, SERS_VIEW_TOKEN="v1ew-token", SERS_TOKEN="agent-token")
+    procs.append(start_agent(hub, "seen", "--token", "agent-token"))  # agents never need it
+
+    with httpx.Client(base_url=hub.url, follow_redirects=False, timeout=5) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/static/app.css").status_code == 200
+        for path in ("/", "/api/v1/nodes", "/node/seen", "/metrics", "/?token=wrong", "/?token="):
+            assert client.get(path).status_code == 401, path
+        assert client.get("/api/v1/nodes", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        for path in ("/api/v1/nodes", "/metrics"):  # scripts and Prometheus
+            assert client.get(path, headers={"Authorization": "Bearer v1ew-token"}).status_code == 200
+        deep = client.get("/node/seen?token=v1ew-token")
+        assert (deep.status_code, deep.headers["location"]) == (303, "/node/seen")
+        client.cookies.clear()
+
+        login = client.get("/?token=v1ew-token&group=lab&theme=light")
+        assert login.status_code == 303
+        assert login.headers["location"] == "/?group=lab&theme=light", "the token leaves the URL"
+        assert login.headers["referrer-policy"] == "no-referrer"
+        cookie = login.headers["set-cookie"]
+        assert cookie.startswith("sers_view=")
+        for attribute in ("HttpOnly", "SameSite=strict", "Path=/"):
+            assert attribute.lower() in cookie.lower(), cookie
+        assert "v1ew-token" not in cookie, "the cookie is derived from the token, not the token"
+        assert client.cookies.get("sers_view")
+
+        wait_until(lambda: "seen" in client.get("/api/v1/nodes").text, 15, what="the agent's node")
+        page = client.get("/?group=")
+        assert page.status_code == 200 and 'id="node-seen"' in page.text
+        cookie_header = {"Cookie": f"sers_view={client.cookies['sers_view']}"}
+
+    assert refused_status(lambda: open_viewer(hub)) == 401
+    assert refused_status(lambda: open_viewer(hub, headers={"Cookie": "sers_view=forged"})) == 401
+    viewer = open_viewer(hub, headers=cookie_header)
+    try:
+        assert 'id="node-seen"' in recv_text(viewer)
+    finally:
+        viewer.close()
+    view_refusals = [x for x in hub_log(hub).splitlines() if "refused a wrong view token" in x]
+    assert len(view_refusals) == 1, view_refusals
+
+
+def test_kiosk_opens_the_token_url_once_in_chromium(tmp_path: Path, procs: list[Proc]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    hub = start_hub(tmp_path, procs, SERS_VIEW_TOKEN="kiosk-token")
+    procs.append(start_agent(hub, "wall01"))
+    wait_until(
+        lambda: (
+            "wall01"
+            in httpx.get(hub.url + "/api/v1/nodes", headers={"Authorization": "Bearer kiosk-token"}).text
+        ),
+        15,
+        what="wall01 to report",
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(hub.url + "/?token=kiosk-token&density=compact")
+            assert page.url == hub.url + "/?density=compact"
+            page.wait_for_selector("html[data-conn=live]", timeout=15_000)  # /ws/view: cookie + Origin
+            page.wait_for_selector("#node-wall01", timeout=15_000)
+            assert "sers_view" not in page.evaluate("document.cookie"), "HttpOnly"
+            page.reload()
+            page.wait_for_selector("html[data-conn=live]", timeout=15_000)  # the cookie alone will do
+
+            stranger = browser.new_context()  # another browser profile: no cookie
+            response = stranger.new_page().goto(hub.url + "/")
+            assert response is not None and response.status == 401
+            stranger.close()
+        finally:
+            browser.close()
+
+
+# --------------------------------------------------------------------------- origin and hosts
+def test_viewer_origin_must_be_the_hubs_own_or_allowed(tmp_path: Path, procs: list[Proc]) -> None:
+    hub = start_hub(tmp_path / "a", procs, SERS_ALLOWED_ORIGINS="https://wall.lab, http://kiosk.lab:8080")
+    own = f"http://127.0.0.1:{hub.port}"
+
+    def viewer_ok(**kwargs: object) -> bool:
+        viewer = open_viewer(hub, **kwargs)  # type: ignore[arg-type]
+        try:
+            return 'id="nodes"' in recv_text(viewer)
+        finally:
+            viewer.close()
+
+    assert viewer_ok(origin=Origin(own))
+    assert viewer_ok()  # no Origin: not a browser
+    assert viewer_ok(origin=Origin("https://wall.lab"))
+    assert viewer_ok(origin=Origin("http://kiosk.lab:8080"))
+    for bad in ("http://evil.example", "null", f"https://127.0.0.1:{hub.port}", "http://kiosk.lab"):
+        assert refused_status(lambda bad=bad: open_viewer(hub, origin=Origin(bad))) == 403, bad
+    # behind a trusted proxy (127.0.0.1 is trusted by default) the forwarded host and scheme count
+    forwarded = {"X-Forwarded-Host": "monitor.lab", "X-Forwarded-Proto": "https"}
+    assert viewer_ok(origin=Origin("https://monitor.lab"), headers=forwarded)
+    assert (
+        refused_status(lambda: open_viewer(hub, origin=Origin("http://monitor.lab"), headers=forwarded))
+        == 403
+    )
+
+    untrusting = start_hub(tmp_path / "b", procs, SERS_FORWARDED_ALLOW_IPS="10.1.2.3")
+    status = refused_status(
+        lambda: open_viewer(untrusting, origin=Origin("https://monitor.lab"), headers=forwarded)
+    )
+    assert status == 403, "X-Forwarded-Host from a peer that is not a trusted proxy is ignored"
+
+
+def test_trusted_hosts(tmp_path: Path, procs: list[Proc]) -> None:
+    hub = start_hub(tmp_path, procs, SERS_TRUSTED_HOSTS="monitor.lab,127.0.0.1")
+    assert httpx.get(hub.url + "/healthz").status_code == 200
+    assert httpx.get(hub.url + "/", headers={"Host": "monitor.lab"}).status_code == 200
+    assert httpx.get(hub.url + "/", headers={"Host": "evil.example"}).status_code == 400
+    assert httpx.get(hub.url + "/api/v1/nodes", headers={"Host": "evil.example"}).status_code == 400
+
+
+# --------------------------------------------------------------------------- forgetting nodes
+def stored_nodes(hub: Hub) -> set[str]:
+    with sqlite3.connect(hub.tmp / "hub.sqlite3") as db:
+        return {row[0] for row in db.execute("SELECT node_id FROM nodes")}
+
+
+def test_nodes_are_forgotten_only_deliberately(tmp_path: Path, procs: list[Proc]) -> None:
+    hub = start_hub(tmp_path, procs, SERS_TOKEN="agent-token", SERS_ADMIN_TOKEN="admin-token")
+    gone = start_agent(hub, "gone", "--token", "agent-token")
+    kept = start_agent(hub, "kept", "--token", "agent-token")
+    procs.extend([gone, kept])
+    hub.wait_status("gone", "live")
+    hub.wait_status("kept", "live")
+    wait_until(lambda: stored_nodes(hub) == {"gone", "kept"}, 10, what="both nodes in the state file")
+
+    url = hub.url + "/api/v1/nodes/gone"
+    assert httpx.delete(url).status_code == 401
+    assert httpx.delete(url, headers={"Authorization": "Bearer agent-token"}).status_code == 403
+    admin = {"Authorization": "Bearer admin-token"}
+    assert httpx.delete(url, headers=admin).status_code == 409, "a connected node cannot be forgotten"
+
+    gone.stop()
+    kept.stop()
+    hub.wait_status("gone", "offline")
+    hub.wait_status("kept", "offline")
+    assert httpx.delete(url, headers=admin).json() == {"forgotten": "gone"}
+    assert "gone" not in hub.nodes()
+    assert stored_nodes(hub) == {"kept"}
+    assert httpx.delete(url, headers=admin).status_code == 404
+
+    assert hub.proc is not None
+    hub.proc.stop()
+    hub.start()
+    procs.append(hub.proc)
+    assert set(hub.nodes()) == {"kept"}, "restarts forget nobody and bring nobody back"
+    assert hub.status("kept") == "offline"
+
+    hub.proc.stop()
+    forget = [sys.executable, "-m", "hub", "forget", "kept", "--state-db", str(tmp_path / "hub.sqlite3")]
+    done = subprocess.run(forget, cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "forgot kept" in done.stdout
+    again = subprocess.run(forget, cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "not in" in again.stderr
+    hub.start()
+    procs.append(hub.proc)
+    assert hub.nodes() == {}

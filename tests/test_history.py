@@ -1,0 +1,106 @@
+"""The hub's short history: rings of bucket means, gaps, and the card's 20 s points."""
+
+from __future__ import annotations
+
+import math
+
+from hub.history import BUCKET_S, CARD_GROUP, CARD_POINTS, History, NodeHistory, Ring, sample_values
+
+GIB = 1024**3
+
+
+def is_nan(value: float) -> bool:
+    return math.isnan(value)
+
+
+def test_ring_keeps_the_newest_values_in_order() -> None:
+    ring = Ring(4)
+    assert ring.last(3) == [] and len(ring) == 0
+    for value in range(1, 7):
+        ring.append(float(value))
+    assert ring.last(10) == [3.0, 4.0, 5.0, 6.0]
+    assert ring.last(2) == [5.0, 6.0]
+    ring.fill(0.5, 100)
+    assert ring.last(4) == [0.5] * 4 and len(ring) == 4
+
+
+def aligned_start(history: NodeHistory) -> float:
+    """A time at the start of a card group for this node (group edges are shifted per node)."""
+    group_s = BUCKET_S * CARD_GROUP
+    offset = history._offset_s
+    return math.ceil((1_700_000_000 + offset) / group_s) * group_s - offset
+
+
+def test_buckets_close_into_means_and_gaps_become_nan() -> None:
+    history = NodeHistory("n1", capacity=50)
+    t0 = aligned_start(history)
+    assert not history.record(t0, {"cpu": 10.0})
+    assert not history.record(t0 + 1, {"cpu": 30.0, "u0": None})
+    assert history.points("cpu") == [], "the open bucket is not history yet"
+    history.record(t0 + BUCKET_S, {"cpu": 50.0})
+    assert history.points("cpu") == [20.0]
+    history.record(t0 + 4 * BUCKET_S, {"cpu": 70.0})  # two buckets without samples
+    points = history.points("cpu")
+    assert points[:2] == [20.0, 50.0] and all(is_nan(p) for p in points[2:]) and len(points) == 4
+
+
+def test_a_series_that_appears_later_lines_up_with_the_others() -> None:
+    history = NodeHistory("n1", capacity=50)
+    t0 = aligned_start(history)
+    for k in range(3):
+        history.record(t0 + k * BUCKET_S, {"cpu": 1.0})
+    history.record(t0 + 3 * BUCKET_S, {"cpu": 1.0, "u0": 90.0})
+    history.record(t0 + 4 * BUCKET_S, {"cpu": 1.0})
+    cpu, util = history.points("cpu"), history.points("u0")
+    assert len(cpu) == len(util) == 4
+    assert all(is_nan(p) for p in util[:3]) and util[3] == 90.0
+
+
+def test_card_points_change_only_when_a_group_closes() -> None:
+    history = NodeHistory("n1", capacity=200)
+    t0 = aligned_start(history)
+    changed = [history.record(t0 + s, {"cpu": float(s)}) for s in range(0, 61)]
+    # groups of 4 buckets of 5 s: the card changes at 20 s, 40 s and 60 s, nowhere else
+    assert [s for s, c in enumerate(changed) if c] == [20, 40, 60]
+    points = history.card_points("cpu")
+    assert len(points) == 3
+    assert points == [9.5, 29.5, 49.5], "each point is the mean of its group's samples"
+    history.record(t0 + 70, {"cpu": 0.0})  # buckets 60..70 are in an unfinished group
+    assert history.card_points("cpu") == points
+
+
+def test_card_points_cover_ten_minutes_at_most() -> None:
+    history = NodeHistory("n1", capacity=300)
+    t0 = aligned_start(history)
+    for s in range(0, 1200, 5):
+        history.record(t0 + s, {"cpu": 50.0})
+    assert len(history.card_points("cpu")) == CARD_POINTS == 30
+    assert CARD_POINTS * CARD_GROUP * BUCKET_S == 600
+    assert history.card_points("nope") == []
+
+
+def test_group_edges_differ_between_nodes() -> None:
+    offsets = {NodeHistory(f"gpu{i:02d}", 10)._offset_s for i in range(20)}
+    assert len(offsets) > 10, "sparkline pushes of many nodes spread out over the 20 s"
+
+
+def test_history_window_and_forget() -> None:
+    history = History(window_s=3600)
+    assert history.window_s == 3600
+    assert History(window_s=10).window_s == CARD_POINTS * CARD_GROUP * BUCKET_S, "enough for a card"
+    history.node("a").record(1.0, {"cpu": 1.0})
+    history.forget("a")
+    assert "a" not in history.nodes
+
+
+def test_sample_values_from_a_snapshot() -> None:
+    state = {
+        "host": {"cpu_percent": 12.5, "mem_used_bytes": 1, "mem_total_bytes": 4},
+        "gpus": {
+            "0": {"util_gpu_percent": 90.0, "mem_used_bytes": GIB, "mem_total_bytes": 4 * GIB},
+            "1": {"error": "GPU is lost"},
+            "2": {"util_gpu_percent": None, "mem_total_bytes": 0},
+        },
+    }
+    assert sample_values(state) == {"cpu": 12.5, "mem": 25.0, "u0": 90.0, "m0": 25.0, "u2": None, "m2": None}
+    assert sample_values({}) == {"cpu": None, "mem": None}

@@ -1,0 +1,343 @@
+"""Rendering: the templates' contexts, the pushed fragments' shape and size, hostile strings in
+every agent-provided field, and which parts the scene renders for a change."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from jinja2 import meta
+
+from frontend.render import Renderer, build_environment
+from frontend.viewmodels import (
+    detail_view,
+    gpu_view,
+    head_view,
+    host_view,
+    spark_view,
+    summary_view,
+)
+from hub.clock import ManualClock
+from hub.history import BUCKET_S, CARD_GROUP, History
+from hub.registry import Naming, Node, NodeChange, NodeRegistry, NodeStatus
+from hub.scene import Scene, ViewFilter
+from hub.settings import GpuFreeRule
+from node_agent.protocol import Delta, Hello
+
+GIB = 1024**3
+PAYLOADS = (
+    "<script>window.__xss=1</script>",
+    "<img src=x onerror=window.__xss=2>",
+    "\"'><svg onload=window.__xss=3>",
+    "a&amp;b</div></article>",
+    "W" * 300,
+)
+
+
+class Parsed(HTMLParser):
+    """Tags, attributes and text of a fragment, as a browser would see them."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.open: list[str] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in ("path", "br", "meta", "link", "base"):
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes {self.open[-1:]}: broken nesting"
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    @property
+    def all_text(self) -> str:
+        return "".join(self.text)
+
+    def attr_values(self) -> list[str]:
+        return [v for _, attrs in self.tags for v in attrs.values() if v]
+
+
+def assert_inert(html: str, allowed_tags: set[str]) -> Parsed:
+    parsed = Parsed(html)
+    assert not parsed.open, f"unclosed elements: {parsed.open}"
+    tags = {tag for tag, _ in parsed.tags}
+    assert tags <= allowed_tags, f"unexpected elements: {tags - allowed_tags}"
+    for tag, attrs in parsed.tags:
+        assert not any(name.startswith("on") for name in attrs), f"event handler attribute on <{tag}>"
+    return parsed
+
+
+def gpu(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "NVIDIA H100 80GB HBM3",
+        "util_gpu_percent": 97.0,
+        "mem_used_bytes": 62 * GIB,
+        "mem_total_bytes": 80 * GIB,
+        "temp_celsius": 71.0,
+        "power_draw_watts": 612.0,
+        "power_limit_watts": 700.0,
+        "processes": [{"pid": 4242, "user": "grace", "command": "python", "gpu_mem_bytes": 62 * GIB}],
+    }
+    base.update(overrides)
+    return base
+
+
+def host() -> dict[str, Any]:
+    return {
+        "cpu_percent": 45.0,
+        "load_avg_1m": 12.0,
+        "load_avg_5m": 11.5,
+        "load_avg_15m": 10.25,
+        "mem_used_bytes": 150 * GIB,
+        "mem_total_bytes": 512 * GIB,
+        "disks": [{"mount": "/", "used_bytes": 800 * GIB, "total_bytes": 1800 * GIB}],
+        "net_rx_bytes_per_s": 123_456_789.0,
+        "net_tx_bytes_per_s": 2_345_678.0,
+        "uptime_s": 3_600_000,
+    }
+
+
+def lab_node(name: str = "gpu07", naming: Naming | None = None, gpus: int = 8) -> tuple[NodeRegistry, ManualClock, int]:
+    clock = ManualClock()
+    registry = NodeRegistry(clock, names={name: naming} if naming else None)
+    connection, _ = registry.hello(
+        Hello(node=name, agent_version="t", interval_s=1.0, host={"hostname": name, "os_name": "Debian"})
+    )
+    registry.delta(
+        name,
+        connection,
+        Delta(1, 0.0, {"sampled_at": clock.wall(), "host": host(), "gpus": {str(i): gpu() for i in range(gpus)}}),
+    )
+    return registry, clock, connection
+
+
+# --------------------------------------------------------------------------- template contexts
+@pytest.mark.parametrize(
+    ("template", "context"),
+    [
+        ("_card.html", {"v", "host_html", "cpu_spark", "gpu_lines"}),
+        ("_summary.html", {"s", "now_epoch_s"}),
+        (
+            "page.html",
+            {"theme", "density", "root_path", "title", "ws_path", "sort", "cycle_s", "summary_html", "cards", "hub_url"},
+        ),
+        ("node.html", {"theme", "root_path", "d", "back_query", "chart", "now_epoch_s"}),
+    ],
+)
+def test_template_contexts_are_pinned(template: str, context: set[str]) -> None:
+    env = build_environment()
+    assert env.autoescape is True
+    assert env.loader is not None
+    source = env.loader.get_source(env, template)[0]
+    assert meta.find_undeclared_variables(env.parse(source)) == context
+    assert "|safe" not in source.replace(" ", ""), "agent text is never marked safe"
+
+
+# --------------------------------------------------------------------------- fragment shape and size
+def test_gpu_row_is_small_and_complete() -> None:
+    html = Renderer().gpu(gpu_view("gpu07", "3", gpu(), 10, 5))
+    assert html == (
+        '<div id="node-gpu07-gpu-3" class="g b"><b>3</b><i>H100</i><u class="p97">97%</u>'
+        '<u class="p78">62/80G</u><em>71°</em><em>612/700W</em><span class="us">grace 62G</span></div>'
+    )
+    assert len(html.encode()) <= 200
+
+
+def test_gpu_row_states_in_words() -> None:
+    renderer = Renderer()
+    free = renderer.gpu(gpu_view("n", "0", gpu(util_gpu_percent=0.0, mem_used_bytes=0, processes=[]), 10, 5))
+    assert 'class="g f"' in free and "✓ free" in free
+    busy = renderer.gpu(gpu_view("n", "0", gpu(processes=[]), 10, 5))
+    assert 'class="g b"' in busy and "● busy" in busy
+    lost = renderer.gpu(gpu_view("n", "0", {"name": "A100", "error": "GPU is lost"}, 10, 5))
+    assert 'class="g e"' in lost and "✖ GPU is lost" in lost
+    gone = renderer.gpu(gpu_view("n", "0", gpu(processes=[]), 10, 5, node_live=False))
+    assert 'class="g o"' in gone and "free" not in gone
+    many = [{"pid": i, "user": f"u{i}", "gpu_mem_bytes": GIB * (i + 1)} for i in range(5)]
+    crowded = renderer.gpu(gpu_view("n", "0", gpu(processes=many), 10, 5))
+    assert ">u4 5.0G, u3 4.0G</span>" in crowded and '<span class="mo">+3 more</span>' in crowded
+
+
+def test_host_part_is_small_and_keeps_its_ids() -> None:
+    registry, _, _ = lab_node()
+    html = Renderer().host(host_view(registry.nodes["gpu07"]))
+    assert html.startswith('<div id="node-gpu07-host" class="host">')
+    assert '<u class="p45">CPU 45%</u>' in html and '<u class="p44">DSK 44%</u>' in html
+    assert "<span>load 12.00 11.50 10.25</span>" in html and "<span>up 41d 16h</span>" in html
+    assert html.endswith("</div>\n</div>")
+    assert len(html.encode()) <= 260
+    late = Renderer().host(host_view(registry.nodes["gpu07"], sample_late_s=12))
+    assert '<span class="late">⚠ no new sample for 12 s</span>' in late
+
+
+def test_sparkline_is_inline_svg_with_integer_coordinates() -> None:
+    points = [float(i * 3 % 100) for i in range(30)]
+    html = Renderer().spark(spark_view("spark-gpu07-gpu-0", points, points))
+    assert html.startswith('<svg id="spark-gpu07-gpu-0" class="sp" width="58" height="16"')
+    coordinates = re.findall(r"[ M](-?[\d.]+),(-?[\d.]+)", html)
+    assert 40 <= len(coordinates) <= 60 and all("." not in x + y for x, y in coordinates)
+    assert len(html.encode()) <= 440
+
+
+def test_whole_card_holds_every_part_once() -> None:
+    registry, clock, _ = lab_node(naming=Naming("GPU 07", "vision"))
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    card = scene.card(registry.nodes["gpu07"])
+    ids = re.findall(r' id="([^"]+)"', card)
+    assert ids[:3] == ["node-gpu07", "node-gpu07-host", "spark-gpu07-cpu"]
+    assert ids[3:] == [x for i in range(8) for x in (f"node-gpu07-gpu-{i}", f"spark-gpu07-gpu-{i}")]
+    assert 'data-node="gpu07"' in card and 'data-status="live"' in card and 'data-group="vision"' in card
+    assert '<a class="nm" href="node/gpu07"' in card and ">GPU 07</a>" in card
+    assert_inert(card, {"article", "header", "a", "span", "div", "u", "b", "i", "em", "svg", "path"})
+
+
+# --------------------------------------------------------------------------- hostile strings
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_agent_strings_in_fragments_are_text(payload: str) -> None:
+    renderer = Renderer()
+    hostile = gpu(
+        name=payload,
+        processes=[{"pid": 1, "user": payload, "command": payload, "gpu_mem_bytes": GIB}] * 3
+        + [{"pid": 2, "user": payload + "2", "gpu_mem_bytes": 2 * GIB}],
+    )
+    row = renderer.gpu(gpu_view("n1", "0", hostile, 10, 5))
+    parsed = assert_inert(row, {"div", "b", "i", "u", "em", "span"})
+    assert payload[:8] in parsed.all_text
+    assert payload + "2 2.0G" in parsed.all_text, "the whole user name arrives, as text"
+    error = renderer.gpu(gpu_view("n1", "0", {"error": payload}, 10, 5))
+    assert f"✖ {payload}" in assert_inert(error, {"div", "b", "i", "span"}).all_text
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_names_and_facts_in_cards_summary_and_pages_are_text(payload: str) -> None:
+    registry, clock, connection = lab_node(naming=Naming(payload, payload))
+    node = registry.nodes["gpu07"]
+    node.hello = Hello(
+        node="gpu07",
+        agent_version=payload,
+        interval_s=1.0,
+        host={"hostname": payload, "os_name": payload, "cpu_model": payload, "kernel": payload},
+        gpu_driver={"driver_version": payload, "error": payload},
+        gpus=[{"index": 0, "name": payload, "uuid": payload, "pci_bus_id": payload}],
+    )
+    node.state["gpus"]["0"] = gpu(
+        name=payload,
+        throttle_reasons=[payload],
+        processes=[{"pid": 1, "user": payload, "command": payload, "gpu_mem_bytes": GIB}],
+    )
+    node.state["host"]["disks"] = [{"mount": payload, "used_bytes": 1, "total_bytes": 2}]
+    renderer = Renderer()
+    scene = Scene(registry, renderer, GpuFreeRule(), clock.wall)
+    card = assert_inert(
+        scene.card(node), {"article", "header", "a", "span", "div", "u", "b", "i", "em", "svg", "path"}
+    )
+    assert card.all_text.count(payload) >= 2, "display name and group"
+    assert payload in card.attr_values(), "data-group holds the text itself"
+    summary = assert_inert(scene.summary(scene.summary_view(ViewFilter())), {"div", "span", "b"})
+    assert payload in summary.all_text
+    page = renderer.node_page(scene.detail(node), root_path="", now_epoch_s=1.0, back_query="?x=" + payload)
+    parsed = assert_inert(
+        page,
+        {"html", "head", "meta", "base", "title", "link", "body", "header", "a", "span", "div", "main", "section"}
+        | {"h1", "h2", "h3", "figure", "figcaption", "svg", "path", "dl", "dt", "dd", "p", "table", "tr", "th", "td"}
+        | {"u", "script"},
+    )
+    assert [attrs.get("src") for tag, attrs in parsed.tags if tag == "script"] == ["static/app.js"]
+    assert parsed.all_text.count(payload) >= 8, "host facts, GPU facts, the process, the disk, the driver"
+
+
+def test_page_escapes_the_reflected_query() -> None:
+    html = Renderer().page(
+        root_path="",
+        ws_path='/ws/view?node="><script>alert(1)</script>',
+        summary_html="",
+        cards=[],
+    )
+    parsed = assert_inert(
+        html, {"html", "head", "meta", "base", "title", "link", "body", "header", "h1", "span", "div", "main"}
+        | {"p", "code", "script"}
+    )
+    assert [attrs.get("src") for tag, attrs in parsed.tags if tag == "script"] == ["static/app.js"]
+    assert ('body', {"data-page": "wall", "data-ws": '/ws/view?node="><script>alert(1)</script>', "data-sort": "name", "data-cycle": "0"}) in parsed.tags
+
+
+# --------------------------------------------------------------------------- what the scene renders
+def test_a_change_renders_only_its_parts_and_skips_unchanged_rows() -> None:
+    registry, clock, connection = lab_node(gpus=2)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    first = scene.render_change(NodeChange("gpu07", card=True))
+    assert list(first) == ["node-gpu07"]
+    clock.advance(1.0)
+    change = registry.delta(
+        "gpu07", connection, Delta(2, 0.0, {"host": {"cpu_percent": 46.0}, "gpus": {"1": {"util_gpu_percent": 50.0}}})
+    )
+    assert change is not None
+    assert list(scene.render_change(change)) == ["node-gpu07-host", "node-gpu07-gpu-1"]
+    change = registry.delta("gpu07", connection, Delta(3, 0.0, {"gpus": {"1": {"power_draw_watts": 612.4}}}))
+    assert change is not None and scene.render_change(change) == {}, "same text: nothing to send"
+    registry.remove("gpu07")
+    removal = scene.render_change(NodeChange("gpu07", removed=True))
+    assert removal == {"node-gpu07": '<template id="node-gpu07" data-remove></template>'}
+    assert "gpu07" not in scene.history.nodes
+
+
+def test_sparklines_are_pushed_when_a_history_group_closes() -> None:
+    registry, clock, connection = lab_node(gpus=2)
+    history = History(900)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall, history)
+    scene.render_change(NodeChange("gpu07", card=True))
+    pushed_at = []
+    for second in range(1, 61):
+        clock.advance(1.0)
+        patch = {"sampled_at": clock.wall(), "host": {"cpu_percent": float(second % 7)}}
+        change = registry.delta("gpu07", connection, Delta(second, clock.wall(), patch))
+        assert change is not None
+        out = scene.render_change(change)
+        if "spark-gpu07-cpu" in out:
+            assert {"spark-gpu07-gpu-0", "spark-gpu07-gpu-1"} <= out.keys()
+            pushed_at.append(second)
+    group_s = BUCKET_S * CARD_GROUP
+    assert len(pushed_at) == 3 and pushed_at[1] - pushed_at[0] == group_s == pushed_at[2] - pushed_at[1]
+    card = scene.card(registry.nodes["gpu07"])
+    assert re.search(r'<svg id="spark-gpu07-cpu"[^>]*><path d="M\d', card), "the card shows the history"
+
+
+def test_offline_card_marks_rows_not_live() -> None:
+    registry, clock, connection = lab_node(gpus=1)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    change = registry.disconnect("gpu07", connection)
+    assert change is not None
+    clock.advance(125)
+    card = scene.render_change(change)["node-gpu07"]
+    assert 'data-status="offline"' in card and "last seen 2 min ago" in card
+    assert 'class="g o"' in card
+    assert registry.nodes["gpu07"].status is NodeStatus.OFFLINE
+
+
+def test_view_filter_by_group_name_and_gpus() -> None:
+    clock = ManualClock()
+    registry = NodeRegistry(clock, names={"a": Naming("Alpha", "vision"), "b": Naming(group="nlp")})
+    for name, gpus in (("a", [{"index": 0}]), ("b", []), ("c", [])):
+        registry.hello(Hello(node=name, agent_version="t", interval_s=1.0, gpus=gpus))
+    nodes: dict[str, Node] = registry.nodes
+    matches = lambda f: sorted(n for n, node in nodes.items() if f.matches(node))  # noqa: E731
+    assert matches(ViewFilter(groups=frozenset({"vision", "nlp"}))) == ["a", "b"]
+    assert matches(ViewFilter(names=frozenset({"Alpha", "c"}))) == ["a", "c"]
+    assert matches(ViewFilter(gpu_only=True)) == ["a"]
+    view = summary_view((n for n in nodes.values() if ViewFilter(groups=frozenset({"nlp"})).matches(n)), 10, 5)
+    assert (view.live, view.gpus_total) == (1, 0)
+    assert head_view(nodes["a"]).display_name == "Alpha"
+    assert detail_view(nodes["c"], {}, 15, 0.0, 10, 5).gpus == ()

@@ -1,0 +1,326 @@
+"""View models: formatting, GPU states and users, status texts, the summary, sparkline paths and
+the detail page's every-field listing. Pure: nodes come from a real registry on a fake clock."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+import pytest
+
+from frontend.viewmodels import (
+    MAX_USERS_SHOWN,
+    detail_view,
+    field_label,
+    field_text,
+    fmt_ago,
+    fmt_bytes,
+    fmt_duration,
+    fmt_short_bytes,
+    fmt_used_of,
+    gpu_is_free,
+    gpu_view,
+    head_view,
+    host_view,
+    meter,
+    short_gpu_name,
+    spark_path,
+    spark_view,
+    summary_view,
+    tiny_gpu_name,
+)
+from hub.clock import ManualClock
+from hub.registry import Naming, Node, NodeRegistry, NodeStatus
+from node_agent.protocol import GpuSample, HostSample, HostStatic, Hello
+
+GIB = 1024**3
+NAN = float("nan")
+
+
+def gpu(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "NVIDIA H100 80GB HBM3",
+        "util_gpu_percent": 0.0,
+        "mem_used_bytes": GIB // 2,
+        "mem_total_bytes": 80 * GIB,
+        "temp_celsius": 34.0,
+        "power_draw_watts": 69.4,
+        "power_limit_watts": 700.0,
+        "processes": [],
+    }
+    base.update(overrides)
+    return base
+
+
+def make_node(
+    state: dict[str, Any] | None = None,
+    *,
+    name: str = "n1",
+    hello_gpus: list[dict[str, Any]] | None = None,
+    naming: Naming | None = None,
+) -> tuple[NodeRegistry, ManualClock, Node]:
+    clock = ManualClock()
+    registry = NodeRegistry(clock, names={name: naming} if naming else None)
+    hello = Hello(
+        node=name,
+        agent_version="9.9",
+        interval_s=1.0,
+        host={"hostname": "n1.lab", "os_name": "Debian 12", "cpu_model": "EPYC", "cpu_cores_logical": 64},
+        gpus=hello_gpus or [],
+    )
+    registry.hello(hello)
+    node = registry.nodes[name]
+    node.state = state or {}
+    return registry, clock, node
+
+
+# --------------------------------------------------------------------------- formatting
+@pytest.mark.parametrize(
+    ("value", "short"),
+    [
+        (None, "–"),
+        (0, "0B"),
+        (999, "999B"),
+        (1000, "1.0K"),
+        (4.5 * GIB, "4.5G"),
+        (9.96 * GIB, "10G"),
+        (45 * GIB, "45G"),
+        (812 * 1024**2, "812M"),
+        (1.2 * 1024**4, "1.2T"),
+    ],
+)
+def test_short_bytes_fit_four_characters(value: float | None, short: str) -> None:
+    assert fmt_short_bytes(value) == short
+    assert len(short) <= 4
+
+
+def test_used_of_shares_the_unit_when_it_can() -> None:
+    assert fmt_used_of(45 * GIB, 80 * GIB) == "45/80G"
+    assert fmt_used_of(512 * 1024**2, 80 * GIB) == "512M/80G"
+    assert fmt_used_of(None, 80 * GIB) == "–/80G"
+    assert fmt_used_of(None, None) == "–"
+
+
+def test_long_formats() -> None:
+    assert fmt_bytes(1536 * 1024**2) == "1.5 GiB"
+    assert fmt_bytes(None) == "–"
+    assert [fmt_duration(s) for s in (5, 125, 3 * 3600 + 5 * 60, 12 * 86400 + 4 * 3600)] == [
+        "5s",
+        "2m",
+        "3h 05m",
+        "12d 4h",
+    ]
+    assert [fmt_ago(s) for s in (-1, 12.7, 240, 7500)] == ["0 s", "12 s", "4 min", "2 h 05 min"]
+
+
+def test_gpu_names_short_and_tiny() -> None:
+    assert short_gpu_name("NVIDIA A100-SXM4-80GB") == "A100-SXM4-80GB"
+    assert short_gpu_name(None) == "GPU"
+    assert tiny_gpu_name("NVIDIA H100 80GB HBM3") == "H100"
+    assert tiny_gpu_name("NVIDIA GeForce RTX 4090") == "4090"
+    assert tiny_gpu_name("Tesla T4") == "T4"
+    assert tiny_gpu_name("NVIDIA RTX A6000") == "A6000"
+    assert tiny_gpu_name("") == "GPU"
+    assert len(tiny_gpu_name("x" * 300)) <= 8
+
+
+def test_meter_levels_and_clamping() -> None:
+    assert meter(45.4) == ("45%", 45, "")
+    assert meter(75.0).cls == " w" and meter(95.0).cls == " c"
+    assert meter(None) == ("–", 0, " na")
+    assert meter(130.0).p == 100 and meter(-5.0).p == 0
+
+
+# --------------------------------------------------------------------------- GPU rows
+def test_free_busy_error_and_not_live() -> None:
+    assert gpu_view("n1", "0", gpu(), 10, 5).state == "f"
+    assert gpu_view("n1", "0", gpu(util_gpu_percent=50.0), 10, 5).state == "b"
+    assert gpu_view("n1", "0", gpu(mem_used_bytes=40 * GIB), 10, 5).state == "b", "memory held = busy"
+    with_proc = gpu(processes=[{"pid": 7, "user": "ann", "gpu_mem_bytes": GIB}])
+    assert gpu_view("n1", "0", with_proc, 10, 5).state == "b", "a process = busy, however idle"
+    lost = gpu(error="GPU is lost")
+    assert gpu_view("n1", "0", lost, 10, 5).state == "e"
+    assert gpu_view("n1", "0", lost, 10, 5, node_live=False).state == "e", "a fault stays a fault"
+    assert gpu_view("n1", "0", gpu(), 10, 5, node_live=False).state == "o", "never 'free' when not live"
+    assert gpu_is_free(gpu(util_gpu_percent=None, mem_used_bytes=None), 10, 5), "unknown is not busy"
+
+
+def test_gpu_row_texts() -> None:
+    view = gpu_view(
+        "n1",
+        "3",
+        gpu(util_gpu_percent=97.4, mem_used_bytes=45 * GIB, temp_celsius=84.6, power_draw_watts=612.5),
+        10,
+        5,
+    )
+    assert view.gpu_index == "3" and view.name == "H100"
+    assert view.util == ("97%", 97, ""), "GPU meters carry no warning level: busy is good"
+    assert view.mem.text == "45/80G" and view.mem.p == 56
+    assert (view.temp_text, view.temp_cls) == ("85°", "w")
+    assert view.power_text == "612/700W"
+    bare = gpu_view("n1", "0", {"name": "T4"}, 10, 5)
+    assert (bare.util.text, bare.mem.text, bare.temp_text, bare.power_text) == ("–", "–", "–", "–W")
+
+
+def test_users_ranked_by_gpu_memory_with_more_count() -> None:
+    procs = [
+        {"pid": 1, "user": "bob", "gpu_mem_bytes": 2 * GIB},
+        {"pid": 2, "user": "ann", "gpu_mem_bytes": 10 * GIB},
+        {"pid": 3, "user": "bob", "gpu_mem_bytes": 9 * GIB},  # bob: 11 GiB in two processes
+        {"pid": 4, "user": None, "gpu_mem_bytes": 1 * GIB},  # unknown user: shown by pid
+        {"pid": 5, "user": "cy", "gpu_mem_bytes": None},
+    ]
+    view = gpu_view("n1", "0", gpu(processes=procs), 10, 5)
+    assert view.users == ("bob 11G", "ann 10G")
+    assert MAX_USERS_SHOWN == 2 and view.more_users == 2
+
+
+# --------------------------------------------------------------------------- host part and head
+def test_host_view_picks_the_fullest_disk_and_formats_rates() -> None:
+    _, _, node = make_node(
+        {
+            "host": {
+                "cpu_percent": 42.4,
+                "mem_used_bytes": 100 * GIB,
+                "mem_total_bytes": 512 * GIB,
+                "disks": [
+                    {"mount": "/", "used_bytes": 10, "total_bytes": 100},
+                    {"mount": "/data", "used_bytes": 95, "total_bytes": 100},
+                ],
+                "net_rx_bytes_per_s": 1.5 * 1024**2,
+                "net_tx_bytes_per_s": 300 * 1024,
+                "load_avg_1m": 1.5,
+                "load_avg_5m": 12.34,
+                "load_avg_15m": None,
+                "uptime_s": 90000,
+            }
+        }
+    )
+    view = host_view(node)
+    assert view.cpu == ("CPU 42%", 42, "")
+    assert view.mem.text == "MEM 100/512G"
+    assert view.disk == ("DSK 95%", 95, " c")
+    assert view.net_text == "↓1.5M/s ↑300K/s"
+    assert view.load_text == "1.50 12.34 –"
+    assert view.uptime_text == "1d 1h"
+    assert view.late_text is None
+    assert host_view(node, sample_late_s=7.4).late_text == "⚠ no new sample for 7 s"
+
+
+def test_host_view_of_an_empty_node() -> None:
+    _, _, node = make_node({})
+    view = host_view(node)
+    assert (view.cpu.text, view.mem.text, view.disk.text) == ("CPU –", "MEM –", "DSK –")
+
+
+def test_head_status_texts_and_naming() -> None:
+    registry, clock, node = make_node({"gpus": {"0": gpu()}}, naming=Naming("GPU One", "vision"))
+    head = head_view(node)
+    assert (head.display_name, head.group, head.status, head.status_text) == ("GPU One", "vision", "live", "live")
+    assert head.gpus_total == 1
+    assert "n1.lab" in head.detail and "64 cores" in head.detail
+    assert head.last_seen_epoch_s == round(clock.wall_s, 1)
+    node.status = NodeStatus.STALE
+    assert head_view(node, 4.2).status_text == "late by 4 s"
+    node.status = NodeStatus.OFFLINE
+    assert head_view(node, 185).status_text == "last seen 3 min ago"
+    assert head_view(node).sort_key < head_view(make_node(name="a0")[2]).sort_key, "grouped nodes first"
+
+
+# --------------------------------------------------------------------------- summary
+def test_summary_counts_free_gpus_of_live_nodes_only() -> None:
+    clock = ManualClock()
+    registry = NodeRegistry(clock)
+    states = {
+        "a": (NodeStatus.LIVE, {"0": gpu(), "1": gpu(util_gpu_percent=90.0), "2": gpu(error="lost")}),
+        "b": (NodeStatus.STALE, {"0": gpu(name="NVIDIA A100-SXM4-40GB")}),
+        "c": (NodeStatus.OFFLINE, {"0": gpu(), "1": gpu()}),
+    }
+    for name, (status, gpus) in states.items():
+        registry.hello(Hello(node=name, agent_version="t", interval_s=1.0))
+        registry.nodes[name].state = {"gpus": gpus}
+        registry.nodes[name].status = status
+    view = summary_view(registry.nodes.values(), 10, 5)
+    assert (view.live, view.stale, view.offline) == (1, 1, 1)
+    assert (view.gpus_free, view.gpus_total, view.gpus_error) == (1, 4, 1), "offline GPUs are not counted"
+    assert [(m.model, m.free, m.total) for m in view.models] == [
+        ("H100 80GB HBM3", 1, 3),
+        ("A100-SXM4-40GB", 0, 1),
+    ]
+    assert view.gpu_mem_total_text == "320G"
+
+
+# --------------------------------------------------------------------------- sparklines
+def test_spark_path_whole_pixels_gaps_and_lone_points() -> None:
+    assert spark_path([0.0, 100.0, 50.0], step=2, height=16) == "M0,15 2,1 4,8"
+    assert spark_path([10.0, NAN, 20.0, 30.0]) == "M0,14h2M4,12 6,11", "a gap breaks the line"
+    assert spark_path([NAN, NAN]) == ""
+    assert spark_path([250.0, -3.0]) == "M0,1 2,15", "clamped to the chart"
+
+
+def test_spark_view_is_right_aligned_and_fixed_width() -> None:
+    view = spark_view("s", [50.0, 50.0], [], points=30)
+    assert view.width == 58 and view.height == 16
+    assert view.main == "M56,8 58,8", "the newest point sits at the right edge"
+    assert view.second == ""
+    assert spark_view("s", [float(i % 2 * 50) for i in range(90)], [], points=30).main.count(" ") == 29, "30 points"
+
+
+# --------------------------------------------------------------------------- detail page
+def test_field_labels_and_texts_follow_units_in_names() -> None:
+    assert field_label("mem_used_bytes") == "mem used"
+    assert field_label("net_rx_bytes_per_s") == "network receive"
+    assert field_text("mem_used_bytes", 1536 * 1024**2) == "1.5 GiB"
+    assert field_text("net_rx_bytes_per_s", 2048) == "2.0 KiB/s"
+    assert field_text("temp_celsius", 71.6) == "72 °C"
+    assert field_text("power_draw_watts", 250) == "250.0 W"
+    assert field_text("clock_sm_mhz", 1980) == "1980 MHz"
+    assert field_text("boot_time_epoch_s", 0) == "1970-01-01 00:00:00 UTC"
+    assert field_text("uptime_s", 3700) == "1h 01m"
+    assert field_text("pstate", 2) == "P2"
+    assert field_text("throttle_reasons", ["power cap", "thermal"]) == "power cap, thermal"
+    assert field_text("throttle_reasons", []) == "none"
+    assert field_text("fan_percent", None) == "–"
+
+
+def test_detail_view_lists_every_reported_field() -> None:
+    static_gpu = {"index": 0, "name": "NVIDIA H100", "uuid": "GPU-1", "pci_bus_id": "0000:18:00.0", "mig_mode": None}
+    sample = gpu(
+        index=0,
+        util_mem_percent=3.0,
+        fan_percent=None,
+        clock_sm_mhz=1980,
+        throttle_reasons=["thermal"],
+        processes=[
+            {"pid": 11, "user": "ann", "command": "python", "gpu_mem_bytes": GIB, "cpu_percent": 99.5},
+            {"pid": 12, "user": None, "command": None, "gpu_mem_bytes": 3 * GIB},
+        ],
+    )
+    _, _, node = make_node(
+        {"sampled_at": 1.0, "host": {"cpu_percent": 5.0, "cpu_percent_per_core": [1.0, 99.0]}, "gpus": {"0": sample}},
+        hello_gpus=[static_gpu],
+    )
+    view = detail_view(node, {"cpu": [1.0, 2.0], "u0": [50.0]}, 15, 0.0, 10, 5)
+    assert [f.label for f in view.host_static] == [field_label(f.name) for f in fields(HostStatic)]
+    sample_labels = {f.label for f in view.host_sample}
+    assert all(field_label(f.name) in sample_labels for f in fields(HostSample) if f.name not in ("cpu_percent_per_core", "disks"))
+    assert [m.p for m in view.cores] == [1, 99]
+    [g] = view.gpus
+    facts = {f.label: f.text for f in g.facts}
+    wanted = {field_label(f.name) for f in fields(GpuSample)} - {"index", "name", "processes", "error"}
+    assert wanted <= facts.keys(), "every per-sample GPU field is listed"
+    assert facts["PCI bus id"] == "0000:18:00.0" and facts["throttle reasons"] == "thermal"
+    assert list(facts).count("PCI bus id") == 1
+    assert [(p.pid, p.user, p.command, p.gpu_mem_text) for p in g.processes] == [
+        ("12", "unknown", "unknown", "3.0 GiB"),
+        ("11", "ann", "python", "1.0 GiB"),
+    ]
+    assert g.state == "b" and g.history.main.startswith("M")
+    assert view.host_history.main.count(",") == 2
+    assert math.isclose(view.history_minutes, 15)
+
+
+def test_flat_stretches_keep_only_their_ends() -> None:
+    assert spark_path([0.0] * 30) == "M0,15 58,15"
+    assert spark_path([0.0, 0.0, 0.0, 50.0, 50.0]) == "M0,15 4,15 6,8 8,8"

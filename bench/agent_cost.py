@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.duration, args.warmup = 3.0, 3.0
 
     fig = Figures("agent_cost")
-    fig.header(f"sers-agent at {1 / args.interval:g} Hz vs node_exporter and Glances, {args.duration:g} s window")
+    fig.header(
+        f"sers-agent at {1 / args.interval:g} Hz vs node_exporter and Glances, {args.duration:g} s window"
+    )
     log_dir = Path(tempfile.mkdtemp(prefix="sers-agent-cost-"))
     fig.note(f"logs: {log_dir}")
     port = free_port()
@@ -165,10 +167,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent = spawn(
             "sers-agent",
             [
-                sys.executable, "-m", "node_agent",
-                "--hub", f"http://127.0.0.1:{port}",
-                "--name", "bench-agent",
-                "--interval", str(args.interval),
+                sys.executable,
+                "-m",
+                "node_agent",
+                "--hub",
+                f"http://127.0.0.1:{port}",
+                "--name",
+                "bench-agent",
+                "--interval",
+                str(args.interval),
             ],
             log_dir,
             env,
@@ -179,9 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if exporter_bin:
                 exporter_port = free_port()
                 exporter = spawn(
-                    "node_exporter", [exporter_bin, f"--web.listen-address=127.0.0.1:{exporter_port}"], log_dir
+                    "node_exporter",
+                    [exporter_bin, f"--web.listen-address=127.0.0.1:{exporter_port}"],
+                    log_dir,
                 )
-                if wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{exporter_port}/metrics", timeout=2), 15):
+                if wait_until(
+                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{exporter_port}/metrics", timeout=2), 15
+                ):
                     peers.append(exporter)
                     scraper = Scraper(f"http://127.0.0.1:{exporter_port}/metrics")
                     scraper.start()
@@ -195,8 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 glances = spawn(
                     "glances",
                     [
-                        glances_bin, "-q", "-t", str(args.interval),
-                        "--export", "csv", "--export-csv-file", str(log_dir / "glances.csv"),
+                        glances_bin,
+                        "-q",
+                        "-t",
+                        str(args.interval),
+                        "--export",
+                        "csv",
+                        "--export-csv-file",
+                        str(log_dir / "glances.csv"),
                     ],
                     log_dir,
                 )
@@ -249,7 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fig.add("node_exporter_rss", exporter_peer.rss_max / MIB, "MiB")
         ratio = agent_ms / exporter_ms if exporter_ms else float("inf")
         fig.add("agent_vs_node_exporter_cpu", ratio, "x", target="< 1x", ok=ratio < 1, digits=2)
-        fig.note(f"node_exporter: {scrapes} scrapes, {scraper.bytes / max(scraper.scrapes, 1) / 1024:.0f} KiB each" if scraper else "")
+        fig.note(
+            f"node_exporter: {scrapes} scrapes, {scraper.bytes / max(scraper.scrapes, 1) / 1024:.0f} KiB each"
+            if scraper
+            else ""
+        )
     glances_peer = by_name.get("glances")
     if glances_peer is not None:
         glances_ms = 1000 * (glances_peer.cpu1 - glances_peer.cpu0) / samples

@@ -78,8 +78,7 @@ class Bare:
                 websockets.broadcast(self.viewers, self.buffer[:size])
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    sizes = [int(x) for x in json.loads(Path(args.sizes).read_text())] if args.sizes else [0]
+async def main_async(args: argparse.Namespace, sizes: list[int]) -> None:
     bare = Bare(sizes, 1.0 / args.rate_hz)
     stop = asyncio.get_running_loop().create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -102,13 +101,16 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bare_broadcast", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bare_broadcast", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--sizes", help="JSON file: a list of payload sizes in bytes, one per tick")
     parser.add_argument("--rate-hz", type=float, default=10.0, help="ticks per second (the hub's 10)")
     args = parser.parse_args(argv)
-    asyncio.run(main_async(args))
+    sizes = [int(x) for x in json.loads(Path(args.sizes).read_text())] if args.sizes else [0]
+    asyncio.run(main_async(args, sizes))
     return 0
 
 

@@ -110,12 +110,19 @@ async def run_phase(
                 await Worker.start(
                     f"{label}-{nodes}-agents{k}",
                     [
-                        sys.executable, "-m", "bench.load_agents",
-                        "--url", ws_base + "/ws/agent",
-                        "--nodes", str(count),
-                        "--first", str(k * per),
-                        "--rate", str(args.rate),
-                        "--busy-fraction", str(args.busy_fraction),
+                        sys.executable,
+                        "-m",
+                        "bench.load_agents",
+                        "--url",
+                        ws_base + "/ws/agent",
+                        "--nodes",
+                        str(count),
+                        "--first",
+                        str(k * per),
+                        "--rate",
+                        str(args.rate),
+                        "--busy-fraction",
+                        str(args.busy_fraction),
                     ],
                     log_dir,
                 )
@@ -134,11 +141,17 @@ async def run_phase(
         viewers = await Worker.start(
             f"{label}-{nodes}-viewers",
             [
-                sys.executable, "-m", "bench.load_viewers",
-                "--url", ws_base + "/ws/view",
-                "--viewers", str(args.viewers),
-                "--probes", str(min(args.probes, args.viewers)),
-                "--origin", base,
+                sys.executable,
+                "-m",
+                "bench.load_viewers",
+                "--url",
+                ws_base + "/ws/view",
+                "--viewers",
+                str(args.viewers),
+                "--probes",
+                str(min(args.probes, args.viewers)),
+                "--origin",
+                base,
             ],
             log_dir,
         )
@@ -169,9 +182,20 @@ async def run_phase(
         spy = None
         if py_spy_out is not None and PY_SPY:
             spy = await asyncio.create_subprocess_exec(
-                PY_SPY, "record", "-p", str(server.proc.pid), "-d", str(int(args.duration)),
-                "-r", "100", "-f", "raw", "-o", str(py_spy_out),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                PY_SPY,
+                "record",
+                "-p",
+                str(server.proc.pid),
+                "-d",
+                str(int(args.duration)),
+                "-r",
+                "100",
+                "-f",
+                "raw",
+                "-o",
+                str(py_spy_out),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
             )
         t0 = time.monotonic()
         while time.time() < end:
@@ -223,7 +247,9 @@ def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -
     fig.add(f"{tag}.agent_rate_achieved", 100 * achieved, "% of N x R", digits=1)
     if ratios:
         worst = min(ratios)
-        fig.add(f"{tag}.delivered_min", 100 * worst, "% of expected", target="100%", ok=worst >= 0.9995, digits=2)
+        fig.add(
+            f"{tag}.delivered_min", 100 * worst, "% of expected", target="100%", ok=worst >= 0.9995, digits=2
+        )
         fig.add(f"{tag}.delivered_mean", 100 * statistics.fmean(ratios), "%", digits=2)
     sparks = sum(t["sparks"] for t in viewers) / max(len(viewers), 1)
     fig.note(
@@ -251,7 +277,9 @@ def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -
     total_delivered = float(sum(delivered))
     total_bytes = float(sum(t["bytes_in_window"] for t in viewers))
     if total_delivered:
-        fig.add(f"{tag}.hub_cpu_per_delivered_update", 1e6 * hub.server_cpu_s / total_delivered, "µs", digits=2)
+        fig.add(
+            f"{tag}.hub_cpu_per_delivered_update", 1e6 * hub.server_cpu_s / total_delivered, "µs", digits=2
+        )
     return total_delivered, (total_bytes / total_delivered if total_delivered else 0.0)
 
 
@@ -264,7 +292,9 @@ def report_bare(
     fig.add(f"{tag}.bare_cpu", 100 * bare.server_cpu_s / bare.duration_s, "% of one core")
     fig.add(f"{tag}.bare_bytes_vs_hub", 100 * bare_bytes / hub_bytes if hub_bytes else 0.0, "%")
     if not (bare_bytes and bytes_per_update and hub_delivered and bare.server_cpu_s):
-        fig.note("bare comparison skipped: nothing delivered")
+        # tiny runs: CPU time below the kernel's clock tick (10 ms) reads as zero
+        fig.note("bare comparison undefined: no bytes delivered or no CPU time measured")
+        fig.add(f"{tag}.hub_vs_bare_cpu_per_update", math.nan, "x", digits=2)
         return
     bare_updates = bare_bytes / bytes_per_update
     bare_us = 1e6 * bare.server_cpu_s / bare_updates

@@ -251,7 +251,9 @@ class Family:
             index = str(i)
             if busy and last[index]["util_gpu_percent"] == first[index]["util_gpu_percent"]:
                 taken = {first[index]["util_gpu_percent"], before[index]["util_gpu_percent"]}
-                util = next(u for u in (last[index]["util_gpu_percent"] + d for d in (1, -1, 2, -2)) if u not in taken)
+                util = next(
+                    u for u in (last[index]["util_gpu_percent"] + d for d in (1, -1, 2, -2)) if u not in taken
+                )
                 last[index] = {**last[index], "util_gpu_percent": util}
         self.first = make_patch({}, samples[0])
         self.steps = [make_patch(samples[k], samples[(k + 1) % length]) for k in range(length)]
@@ -274,7 +276,9 @@ class SimAgent:
     def hello_frame(self) -> str:
         hello = self.family.hello
         self._after_hello = True
-        return encode(dataclasses.replace(hello, node=self.name, host={**hello.host, "hostname": self.name})).decode()
+        return encode(
+            dataclasses.replace(hello, node=self.name, host={**hello.host, "hostname": self.name})
+        ).decode()
 
     def next_frame(self, now_epoch_s: float, *, quiet: bool = False) -> str:
         """The next delta; ``quiet``: only a new ``sampled_at`` (nothing visible changes)."""

@@ -76,9 +76,7 @@ def get_json(url: str, timeout_s: float = 5.0) -> Any:
         return json.loads(response.read())
 
 
-async def wait_for(
-    predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2
-) -> Any:
+async def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -112,7 +110,7 @@ class Worker:
         jsonl: bool = True,
     ) -> Worker:
         log_path = log_dir / f"{name}.log"
-        with open(log_path, "ab") as log:
+        with open(log_path, "ab") as log:  # noqa: ASYNC230 - opening a log file is instant
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE if jsonl else asyncio.subprocess.DEVNULL,

@@ -139,13 +139,14 @@ def short_gpu_name(name: str | None) -> str:
 
 @functools.lru_cache(maxsize=256)
 def tiny_gpu_name(name: str | None) -> str:
-    """What fits a GPU row: ``H100``, ``A100``, ``L40S``, ``4090`` (RTX 4090), ``A6000``."""
+    """What fits a GPU row (five characters): ``H100``, ``A100``, ``L40S``, ``4090`` (RTX 4090),
+    ``A6000``."""
     words = short_gpu_name(name).replace("-", " ").split()
     if not words:
         return "GPU"
     if words[0].upper() in ("RTX", "GTX") and len(words) > 1:
-        return words[1][:8]
-    return words[0][:8]
+        return words[1][:5]
+    return words[0][:5]
 
 
 # --------------------------------------------------------------------------- card parts

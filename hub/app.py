@@ -16,9 +16,9 @@ from frontend.render import Renderer
 from hub.agent_ws import agent_endpoint
 from hub.clock import SystemClock
 from hub.fanout import Fanout, stop_task
+from hub.history import History
 from hub.liveness import run_sweeps
 from hub.metrics import metrics
-from hub.history import History
 from hub.pages import api_nodes, healthz, node_page, page
 from hub.registry import Clock, NodeRegistry
 from hub.scene import Scene

@@ -190,6 +190,8 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     finally:
         for engine in engines:
             engine("rm", "--all", "--force", "--time", "0", check=False)
+            # Removes the images and unmounts the overlay driver's own mount of its directory.
+            engine("system", "reset", "--force", check=False)
         subprocess.run([*root, "rm", "-rf", str(workdir)], check=False, timeout=300)
 
 
@@ -300,7 +302,18 @@ def test_images_build_and_run_hub_and_agents(
     passwd.write_text(Path("/etc/passwd").read_text() + (lab_process.passwd_line or ""))
     nvml = [f"{fakes.FAKE_NVML_DIR}:/opt/fake_nvml:ro", f"{scenario_path}:/opt/scenario.json:ro"]
 
-    named = run_agent(podman, "ctr-named", port, [*nvml, f"{passwd}:/etc/passwd:ro"], "--pid=host")
+    # As docs/deploy/README.md runs it (minus --gpus all): host pids, host user names, and no
+    # privileges beyond reading /proc.
+    named = run_agent(
+        podman,
+        "ctr-named",
+        port,
+        [*nvml, f"{passwd}:/etc/passwd:ro"],
+        "--pid=host",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--read-only",
+    )
     numeric = run_agent(podman, "ctr-numeric", port, nvml, "--pid=host")
     run_agent(podman, "ctr-own-pids", port, nvml)
 

@@ -157,12 +157,15 @@ def test_agents_and_browser_through_nginx(proxied: Proxied, procs: list[Proc]) -
             page.evaluate("window.sersNotReloaded = true")
             first_host = page.inner_html("#node-px1-host")
 
-            # New samples reach the card through nginx (CPU %, rates), then the agent's goodbye.
+            # New samples reach the card through nginx (CPU %, rates).
             page.wait_for_function(
                 "old => document.getElementById('node-px1-host').innerHTML !== old",
                 arg=first_host,
                 timeout=15_000,
             )
+            # A second agent's card appears, then the first agent's goodbye turns it offline.
+            procs.append(start_agent(hub, "px2", interval_s=0.5, hub_url=proxied.url))
+            page.wait_for_selector("#node-px2[data-status=live]", state="attached", timeout=15_000)
             first.stop()
             page.wait_for_selector("#node-px1[data-status=offline]", state="attached", timeout=15_000)
             assert page.evaluate("window.sersNotReloaded") is True, "updates came without a reload"

@@ -289,3 +289,43 @@ def test_nodes_are_forgotten_only_deliberately(tmp_path: Path, procs: list[Proc]
     hub.start()
     procs.append(hub.proc)
     assert hub.nodes() == {}
+
+
+# --------------------------------------------------------------------------- pure parts
+def test_failure_log_logs_once_per_source_per_minute(caplog: pytest.LogCaptureFixture) -> None:
+    from hub.security import FailureLog
+
+    now = [0.0]
+    failures = FailureLog(every_s=60, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="sers.hub"):
+        assert failures.refused("10.0.0.1", "an agent with a wrong token")
+        assert not failures.refused("10.0.0.1", "an agent with a wrong token")
+        assert failures.refused("10.0.0.2", "an agent with a wrong token")
+        now[0] = 59.0
+        assert not failures.refused("10.0.0.1", "an agent with a wrong token")
+        now[0] = 61.0
+        assert failures.refused("10.0.0.1", "an agent with a wrong token")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert lines[-1] == "refused an agent with a wrong token from 10.0.0.1 (2 more from this source in the last 60 s)"
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        ("http://Example.ORG", "http://example.org"),
+        ("https://example.org:443", "https://example.org"),
+        ("http://example.org:80/", "http://example.org"),
+        ("http://example.org:8080", "http://example.org:8080"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+        ("null", None),
+        ("file://", None),
+        ("http://example.org/path", None),
+        ("http://example.org:99999", None),
+        ("javascript:alert(1)", None),
+    ],
+)
+def test_origins_are_normalized(raw: str, normal: str | None) -> None:
+    from hub.security import normalize_origin
+
+    assert normalize_origin(raw) == normal

@@ -2,7 +2,9 @@
 // A message is HTML; each top-level element replaces the element with the same id (a new node
 // card is inserted in sort order; an element with data-remove deletes its namesake). The page
 // keeps no other state, so after a reconnect the hub's full state simply replaces everything.
-// Per message the work is: parse once, then one getElementById + replaceWith per part.
+// Messages are applied together at most every FLUSH_EVERY_MS: one parse, then one
+// getElementById + replaceWith per part, and one frame of style, layout and paint for them all
+// (each frame costs the renderer about as much again as the parts it carries).
 (() => {
   "use strict";
   const root = document.documentElement;
@@ -11,6 +13,7 @@
   const clock = document.getElementById("clock");
   const SILENCE_MS = 6000; // the hub sends at least every 2 s; longer silence means it is gone
   const SORT_EVERY_MS = 10000; // status and free-GPU orders settle this often, not on every change
+  const FLUSH_EVERY_MS = 1000; // samples arrive once a second: one frame a second shows them all
   const STATUS_RANK = { offline: 0, stale: 1, live: 2 };
   let serverOffsetMs = 0; // the hub's clock minus this browser's clock
 
@@ -67,6 +70,9 @@
   let retryMs = 500;
   let pageIndex = 0;
   let lastSortAt = 0;
+  let pending = [];
+  let flushTimer = 0;
+  let lastFlushAt = 0;
 
   function wsUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -179,6 +185,14 @@
     }
   }
 
+  function flush() {
+    flushTimer = 0;
+    lastFlushAt = Date.now();
+    const html = pending.length === 1 ? pending[0] : pending.join("");
+    pending = [];
+    swap(html); // later parts of the same id come later in the text: the newest one stays
+  }
+
   function connect() {
     setConn(root.dataset.conn === "lost" ? "lost" : "connecting", "connecting…");
     socket = new WebSocket(wsUrl());
@@ -192,7 +206,9 @@
       lastMessageAt = Date.now();
       setConn("live", "live");
       const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
-      if (text) swap(text);
+      if (text.startsWith('<main id="nodes"')) pending = []; // a full state supersedes the rest
+      if (text) pending.push(text);
+      if (!flushTimer) flushTimer = setTimeout(flush, Math.max(0, lastFlushAt + FLUSH_EVERY_MS - Date.now()));
     };
     socket.onclose = () => {
       socket = null;

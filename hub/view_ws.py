@@ -47,6 +47,7 @@ async def view_endpoint(websocket: WebSocket) -> None:
         hub.fanout.remove_viewer(viewer)
         for task in (sender, reader):
             task.cancel()
+        await asyncio.gather(sender, reader, return_exceptions=True)  # a gone browser is no error
         # a frozen browser never lets the close frame out: give up on it after a moment
         with contextlib.suppress(Exception):
             await asyncio.wait_for(websocket.close(1008 if sender.done() else 1000), CLOSE_TIMEOUT_S)

@@ -198,7 +198,7 @@ def test_whole_card_holds_every_part_once() -> None:
     card = scene.card(registry.nodes["gpu07"])
     ids = re.findall(r' id="([^"]+)"', card)
     assert ids[:3] == ["node-gpu07", "node-gpu07-host", "spark-gpu07-cpu"]
-    assert ids[3:] == [x for i in range(8) for x in (f"node-gpu07-gpu-{i}", f"spark-gpu07-gpu-{i}")]
+    assert ids[3:] == [f"node-gpu07-gpu-{i}" for i in range(8)] + [f"spark-gpu07-gpu-{i}" for i in range(8)]
     assert 'data-node="gpu07"' in card and 'data-status="live"' in card and 'data-group="vision"' in card
     assert '<a class="nm" href="node/gpu07"' in card and ">GPU 07</a>" in card
     assert_inert(card, {"article", "header", "a", "span", "div", "u", "b", "i", "em", "svg", "path"})

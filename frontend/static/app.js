@@ -149,6 +149,38 @@
     pager.textContent = "page " + (pageIndex + 1) + "/" + pages;
   }
 
+  // A pushed part usually differs from the element it replaces in a few texts and classes:
+  // change just those (no new elements, so no new style, layout or paint objects). Anything
+  // shaped differently is replaced whole.
+  function sameShape(a, b) {
+    return a.nodeType === b.nodeType && a.nodeName === b.nodeName && a.childNodes.length === b.childNodes.length;
+  }
+
+  function morph(old, fresh) {
+    if (old.nodeType === 3) {
+      if (old.data !== fresh.data) old.data = fresh.data;
+      return;
+    }
+    const names = fresh.getAttributeNames();
+    if (old.attributes.length !== names.length) {
+      for (const name of old.getAttributeNames()) if (!fresh.hasAttribute(name)) old.removeAttribute(name);
+    }
+    for (const name of names) {
+      const value = fresh.getAttribute(name);
+      if (old.getAttribute(name) !== value) old.setAttribute(name, value);
+    }
+    let a = old.firstChild;
+    let b = fresh.firstChild;
+    while (a) {
+      const nextA = a.nextSibling;
+      const nextB = b.nextSibling;
+      if (sameShape(a, b)) morph(a, b);
+      else a.replaceWith(b);
+      a = nextA;
+      b = nextB;
+    }
+  }
+
   function swap(html) {
     template.innerHTML = html;
     let cardsChanged = false;
@@ -165,7 +197,8 @@
           el.hidden = old.hidden; // keep its place in cycle mode
           cardsChanged = true;
         }
-        old.replaceWith(el);
+        if (old.tagName !== "ARTICLE" && sameShape(old, el)) morph(old, el);
+        else old.replaceWith(el);
         if (id === "nodes") {
           nodes = el;
           cardsChanged = true;

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from websockets.asyncio.client import connect
 
 from bench.figures import Figures
 from bench.workers import REPO, Worker, free_port, get_json, wait_for
@@ -77,6 +78,14 @@ async def _sleep_until(epoch_s: float) -> None:
         await asyncio.sleep(delay)
 
 
+async def late_viewer(url: str, origin: str) -> dict[str, float]:
+    """One more viewer joining the loaded hub: how big its full state is, how long it takes."""
+    started = time.monotonic()
+    async with connect(url, origin=origin, max_size=None, open_timeout=60) as ws:  # type: ignore[arg-type]
+        first = await asyncio.wait_for(ws.recv(decode=False), 120)
+        return {"bytes": len(first), "s": time.monotonic() - started}
+
+
 async def run_phase(
     args: argparse.Namespace,
     nodes: int,
@@ -101,6 +110,31 @@ async def run_phase(
     phase = Phase()
     try:
         await wait_for(lambda: get_json(base + "/healthz", 1), 30, f"{label} to answer /healthz")
+        # Viewers first, as wall displays that stay connected: each gets a small first picture,
+        # then every node arrives as a pushed card. A viewer joining a loaded hub (the full
+        # state) is measured on its own below.
+        viewers = await Worker.start(
+            f"{label}-{nodes}-viewers",
+            [
+                sys.executable,
+                "-m",
+                "bench.load_viewers",
+                "--url",
+                ws_base + "/ws/view",
+                "--viewers",
+                str(args.viewers),
+                "--probes",
+                str(min(args.probes, args.viewers)),
+                "--origin",
+                base,
+            ],
+            log_dir,
+        )
+        workers.append(viewers)
+        event = await viewers.event("connected", 60 + args.viewers)
+        if event["failed"] or event["got_full_state"] < event["n"]:
+            raise RuntimeError(f"viewers: {event}")
+        phase.connected.update(event)
         procs = max(1, min(args.agent_procs or math.ceil(nodes / 2500), nodes))
         per = math.ceil(nodes / procs)
         agents: list[Worker] = []
@@ -137,30 +171,10 @@ async def run_phase(
         await wait_for(
             lambda: get_json(base + "/healthz", 5)["nodes"] >= nodes, 60, f"{label} to list {nodes} nodes"
         )
-        await asyncio.sleep(1.5 / args.rate)  # every node's first sample is in: a full first picture
-        viewers = await Worker.start(
-            f"{label}-{nodes}-viewers",
-            [
-                sys.executable,
-                "-m",
-                "bench.load_viewers",
-                "--url",
-                ws_base + "/ws/view",
-                "--viewers",
-                str(args.viewers),
-                "--probes",
-                str(min(args.probes, args.viewers)),
-                "--origin",
-                base,
-            ],
-            log_dir,
-        )
-        workers.append(viewers)
-        event = await viewers.event("connected", 60 + args.viewers * nodes / 2000)
-        if event["failed"] or event["got_full_state"] < event["n"]:
-            raise RuntimeError(f"viewers: {event}")
-        phase.connected.update(event)
-        await asyncio.sleep(args.warmup)
+        await asyncio.sleep(args.warmup / 2)
+        if not bare_sizes:
+            phase.connected["late_viewer"] = await late_viewer(ws_base + "/ws/view", base)
+        await asyncio.sleep(args.warmup / 2)
 
         gap_s = min(args.gap, 2.5 / args.rate)  # under 3 intervals: no "sample late" warnings
         quiet_from = time.time() + 0.3
@@ -240,9 +254,12 @@ def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -
         f"{nodes} agents at {args.rate:g} Hz, {args.viewers} viewers, {args.duration:g} s window: "
         f"{a['deltas_in_window']} deltas ({a['host_expected']} host parts + {a['gpu_expected']} GPU rows "
         f"expected per viewer); agents connected in {max(hub.connected['agent_connect_s']):.1f} s; "
-        f"full state {hub.connected['full_state_bytes'] / MIB:.1f} MiB per viewer; "
         f"negotiated extensions: {hub.connected['extensions']}"
     )
+    late = hub.connected.get("late_viewer")
+    if late:
+        fig.add(f"{tag}.full_state_bytes", late["bytes"] / MIB, "MiB (a viewer joining)", digits=2)
+        fig.add(f"{tag}.full_state_time", 1000 * late["s"], "ms (a viewer joining)", digits=0)
     achieved = a["deltas_in_window"] / (nodes * args.rate * hub.duration_s) if hub.duration_s else 0.0
     fig.add(f"{tag}.agent_rate_achieved", 100 * achieved, "% of N x R", digits=1)
     if ratios:

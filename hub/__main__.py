@@ -10,8 +10,10 @@ exits within ``timeout_graceful_shutdown`` seconds, writing the state file once 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -54,6 +56,25 @@ class HubServer(uvicorn.Server):
         for server in self.servers:
             for sock in server.sockets:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER_BYTES)
+
+
+MALLOC_MMAP_THRESHOLD_BYTES = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # malloc.h
+
+
+def fix_malloc_mmap_threshold() -> None:
+    """glibc raises its mmap threshold each time a large block is freed, after which the hub's
+    payloads (tens to hundreds of KiB, built and freed ten times a second per view) come from the
+    heap and fragment it: RSS grew by about 4 MiB a minute in the soak test with a slow browser
+    attached. A fixed threshold keeps such blocks in mmap, returned to the system when freed, and
+    the RSS flat. Leaves an explicit MALLOC_MMAP_THRESHOLD_ alone; does nothing off glibc."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
 
 
 def uvicorn_config(settings: HubSettings) -> uvicorn.Config:
@@ -132,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sers-hub: error: state_db: {exc}", file=sys.stderr)
             return 2
     warn_if_open(settings, logging.getLogger("sers.hub"))
+    fix_malloc_mmap_threshold()
     config = uvicorn_config(settings)  # configures uvicorn's loggers: add the filter after
     logging.getLogger("uvicorn.error").addFilter(QuietConnections())
     server = HubServer(config)

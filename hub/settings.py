@@ -226,7 +226,9 @@ def _checked(settings: HubSettings) -> HubSettings:
     if settings.max_nodes < 1:
         raise SettingsError(f"max_nodes: must be at least 1, got {settings.max_nodes}")
     for pattern in settings.trusted_hosts:
-        if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
+        if "*" in pattern[1:] or (
+            pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")
+        ):
             raise SettingsError(f"trusted_hosts: {pattern!r} must be a host name, '*.domain' or '*'")
     return replace(
         settings,

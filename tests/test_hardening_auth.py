@@ -307,7 +307,10 @@ def test_failure_log_logs_once_per_source_per_minute(caplog: pytest.LogCaptureFi
         assert failures.refused("10.0.0.1", "an agent with a wrong token")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3
-    assert lines[-1] == "refused an agent with a wrong token from 10.0.0.1 (2 more from this source in the last 60 s)"
+    assert (
+        lines[-1]
+        == "refused an agent with a wrong token from 10.0.0.1 (2 more from this source in the last 60 s)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,10 @@
 // A message is HTML; each top-level element replaces the element with the same id (a new node
 // card is inserted in sort order; an element with data-remove deletes its namesake). The page
 // keeps no other state, so after a reconnect the hub's full state simply replaces everything.
-// Messages are applied together at most every FLUSH_EVERY_MS: one parse, then one
-// getElementById + replaceWith per part, and one frame of style, layout and paint for them all
-// (each frame costs the renderer about as much again as the parts it carries).
+// Parts are applied together once a second, with the clock: one parse, one getElementById and
+// an in-place update per part, and one frame of style, layout and paint for all of them (a
+// frame costs the renderer about as much again as the parts it carries). Samples arrive once a
+// second, so every one is shown; cards that appear, change state or go apply at once.
 (() => {
   "use strict";
   const root = document.documentElement;
@@ -13,7 +14,6 @@
   const clock = document.getElementById("clock");
   const SILENCE_MS = 6000; // the hub sends at least every 2 s; longer silence means it is gone
   const SORT_EVERY_MS = 10000; // status and free-GPU orders settle this often, not on every change
-  const FLUSH_EVERY_MS = 1000; // samples arrive once a second: one frame a second shows them all
   const STATUS_RANK = { offline: 0, stale: 1, live: 2 };
   let serverOffsetMs = 0; // the hub's clock minus this browser's clock
 
@@ -71,8 +71,6 @@
   let pageIndex = 0;
   let lastSortAt = 0;
   let pending = [];
-  let flushTimer = 0;
-  let lastFlushAt = 0;
 
   function wsUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -181,6 +179,41 @@
     }
   }
 
+  // Cards off the screen (scrolled away, or on another page in cycle mode) need no DOM work:
+  // their parts wait here, the newest per element id, until the card comes into view.
+  const stash = new Map(); // node id -> Map(element id -> html)
+  const inView = new WeakSet(); // cards the observer reports as (nearly) on screen
+  const observer = "IntersectionObserver" in window ? new IntersectionObserver(seen, { rootMargin: "200px 0px" }) : null;
+  const PART_ID = /^(?:node|spark)-(.+)-(?:host|cpu|gpu-\d+)$/;
+  const PART_START = /(?=<(?:div|svg) id=")/; // parts are never nested in a parts-only message
+
+  function seen(entries) {
+    let html = "";
+    for (const entry of entries) {
+      const card = entry.target;
+      if (!entry.isIntersecting) {
+        inView.delete(card);
+        continue;
+      }
+      inView.add(card);
+      const parts = stash.get(card.dataset.node);
+      if (parts) {
+        stash.delete(card.dataset.node);
+        for (const part of parts.values()) html += part;
+      }
+    }
+    if (html) swap(html);
+  }
+
+  function watch(card) {
+    if (observer) observer.observe(card);
+  }
+
+  function forget(card) {
+    if (observer) observer.unobserve(card);
+    stash.delete(card.dataset.node); // a card is rendered whole: older parts are void
+  }
+
   function swap(html) {
     template.innerHTML = html;
     let cardsChanged = false;
@@ -190,21 +223,33 @@
       const id = el.id;
       const old = id ? document.getElementById(id) : null;
       if (el.hasAttribute("data-remove")) {
-        if (old) old.remove();
+        if (old) {
+          forget(old);
+          old.remove();
+        }
         cardsChanged = true;
       } else if (old) {
         if (old.tagName === "ARTICLE") {
           el.hidden = old.hidden; // keep its place in cycle mode
+          forget(old);
+          old.replaceWith(el);
+          watch(el);
           cardsChanged = true;
-        }
-        if (old.tagName !== "ARTICLE" && sameShape(old, el)) morph(old, el);
-        else old.replaceWith(el);
-        if (id === "nodes") {
+        } else if (id === "nodes") {
+          if (observer) observer.disconnect();
+          stash.clear();
+          old.replaceWith(el);
           nodes = el;
+          for (const card of nodes.children) watch(card);
           cardsChanged = true;
+        } else if (sameShape(old, el)) {
+          morph(old, el);
+        } else {
+          old.replaceWith(el);
         }
       } else if (el.tagName === "ARTICLE" && el.dataset.node !== undefined) {
         insertCard(el);
+        watch(el);
         cardsChanged = true;
       }
       el = next;
@@ -218,12 +263,41 @@
     }
   }
 
+  // Parts of cards in view go to the next flush; parts of cards out of view go to the stash.
+  function route(text) {
+    for (const part of text.split(PART_START)) {
+      const start = part.indexOf('id="') + 4;
+      const id = part.slice(start, part.indexOf('"', start));
+      const match = PART_ID.exec(id);
+      const card = match && observer ? document.getElementById("node-" + match[1]) : null;
+      if (!card || inView.has(card)) {
+        pending.push(part);
+        continue;
+      }
+      let parts = stash.get(match[1]);
+      if (!parts) stash.set(match[1], (parts = new Map()));
+      parts.set(id, part);
+    }
+  }
+
   function flush() {
-    flushTimer = 0;
-    lastFlushAt = Date.now();
-    const html = pending.length === 1 ? pending[0] : pending.join("");
+    if (!pending.length) return;
+    const html = pending.join("");
     pending = [];
     swap(html); // later parts of the same id come later in the text: the newest one stays
+  }
+
+  function receive(text) {
+    if (text.startsWith('<main id="nodes"')) {
+      pending = []; // the full state supersedes everything before it
+      flush();
+      swap(text);
+    } else if (text.includes("<article") || text.includes("<template")) {
+      flush(); // cards (new, changed or removed) apply at once, after what came before them
+      swap(text);
+    } else {
+      route(text); // applied by the once-a-second tick
+    }
   }
 
   function connect() {
@@ -239,9 +313,7 @@
       lastMessageAt = Date.now();
       setConn("live", "live");
       const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
-      if (text.startsWith('<main id="nodes"')) pending = []; // a full state supersedes the rest
-      if (text) pending.push(text);
-      if (!flushTimer) flushTimer = setTimeout(flush, Math.max(0, lastFlushAt + FLUSH_EVERY_MS - Date.now()));
+      if (text) receive(text);
     };
     socket.onclose = () => {
       socket = null;
@@ -261,6 +333,7 @@
   });
 
   setInterval(() => {
+    flush();
     tickClock();
     if (socket && socket.readyState === WebSocket.OPEN && Date.now() - lastMessageAt > SILENCE_MS) {
       setConn("lost", "no data from hub");
@@ -280,6 +353,7 @@
   }
 
   tickClock();
+  for (const card of nodes.children) watch(card);
   if (sortBy !== "name") sortCards();
   applyPage();
   connect();

@@ -266,11 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fig.add("node_exporter_rss", exporter_peer.rss_max / MIB, "MiB")
         ratio = agent_ms / exporter_ms if exporter_ms else float("inf")
         fig.add("agent_vs_node_exporter_cpu", ratio, "x", target="< 1x", ok=ratio < 1, digits=2)
-        fig.note(
-            f"node_exporter: {scrapes} scrapes, {scraper.bytes / max(scraper.scrapes, 1) / 1024:.0f} KiB each"
-            if scraper
-            else ""
-        )
+        if scraper is not None:
+            size_kib = scraper.bytes / max(scraper.scrapes, 1) / 1024
+            fig.note(f"node_exporter: {scrapes} scrapes of {size_kib:.0f} KiB on loopback")
     glances_peer = by_name.get("glances")
     if glances_peer is not None:
         glances_ms = 1000 * (glances_peer.cpu1 - glances_peer.cpu0) / samples

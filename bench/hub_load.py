@@ -52,6 +52,7 @@ class Phase:
     """What one run (hub or bare server) measured."""
 
     server_cpu_s: float = 0.0
+    server_wait_s: float = 0.0  # runnable, waiting for a CPU the machine gave to others
     server_rss_max: int = 0
     server_rss_end: int = 0
     duration_s: float = 0.0
@@ -193,6 +194,7 @@ async def run_phase(
 
         await _sleep_until(start)
         cpu0 = (server.cpu_s(), sum(a.cpu_s() for a in agents), viewers.cpu_s(), driver_cpu())
+        wait0 = server.runqueue_wait_s()
         spy = None
         if py_spy_out is not None and PY_SPY:
             spy = await asyncio.create_subprocess_exec(
@@ -216,6 +218,7 @@ async def run_phase(
             phase.server_rss_max = max(phase.server_rss_max, server.rss_bytes())
             await asyncio.sleep(min(0.5, max(0.0, end - time.time())))
         cpu1 = (server.cpu_s(), sum(a.cpu_s() for a in agents), viewers.cpu_s(), driver_cpu())
+        phase.server_wait_s = server.runqueue_wait_s() - wait0
         phase.duration_s = time.monotonic() - t0
         phase.server_rss_end = server.rss_bytes()
         phase.server_rss_max = max(phase.server_rss_max, phase.server_rss_end)
@@ -268,7 +271,8 @@ def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -
             f"{tag}.delivered_min", 100 * worst, "% of expected", target="100%", ok=worst >= 0.9995, digits=2
         )
         fig.add(f"{tag}.delivered_mean", 100 * statistics.fmean(ratios), "%", digits=2)
-    sparks = sum(t["sparks"] for t in viewers) / max(len(viewers), 1)
+    probes = [t for t in viewers if t["probe"]]
+    sparks = sum(t["sparks"] for t in probes) / max(len(probes), 1)
     fig.note(
         f"per viewer in the window: {sparks:.0f} sparkline pushes (not counted as updates), "
         f"{cards / max(len(viewers), 1):.1f} whole cards; {closed} viewers closed by the hub"
@@ -280,6 +284,7 @@ def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -
         fig.add(f"{tag}.latency_max", lat["max"], "ms", digits=0)
     cpu_pct = 100 * hub.server_cpu_s / hub.duration_s
     fig.add(f"{tag}.hub_cpu", cpu_pct, "% of one core", target="≤ 70%", ok=cpu_pct <= 70)
+    fig.add(f"{tag}.hub_cpu_wait", 100 * hub.server_wait_s / hub.duration_s, "% (runnable, no CPU free)")
     rss = hub.server_rss_max / MIB
     fig.add(f"{tag}.hub_rss_max", rss, "MiB", target="≤ 200 MiB", ok=rss <= 200)
     if viewers:

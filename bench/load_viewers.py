@@ -74,12 +74,11 @@ class ViewerTally:
 
 def count_parts(payload: bytes, tally: ViewerTally) -> None:
     """Counts the top-level parts in a payload by receipt time (cheap: C-level byte counts)."""
-    tally.sparks += payload.count(SPARK_ID)
-    if b"<article" in payload or b"<template" in payload:
-        for kind, _node, _mark_ok in _top_level_parts(payload):
+    parts = payload.count(b' id="node-')
+    if parts != payload.count(b'<div id="node-'):  # a card (with nested parts) or a removal
+        for kind, _node, _mark in _top_level_parts(payload):
             _add(tally, kind)
         return
-    parts = payload.count(b' id="node-')
     hosts = payload.count(HOST_ID_END)
     tally.host += hosts
     tally.gpu += parts - hosts
@@ -88,7 +87,7 @@ def count_parts(payload: bytes, tally: ViewerTally) -> None:
 def probe_parts(payload: bytes, tally: ViewerTally, window: Window, received_at: float) -> None:
     """Counts parts whose sample is in the window and records each host part's latency."""
     in_window = False
-    tally.sparks += payload.count(SPARK_ID)
+    tally.sparks += payload.count(SPARK_ID)  # counted by probes only (every viewer gets the same)
     for kind, _node, mark in _top_level_parts(payload, with_marks=True):
         if kind == "host":
             if mark is None:

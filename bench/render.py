@@ -27,7 +27,9 @@ from node_agent.protocol import Delta, Hello, decode
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.render", description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=20, help="samples per node")
+    parser.add_argument(
+        "--rounds", type=int, default=40, help="samples per node (40: every sparkline group closes once)"
+    )
     parser.add_argument("--busy-fraction", type=float, default=0.6, help="share of GPUs that are busy")
     parser.add_argument("--tiny", action="store_true", help="a few nodes and rounds (seconds)")
     args = parser.parse_args(argv)

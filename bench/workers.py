@@ -157,6 +157,18 @@ class Worker:
             return 0.0
         return float(times.user + times.system)
 
+    def runqueue_wait_s(self) -> float:
+        """Seconds its threads spent runnable but waiting for a CPU (Linux schedstat): how much
+        the machine, not the process, held it back."""
+        total = 0.0
+        try:
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                fields = (task / "schedstat").read_text().split()
+                total += int(fields[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
+        return total
+
     def rss_bytes(self) -> int:
         try:
             return int(self.ps.memory_info().rss)

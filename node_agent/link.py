@@ -46,6 +46,16 @@ class Backoff:
 HEALTHY_CONNECTION_S = 10.0
 
 
+def reconnect_delay_s(reason: str, failures: int, backoff: Backoff, rng: random.Random) -> float:
+    """How long to wait after a connection that ended for ``reason`` (see ``_connect_once``)."""
+    if reason.startswith("refused"):  # a wrong token will not fix itself: wait long
+        return max(backoff.delay_s(failures, rng), backoff.cap_s * rng.uniform(0.5, 1.0))
+    if reason.startswith("hub is restarting"):
+        # every agent got 1012 in the same instant: spread the reconnects out
+        return rng.uniform(backoff.base_s / 2, RESTART_SPREAD_S)
+    return backoff.delay_s(failures, rng)
+
+
 class HubLink:
     def __init__(
         self,
@@ -71,14 +81,9 @@ class HubLink:
             reason = await self._connect_once()
             if time.monotonic() - started >= HEALTHY_CONNECTION_S:
                 failures = 0
-            delay = self._backoff.delay_s(failures, self._rng)
-            if reason.startswith("refused"):  # a wrong token will not fix itself: wait long
-                delay = max(delay, self._backoff.cap_s * self._rng.uniform(0.5, 1.0))
-            elif reason.startswith("hub is restarting"):
-                # every agent got 1012 in the same instant: spread the reconnects out
-                delay = self._rng.uniform(self._backoff.base_s / 2, RESTART_SPREAD_S)
+            delay = reconnect_delay_s(reason, failures, self._backoff, self._rng)
             failures += 1
-            log.warning("%s; reconnecting in %.1f s", reason, delay)
+            log.warning("%s; reconnecting in %.2f s", reason, delay)
             await asyncio.sleep(delay)
 
     async def _connect_once(self) -> str:

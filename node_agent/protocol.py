@@ -338,7 +338,7 @@ def _check_gpus_patch(value: Any, path: str) -> dict[str, Any]:
         _fail(path, f"at most {MAX_GPUS} GPUs", f"{len(value)} GPUs")
     gpus: dict[str, Any] = {}
     for index, gpu in value.items():
-        if not (index.isdigit() and len(index) <= 3):
+        if not (index.isascii() and index.isdigit() and len(index) <= 3 and str(int(index)) == index):
             _fail(path, "GPU index keys such as '0'", index)
         gpus[index] = None if gpu is None else _gpu_patch(gpu, f"{path}.{index}")
     return gpus

@@ -146,6 +146,16 @@ def test_decode_drops_unknown_fields_so_newer_agents_still_talk() -> None:
             p.CLOSE_BAD_DATA,
         ),
         (
+            '{"type": "delta", "seq": 1, "ts": 1, "patch": {"gpus": {"\u0663": {}}}}'.encode(),
+            "GPU index keys",
+            p.CLOSE_BAD_DATA,
+        ),
+        (
+            b'{"type": "delta", "seq": 1, "ts": 1, "patch": {"gpus": {"00": {}}}}',
+            "GPU index keys",
+            p.CLOSE_BAD_DATA,
+        ),
+        (
             b'{"type": "delta", "seq": 1, "ts": 1, "patch": {"gpus": {"0": {"processes": [1]}}}}',
             "processes[0]: expected an object",
             p.CLOSE_BAD_DATA,

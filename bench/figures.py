@@ -30,13 +30,18 @@ def machine() -> str:
 
 
 class Figures:
-    def __init__(self, bench: str) -> None:
+    def __init__(self, bench: str, judge: bool = True) -> None:
+        """``judge``: say whether each target is met (off for ``--tiny`` runs: too small to mean
+        anything)."""
         self.bench = bench
+        self.judge = judge
         self.values: dict[str, float] = {}
         self.missed: list[str] = []
 
     def header(self, what: str) -> None:
         print(f"== bench.{self.bench}: {what}", flush=True)
+        if not self.judge:
+            print("   tiny run: it checks that the benchmark works; its figures mean nothing", flush=True)
         print(f"   machine: {machine()}", flush=True)
         print(f"   date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", flush=True)
 
@@ -56,6 +61,8 @@ class Figures:
         self.values[name] = value
         shown = f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
         line = f"figure {self.bench} {name} = {shown}{' ' + unit if unit else ''}"
+        if not self.judge:
+            ok = None
         if target is not None:
             verdict = "" if ok is None else (": met" if ok else ": MISSED")
             line = f"{line:<70} [target {target}{verdict}]"

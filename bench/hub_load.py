@@ -327,7 +327,7 @@ def report_bare(
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    fig = Figures("hub_load")
+    fig = Figures("hub_load", judge=not args.tiny)
     fig.header(
         f"agents at {args.rate:g} Hz x {args.viewers} viewers against a real sers-hub "
         f"(node counts {args.nodes}); load generator on the same machine"

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tiny:
         args.nodes, args.rounds = 5, 3
 
-    fig = Figures("render")
+    fig = Figures("render", judge=not args.tiny)
     fig.header(
         f"{args.nodes} nodes x 8 GPUs ({args.busy_fraction:.0%} busy), {args.rounds} samples each; "
         "Scene.render_change per changed node"

@@ -84,7 +84,9 @@ class LabNode:
         self.boot = time.time() - rng.uniform(2 * 86400, 90 * 86400)
         self.lost_gpu: int | None = None
         # per GPU: a job (user, command, pid, memory share, utilization level) or None
-        self.jobs: list[dict[str, Any] | None] = [self._new_job() if rng.random() < 0.7 else None for _ in range(gpus)]
+        self.jobs: list[dict[str, Any] | None] = [
+            self._new_job() if rng.random() < 0.7 else None for _ in range(gpus)
+        ]
         self.phase = [rng.uniform(0, 6.28) for _ in range(gpus)]
         self.sent: dict[str, Any] = {}
         self.seq = 0
@@ -117,7 +119,11 @@ class LabNode:
                 "mem_total_bytes": self.mem_total,
                 "boot_time_epoch_s": self.boot,
             },
-            gpu_driver={"driver_version": "550.54.15", "cuda_driver_version": "12.4", "nvml_version": "12.550.54.15"},
+            gpu_driver={
+                "driver_version": "550.54.15",
+                "cuda_driver_version": "12.4",
+                "nvml_version": "12.550.54.15",
+            },
             gpus=[
                 {
                     "index": i,
@@ -187,7 +193,13 @@ class LabNode:
             "mem_used_bytes": int(self.mem_total * min(0.95, 0.1 + busy * 0.08)),
             "swap_total_bytes": 8 * GIB,
             "swap_used_bytes": 0,
-            "disks": [{"mount": "/", "total_bytes": 1_920_000_000_000, "used_bytes": int(1_920_000_000_000 * (0.3 + (hash(self.name) % 60) / 100))}],
+            "disks": [
+                {
+                    "mount": "/",
+                    "total_bytes": 1_920_000_000_000,
+                    "used_bytes": int(1_920_000_000_000 * (0.3 + (hash(self.name) % 60) / 100)),
+                }
+            ],
             "net_rx_bytes_per_s": round(busy * rng.uniform(2e6, 9e7)),
             "net_tx_bytes_per_s": round(busy * rng.uniform(1e6, 3e7)),
             "disk_read_bytes_per_s": round(rng.uniform(0, 2e8)),
@@ -205,7 +217,9 @@ class LabNode:
         return encode(Delta(seq=self.seq, ts=round(at, 3), patch=patch)).decode()
 
 
-async def run_node(node: LabNode, url: str, backfill_s: float, live: asyncio.Event, stop: asyncio.Event) -> None:
+async def run_node(
+    node: LabNode, url: str, backfill_s: float, live: asyncio.Event, stop: asyncio.Event
+) -> None:
     async with connect(url, compression=None) as ws:
         await ws.send(encode(node.hello()).decode())
         drain = asyncio.create_task(_drain(ws))
@@ -256,7 +270,17 @@ async def shoot(args: argparse.Namespace) -> None:
         env["SERS_STATE_DB"] = ""
         env["SERS_AGENT_MAX_MESSAGES_PER_S"] = "50"
         hub = subprocess.Popen(  # noqa: ASYNC220 - once, before anything else runs
-            [sys.executable, "-m", "hub", "--port", str(port), "--config", str(config), "--log-level", "WARNING"],
+            [
+                sys.executable,
+                "-m",
+                "hub",
+                "--port",
+                str(port),
+                "--config",
+                str(config),
+                "--log-level",
+                "WARNING",
+            ],
             env=env,
             cwd=REPO,
         )
@@ -271,11 +295,15 @@ async def shoot(args: argparse.Namespace) -> None:
             lives = [asyncio.Event() for _ in nodes]
             gone = nodes[-1]  # one node that went away a while ago
             tasks = [
-                asyncio.create_task(run_node(node, base.replace("http", "ws") + "/ws/agent", BACKFILL_S, live, stop))
+                asyncio.create_task(
+                    run_node(node, base.replace("http", "ws") + "/ws/agent", BACKFILL_S, live, stop)
+                )
                 for node, live in zip(nodes[:-1], lives, strict=False)
             ]
             gone_stop = asyncio.Event()
-            gone_task = asyncio.create_task(run_node(gone, base.replace("http", "ws") + "/ws/agent", 60.0, lives[-1], gone_stop))
+            gone_task = asyncio.create_task(
+                run_node(gone, base.replace("http", "ws") + "/ws/agent", 60.0, lives[-1], gone_stop)
+            )
             await asyncio.gather(*(live.wait() for live in lives))
             await asyncio.sleep(2)
             gone_stop.set()

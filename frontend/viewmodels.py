@@ -294,7 +294,9 @@ def gpu_view(
         temp_text="–" if temp is None else f"{temp:.0f}°",
         temp_cls="" if temp is None or temp < 80 else "c" if temp >= 88 else "w",
         power_text=("–" if power is None else f"{power:.0f}") + ("W" if limit is None else f"/{limit:.0f}W"),
-        users=tuple(f"{user} {fmt_short_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
+        users=tuple(
+            f"{user} {fmt_short_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]
+        ),
         more_users=len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,
     )
 
@@ -358,7 +360,10 @@ def spark_path(points: Sequence[float], step: int = SPARK_STEP, height: int = SP
     flat stretch are left out (an idle GPU's line is two points)."""
     bottom = height - 1
     scale = (height - 2) / 100
-    ys = [None if v != v else bottom - round((0.0 if v < 0 else 100.0 if v > 100 else v) * scale) for v in points]
+    ys = [
+        None if v != v else bottom - round((0.0 if v < 0 else 100.0 if v > 100 else v) * scale)
+        for v in points
+    ]
     parts: list[str] = []
     last = len(ys) - 1
     for i, y in enumerate(ys):
@@ -697,4 +702,3 @@ def detail_view(
         ),
         history_minutes=history_minutes,
     )
-

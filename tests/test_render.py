@@ -110,7 +110,9 @@ def host() -> dict[str, Any]:
     }
 
 
-def lab_node(name: str = "gpu07", naming: Naming | None = None, gpus: int = 8) -> tuple[NodeRegistry, ManualClock, int]:
+def lab_node(
+    name: str = "gpu07", naming: Naming | None = None, gpus: int = 8
+) -> tuple[NodeRegistry, ManualClock, int]:
     clock = ManualClock()
     registry = NodeRegistry(clock, names={name: naming} if naming else None)
     connection, _ = registry.hello(
@@ -119,7 +121,9 @@ def lab_node(name: str = "gpu07", naming: Naming | None = None, gpus: int = 8) -
     registry.delta(
         name,
         connection,
-        Delta(1, 0.0, {"sampled_at": clock.wall(), "host": host(), "gpus": {str(i): gpu() for i in range(gpus)}}),
+        Delta(
+            1, 0.0, {"sampled_at": clock.wall(), "host": host(), "gpus": {str(i): gpu() for i in range(gpus)}}
+        ),
     )
     return registry, clock, connection
 
@@ -132,7 +136,18 @@ def lab_node(name: str = "gpu07", naming: Naming | None = None, gpus: int = 8) -
         ("_summary.html", {"s", "now_epoch_s"}),
         (
             "page.html",
-            {"theme", "density", "root_path", "title", "ws_path", "sort", "cycle_s", "summary_html", "cards", "hub_url"},
+            {
+                "theme",
+                "density",
+                "root_path",
+                "title",
+                "ws_path",
+                "sort",
+                "cycle_s",
+                "summary_html",
+                "cards",
+                "hub_url",
+            },
         ),
         ("node.html", {"theme", "root_path", "d", "back_query", "chart", "now_epoch_s"}),
     ],
@@ -223,7 +238,7 @@ def test_agent_strings_in_fragments_are_text(payload: str) -> None:
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_names_and_facts_in_cards_summary_and_pages_are_text(payload: str) -> None:
-    registry, clock, connection = lab_node(naming=Naming(payload, payload))
+    registry, clock, _ = lab_node(naming=Naming(payload, payload))
     node = registry.nodes["gpu07"]
     node.hello = Hello(
         node="gpu07",
@@ -251,8 +266,38 @@ def test_names_and_facts_in_cards_summary_and_pages_are_text(payload: str) -> No
     page = renderer.node_page(scene.detail(node), root_path="", now_epoch_s=1.0, back_query="?x=" + payload)
     parsed = assert_inert(
         page,
-        {"html", "head", "meta", "base", "title", "link", "body", "header", "a", "span", "div", "main", "section"}
-        | {"h1", "h2", "h3", "figure", "figcaption", "svg", "path", "dl", "dt", "dd", "p", "table", "tr", "th", "td"}
+        {
+            "html",
+            "head",
+            "meta",
+            "base",
+            "title",
+            "link",
+            "body",
+            "header",
+            "a",
+            "span",
+            "div",
+            "main",
+            "section",
+        }
+        | {
+            "h1",
+            "h2",
+            "h3",
+            "figure",
+            "figcaption",
+            "svg",
+            "path",
+            "dl",
+            "dt",
+            "dd",
+            "p",
+            "table",
+            "tr",
+            "th",
+            "td",
+        }
         | {"u", "script"},
     )
     assert [attrs.get("src") for tag, attrs in parsed.tags if tag == "script"] == ["static/app.js"]
@@ -267,11 +312,20 @@ def test_page_escapes_the_reflected_query() -> None:
         cards=[],
     )
     parsed = assert_inert(
-        html, {"html", "head", "meta", "base", "title", "link", "body", "header", "h1", "span", "div", "main"}
-        | {"p", "code", "script"}
+        html,
+        {"html", "head", "meta", "base", "title", "link", "body", "header", "h1", "span", "div", "main"}
+        | {"p", "code", "script"},
     )
     assert [attrs.get("src") for tag, attrs in parsed.tags if tag == "script"] == ["static/app.js"]
-    assert ('body', {"data-page": "wall", "data-ws": '/ws/view?node="><script>alert(1)</script>', "data-sort": "name", "data-cycle": "0"}) in parsed.tags
+    assert (
+        "body",
+        {
+            "data-page": "wall",
+            "data-ws": '/ws/view?node="><script>alert(1)</script>',
+            "data-sort": "name",
+            "data-cycle": "0",
+        },
+    ) in parsed.tags
 
 
 # --------------------------------------------------------------------------- what the scene renders
@@ -282,7 +336,9 @@ def test_a_change_renders_only_its_parts_and_skips_unchanged_rows() -> None:
     assert list(first) == ["node-gpu07"]
     clock.advance(1.0)
     change = registry.delta(
-        "gpu07", connection, Delta(2, 0.0, {"host": {"cpu_percent": 46.0}, "gpus": {"1": {"util_gpu_percent": 50.0}}})
+        "gpu07",
+        connection,
+        Delta(2, 0.0, {"host": {"cpu_percent": 46.0}, "gpus": {"1": {"util_gpu_percent": 50.0}}}),
     )
     assert change is not None
     assert list(scene.render_change(change)) == ["node-gpu07-host", "node-gpu07-gpu-1"]
@@ -337,7 +393,9 @@ def test_view_filter_by_group_name_and_gpus() -> None:
     assert matches(ViewFilter(groups=frozenset({"vision", "nlp"}))) == ["a", "b"]
     assert matches(ViewFilter(names=frozenset({"Alpha", "c"}))) == ["a", "c"]
     assert matches(ViewFilter(gpu_only=True)) == ["a"]
-    view = summary_view((n for n in nodes.values() if ViewFilter(groups=frozenset({"nlp"})).matches(n)), 10, 5)
+    view = summary_view(
+        (n for n in nodes.values() if ViewFilter(groups=frozenset({"nlp"})).matches(n)), 10, 5
+    )
     assert (view.live, view.gpus_total) == (1, 0)
     assert head_view(nodes["a"]).display_name == "Alpha"
     assert detail_view(nodes["c"], {}, 15, 0.0, 10, 5).gpus == ()

@@ -32,7 +32,7 @@ from frontend.viewmodels import (
 )
 from hub.clock import ManualClock
 from hub.registry import Naming, Node, NodeRegistry, NodeStatus
-from node_agent.protocol import GpuSample, HostSample, HostStatic, Hello
+from node_agent.protocol import GpuSample, Hello, HostSample, HostStatic
 
 GIB = 1024**3
 NAN = float("nan")
@@ -122,7 +122,7 @@ def test_gpu_names_short_and_tiny() -> None:
     assert tiny_gpu_name("Tesla T4") == "T4"
     assert tiny_gpu_name("NVIDIA RTX A6000") == "A6000"
     assert tiny_gpu_name("") == "GPU"
-    assert len(tiny_gpu_name("x" * 300)) <= 8
+    assert len(tiny_gpu_name("x" * 300)) == 5
 
 
 def test_meter_levels_and_clamping() -> None:
@@ -215,9 +215,14 @@ def test_host_view_of_an_empty_node() -> None:
 
 
 def test_head_status_texts_and_naming() -> None:
-    registry, clock, node = make_node({"gpus": {"0": gpu()}}, naming=Naming("GPU One", "vision"))
+    _, clock, node = make_node({"gpus": {"0": gpu()}}, naming=Naming("GPU One", "vision"))
     head = head_view(node)
-    assert (head.display_name, head.group, head.status, head.status_text) == ("GPU One", "vision", "live", "live")
+    assert (head.display_name, head.group, head.status, head.status_text) == (
+        "GPU One",
+        "vision",
+        "live",
+        "live",
+    )
     assert head.gpus_total == 1
     assert "n1.lab" in head.detail and "64 cores" in head.detail
     assert head.last_seen_epoch_s == round(clock.wall_s, 1)
@@ -264,7 +269,9 @@ def test_spark_view_is_right_aligned_and_fixed_width() -> None:
     assert view.width == 58 and view.height == 16
     assert view.main == "M56,8 58,8", "the newest point sits at the right edge"
     assert view.second == ""
-    assert spark_view("s", [float(i % 2 * 50) for i in range(90)], [], points=30).main.count(" ") == 29, "30 points"
+    assert spark_view("s", [float(i % 2 * 50) for i in range(90)], [], points=30).main.count(" ") == 29, (
+        "30 points"
+    )
 
 
 # --------------------------------------------------------------------------- detail page
@@ -285,7 +292,13 @@ def test_field_labels_and_texts_follow_units_in_names() -> None:
 
 
 def test_detail_view_lists_every_reported_field() -> None:
-    static_gpu = {"index": 0, "name": "NVIDIA H100", "uuid": "GPU-1", "pci_bus_id": "0000:18:00.0", "mig_mode": None}
+    static_gpu = {
+        "index": 0,
+        "name": "NVIDIA H100",
+        "uuid": "GPU-1",
+        "pci_bus_id": "0000:18:00.0",
+        "mig_mode": None,
+    }
     sample = gpu(
         index=0,
         util_mem_percent=3.0,
@@ -298,13 +311,21 @@ def test_detail_view_lists_every_reported_field() -> None:
         ],
     )
     _, _, node = make_node(
-        {"sampled_at": 1.0, "host": {"cpu_percent": 5.0, "cpu_percent_per_core": [1.0, 99.0]}, "gpus": {"0": sample}},
+        {
+            "sampled_at": 1.0,
+            "host": {"cpu_percent": 5.0, "cpu_percent_per_core": [1.0, 99.0]},
+            "gpus": {"0": sample},
+        },
         hello_gpus=[static_gpu],
     )
     view = detail_view(node, {"cpu": [1.0, 2.0], "u0": [50.0]}, 15, 0.0, 10, 5)
     assert [f.label for f in view.host_static] == [field_label(f.name) for f in fields(HostStatic)]
     sample_labels = {f.label for f in view.host_sample}
-    assert all(field_label(f.name) in sample_labels for f in fields(HostSample) if f.name not in ("cpu_percent_per_core", "disks"))
+    assert all(
+        field_label(f.name) in sample_labels
+        for f in fields(HostSample)
+        if f.name not in ("cpu_percent_per_core", "disks")
+    )
     assert [m.p for m in view.cores] == [1, 99]
     [g] = view.gpus
     facts = {f.label: f.text for f in g.facts}

@@ -77,37 +77,31 @@
     return scheme + "//" + location.host + body.dataset.ws;
   }
 
-  function freeGpus(card) {
-    return card.querySelectorAll(".g.f").length;
+  // Sort keys: status (problems first) or free GPUs (most first), then group and name.
+  function rank(card) {
+    if (sortBy === "status") return STATUS_RANK[card.dataset.status] ?? 3;
+    if (sortBy === "free") return -card.querySelectorAll(".g.f").length;
+    return 0;
   }
 
-  function compare(a, b) {
-    if (sortBy === "status") {
-      const d = STATUS_RANK[a.dataset.status] - STATUS_RANK[b.dataset.status];
-      if (d) return d;
-    } else if (sortBy === "free") {
-      const d = freeGpus(b) - freeGpus(a);
-      if (d) return d;
-    }
-    const ka = a.dataset.sort || "";
-    const kb = b.dataset.sort || "";
-    return ka < kb ? -1 : ka > kb ? 1 : 0;
+  function byKey(a, b) {
+    return a[0] - b[0] || (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0);
   }
 
   // Reorders cards in place (the same elements move; nothing is re-created), only if needed.
   function sortCards() {
     lastSortAt = Date.now();
     const cards = Array.from(nodes.children);
-    const sorted = cards.slice().sort(compare);
-    if (sorted.every((card, i) => card === cards[i])) return false;
-    for (const card of sorted) nodes.appendChild(card);
-    return true;
+    const keyed = cards.map((card) => [rank(card), card.dataset.sort || "", card]).sort(byKey);
+    if (keyed.every((entry, i) => entry[2] === cards[i])) return;
+    for (const entry of keyed) nodes.appendChild(entry[2]);
   }
 
   function insertCard(card) {
     if (sortBy === "name") {
+      const key = card.dataset.sort || "";
       for (const other of nodes.children) {
-        if (compare(other, card) > 0) {
+        if ((other.dataset.sort || "") > key) {
           nodes.insertBefore(card, other);
           return;
         }
@@ -183,7 +177,7 @@
   // their parts wait here, the newest per element id, until the card comes into view.
   const stash = new Map(); // node id -> Map(element id -> html)
   const inView = new WeakSet(); // cards the observer reports as (nearly) on screen
-  const observer = "IntersectionObserver" in window ? new IntersectionObserver(seen, { rootMargin: "200px 0px" }) : null;
+  const observer = "IntersectionObserver" in window ? new IntersectionObserver(seen, { rootMargin: "0px" }) : null;
   const PART_ID = /^(?:node|spark)-(.+)-(?:host|cpu|gpu-\d+)$/;
   const PART_START = /(?=<(?:div|svg) id=")/; // parts are never nested in a parts-only message
 

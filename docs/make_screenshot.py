@@ -311,7 +311,8 @@ async def shoot(args: argparse.Namespace) -> None:
             await asyncio.sleep(args.settle_s)
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-                page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+                width, height = (int(x) for x in args.size.split("x"))
+                page = await browser.new_page(viewport={"width": width, "height": height})
                 query = f"?theme={args.theme}" if args.theme != "dark" else ""
                 await page.goto(base + "/" + query)
                 await page.wait_for_function(f"document.querySelectorAll('article.n').length >= {len(nodes)}")
@@ -337,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "wall.png"))
     parser.add_argument("--theme", choices=("dark", "light"), default="dark")
     parser.add_argument("--nodes", type=int, default=24)
+    parser.add_argument("--size", default="1920x1080", help="viewport, WIDTHxHEIGHT")
     parser.add_argument("--detail-out", help="also photograph a node's detail page here")
     parser.add_argument("--settle-s", type=float, default=3.0, help="seconds of live updates before the shot")
     args = parser.parse_args(argv)

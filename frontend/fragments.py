@@ -16,12 +16,19 @@ whitespace, bar fills as classes ``p0``..``p100`` (no inline styles, so a strict
 
 from __future__ import annotations
 
+import functools
 from html import escape as _escape
 
 from frontend.viewmodels import GpuView, HostView, Meter, SparkView
 
 
 def _e(text: str) -> str:
+    return _escape(text, quote=True)
+
+
+@functools.lru_cache(maxsize=8192)
+def _e_id(text: str) -> str:
+    """Escaped node ids, GPU indexes and model names, which repeat in every part (cached)."""
     return _escape(text, quote=True)
 
 
@@ -37,7 +44,7 @@ def host_html(h: HostView) -> str:
     else:
         line = f"<span>{h.net_text}</span><span>load {h.load_text}</span><span>up {h.uptime_text}</span>"
     return (
-        f'<div id="node-{_e(h.node_id)}-host" class="host">'
+        f'<div id="node-{_e_id(h.node_id)}-host" class="host">'
         f'{_meter(h.cpu)}{_meter(h.mem)}{_meter(h.disk)}<div class="kv">{line}</div>\n</div>'
     )
 
@@ -48,8 +55,8 @@ _USERS_FALLBACK = {"f": "✓ free", "b": "● busy", "o": "–", "e": "–"}
 def gpu_html(g: GpuView) -> str:
     """``<div id="node-<id>-gpu-<i>" class="g <state>">``: index, model, utilization and
     memory bars, temperature, power draw/limit, users (or the error)."""
-    index = _e(g.gpu_index)
-    head = f'<div id="node-{_e(g.node_id)}-gpu-{index}" class="g {g.state}"><b>{index}</b><i>{_e(g.name)}</i>'
+    index = _e_id(g.gpu_index)
+    head = f'<div id="node-{_e_id(g.node_id)}-gpu-{index}" class="g {g.state}"><b>{index}</b><i>{_e_id(g.name)}</i>'
     if g.error:
         return f'{head}<span class="er">✖ {_e(g.error)}</span></div>'
     temp = f'<em class="{g.temp_cls}">' if g.temp_cls else "<em>"
@@ -67,5 +74,5 @@ def spark_html(s: SparkView) -> str:
     if s.title:
         head = f'<svg id="{_e(s.element_id)}" class="sp" width="{s.width}" height="{s.height}" viewBox="0 0 {s.width} {s.height}" role="img"><title>{_e(s.title)}</title>'
     else:
-        head = f'<svg id="{_e(s.element_id)}" class="sp" width="{s.width}" height="{s.height}">'
+        head = f'<svg id="{_e_id(s.element_id)}" class="sp" width="{s.width}" height="{s.height}">'
     return f'{head}<path d="{s.main}"/><path class="m2" d="{s.second}"/></svg>'

@@ -19,11 +19,11 @@ $(VENV)/.test-deps: $(BIN)/sers-hub
 
 run: $(BIN)/sers-hub
 	@echo "sers-monitor: dashboard on http://127.0.0.1:$(PORT)  (Ctrl-C stops hub and agent)"
-	@trap 'kill 0' INT TERM; \
-	$(BIN)/sers-hub --port $(PORT) & \
+	@$(BIN)/sers-hub --port $(PORT) & hub=$$!; \
+	trap 'kill $$hub $$agent 2>/dev/null; wait; exit 0' INT TERM; \
 	sleep 1; \
-	$(BIN)/sers-agent --hub http://127.0.0.1:$(PORT) & \
-	wait
+	$(BIN)/sers-agent --hub http://127.0.0.1:$(PORT) & agent=$$!; \
+	wait $$hub
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .

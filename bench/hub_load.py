@@ -170,7 +170,9 @@ async def run_phase(
                 raise RuntimeError(f"{event['failed']} agents failed to connect: {event['first_failures']}")
             phase.connected.setdefault("agent_connect_s", []).append(event["connect_s"])
         await wait_for(
-            lambda: get_json(base + "/healthz", 5)["nodes"] >= nodes, 60, f"{label} to list {nodes} nodes"
+            lambda: get_json(base + "/healthz", 5)["nodes"] >= nodes,
+            60 + nodes / 20,
+            f"{label} to list {nodes} nodes",
         )
         await asyncio.sleep(args.warmup / 2)
         if not bare_sizes:
@@ -336,7 +338,12 @@ async def main_async(args: argparse.Namespace) -> int:
     fig.note(f"logs: {log_dir}")
     for nodes in args.nodes:
         spy = Path(args.py_spy) / f"hub-{nodes}.collapsed.txt" if args.py_spy else None
-        hub = await run_phase(args, nodes, log_dir, py_spy_out=spy)
+        try:
+            hub = await run_phase(args, nodes, log_dir, py_spy_out=spy)
+        except (TimeoutError, RuntimeError) as exc:  # the hub could not even take the load
+            fig.note(f"n{nodes}: the run broke down before its window: {exc}")
+            fig.missed.append(f"n{nodes}")
+            break
         delivered, bytes_per_update = report_hub(fig, args, nodes, hub)
         if spy is not None:
             fig.note(f"py-spy profile of the hub: {spy}")

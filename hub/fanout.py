@@ -54,6 +54,9 @@ class Batch:
         return payload
 
 
+MAX_SHARED_BATCHES = 20  # a viewer up to 2 s behind still gets the shared payloads
+
+
 class Viewer:
     """One browser. ``offer`` never blocks; the sender task does the sending."""
 
@@ -61,7 +64,7 @@ class Viewer:
         self._send = send
         self.filter = view_filter
         self._send_timeout_s = send_timeout_s
-        self._shared: Batch | None = None  # fast path: exactly one batch, sent as built
+        self._shared: list[Batch] = []  # fast path: whole batches, sent as built
         self._pending: dict[str, dict[str, str]] = {}  # node id -> element id -> HTML, when behind
         self._pending_summary: str | None = None
         self._first: bytes | None = None
@@ -75,12 +78,12 @@ class Viewer:
         self._wake.set()
 
     def offer(self, batch: Batch, keep: Callable[[str], bool]) -> None:
-        if self._shared is None and not self._pending and self._first is None:
-            self._shared = batch
+        if not self._pending and self._first is None and len(self._shared) < MAX_SHARED_BATCHES:
+            self._shared.append(batch)
         else:
-            if self._shared is not None:
-                self._absorb(self._shared, keep)
-                self._shared = None
+            for old in self._shared:
+                self._absorb(old, keep)
+            self._shared.clear()
             self._absorb(batch, keep)
         self._wake.set()
 
@@ -125,9 +128,11 @@ class Viewer:
             if self._pending or self._pending_summary:
                 return first + self._take()
             return first
-        if self._shared is not None:
-            shared, self._shared = self._shared, None
-            return shared.payload(self.filter)
+        if self._shared:
+            shared, self._shared = self._shared, []
+            if len(shared) == 1:
+                return shared[0].payload(self.filter)
+            return b"".join(batch.payload(self.filter) for batch in shared)
         parts = [html for elements in self._pending.values() for html in elements.values()]
         if self._pending_summary:
             parts.append(self._pending_summary)

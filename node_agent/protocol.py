@@ -23,11 +23,10 @@ newer agent still talks to an older hub): anything else raises :class:`ProtocolE
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -215,57 +214,93 @@ def encode(message: Message) -> bytes:
 
 
 # --------------------------------------------------------------------------- validation
-Checker = Callable[[Any, str], Any]
-"""Takes a value and its path (for the error message); returns the cleaned value or raises."""
+# The checkers run on every agent message, so valid input takes the cheapest path: no error
+# text and no field path is built until a value fails. Then :class:`_Invalid` collects the path
+# on its way up, and the public entry points turn it into a :class:`ProtocolError`.
+Checker = Callable[[Any], Any]
+"""Takes a value; returns the cleaned value or raises :class:`_Invalid`."""
 
 
-def _fail(path: str, expected: str, value: Any) -> typing.NoReturn:
-    shown = repr(value)
-    if len(shown) > 40:
-        shown = shown[:37] + "..."
-    raise ProtocolError(f"{path}: expected {expected}, got {shown}")
+class _Invalid(Exception):
+    def __init__(self, expected: str, value: Any) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.value = value
+        self.path: list[str] = []
+
+    def at(self, segment: str) -> _Invalid:
+        self.path.append(segment)
+        return self
+
+    def error(self, root: str) -> ProtocolError:
+        shown = repr(self.value)
+        if len(shown) > 40:
+            shown = shown[:37] + "..."
+        where = root + "".join(reversed(self.path))
+        return ProtocolError(f"{where}: expected {self.expected}, got {shown}")
 
 
-def _check_number(value: Any, path: str) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(path, "a number", value)
-    if not math.isfinite(value) or abs(value) > MAX_ABS_NUMBER:
-        _fail(path, f"a finite number within ±{MAX_ABS_NUMBER:g}", value)
-    return value
+# Every field of the wire types may be null, so the base checkers pass ``None`` through (one
+# call per value, no wrapper); :func:`_required` guards the few fields that must be present.
+def _check_number(value: Any) -> float | int | None:
+    kind = value.__class__  # exact classes: bool, a subclass of int, is not a number here
+    if (kind is float or kind is int) and -MAX_ABS_NUMBER <= value <= MAX_ABS_NUMBER:
+        return value  # NaN fails the comparison, as do infinities
+    if value is None:
+        return None
+    if kind is not float and kind is not int:
+        raise _Invalid("a number", value)
+    raise _Invalid(f"a finite number within ±{MAX_ABS_NUMBER:g}", value)
 
 
-def _check_int(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(path, "an integer", value)
-    if abs(value) > MAX_ABS_NUMBER:
-        _fail(path, f"an integer within ±{MAX_ABS_NUMBER:g}", value)
-    return value
+def _check_int(value: Any) -> int | None:
+    if value.__class__ is int and -MAX_ABS_NUMBER <= value <= MAX_ABS_NUMBER:
+        return int(value)
+    if value is None:
+        return None
+    if value.__class__ is not int:
+        raise _Invalid("an integer", value)
+    raise _Invalid(f"an integer within ±{MAX_ABS_NUMBER:g}", value)
 
 
-def _check_str(value: Any, path: str) -> str:
+def _check_str(value: Any) -> str | None:
+    if value.__class__ is str and len(value) <= MAX_STRING_CHARS:
+        return str(value)
+    if value is None:
+        return None
     if not isinstance(value, str):
-        _fail(path, "a string", value)
-    if len(value) > MAX_STRING_CHARS:
-        _fail(path, f"a string of at most {MAX_STRING_CHARS} characters", value)
-    return value
+        raise _Invalid("a string", value)
+    raise _Invalid(f"a string of at most {MAX_STRING_CHARS} characters", value)
 
 
 def _list_checker(item: Checker, max_items: int) -> Checker:
-    def check(value: Any, path: str) -> list[Any]:
-        if not isinstance(value, list):
-            _fail(path, "a list", value)
+    def check(value: Any) -> list[Any] | None:
+        if value is None:
+            return None
+        if value.__class__ is not list:
+            raise _Invalid("a list", value)
         if len(value) > max_items:
-            _fail(path, f"a list of at most {max_items} items", f"{len(value)} items")
-        return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            raise _Invalid(f"a list of at most {max_items} items", f"{len(value)} items")
+        try:
+            return [item(v) for v in value]
+        except _Invalid as bad:
+            for index, v in enumerate(value):
+                try:
+                    item(v)
+                except _Invalid:
+                    raise bad.at(f"[{index}]") from None
+            raise
 
     return check
 
 
-def _nullable(check: Checker) -> Checker:
-    def nullable(value: Any, path: str) -> Any:
-        return None if value is None else check(value, path)
+def _required(check: Checker) -> Checker:
+    def required(value: Any) -> Any:
+        if value is None:
+            raise _Invalid("a value", value)
+        return check(value)
 
-    return nullable
+    return required
 
 
 def _checker_for(hint: Any) -> Checker:
@@ -273,7 +308,7 @@ def _checker_for(hint: Any) -> Checker:
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _nullable(_checker_for(inner))
+        return _checker_for(inner)  # every checker lets None through
     if origin is list:
         (item_hint,) = typing.get_args(hint)
         if isinstance(item_hint, type) and dataclasses.is_dataclass(item_hint):
@@ -290,6 +325,16 @@ def _checker_for(hint: Any) -> Checker:
     raise TypeError(f"no wire checker for {hint!r}")
 
 
+def _locate(bad: _Invalid, pairs: Iterable[tuple[str, Checker, Any]]) -> _Invalid:
+    """Finds which field failed (only after a failure) and adds it to the path."""
+    for key, check, value in pairs:
+        try:
+            check(value)
+        except _Invalid:
+            return bad.at(f".{key}")
+    return bad
+
+
 def _object_checker(cls: type, *, partial: bool) -> Checker:
     """Checks a JSON object against a wire dataclass. Unknown keys are dropped.
 
@@ -299,16 +344,25 @@ def _object_checker(cls: type, *, partial: bool) -> Checker:
     hints = typing.get_type_hints(cls)
     fields = {f.name: _checker_for(hints[f.name]) for f in dataclasses.fields(cls)}
 
-    def check(value: Any, path: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            _fail(path, "an object", value)
-        if partial:
-            return {k: fields[k](v, f"{path}.{k}") for k, v in value.items() if k in fields}
-        return {k: c(value.get(k), f"{path}.{k}") for k, c in fields.items()}
+    def check(value: Any) -> dict[str, Any] | None:
+        if value.__class__ is not dict:
+            if value is None:
+                return None
+            raise _Invalid("an object", value)
+        try:
+            if partial:
+                return {k: fields[k](v) for k, v in value.items() if k in fields}
+            return {k: c(value.get(k)) for k, c in fields.items()}
+        except _Invalid as bad:
+            if partial:
+                raise _locate(bad, ((k, fields[k], v) for k, v in value.items() if k in fields)) from None
+            raise _locate(bad, ((k, c, value.get(k)) for k, c in fields.items())) from None
 
     return check
 
 
+_required_int = _required(_check_int)
+_required_number = _required(_check_number)
 _host_static = _object_checker(HostStatic, partial=False)
 _gpu_driver = _object_checker(GpuDriver, partial=False)
 _gpu_static_list = _list_checker(_object_checker(GpuStatic, partial=False), MAX_GPUS)
@@ -318,43 +372,70 @@ _gpu_patch = _object_checker(GpuSample, partial=True)
 
 def check_patch(patch: Any, path: str = "patch") -> dict[str, Any]:
     """Validates a snapshot merge patch and returns it without unknown fields."""
-    if not isinstance(patch, dict):
-        _fail(path, "an object", patch)
+    try:
+        return _check_patch(patch)
+    except _Invalid as bad:
+        raise bad.error(path) from None
+
+
+def _check_patch(patch: Any) -> dict[str, Any]:
+    if patch.__class__ is not dict:
+        raise _Invalid("an object", patch)
     clean: dict[str, Any] = {}
     for key, value in patch.items():
-        if key == "sampled_at":
-            clean[key] = _nullable(_check_number)(value, f"{path}.sampled_at")
-        elif key == "host":
-            clean[key] = None if value is None else _host_patch(value, f"{path}.host")
-        elif key == "gpus":
-            clean[key] = None if value is None else _check_gpus_patch(value, f"{path}.gpus")
+        try:
+            if key == "sampled_at":
+                clean[key] = _check_number(value)
+            elif key == "host":
+                clean[key] = _host_patch(value)
+            elif key == "gpus":
+                clean[key] = None if value is None else _check_gpus_patch(value)
+        except _Invalid as bad:
+            raise bad.at(f".{key}") from None
     return clean
 
 
-def _check_gpus_patch(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        _fail(path, "an object keyed by GPU index", value)
+def _is_gpu_index(key: str) -> bool:
+    return key.isascii() and key.isdigit() and len(key) <= 3 and str(int(key)) == key
+
+
+def _check_gpus_patch(value: Any) -> dict[str, Any]:
+    if value.__class__ is not dict:
+        raise _Invalid("an object keyed by GPU index", value)
     if len(value) > MAX_GPUS:
-        _fail(path, f"at most {MAX_GPUS} GPUs", f"{len(value)} GPUs")
+        raise _Invalid(f"at most {MAX_GPUS} GPUs", f"{len(value)} GPUs")
     gpus: dict[str, Any] = {}
     for index, gpu in value.items():
-        if not (index.isascii() and index.isdigit() and len(index) <= 3 and str(int(index)) == index):
-            _fail(path, "GPU index keys such as '0'", index)
-        gpus[index] = None if gpu is None else _gpu_patch(gpu, f"{path}.{index}")
+        if not _is_gpu_index(index):
+            raise _Invalid("GPU index keys such as '0'", index)
+        try:
+            gpus[index] = _gpu_patch(gpu)
+        except _Invalid as bad:
+            raise bad.at(f".{index}") from None
     return gpus
 
 
 def _field(obj: Mapping[str, Any], key: str, check: Checker) -> Any:
     if key not in obj:
         raise ProtocolError(f"{obj.get('type', 'message')}: missing field {key!r}")
-    return check(obj[key], key)
+    try:
+        return check(obj[key])
+    except _Invalid as bad:
+        raise bad.error(key) from None
+
+
+def _check_node_name(value: Any) -> str:
+    name = _required(_check_str)(value)
+    if not NODE_NAME_RE.fullmatch(name):
+        raise _Invalid("a node name of letters, digits, '.', '_', '-' (at most 63)", name)
+    return name
 
 
 def check_node_name(value: Any, path: str = "node") -> str:
-    name = _check_str(value, path)
-    if not NODE_NAME_RE.fullmatch(name):
-        _fail(path, "a node name of letters, digits, '.', '_', '-' (at most 63)", name)
-    return name
+    try:
+        return _check_node_name(value)
+    except _Invalid as bad:
+        raise bad.error(path) from None
 
 
 def decode(data: str | bytes) -> Message:
@@ -369,33 +450,31 @@ def decode(data: str | bytes) -> Message:
         raise ProtocolError("message must be a JSON object")
     kind = obj.get("type")
     if kind == "delta":
-        seq = _field(obj, "seq", _check_int)
-        ts = _field(obj, "ts", _check_number)
-        return Delta(seq=seq, ts=float(ts), patch=check_patch(_field(obj, "patch", _identity)))
+        seq = _field(obj, "seq", _required_int)
+        ts = _field(obj, "ts", _required_number)
+        if "patch" not in obj:
+            raise ProtocolError("delta: missing field 'patch'")
+        return Delta(seq=seq, ts=float(ts), patch=check_patch(obj["patch"]))
     if kind == "hello":
-        protocol = _field(obj, "protocol", _check_int)
+        protocol = _field(obj, "protocol", _required_int)
         if protocol != PROTOCOL_VERSION:
             raise ProtocolError(
                 f"protocol version {protocol} is not supported (hub speaks {PROTOCOL_VERSION})",
                 CLOSE_POLICY,
             )
-        interval = _field(obj, "interval_s", _check_number)
+        interval = _field(obj, "interval_s", _required_number)
         if not 0.05 <= interval <= 3600:
-            _fail("interval_s", "a number of seconds between 0.05 and 3600", interval)
+            raise _Invalid("a number of seconds between 0.05 and 3600", interval).error("interval_s")
         return Hello(
-            node=_field(obj, "node", check_node_name),
-            agent_version=_field(obj, "agent_version", _check_str),
+            node=_field(obj, "node", _check_node_name),
+            agent_version=_field(obj, "agent_version", _required(_check_str)),
             interval_s=float(interval),
-            host=_host_static(obj.get("host") or {}, "host"),
-            gpu_driver=_gpu_driver(obj.get("gpu_driver") or {}, "gpu_driver"),
-            gpus=_gpu_static_list(obj.get("gpus") or [], "gpus"),
+            host=_field({"host": obj.get("host") or {}}, "host", _host_static),
+            gpu_driver=_field({"gpu_driver": obj.get("gpu_driver") or {}}, "gpu_driver", _gpu_driver),
+            gpus=_field({"gpus": obj.get("gpus") or []}, "gpus", _gpu_static_list),
             protocol=protocol,
         )
     raise ProtocolError(f"unknown message type {kind!r}", CLOSE_POLICY)
-
-
-def _identity(value: Any, path: str) -> Any:
-    return value
 
 
 # --------------------------------------------------------------------------- merge patch

@@ -200,7 +200,16 @@ def test_decode_rejects_nan_long_strings_and_oversized_messages() -> None:
         p.decode(orjson.dumps({"type": "delta", "seq": 1, "ts": 1, "patch": {"gpus": too_many}}))
 
 
-def test_numbers_must_be_finite() -> None:
-    assert p._check_number(1, "x") == 1
-    with pytest.raises(p.ProtocolError):
-        p._check_number(math.inf, "x")
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan, 1e19, True, "1"])
+def test_numbers_must_be_finite_and_real_numbers(bad: object) -> None:
+    assert p.check_patch({"host": {"cpu_percent": 1}}) == {"host": {"cpu_percent": 1}}
+    with pytest.raises(p.ProtocolError, match=r"patch\.host\.cpu_percent: expected"):
+        p.check_patch({"host": {"cpu_percent": bad}})
+
+
+def test_errors_name_the_path_of_the_bad_value() -> None:
+    patch = {"gpus": {"3": {"processes": [{"pid": 1}, {"pid": "x"}]}}}
+    with pytest.raises(p.ProtocolError, match=r"patch\.gpus\.3\.processes\[1\]\.pid: expected an integer"):
+        p.check_patch(patch)
+    with pytest.raises(p.ProtocolError, match=r"patch\.host\.cpu_percent_per_core\[2\]: expected a number"):
+        p.check_patch({"host": {"cpu_percent_per_core": [1.0, 2.0, None]}})

@@ -282,7 +282,7 @@ def _list_checker(item: Checker, max_items: int) -> Checker:
         if len(value) > max_items:
             raise _Invalid(f"a list of at most {max_items} items", f"{len(value)} items")
         try:
-            return [item(v) for v in value]
+            items = [item(v) for v in value]
         except _Invalid as bad:
             for index, v in enumerate(value):
                 try:
@@ -290,6 +290,9 @@ def _list_checker(item: Checker, max_items: int) -> Checker:
                 except _Invalid:
                     raise bad.at(f"[{index}]") from None
             raise
+        if None in items:  # the item checkers pass null through; inside a list it means nothing
+            raise _Invalid("a value", None).at(f"[{items.index(None)}]")
+        return items
 
     return check
 

@@ -211,5 +211,5 @@ def test_errors_name_the_path_of_the_bad_value() -> None:
     patch = {"gpus": {"3": {"processes": [{"pid": 1}, {"pid": "x"}]}}}
     with pytest.raises(p.ProtocolError, match=r"patch\.gpus\.3\.processes\[1\]\.pid: expected an integer"):
         p.check_patch(patch)
-    with pytest.raises(p.ProtocolError, match=r"patch\.host\.cpu_percent_per_core\[2\]: expected a number"):
+    with pytest.raises(p.ProtocolError, match=r"patch\.host\.cpu_percent_per_core\[2\]: expected a value"):
         p.check_patch({"host": {"cpu_percent_per_core": [1.0, 2.0, None]}})

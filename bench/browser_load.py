@@ -30,18 +30,8 @@ from typing import Any
 
 from bench.figures import Figures
 from bench.workers import Worker, free_port, get_json, wait_for
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 DOM_COUNT = "document.getElementsByTagName('*').length"
 
 

@@ -32,18 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from node_agent.protocol import Delta, Hello, encode, make_patch  # noqa: E402
+from tests.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 GIB = 1024**3
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MODELS = {
     "H100": ("NVIDIA H100 80GB HBM3", 80 * GIB, 700.0),
     "A100": ("NVIDIA A100-SXM4-80GB", 80 * GIB, 400.0),
@@ -310,7 +301,7 @@ async def shoot(args: argparse.Namespace) -> None:
             await gone_task
             await asyncio.sleep(args.settle_s)
             async with async_playwright() as pw:
-                browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+                browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 width, height = (int(x) for x in args.size.split("x"))
                 page = await browser.new_page(viewport={"width": width, "height": height})
                 query = f"?theme={args.theme}" if args.theme != "dark" else ""

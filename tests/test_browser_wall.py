@@ -16,21 +16,11 @@ from typing import Any
 import pytest
 
 from tests import fakes
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.procs import Hub, Proc, free_port, start_agent, wait_until
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 XSS_NAME = "<script>window.__xss=1</script>"
 XSS_GROUP = '<img src=x onerror="window.__xss=2">'
 XSS_GPU = '"><img src=x onerror="window.__xss=3">'

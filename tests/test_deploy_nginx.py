@@ -15,21 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.procs import REPO, Hub, Proc, free_port, start_agent, wait_until
 
 SHIPPED = REPO / "docs" / "deploy" / "nginx.conf"
 ROOT_PATH = "/monitor"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def site_config(hub_port: int, listen_port: int) -> str:

@@ -14,20 +14,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.procs import REPO, Hub, Proc, base_env, free_port, start_agent, wait_until
 from tests.wsclients import close_code, delta, hello, open_agent, open_viewer, open_ws, recv_text, snapshot
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def start_hub(tmp: Path, procs: list[Proc], *args: str, **env: str) -> Hub:

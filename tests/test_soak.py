@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from node_agent.protocol import Delta, Hello, encode, make_patch
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.fakes import fake_env, gpu, scenario, write_scenario
 from tests.procs import Hub, Proc, free_port, start_agent, wait_until
 
@@ -34,16 +35,6 @@ WARMUP_S = 30.0
 SIMULATED = 197
 REAL = 3
 VIEWERS = 3
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @dataclass
@@ -195,7 +186,7 @@ def test_soak_200_agents_with_viewers(tmp_path: Path, procs: list[Proc]) -> None
 
     wait_until(all_live, 60, every_s=0.5, what="all 200 nodes live")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(hub.url + "/")

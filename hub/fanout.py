@@ -150,6 +150,7 @@ class Fanout:
         self.viewers: set[Viewer] = set()
         self._last_summaries: dict[ViewFilter, SummaryView] = {}
         self._summary_due_at = 0.0
+        self._full_states: dict[ViewFilter, bytes] = {}  # valid until the next flush renders
 
     # ------------------------------------------------------------------ input
     def note(self, change: NodeChange | None) -> None:
@@ -169,9 +170,15 @@ class Fanout:
 
     # ------------------------------------------------------------------ viewers
     def full_state(self, view_filter: ViewFilter) -> bytes:
-        cards = self._scene.cards(view_filter)
-        summary = self._scene.summary(self._scene.summary_view(view_filter))
-        return ('<main id="nodes" class="grid">' + "".join(cards) + "</main>" + summary).encode()
+        """The whole grid and summary for a joining viewer. Built once per filter between two
+        ticks: viewers that join together (a hub restart, a wall of screens) share the bytes."""
+        cached = self._full_states.get(view_filter)
+        if cached is None:
+            cards = self._scene.cards(view_filter)
+            summary = self._scene.summary(self._scene.summary_view(view_filter))
+            html = '<main id="nodes" class="grid">' + "".join(cards) + "</main>" + summary
+            cached = self._full_states[view_filter] = html.encode()
+        return cached
 
     def add_viewer(self, viewer: Viewer) -> None:
         viewer.start_with(self.full_state(viewer.filter))
@@ -194,6 +201,7 @@ class Fanout:
         summaries = self._summaries(now) if self._dirty or now >= self._summary_due_at else {}
         if self._dirty or summaries:
             dirty, self._dirty = self._dirty, {}
+            self._full_states.clear()  # the scene is about to change
             fragments = {node_id: self._scene.render_change(change) for node_id, change in dirty.items()}
             nodes = self._registry.nodes
 

@@ -184,10 +184,30 @@ class Delta:
 Message = Hello | Delta
 
 
+_WIRE_LEAVES = frozenset({type(None), bool, int, float, str})
+_field_names: dict[type, tuple[str, ...] | None] = {}  # per class; None: not a dataclass
+
+
+def _dataclass_fields(kind: type) -> tuple[str, ...] | None:
+    try:
+        return _field_names[kind]
+    except KeyError:
+        names = tuple(f.name for f in dataclasses.fields(kind)) if dataclasses.is_dataclass(kind) else None
+        _field_names[kind] = names
+        return names
+
+
 def to_wire(obj: Any) -> Any:
-    """A wire type (or a snapshot holding wire types) as plain JSON-ready data."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    """A wire type (or a snapshot holding wire types) as plain JSON-ready data.
+
+    Runs on every sample for every value, so plain values return first and each dataclass's
+    field names are looked up once per class."""
+    kind = obj.__class__
+    if kind in _WIRE_LEAVES:
+        return obj
+    names = _dataclass_fields(kind)  # obj's class: a class object itself is never converted
+    if names is not None:
+        return {name: to_wire(getattr(obj, name)) for name in names}
     if isinstance(obj, dict):
         return {k: to_wire(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

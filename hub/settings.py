@@ -48,7 +48,7 @@ class HubSettings:
     viewer_max_rate_hz: float = 10.0
     viewer_send_timeout_s: float = 10.0
     agent_max_messages_per_s: float = 20.0
-    max_nodes: int = 2000  # new node names beyond this are refused (1008)
+    max_nodes: int = 5000  # new node names beyond this are refused (1008)
     state_db: str | None = "sers-hub.sqlite3"
     history_s: float = 900.0
 

@@ -41,10 +41,10 @@ class HostCollector:
     def __init__(self, mounts: tuple[str, ...] = ("/",)) -> None:
         self._mounts = mounts
         self._boot_time_epoch_s = psutil.boot_time()
-        self._disks_read = physical_disks()  # found once: a disk added later counts after a restart
+        self._physical_disks = physical_disks()  # found once: a disk added later counts after a restart
         psutil.cpu_percent(percpu=True)  # prime the counters: the first real sample is a delta
         self._last_time = time.monotonic()
-        self._last_disk = disk_bytes(self._disks_read)
+        self._last_disk = disk_bytes(self._physical_disks)
         self._last_net = net_bytes()
 
     def static(self) -> HostStatic:
@@ -66,7 +66,7 @@ class HostCollector:
         per_core = psutil.cpu_percent(percpu=True)
         mem = meminfo_bytes()
         load_1m, load_5m, load_15m = os.getloadavg()
-        disk = disk_bytes(self._disks_read)
+        disk = disk_bytes(self._physical_disks)
         net = net_bytes()
         mem_total, mem_available = mem.get(b"MemTotal"), mem.get(b"MemAvailable")
         swap_total, swap_free = mem.get(b"SwapTotal"), mem.get(b"SwapFree")

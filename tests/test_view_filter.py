@@ -1,0 +1,35 @@
+"""A viewer filtered to one group receives only that group's nodes, also in pushed updates."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from websockets.sync.client import connect
+
+from tests.procs import Hub, Proc, free_port, start_agent
+
+
+def test_group_filtered_viewer_receives_only_its_group(tmp_path: Path, procs: list[Proc]) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[names."in-a"]\ngroup = "room-a"\n[names."in-b"]\ngroup = "room-b"\n')
+    hub = Hub(port=free_port(), tmp=tmp_path, args=("--config", str(config))).start()
+    assert hub.proc is not None
+    procs.append(hub.proc)
+    for name in ("in-a", "in-b"):
+        procs.append(start_agent(hub, name, interval_s=0.3))
+        hub.wait_status(name, "live")
+    ids: list[str] = []
+    everything: list[str] = []
+    with (
+        connect(hub.ws_url + "/ws/view?group=room-a") as filtered,
+        connect(hub.ws_url + "/ws/view") as unfiltered,
+    ):
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            ids += re.findall(r'id="(node-[^"]+)"', filtered.recv(timeout=5).decode())  # type: ignore[union-attr]
+            everything += re.findall(r'id="(node-[^"]+)"', unfiltered.recv(timeout=5).decode())  # type: ignore[union-attr]
+    assert any(i.startswith("node-in-a-host") for i in ids), "updates of its own group arrive"
+    assert not [i for i in ids if i.startswith("node-in-b")], "nothing of the other group"
+    assert any(i.startswith("node-in-b") for i in everything), "an unfiltered viewer sees both"

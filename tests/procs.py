@@ -160,3 +160,12 @@ def start_agent(
         *args,
     ]
     return spawn(argv, hub.tmp / f"agent-{name}.log", env)
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now (for waiting on a server or a proxy to come up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

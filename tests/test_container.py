@@ -20,7 +20,7 @@ import pytest
 
 from tests import fakes
 from tests.fakes import GIB
-from tests.procs import REPO, free_port, wait_until
+from tests.procs import REPO, answers, free_port, wait_until
 
 BASE_IMAGE = "localhost/sers-ci-base:bookworm"
 HUB_IMAGE = "localhost/sers-hub:ci"
@@ -218,14 +218,6 @@ def lab_process(podman: Podman) -> Iterator[HostProcess]:
     yield HostProcess(child, uid, name, line)
     child.kill()
     child.wait()
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def hub_nodes(port: int) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,6 @@ import http.client
 import re
 import shutil
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from tests.procs import REPO, Hub, Proc, free_port, spawn, start_agent, wait_until
+from tests.procs import REPO, Hub, Proc, answers, free_port, spawn, start_agent, wait_until
 
 SHIPPED = REPO / "docs" / "deploy" / "Caddyfile"
 ROOT_PATH = "/monitor"
@@ -45,14 +44,6 @@ class Proxied:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{ROOT_PATH}"
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 @pytest.fixture

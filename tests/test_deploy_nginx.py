@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.procs import REPO, Hub, Proc, free_port, start_agent, wait_until
+from tests.procs import REPO, Hub, Proc, answers, free_port, start_agent, wait_until
 
 SHIPPED = REPO / "docs" / "deploy" / "nginx.conf"
 ROOT_PATH = "/monitor"
@@ -63,14 +63,6 @@ class Proxied:
     def access_log(self) -> str:
         path = self.workdir / "access.log"
         return path.read_text() if path.exists() else ""
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from tests.procs import REPO, Hub, Proc, free_port, spawn, start_agent, wait_until
+from tests.procs import REPO, Hub, Proc, answers, free_port, spawn, start_agent, wait_until
 
 SHIPPED = REPO / "docs" / "deploy" / "traefik.yml"
 ROOT_PATH = "/monitor"
@@ -79,14 +79,6 @@ class Proxied:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 @pytest.fixture

@@ -154,7 +154,8 @@ def tiny_gpu_name(name: str | None) -> str:
 # immutable like the other views and three times cheaper to build than frozen dataclasses.
 class Meter(NamedTuple):
     """A bar with its text on it: ``p`` is the fill (0 to 100, CSS class ``p<N>``) and ``cls`` the
-    level classes to append."""
+    level classes to append. ``text`` is placed unescaped (:mod:`frontend.fragments`): numbers and
+    fixed words only, never an agent's string."""
 
     text: str
     p: int
@@ -178,6 +179,9 @@ def plain_meter(percent: float | None, text: str | None = None) -> Meter:
 
 
 class HostView(NamedTuple):
+    """The ``*_text`` fields here and in :class:`GpuView` are placed unescaped: numbers and fixed
+    words only; agent strings (ids, names, users, errors) are escaped by the fragments."""
+
     node_id: str
     cpu: Meter
     mem: Meter

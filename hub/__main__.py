@@ -10,11 +10,9 @@ exits within ``timeout_graceful_shutdown`` seconds, writing the state file once 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
+import asyncio
 import ipaddress
 import logging
-import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -22,6 +20,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from hub.app import create_app
+from hub.memory import release_free_memory_forever, tune_gc, tune_malloc
 from hub.settings import HubSettings, SettingsError, load_settings
 from hub.store import NodeStore, StoreError, forget_offline
 from node_agent.protocol import MAX_MESSAGE_BYTES
@@ -50,45 +49,21 @@ SOCKET_SEND_BUFFER_BYTES = 128 * 1024
 
 class HubServer(uvicorn.Server):
     """uvicorn's server, with :data:`SOCKET_SEND_BUFFER_BYTES` on its listening sockets (accepted
-    connections inherit it)."""
+    connections inherit it) and free heap memory handed back to the kernel every few seconds
+    (:mod:`hub.memory`)."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         for server in self.servers:
             for sock in server.sockets:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER_BYTES)
+        self._trimmer = asyncio.create_task(release_free_memory_forever())
 
-
-MALLOC_MMAP_THRESHOLD_BYTES = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # malloc.h
-
-
-def fix_malloc_mmap_threshold() -> None:
-    """glibc raises its mmap threshold each time a large block is freed, after which the hub's
-    payloads (tens to hundreds of KiB, built and freed ten times a second per view) come from the
-    heap and fragment it: RSS grew by about 4 MiB a minute in the soak test with a slow browser
-    attached. A fixed threshold keeps such blocks in mmap, returned to the system when freed, and
-    the RSS flat. Leaves an explicit MALLOC_MMAP_THRESHOLD_ alone; does nothing off glibc."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):
-        pass
-
-
-# Every agent message replaces a few small state dicts, so CPython's default generation-0
-# threshold (700 allocations) runs a collection every few messages and a full one every few
-# seconds (25-60 ms pauses at 1,500 nodes, BENCHMARKS.md). The hub's data has no reference
-# cycles to speak of (reference counting frees it), so collect far less often, and freeze the
-# objects of startup (modules, templates) out of every collection.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        trimmer: asyncio.Task[None] | None = getattr(self, "_trimmer", None)
+        if trimmer is not None:
+            trimmer.cancel()
+        await super().shutdown(sockets=sockets)
 
 
 def uvicorn_config(settings: HubSettings) -> uvicorn.Config:
@@ -167,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sers-hub: error: state_db: {exc}", file=sys.stderr)
             return 2
     warn_if_open(settings, logging.getLogger("sers.hub"))
-    fix_malloc_mmap_threshold()
+    tune_malloc()
     config = uvicorn_config(settings)  # configures uvicorn's loggers: add the filter after
     logging.getLogger("uvicorn.error").addFilter(QuietConnections())
     server = HubServer(config)

@@ -23,9 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from hub.security import FailureLog, bearer_token, tokens_equal
+from hub.security import FailureLog, bearer_token, route_path, tokens_equal
 from hub.settings import HubSettings
 from hub.state import HubState
 from node_agent.protocol import (
@@ -82,9 +83,28 @@ class RateLimit:
         return True
 
 
-async def agent_endpoint(websocket: WebSocket) -> None:
-    hub: HubState = websocket.app.state.hub
-    failures: FailureLog = websocket.app.state.failures
+AGENT_PATH = "/ws/agent"
+
+
+class AgentRoute:
+    """Serves :data:`AGENT_PATH` straight from the middleware stack, right after the proxy and
+    Host checks: thousands of agent connections stay open for days, and each one held a dozen
+    more coroutine frames and wrappers (Router, route, exception handlers, page headers) that an
+    agent never needs; everything else goes on to ``app``."""
+
+    def __init__(self, app: ASGIApp, hub: HubState, failures: FailureLog) -> None:
+        self._app = app
+        self._hub = hub
+        self._failures = failures
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and route_path(scope) == AGENT_PATH:
+            await agent_endpoint(WebSocket(scope, receive, send), self._hub, self._failures)
+        else:
+            await self._app(scope, receive, send)
+
+
+async def agent_endpoint(websocket: WebSocket, hub: HubState, failures: FailureLog) -> None:
     address = websocket.client.host if websocket.client else None
     token = bearer_token(websocket.headers)
     accepted, bound_node = token_owner(hub.settings, token)

@@ -13,7 +13,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from frontend.render import Renderer
-from hub.agent_ws import agent_endpoint
+from hub.agent_ws import AgentRoute
 from hub.clock import SystemClock
 from hub.fanout import Fanout, stop_task
 from hub.history import History
@@ -69,12 +69,11 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
             Route("/api/v1/nodes/{node_id}", forget_node, methods=["DELETE"]),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
-            WebSocketRoute("/ws/agent", agent_endpoint),
             WebSocketRoute("/ws/view", view_endpoint),
             Mount("/static", StaticFiles(packages=[("frontend", "static")]), name="static"),
         ],
         lifespan=lifespan,
-        middleware=security_middleware(settings, failures),
+        middleware=middleware(settings, state, failures),
     )
     app.state.hub = state
     app.state.store = store
@@ -83,11 +82,13 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
     return app
 
 
-def security_middleware(settings: HubSettings, failures: FailureLog) -> list[Middleware]:
-    """Outermost first: trusted proxies, trusted Host names, headers, then the view token."""
+def middleware(settings: HubSettings, state: HubState, failures: FailureLog) -> list[Middleware]:
+    """Outermost first: trusted proxies, trusted Host names, the agents' WebSocket (its own
+    bearer token), then for pages and viewers: headers and the view token."""
     stack = [
         Middleware(ProxyTrust, forwarded_allow_ips=settings.forwarded_allow_ips),
         Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.trusted_hosts), www_redirect=False),
+        Middleware(AgentRoute, hub=state, failures=failures),
         Middleware(SecurityHeaders),
     ]
     if settings.view_token:

@@ -1,0 +1,82 @@
+"""How the hub process uses memory: glibc malloc and CPython's garbage collector.
+
+The hub builds a payload of a few hundred KiB per tick (the changed fragments, shared by every
+viewer), and the WebSocket layer copies it once per viewer into a frame. Two glibc behaviours
+decide what that costs:
+
+- Blocks above the mmap threshold get fresh pages from the kernel on every allocation (a page
+  fault per 4 KiB, then ``munmap``): serializing a 220 KiB frame took 119 µs that way against
+  6 µs from the heap, and at 2,000 nodes x 50 viewers those faults were about 15 % of the hub's
+  CPU. So the threshold is fixed high (:data:`MMAP_THRESHOLD_BYTES`): payloads come from the heap.
+- Freed heap blocks in the middle of the heap stay in the process (fragmentation): with a slow
+  browser attached, whose joined payloads vary in size, RSS crept up by megabytes a minute. So
+  :func:`release_free_memory_forever` hands free heap pages back to the kernel every few seconds
+  (``malloc_trim``; a few milliseconds).
+
+Off glibc (musl, macOS) both do nothing. An explicit ``MALLOC_MMAP_THRESHOLD_`` in the
+environment is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import logging
+import os
+import time
+
+log = logging.getLogger("sers.hub")
+
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's own ceiling for its dynamic threshold
+TRIM_INTERVAL_S = 5.0
+_M_MMAP_THRESHOLD = -3  # malloc.h
+
+# Every agent message replaces a few small state dicts, so CPython's default generation-0
+# threshold (700 allocations) runs a collection every few messages and a full one every few
+# seconds (25-60 ms pauses at 1,500 nodes, BENCHMARKS.md). The hub's data has no reference
+# cycles to speak of (reference counting frees it), so collect far less often, and freeze the
+# objects of startup (modules, templates) out of every collection.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc only)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def tune_malloc() -> None:
+    """Fixes glibc's mmap threshold at :data:`MMAP_THRESHOLD_BYTES` (see the module's doc)."""
+    libc = _libc()
+    if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def tune_gc() -> None:
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def release_free_memory() -> float:
+    """Returns free heap pages to the kernel; the seconds it took (0 off glibc)."""
+    libc = _libc()
+    if libc is None:
+        return 0.0
+    started = time.perf_counter()
+    libc.malloc_trim(0)
+    return time.perf_counter() - started
+
+
+async def release_free_memory_forever(interval_s: float = TRIM_INTERVAL_S) -> None:
+    libc = _libc()
+    if libc is None:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        took_s = release_free_memory()
+        if took_s > 0.05:
+            log.debug("malloc_trim took %.0f ms", took_s * 1000)

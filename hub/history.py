@@ -4,7 +4,8 @@ Each node has a few series (``cpu``, ``mem``, and ``u<i>``/``m<i>`` for GPU ``i`
 and memory in use, all percents). A sample adds its values to the current bucket (``bucket_s``
 of the sample's own clock); when a sample lands in a later bucket, the current one is closed
 into each series' ring as its mean, and skipped buckets become gaps (NaN). Recording a sample
-costs a few float additions; the rings hold ``capacity`` bytes per series (half-percent steps).
+costs a few float additions; a ring holds ``capacity`` bytes per series (half-percent steps;
+a 10-minute card costs 2,000 nodes x 18 series x 180 buckets = 6.5 MB as bytes).
 
 Cards show the last ``CARD_POINTS`` groups of ``CARD_GROUP`` buckets (10 minutes by default),
 so a card's sparklines change only when a group closes. Group edges are shifted per node (by a
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from array import array
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 BUCKET_S = 5.0
@@ -27,41 +26,13 @@ NAN = float("nan")
 _GAP = 255  # a ring byte that holds no value (percents are stored x2: 0..200)
 
 
-class Ring:
-    """The newest ``capacity`` percents, in half-percent steps of one byte each (a 10-minute
-    card costs 2,000 nodes x 18 series x 180 buckets = 6.5 MB as bytes, 26 MB as float32);
-    older values are overwritten and gaps read back as NaN."""
+def _stored(value: float) -> int:
+    """A percent as one byte: half-percent steps (0..200), :data:`_GAP` for NaN."""
+    return _GAP if value != value else int(min(max(value, 0.0), 100.0) * 2 + 0.5)
 
-    __slots__ = ("_head", "_size", "_values")
 
-    def __init__(self, capacity: int) -> None:
-        self._values = array("B", [_GAP]) * capacity
-        self._head = 0  # where the next value goes
-        self._size = 0
-
-    def append(self, value: float) -> None:
-        stored = _GAP if value != value else int(min(max(value, 0.0), 100.0) * 2 + 0.5)
-        self._values[self._head] = stored
-        self._head = (self._head + 1) % len(self._values)
-        self._size = min(self._size + 1, len(self._values))
-
-    def fill(self, value: float, count: int) -> None:
-        for _ in range(min(count, len(self._values))):
-            self.append(value)
-
-    def last(self, count: int) -> list[float]:
-        """The newest ``count`` values, oldest first (fewer when fewer were appended)."""
-        count = min(count, self._size)
-        capacity = len(self._values)
-        start = (self._head - count) % capacity
-        if start + count <= capacity:
-            raw = self._values[start : start + count]
-        else:
-            raw = self._values[start:] + self._values[: self._head]
-        return [NAN if v == _GAP else v / 2 for v in raw]
-
-    def __len__(self) -> int:
-        return self._size
+def _read(raw: bytes | bytearray) -> list[float]:
+    return [NAN if v == _GAP else v / 2 for v in raw]
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -74,16 +45,28 @@ def _mean(values: Iterable[float]) -> float:
     return total / count if count else NAN
 
 
-@dataclass(slots=True)
-class _Open:
-    """The bucket being filled: per series, a sum and a count."""
-
-    sums: dict[str, float]
-    counts: dict[str, int]
-
-
 class NodeHistory:
-    """One node's series. ``record`` returns whether the card's sparklines changed."""
+    """One node's series. ``record`` returns whether the card's sparklines changed.
+
+    Every series of a node closes its buckets at the same moments, so they share one ring
+    position: the node keeps one ``bytearray`` with a row of ``capacity`` bytes per series (a
+    node with 8 GPUs: 18 rows, 3.2 KB at 15 minutes) and one open-bucket sum and count per row.
+    A series that appears later starts as a row of gaps, so it lines up with the others.
+    """
+
+    __slots__ = (
+        "_bucket",
+        "_bucket_s",
+        "_capacity",
+        "_counts",
+        "_head",
+        "_offset_s",
+        "_rows",
+        "_size",
+        "_slots",
+        "_sums",
+        "last_sample_at",
+    )
 
     def __init__(self, node_id: str, capacity: int, bucket_s: float = BUCKET_S) -> None:
         self._capacity = capacity
@@ -91,8 +74,12 @@ class NodeHistory:
         # shifts bucket edges per node so card groups of many nodes close at different times
         self._offset_s = (zlib.crc32(node_id.encode()) % 1000) / 1000 * bucket_s * CARD_GROUP
         self._bucket = -1  # index of the open bucket; -1 before the first sample
-        self._open = _Open({}, {})
-        self.series: dict[str, Ring] = {}
+        self._slots: dict[str, int] = {}  # series -> row
+        self._rows = bytearray()  # row r is [r * capacity, (r + 1) * capacity)
+        self._head = 0  # where the next closed bucket goes, in every row
+        self._size = 0  # closed buckets held (at most capacity)
+        self._sums: list[float] = []  # the open bucket, per row
+        self._counts: list[int] = []
         self.last_sample_at: float | None = None
 
     def record(self, at_s: float, values: Mapping[str, float | None]) -> bool:
@@ -105,43 +92,67 @@ class NodeHistory:
                 self._close(bucket - self._bucket - 1)
                 group_changed = bucket // CARD_GROUP != self._bucket // CARD_GROUP
             self._bucket = bucket
-        sums, counts = self._open.sums, self._open.counts
+        slots, sums, counts = self._slots, self._sums, self._counts
         for key, value in values.items():
             if value is None:
                 continue
-            if key in sums:
-                sums[key] += value
-                counts[key] += 1
-            else:
-                sums[key] = value
-                counts[key] = 1
+            slot = slots.get(key)
+            if slot is None:
+                slot = self._add_series(key)
+            sums[slot] += value
+            counts[slot] += 1
         return group_changed
 
+    def _add_series(self, key: str) -> int:
+        slot = self._slots[key] = len(self._slots)
+        self._rows += bytes([_GAP]) * self._capacity
+        self._sums.append(0.0)
+        self._counts.append(0)
+        return slot
+
     def _close(self, skipped: int) -> None:
-        sums, counts = self._open.sums, self._open.counts
-        new_keys = [key for key in sums if key not in self.series]
-        if new_keys:
-            filled = max((len(ring) for ring in self.series.values()), default=0)
-            for key in new_keys:
-                # a new series lines up with the others: its past is a gap
-                ring = self.series[key] = Ring(self._capacity)
-                ring.fill(NAN, filled)
-        for key, ring in self.series.items():
-            count = counts.get(key, 0)
-            ring.append(sums[key] / count if count else NAN)
-            if skipped:
-                ring.fill(NAN, skipped)
-        self._open = _Open({}, {})
+        """Closes the open bucket into every row, then ``skipped`` empty buckets as gaps."""
+        rows, capacity = self._rows, self._capacity
+        head = self._head
+        for slot, (total, count) in enumerate(zip(self._sums, self._counts, strict=True)):
+            rows[slot * capacity + head] = _stored(total / count) if count else _GAP
+        self._advance()
+        for _ in range(min(skipped, capacity)):
+            for slot in range(len(self._slots)):
+                rows[slot * capacity + self._head] = _GAP
+            self._advance()
+        self._sums = [0.0] * len(self._sums)
+        self._counts = [0] * len(self._counts)
+
+    def _advance(self) -> None:
+        self._head = (self._head + 1) % self._capacity
+        self._size = min(self._size + 1, self._capacity)
+
+    def _last(self, key: str, count: int) -> list[float] | None:
+        """The newest ``count`` closed values of a series, oldest first; None if unknown."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        count = min(count, self._size)
+        capacity = self._capacity
+        base = slot * capacity
+        start = (self._head - count) % capacity
+        if start + count <= capacity:
+            return _read(self._rows[base + start : base + start + count])
+        return _read(self._rows[base + start : base + capacity] + self._rows[base : base + self._head])
+
+    @property
+    def series(self) -> list[str]:
+        return list(self._slots)
 
     def card_points(self, key: str) -> list[float]:
         """The card's view of a series: ``CARD_POINTS`` means of ``CARD_GROUP`` closed
         buckets each, oldest first, NaN where there is no data. Empty for an unknown series."""
-        ring = self.series.get(key)
-        if ring is None:
-            return []
         # the closed buckets of the open bucket's group belong to no whole group yet
         partial = self._bucket % CARD_GROUP
-        values = ring.last(CARD_POINTS * CARD_GROUP + partial)
+        values = self._last(key, CARD_POINTS * CARD_GROUP + partial)
+        if values is None:
+            return []
         values = values[: len(values) - partial] if partial else values
         lead = len(values) % CARD_GROUP
         values = [NAN] * ((CARD_GROUP - lead) % CARD_GROUP) + values
@@ -149,8 +160,7 @@ class NodeHistory:
 
     def points(self, key: str) -> list[float]:
         """Every closed bucket held for a series, oldest first (the detail view)."""
-        ring = self.series.get(key)
-        return [] if ring is None else ring.last(self._capacity)
+        return self._last(key, self._capacity) or []
 
     @property
     def bucket_s(self) -> float:

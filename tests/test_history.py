@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import math
 
-from hub.history import BUCKET_S, CARD_GROUP, CARD_POINTS, History, NodeHistory, Ring, sample_values
+from hub.history import BUCKET_S, CARD_GROUP, CARD_POINTS, History, NodeHistory, sample_values
 
 GIB = 1024**3
 
 
 def is_nan(value: float) -> bool:
     return math.isnan(value)
-
-
-def test_ring_keeps_the_newest_values_in_order() -> None:
-    ring = Ring(4)
-    assert ring.last(3) == [] and len(ring) == 0
-    for value in range(1, 7):
-        ring.append(float(value))
-    assert ring.last(10) == [3.0, 4.0, 5.0, 6.0]
-    assert ring.last(2) == [5.0, 6.0]
-    ring.fill(0.5, 100)
-    assert ring.last(4) == [0.5] * 4 and len(ring) == 4
 
 
 def aligned_start(history: NodeHistory) -> float:
@@ -42,6 +31,23 @@ def test_buckets_close_into_means_and_gaps_become_nan() -> None:
     history.record(t0 + 4 * BUCKET_S, {"cpu": 70.0})  # two buckets without samples
     points = history.points("cpu")
     assert points[:2] == [20.0, 50.0] and all(is_nan(p) for p in points[2:]) and len(points) == 4
+
+
+def test_rings_keep_the_newest_buckets_in_order_in_half_percent_steps() -> None:
+    history = NodeHistory("n1", capacity=4)
+    t0 = aligned_start(history)
+    assert history.points("cpu") == []
+    for k in range(7):  # six closed buckets: 1.0 .. 6.0, plus 7.25 still open
+        history.record(t0 + k * BUCKET_S, {"cpu": float(k + 1) + (0.25 if k == 6 else 0.0), "mem": 50.0})
+    assert history.points("cpu") == [3.0, 4.0, 5.0, 6.0]
+    assert history.points("mem") == [50.0] * 4
+    history.record(t0 + 100 * BUCKET_S, {"cpu": 1.0})  # 7.25 closes, then a long silence
+    assert all(is_nan(p) for p in history.points("cpu")), "only gaps left after the silence"
+    fresh = NodeHistory("n2", capacity=4)
+    t1 = aligned_start(fresh)
+    fresh.record(t1, {"cpu": 33.3})
+    fresh.record(t1 + BUCKET_S, {"cpu": 0.0})
+    assert fresh.points("cpu") == [33.5], "stored in half-percent steps"
 
 
 def test_a_series_that_appears_later_lines_up_with_the_others() -> None:

@@ -127,6 +127,7 @@ def ratio_percent(used: float | None, total: float | None) -> float | None:
     return 0.0 if ratio < 0 else 100.0 if ratio > 100 else ratio
 
 
+@functools.lru_cache(maxsize=256)
 def short_gpu_name(name: str | None) -> str:
     """The model without the vendor: ``NVIDIA A100-SXM4-80GB`` → ``A100-SXM4-80GB``."""
     if not name:
@@ -282,7 +283,7 @@ def gpu_view(
     ):
         state = "b"
     else:
-        state = "f"
+        state = "f"  # the same rule as gpu_is_free
     ranked = gpu_users(processes) if processes else []
     power = get("power_draw_watts")
     limit = get("power_limit_watts")
@@ -442,26 +443,46 @@ class SummaryView:
     gpu_mem_p: int
 
 
-def summary_view(nodes: Iterable[Node], max_util_percent: float, max_mem_percent: float) -> SummaryView:
+class GpuTally(NamedTuple):
+    """What one GPU adds to the summary bar. The hub keeps one per GPU row and refreshes it
+    whenever it renders the row, so the summary never walks every GPU's raw state."""
+
+    model: str
+    state: str  # as in GpuView: "f" free, "b" busy, "e" error, "o" its node is not live
+    mem_used_bytes: int
+    mem_total_bytes: int
+
+
+def gpu_tally(gpu: Mapping[str, Any], state: str) -> GpuTally:
+    return GpuTally(
+        model=short_gpu_name(gpu.get("name")),
+        state=state,
+        mem_used_bytes=gpu.get("mem_used_bytes") or 0,
+        mem_total_bytes=gpu.get("mem_total_bytes") or 0,
+    )
+
+
+def summary_view(nodes: Iterable[tuple[NodeStatus, Iterable[GpuTally]]]) -> SummaryView:
+    """Counts over (node status, its GPUs' tallies): GPUs of offline nodes are left out; a GPU
+    is free only on a live node (its row says so: state "f")."""
     status_counts: Counter[str] = Counter()
     free_by_model: Counter[str] = Counter()
     total_by_model: Counter[str] = Counter()
     errors = 0
     mem_used = 0
     mem_total = 0
-    for node in nodes:
-        status_counts[node.status.value] += 1
-        if node.status is NodeStatus.OFFLINE:
+    for status, tallies in nodes:
+        status_counts[status.value] += 1
+        if status is NodeStatus.OFFLINE:
             continue
-        for gpu in (node.state.get("gpus") or {}).values():
-            model = short_gpu_name(gpu.get("name"))
-            total_by_model[model] += 1
-            mem_used += gpu.get("mem_used_bytes") or 0
-            mem_total += gpu.get("mem_total_bytes") or 0
-            if gpu.get("error"):
+        for tally in tallies:
+            total_by_model[tally.model] += 1
+            mem_used += tally.mem_used_bytes
+            mem_total += tally.mem_total_bytes
+            if tally.state == "e":
                 errors += 1
-            elif node.status is NodeStatus.LIVE and gpu_is_free(gpu, max_util_percent, max_mem_percent):
-                free_by_model[model] += 1
+            elif tally.state == "f":
+                free_by_model[tally.model] += 1
     return SummaryView(
         live=status_counts["live"],
         stale=status_counts["stale"],

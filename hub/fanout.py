@@ -198,11 +198,12 @@ class Fanout:
 
     def flush(self) -> None:
         now = time.monotonic()
-        summaries = self._summaries(now) if self._dirty or now >= self._summary_due_at else {}
-        if self._dirty or summaries:
-            dirty, self._dirty = self._dirty, {}
+        dirty, self._dirty = self._dirty, {}
+        if dirty:
             self._full_states.clear()  # the scene is about to change
-            fragments = {node_id: self._scene.render_change(change) for node_id, change in dirty.items()}
+        fragments = {node_id: self._scene.render_change(change) for node_id, change in dirty.items()}
+        summaries = self._summaries(now)  # after rendering: it counts the rendered GPU rows
+        if fragments or summaries:
             nodes = self._registry.nodes
 
             def keep(node_id: str, view_filter: ViewFilter) -> bool:

@@ -17,8 +17,10 @@ from typing import Any
 from frontend.render import Renderer
 from frontend.viewmodels import (
     DetailView,
+    GpuTally,
     SummaryView,
     detail_view,
+    gpu_tally,
     gpu_view,
     head_view,
     host_view,
@@ -38,6 +40,7 @@ class RenderedNode:
     cpu_spark: str = ""
     gpus: dict[str, str] = field(default_factory=dict)
     gpu_sparks: dict[str, str] = field(default_factory=dict)
+    tallies: dict[str, GpuTally] = field(default_factory=dict)  # per GPU, for the summary bar
 
 
 def gpu_order(gpus: Iterable[str]) -> list[str]:
@@ -96,7 +99,7 @@ class Scene:
         live = node.status is NodeStatus.LIVE
         for index in gpu_order(change.gpus):
             if index in gpus:
-                row = self._render_gpu(node_id, index, gpus[index], live)
+                row = self._render_gpu(rendered, node_id, index, gpus[index], live)
                 if row != rendered.gpus.get(index):  # only what a person would see change
                     rendered.gpus[index] = out[f"{card_id}-gpu-{index}"] = row
         if sparks_changed:
@@ -121,9 +124,15 @@ class Scene:
         ]
 
     def summary_view(self, view_filter: ViewFilter) -> SummaryView:
-        rule = self._gpu_free
-        nodes = (n for n in self._registry.nodes.values() if view_filter.matches(n))
-        return summary_view(nodes, rule.max_util_percent, rule.max_mem_percent)
+        """The summary bar's counts, from the GPU tallies kept as rows render (a node whose
+        change is still waiting for the tick counts as of its last render)."""
+        rendered = self._rendered
+        empty: dict[str, GpuTally] = {}
+        return summary_view(
+            (node.status, (rendered[node_id].tallies if node_id in rendered else empty).values())
+            for node_id, node in self._registry.nodes.items()
+            if view_filter.matches(node)
+        )
 
     def summary(self, view: SummaryView) -> str:
         return self._renderer.summary(view, self._wall())
@@ -163,12 +172,9 @@ class Scene:
         live = node.status is NodeStatus.LIVE
         node_id = node.node_id
         order = gpu_order(gpus)
-        rendered = RenderedNode(
-            host=self._render_host(node),
-            cpu_spark=self._render_cpu_spark(node_id),
-            gpus={i: self._render_gpu(node_id, i, gpus[i], live) for i in order},
-            gpu_sparks={i: self._render_gpu_spark(node_id, i) for i in order},
-        )
+        rendered = RenderedNode(host=self._render_host(node), cpu_spark=self._render_cpu_spark(node_id))
+        rendered.gpus = {i: self._render_gpu(rendered, node_id, i, gpus[i], live) for i in order}
+        rendered.gpu_sparks = {i: self._render_gpu_spark(node_id, i) for i in order}
         self._rendered[node_id] = rendered
         return self._assemble(node, rendered)
 
@@ -181,11 +187,14 @@ class Scene:
         late_s = self._registry.sample_age_s(node) if node.sample_late else None
         return self._renderer.host(host_view(node, late_s))
 
-    def _render_gpu(self, node_id: str, index: str, gpu: dict[str, Any], live: bool) -> str:
+    def _render_gpu(
+        self, rendered: RenderedNode, node_id: str, index: str, gpu: dict[str, Any], live: bool
+    ) -> str:
+        """The row's HTML; also refreshes the GPU's tally for the summary bar."""
         rule = self._gpu_free
-        return self._renderer.gpu(
-            gpu_view(node_id, index, gpu, rule.max_util_percent, rule.max_mem_percent, live)
-        )
+        view = gpu_view(node_id, index, gpu, rule.max_util_percent, rule.max_mem_percent, live)
+        rendered.tallies[index] = gpu_tally(gpu, view.state)
+        return self._renderer.gpu(view)
 
     def _render_cpu_spark(self, node_id: str) -> str:
         history = self.history.node(node_id)

@@ -17,7 +17,6 @@ from frontend.viewmodels import (
     head_view,
     host_view,
     spark_view,
-    summary_view,
 )
 from hub.clock import ManualClock
 from hub.history import BUCKET_S, CARD_GROUP, History
@@ -393,9 +392,10 @@ def test_view_filter_by_group_name_and_gpus() -> None:
     assert matches(ViewFilter(groups=frozenset({"vision", "nlp"}))) == ["a", "b"]
     assert matches(ViewFilter(names=frozenset({"Alpha", "c"}))) == ["a", "c"]
     assert matches(ViewFilter(gpu_only=True)) == ["a"]
-    view = summary_view(
-        (n for n in nodes.values() if ViewFilter(groups=frozenset({"nlp"})).matches(n)), 10, 5
-    )
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    for name in nodes:
+        scene.render_change(NodeChange(name, card=True))
+    view = scene.summary_view(ViewFilter(groups=frozenset({"nlp"})))
     assert (view.live, view.gpus_total) == (1, 0)
     assert head_view(nodes["a"]).display_name == "Alpha"
     assert detail_view(nodes["c"], {}, 15, 0.0, 10, 5).gpus == ()

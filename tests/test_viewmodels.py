@@ -20,6 +20,7 @@ from frontend.viewmodels import (
     fmt_short_bytes,
     fmt_used_of,
     gpu_is_free,
+    gpu_tally,
     gpu_view,
     head_view,
     host_view,
@@ -246,7 +247,17 @@ def test_summary_counts_free_gpus_of_live_nodes_only() -> None:
         registry.hello(Hello(node=name, agent_version="t", interval_s=1.0))
         registry.nodes[name].state = {"gpus": gpus}
         registry.nodes[name].status = status
-    view = summary_view(registry.nodes.values(), 10, 5)
+    view = summary_view(
+        (
+            node.status,
+            [
+                gpu_tally(g, gpu_view(n, i, g, 10, 5, node.status is NodeStatus.LIVE).state)
+                for i, g in gpus.items()
+            ],
+        )
+        for n, node in registry.nodes.items()
+        for gpus in [node.state["gpus"]]
+    )
     assert (view.live, view.stale, view.offline) == (1, 1, 1)
     assert (view.gpus_free, view.gpus_total, view.gpus_error) == (1, 4, 1), "offline GPUs are not counted"
     assert [(m.model, m.free, m.total) for m in view.models] == [
@@ -345,3 +356,18 @@ def test_detail_view_lists_every_reported_field() -> None:
 def test_flat_stretches_keep_only_their_ends() -> None:
     assert spark_path([0.0] * 30) == "M0,15 58,15"
     assert spark_path([0.0, 0.0, 0.0, 50.0, 50.0]) == "M0,15 4,15 6,8 8,8"
+
+
+def test_a_row_is_free_exactly_when_gpu_is_free_says_so() -> None:
+    """The summary counts rows in state "f"; they must agree with the free rule."""
+    cases = [
+        gpu(),
+        gpu(util_gpu_percent=10.0),
+        gpu(util_gpu_percent=10.5),
+        gpu(mem_used_bytes=5 * GIB),
+        gpu(processes=[{"pid": 1, "user": "a", "gpu_mem_bytes": 1}]),
+        gpu(error="lost"),
+        gpu(util_gpu_percent=None, mem_used_bytes=None),
+    ]
+    for g in cases:
+        assert (gpu_view("n", "0", g, 10, 5).state == "f") == gpu_is_free(g, 10, 5), g

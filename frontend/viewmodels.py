@@ -288,21 +288,20 @@ def gpu_view(
     power = get("power_draw_watts")
     limit = get("power_limit_watts")
     temp = get("temp_celsius")
+    # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
     return GpuView(
-        node_id=node_id,
-        gpu_index=index,
-        name=tiny_gpu_name(get("name")),
-        state=state,
-        error=error,
-        util=plain_meter(util),
-        mem=plain_meter(mem_pct, fmt_used_of(mem_used, mem_total)),
-        temp_text="–" if temp is None else f"{temp:.0f}°",
-        temp_cls="" if temp is None or temp < 80 else "c" if temp >= 88 else "w",
-        power_text=("–" if power is None else f"{power:.0f}") + ("W" if limit is None else f"/{limit:.0f}W"),
-        users=tuple(
-            f"{user} {fmt_short_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]
-        ),
-        more_users=len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,
+        node_id,
+        index,
+        tiny_gpu_name(get("name")),
+        state,
+        error,
+        plain_meter(util),
+        plain_meter(mem_pct, fmt_used_of(mem_used, mem_total)),
+        "–" if temp is None else f"{temp:.0f}°",  # temp_text
+        "" if temp is None or temp < 80 else "c" if temp >= 88 else "w",  # temp_cls
+        ("–" if power is None else f"{power:.0f}") + ("W" if limit is None else f"/{limit:.0f}W"),
+        tuple(f"{user} {fmt_short_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
+        len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
     )
 
 

@@ -1,9 +1,12 @@
 """The host collector: facts about this machine from psutil and ``/proc``. Blocking; the
 sampler runs it off-loop.
 
-Memory, swap, disk and network counters are read straight from ``/proc`` (one file each): psutil
-reads the same files but does more work per call (``disk_io_counters`` re-checks ``/sys/block``
-for every device, ``swap_memory`` also reads ``/proc/vmstat``), and every sample counts on a node.
+Every sample reads CPU, memory, swap, load, disk and network counters straight from ``/proc``
+(one file each, kept open: :class:`~node_agent.procfs.ProcFile`): psutil reads the same files but
+opens them every time and does more work per call (``cpu_percent`` builds a named tuple per core,
+``disk_io_counters`` re-checks ``/sys/block`` for every device, ``swap_memory`` also reads
+``/proc/vmstat``), and every sample counts on a node. psutil is left the static facts and the
+logged-in users, which are counted again only when ``utmp`` changes.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ from __future__ import annotations
 import os
 import platform
 import time
+from typing import Any
 
 import psutil
 
+from node_agent.procfs import ProcFile
 from node_agent.protocol import DiskUsage, HostSample, HostStatic
+
+UTMP_PATH = "/var/run/utmp"  # where glibc (and so psutil.users) reads the logged-in users
 
 
 def _cpu_model() -> str | None:
@@ -42,10 +49,17 @@ class HostCollector:
         self._mounts = mounts
         self._boot_time_epoch_s = psutil.boot_time()
         self._physical_disks = physical_disks()  # found once: a disk added later counts after a restart
-        psutil.cpu_percent(percpu=True)  # prime the counters: the first real sample is a delta
+        self._stat = ProcFile("/proc/stat")
+        self._meminfo = ProcFile("/proc/meminfo")
+        self._loadavg = ProcFile("/proc/loadavg")
+        self._diskstats = ProcFile("/proc/diskstats")
+        self._netdev = ProcFile("/proc/net/dev")
+        self._users = UserCount()
+        # the first real sample is a delta over these
         self._last_time = time.monotonic()
-        self._last_disk = disk_bytes(self._physical_disks)
-        self._last_net = net_bytes()
+        self._last_cpu = core_ticks(_read(self._stat))
+        self._last_disk = disk_bytes(_read(self._diskstats), self._physical_disks)
+        self._last_net = net_bytes(_read(self._netdev))
 
     def static(self) -> HostStatic:
         return HostStatic(
@@ -60,14 +74,22 @@ class HostCollector:
         )
 
     def sample(self) -> HostSample:
+        wire = self.sample_wire()
+        return HostSample(**{**wire, "disks": [DiskUsage(**disk) for disk in wire["disks"]]})
+
+    def sample_wire(self) -> dict[str, Any]:
+        """:meth:`sample` in the wire shape, as ``to_wire`` would make it, but built directly
+        (the sampler's path, every second)."""
         now = time.monotonic()
         elapsed_s = max(now - self._last_time, 1e-6)
         self._last_time = now
-        per_core = psutil.cpu_percent(percpu=True)
-        mem = meminfo_bytes()
-        load_1m, load_5m, load_15m = os.getloadavg()
-        disk = disk_bytes(self._physical_disks)
-        net = net_bytes()
+        cpu = core_ticks(_read(self._stat))
+        per_core = core_percents(self._last_cpu, cpu)
+        self._last_cpu = cpu
+        mem = meminfo_bytes(_read(self._meminfo))
+        load = load_averages(_read(self._loadavg))
+        disk = disk_bytes(_read(self._diskstats), self._physical_disks)
+        net = net_bytes(_read(self._netdev))
         mem_total, mem_available = mem.get(b"MemTotal"), mem.get(b"MemAvailable")
         swap_total, swap_free = mem.get(b"SwapTotal"), mem.get(b"SwapFree")
         disk_read = disk_write = net_rx = net_tx = None
@@ -78,36 +100,66 @@ class HostCollector:
             net_rx = max(net[0] - self._last_net[0], 0) / elapsed_s
             net_tx = max(net[1] - self._last_net[1], 0) / elapsed_s
         self._last_disk, self._last_net = disk, net
-        return HostSample(
-            cpu_percent=round(sum(per_core) / len(per_core), 1) if per_core else None,
-            cpu_percent_per_core=[round(p, 1) for p in per_core],
-            load_avg_1m=round(load_1m, 2),
-            load_avg_5m=round(load_5m, 2),
-            load_avg_15m=round(load_15m, 2),
-            mem_total_bytes=mem_total,
-            mem_used_bytes=_difference(mem_total, mem_available),
-            mem_available_bytes=mem_available,
-            swap_total_bytes=swap_total,
-            swap_used_bytes=_difference(swap_total, swap_free),
-            disks=self._disks(),
-            disk_read_bytes_per_s=_rounded(disk_read),
-            disk_write_bytes_per_s=_rounded(disk_write),
-            net_rx_bytes_per_s=_rounded(net_rx),
-            net_tx_bytes_per_s=_rounded(net_tx),
-            uptime_s=round(time.time() - self._boot_time_epoch_s),
-            users_count=len(psutil.users()),
-        )
+        return {
+            "cpu_percent": round(sum(per_core) / len(per_core), 1) if per_core else None,
+            "cpu_percent_per_core": per_core,
+            "load_avg_1m": load[0],
+            "load_avg_5m": load[1],
+            "load_avg_15m": load[2],
+            "mem_total_bytes": mem_total,
+            "mem_used_bytes": _difference(mem_total, mem_available),
+            "mem_available_bytes": mem_available,
+            "swap_total_bytes": swap_total,
+            "swap_used_bytes": _difference(swap_total, swap_free),
+            "disks": self._disks(),
+            "disk_read_bytes_per_s": _rounded(disk_read),
+            "disk_write_bytes_per_s": _rounded(disk_write),
+            "net_rx_bytes_per_s": _rounded(net_rx),
+            "net_tx_bytes_per_s": _rounded(net_tx),
+            "uptime_s": round(time.time() - self._boot_time_epoch_s),
+            "users_count": self._users.count(),
+        }
 
-    def _disks(self) -> list[DiskUsage]:
-        disks = []
+    def _disks(self) -> list[dict[str, Any]]:
+        """Wire :class:`DiskUsage` dicts, one per mount (unknown sizes for a bad mount)."""
+        disks: list[dict[str, Any]] = []
         for mount in self._mounts:
             try:
-                usage = psutil.disk_usage(mount)
+                fs = os.statvfs(mount)
             except OSError:
-                disks.append(DiskUsage(mount=mount))
+                disks.append({"mount": mount, "total_bytes": None, "used_bytes": None})
                 continue
-            disks.append(DiskUsage(mount=mount, total_bytes=usage.total, used_bytes=usage.used))
+            total, free_bytes = fs.f_blocks * fs.f_frsize, fs.f_bfree * fs.f_frsize
+            disks.append({"mount": mount, "total_bytes": total, "used_bytes": total - free_bytes})
         return disks
+
+
+class UserCount:
+    """How many users are logged in (``psutil.users``), counted again only when ``utmp``
+    changes: the logins change a few times a day, the sample comes every second."""
+
+    def __init__(self, utmp_path: str = UTMP_PATH) -> None:
+        self._utmp_path = utmp_path
+        self._seen: tuple[int, int, int] | None = None
+        self._count: int | None = None
+
+    def count(self) -> int:
+        try:
+            st = os.stat(self._utmp_path)
+            seen: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            seen = None  # no utmp: psutil finds no users either, but ask once
+        if self._count is None or seen != self._seen:
+            self._count = len(psutil.users())
+            self._seen = seen
+        return self._count
+
+
+def _read(file: ProcFile) -> bytes | None:
+    try:
+        return file.read()
+    except OSError:
+        return None
 
 
 def _rounded(rate: float | None) -> float | None:
@@ -118,24 +170,64 @@ def _difference(total: int | None, part: int | None) -> int | None:
     return None if total is None or part is None else total - part
 
 
-_MEMINFO_NAMES = frozenset({b"MemTotal", b"MemAvailable", b"SwapTotal", b"SwapFree"})
+_MEMINFO_NAMES = (b"MemTotal", b"MemAvailable", b"SwapTotal", b"SwapFree")
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the disk's own sector size
 
 
-def meminfo_bytes(path: str = "/proc/meminfo") -> dict[bytes, int]:
-    """The memory and swap lines of ``/proc/meminfo``, in bytes, by name (``b"MemTotal"``);
-    a line that isn't there (or a file that can't be read) is missing from the result."""
-    try:
-        with open(path, "rb") as meminfo:
-            text = meminfo.read()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(b":")
-        if name in _MEMINFO_NAMES:
-            value = rest.split()
-            out[name] = int(value[0]) * (1024 if value[-1] == b"kB" else 1)
+def meminfo_bytes(text: bytes | None) -> dict[bytes, int]:
+    """The memory and swap lines of ``/proc/meminfo`` (``text``), in bytes, by name
+    (``b"MemTotal"``); a line that isn't there (or no text at all) is missing from the result.
+
+    Finds the four lines instead of splitting all fifty-odd."""
+    out: dict[bytes, int] = {}
+    text = b"\n" + (text or b"")
+    for name in _MEMINFO_NAMES:
+        start = text.find(b"\n" + name + b":")
+        if start < 0:
+            continue
+        start += len(name) + 2
+        end = text.find(b"\n", start)
+        value = text[start : end if end >= 0 else len(text)].split()  # "   1000 kB"
+        out[name] = int(value[0]) * (1024 if value[-1] == b"kB" else 1)
+    return out
+
+
+def load_averages(text: bytes | None) -> tuple[float | None, float | None, float | None]:
+    """The 1, 5 and 15 minute load averages from ``/proc/loadavg`` (``text``)."""
+    fields = (text or b"").split()
+    if len(fields) < 3:
+        return None, None, None
+    return round(float(fields[0]), 2), round(float(fields[1]), 2), round(float(fields[2]), 2)
+
+
+CoreTicks = list[tuple[int, int]]
+"""Per core: (busy, total) clock ticks since boot."""
+
+
+def core_ticks(text: bytes | None) -> CoreTicks:
+    """Busy and total clock ticks of every core, from ``/proc/stat`` (``text``).
+
+    Busy is user + nice + system + irq + softirq + steal; total adds idle and iowait (guest
+    time is already inside user and nice): psutil's and htop's definitions.
+    """
+    if not text:
+        return []
+    out = []
+    for line in text.split(b"\n")[1:]:  # the first line sums all cores
+        if not line.startswith(b"cpu"):
+            break  # the per-core lines come right after it
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, line.split()[1:9])
+        busy = user + nice + system + irq + softirq + steal
+        out.append((busy, busy + idle + iowait))
+    return out
+
+
+def core_percents(before: CoreTicks, after: CoreTicks) -> list[float]:
+    """Busy % of each core between two :func:`core_ticks` readings, rounded to 0.1."""
+    out = []
+    for (busy0, total0), (busy1, total1) in zip(before, after, strict=False):
+        busy, total = max(busy1 - busy0, 0), max(total1 - total0, 0)
+        out.append(round(min(100.0 * busy / total, 100.0), 1) if total else 0.0)
     return out
 
 
@@ -151,17 +243,13 @@ def physical_disks(sys_block: str = "/sys/block") -> frozenset[str]:
     return frozenset(n.replace("!", "/") for n in names if os.path.exists(f"{sys_block}/{n}/device"))
 
 
-def disk_bytes(disks: frozenset[str], path: str = "/proc/diskstats") -> tuple[int, int] | None:
-    """Bytes read and written since boot, summed over ``disks``; ``None`` when unknown."""
-    if not disks:
-        return None
-    try:
-        with open(path, "rb") as diskstats:
-            lines = diskstats.read().decode(errors="replace").splitlines()
-    except OSError:
+def disk_bytes(text: bytes | None, disks: frozenset[str]) -> tuple[int, int] | None:
+    """Bytes read and written since boot, summed over ``disks``, from ``/proc/diskstats``
+    (``text``); ``None`` when unknown."""
+    if not disks or text is None:
         return None
     read_sectors = written_sectors = 0
-    for line in lines:
+    for line in text.decode(errors="replace").splitlines():
         fields = line.split()
         if len(fields) >= 10 and fields[2] in disks:
             read_sectors += int(fields[5])
@@ -169,16 +257,14 @@ def disk_bytes(disks: frozenset[str], path: str = "/proc/diskstats") -> tuple[in
     return read_sectors * SECTOR_BYTES, written_sectors * SECTOR_BYTES
 
 
-def net_bytes(path: str = "/proc/net/dev") -> tuple[int, int] | None:
+def net_bytes(text: bytes | None) -> tuple[int, int] | None:
     """Bytes received and sent since boot, summed over every interface of this network
-    namespace (loopback included, like psutil); ``None`` when unknown."""
-    try:
-        with open(path, "rb") as netdev:
-            lines = netdev.read().splitlines()[2:]  # two header lines
-    except OSError:
+    namespace (loopback included, like psutil), from ``/proc/net/dev`` (``text``); ``None`` when
+    unknown."""
+    if text is None:
         return None
     received = sent = 0
-    for line in lines:
+    for line in text.splitlines()[2:]:  # two header lines
         fields = line.partition(b":")[2].split()
         if len(fields) >= 9:
             received += int(fields[0])

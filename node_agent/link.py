@@ -12,7 +12,6 @@ for it (hundreds of GPU processes) is trimmed first, the least GPU memory first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -28,6 +27,10 @@ log = logging.getLogger("sers.agent")
 
 CLOSE_SERVICE_RESTART = 1012
 RESTART_SPREAD_S = 5.0
+# A heartbeat goes out when no new sample came for this many intervals since the last message.
+# More than one: samples come one interval apart, give or take a few milliseconds, and a heartbeat
+# due at exactly one interval would often go out just before the sample it waited for.
+HEARTBEAT_AFTER_INTERVALS = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,30 +128,30 @@ class HubLink:
             sent: Snapshot = {}
             sent_version = -1
             seq = 0
-            interval_s = self._hello.interval_s
+            heartbeat_after_s = self._hello.interval_s * HEARTBEAT_AFTER_INTERVALS
             while not reader.done():
-                if self._source.version == sent_version:
-                    self._source.changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._source.changed.wait(), timeout=interval_s)
+                await self._source.wait_newer(sent_version, heartbeat_after_s)
                 latest, version = self._source.latest, self._source.version
-                patch: Snapshot = {}
                 changed = version != sent_version
                 sent_version = version  # also before the first sample: never spin on "changed"
+                seq += 1
+                ts = round(time.time(), 3)
+                message = b""
                 if latest is not None and changed:
-                    patch = make_patch(sent, latest)
-                    if _too_big(patch):
+                    message = encode(Delta(seq=seq, ts=ts, patch=make_patch(sent, latest)))
+                    if len(message) > _FIT_BYTES:
                         latest = fit_snapshot(latest)
-                        patch = make_patch(sent, latest)
-                    if _too_big(patch):
+                        message = encode(Delta(seq=seq, ts=ts, patch=make_patch(sent, latest)))
+                    if len(message) > _FIT_BYTES:
                         log.error(
                             "a snapshot does not fit in %d bytes even trimmed; not sent", MAX_MESSAGE_BYTES
                         )
-                        patch = {}
+                        message = b""
                     else:
                         sent = latest
-                seq += 1
-                await ws.send(encode(Delta(seq=seq, ts=round(time.time(), 3), patch=patch)).decode())
+                if not message:  # nothing new (or nothing that fits): a heartbeat
+                    message = encode(Delta(seq=seq, ts=ts, patch={}))
+                await ws.send(message.decode())
             await reader  # re-raises ConnectionClosed with the hub's close code
         finally:
             reader.cancel()
@@ -162,15 +165,10 @@ async def _drain(ws: ClientConnection) -> None:
 
 # Room for the delta's envelope (type, seq, ts) and the nulls a patch adds for removed keys.
 _MESSAGE_MARGIN_BYTES = 1024
+_FIT_BYTES = MAX_MESSAGE_BYTES - _MESSAGE_MARGIN_BYTES
 
 
-def _too_big(patch: Snapshot) -> bool:
-    return len(encode(Delta(seq=0, ts=0.0, patch=patch))) > MAX_MESSAGE_BYTES - _MESSAGE_MARGIN_BYTES
-
-
-def fit_snapshot(
-    snapshot: Snapshot, limit_bytes: int = MAX_MESSAGE_BYTES - _MESSAGE_MARGIN_BYTES
-) -> Snapshot:
+def fit_snapshot(snapshot: Snapshot, limit_bytes: int = _FIT_BYTES) -> Snapshot:
     """``snapshot`` with fewer GPU processes per GPU (the biggest users kept), then without
     per-core CPU figures, until its JSON fits in ``limit_bytes``. Returns a new snapshot."""
     gpus = snapshot.get("gpus") or {}

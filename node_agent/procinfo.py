@@ -1,8 +1,10 @@
-"""Who owns a GPU process: host pid → user, command, CPU % and host memory (psutil).
+"""Who owns a GPU process: host pid → user, command, CPU % and host memory.
 
-Only the pids NVML reports are looked up, never the whole process table. ``psutil.Process``
-objects are kept between samples so ``cpu_percent`` measures since the previous sample and the
-user and command are resolved once per process; pids that are no longer reported are dropped.
+Only the pids NVML reports are looked up, never the whole process table. A process's user and
+command are resolved once (psutil), when its pid first shows up; after that each sample reads one
+file, ``/proc/<pid>/stat`` (kept open, :class:`~node_agent.procfs.ProcFile`), for the CPU time and
+resident memory, and its start time tells a reused pid from the process that had it before.
+CPU % is measured since the previous sample. Pids that are no longer reported are dropped.
 Blocking (reads ``/proc``): call from the sampler's worker thread.
 """
 
@@ -11,13 +13,22 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psutil
 
+from node_agent.procfs import ProcFile
+
 COMMAND_MAX_CHARS = 200
 REDACTED = "***"
+# Past this many tracked processes, a process's stat file is opened for each read instead of
+# kept open: a node with hundreds of GPU processes must not run out of file descriptors.
+KEPT_OPEN_MAX = 256
+
+_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 _PROCESS_ERRORS = (psutil.NoSuchProcess, psutil.AccessDenied)  # ZombieProcess ⊂ NoSuchProcess
 
@@ -100,14 +111,38 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
-class _Entry:
-    __slots__ = ("command", "primed", "process", "user")
+@dataclass(frozen=True, slots=True)
+class PidStat:
+    """What one read of ``/proc/<pid>/stat`` tells."""
 
-    def __init__(self, process: psutil.Process, user: str | None, command: str | None) -> None:
-        self.process = process
+    started_ticks: int  # since boot: with the pid, names one process
+    cpu_ticks: int  # user + system, all threads
+    rss_bytes: int
+
+
+def parse_pid_stat(text: bytes) -> PidStat:
+    """``/proc/<pid>/stat`` (``text``) as a :class:`PidStat`; the command in parentheses may
+    hold spaces and parentheses itself, so fields are counted from the last ``)``."""
+    fields = text[text.rindex(b")") + 2 :].split()  # fields[0] is field 3 of proc(5), the state
+    return PidStat(
+        started_ticks=int(fields[19]),
+        cpu_ticks=int(fields[11]) + int(fields[12]),
+        rss_bytes=int(fields[21]) * _PAGE_BYTES,
+    )
+
+
+class _Entry:
+    """One process being tracked: who it is, and its previous reading (``None``: none yet)."""
+
+    __slots__ = ("command", "cpu_ticks", "read_at_s", "started_ticks", "stat_file", "user")
+
+    def __init__(self, stat_file: ProcFile, user: str | None, command: str | None) -> None:
+        self.stat_file = stat_file
         self.user = user
         self.command = command
-        self.primed = False  # cpu_percent's first call only starts the measurement
+        self.started_ticks: int | None = None
+        self.cpu_ticks: int | None = None
+        self.read_at_s = 0.0
 
 
 class ProcessResolver:
@@ -125,35 +160,54 @@ class ProcessResolver:
         """
         wanted = set(pids)
         for gone in self._cache.keys() - wanted:
-            del self._cache[gone]
+            self._cache.pop(gone).stat_file.close()
         return {pid: self._info(pid) for pid in wanted}
+
+    def close(self) -> None:
+        for entry in self._cache.values():
+            entry.stat_file.close()
+        self._cache.clear()
 
     def _info(self, pid: int) -> ProcInfo:
         entry = self._cache.get(pid)
-        if entry is not None and not entry.process.is_running():  # gone, or pid reused
-            del self._cache[pid]
-            entry = None
+        if entry is not None:
+            info = self._read(entry)
+            if info is not None:
+                return info
+            del self._cache[pid]  # gone, or its pid names another process now: look again
+            entry.stat_file.close()
+        entry = self._new_entry(pid)
         if entry is None:
-            entry = self._new_entry(pid)
-            if entry is None:
-                return UNKNOWN
-            self._cache[pid] = entry
-        process = entry.process
-        try:
-            with process.oneshot():
-                cpu_percent: float | None = process.cpu_percent(interval=None)
-                host_mem_bytes: int | None = process.memory_info().rss
-        except psutil.NoSuchProcess:  # died since NVML listed it
-            del self._cache[pid]
             return UNKNOWN
-        except psutil.AccessDenied:
-            cpu_percent = host_mem_bytes = None
-        if not entry.primed:
-            entry.primed = True
-            cpu_percent = None  # the first reading has nothing to compare with
-        return ProcInfo(entry.user, entry.command, cpu_percent, host_mem_bytes)
+        info = self._read(entry)
+        if info is None:  # died in the meantime
+            entry.stat_file.close()
+            return UNKNOWN
+        self._cache[pid] = entry
+        return info
+
+    def _read(self, entry: _Entry) -> ProcInfo | None:
+        """The process's figures now, from one read of its stat file; ``None`` when it is gone
+        or its pid was reused (another start time)."""
+        try:
+            stat = self._read_stat(entry.stat_file)
+        except PermissionError:  # its figures are hidden from us; its owner is still known
+            entry.cpu_ticks = None
+            return ProcInfo(entry.user, entry.command)
+        except (OSError, ValueError, IndexError):
+            return None
+        if entry.started_ticks is not None and stat.started_ticks != entry.started_ticks:
+            return None
+        now = time.monotonic()
+        cpu_percent = None  # the first reading has nothing to compare with
+        if entry.cpu_ticks is not None and now > entry.read_at_s:
+            cpu_s = (stat.cpu_ticks - entry.cpu_ticks) / _CLOCK_TICKS_PER_S
+            cpu_percent = round(100.0 * cpu_s / (now - entry.read_at_s), 1)
+        entry.started_ticks, entry.cpu_ticks, entry.read_at_s = stat.started_ticks, stat.cpu_ticks, now
+        return ProcInfo(entry.user, entry.command, cpu_percent, stat.rss_bytes)
 
     def _new_entry(self, pid: int) -> _Entry | None:
+        """A process seen for the first time: its user and command, once."""
         try:
             process = psutil.Process(pid)
             with process.oneshot():
@@ -161,7 +215,12 @@ class ProcessResolver:
                 command = self._command(process)
         except _PROCESS_ERRORS:
             return None
-        return _Entry(process, user, command)
+        stat_file = ProcFile(f"/proc/{pid}/stat", keep_open=len(self._cache) < KEPT_OPEN_MAX)
+        return _Entry(stat_file, user, command)
+
+    @staticmethod
+    def _read_stat(stat_file: ProcFile) -> PidStat:
+        return parse_pid_stat(stat_file.read())
 
     def _command(self, process: psutil.Process) -> str | None:
         if self._full_cmdline:

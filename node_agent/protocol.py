@@ -360,7 +360,7 @@ def _number_list_checker(max_items: int) -> Checker:
             value.__class__ is list
             and 0 < len(value) <= max_items
             and _NUMBER_CLASSES.issuperset(map(type, value))
-            and -MAX_ABS_NUMBER <= min(value)
+            and min(value) >= -MAX_ABS_NUMBER
             and max(value) <= MAX_ABS_NUMBER
             and (total := sum(value)) == total
         ):

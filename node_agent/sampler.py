@@ -1,35 +1,31 @@
 """Takes snapshots of this node: host and GPUs together, in the wire shape.
 
-The collectors block (psutil reads /proc, NVML talks to the driver), so :class:`SampleSource`
-runs them on one worker thread and keeps only the latest snapshot. If a collector hangs, the
-snapshot simply stops getting newer; the link keeps sending heartbeats meanwhile, and the hub
-shows the sample as late. The worker is a daemon thread: a call stuck in the driver must not keep
-the agent from exiting.
+The collectors block (/proc reads, NVML talks to the driver), so :class:`SampleSource` runs them
+on a thread of its own and keeps only the latest snapshot. If a collector hangs, the snapshot
+simply stops getting newer; the link keeps sending heartbeats meanwhile, and the hub shows the
+sample as late. The thread is a daemon thread: a call stuck in the driver must not keep the agent
+from exiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from node_agent import __version__
 from node_agent.host import HostCollector
-from node_agent.protocol import GpuDriver, GpuSample, GpuStatic, Hello, Snapshot, to_wire
+from node_agent.protocol import GpuDriver, GpuStatic, Hello, Snapshot, to_wire
 
 log = logging.getLogger("sers.agent")
-T = TypeVar("T")
 
 
 class GpuSource(Protocol):
     def driver(self) -> GpuDriver: ...
     def static(self) -> list[GpuStatic]: ...
-    def sample(self) -> dict[str, GpuSample]: ...
+    def sample_wire(self) -> dict[str, dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -54,8 +50,8 @@ class Sampler:
         sampled_at = round(time.time(), 3)
         return {
             "sampled_at": sampled_at,
-            "host": to_wire(self._host.sample()),
-            "gpus": to_wire(self._gpus.sample()),
+            "host": self._host.sample_wire(),
+            "gpus": self._gpus.sample_wire(),
         }
 
     def close(self, timeout_s: float = 2.0) -> None:
@@ -68,62 +64,80 @@ class Sampler:
             log.warning("the GPU collector is stuck in a call; exiting without shutting NVML down")
 
 
-class DaemonWorker(Generic[T]):
-    """Runs blocking calls one at a time on a daemon thread (unlike ``ThreadPoolExecutor``,
-    whose threads the interpreter waits for at exit, even when one is stuck for good)."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], T], Future[T]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
-        self._jobs.put((fn, future))
-        return future
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-    def close(self) -> None:
-        self._jobs.put(None)
-
-
 class SampleSource:
-    """Samples every ``interval_s`` on a worker thread; ``latest`` is the newest snapshot."""
+    """Samples every ``interval_s`` on its own thread; ``latest`` is the newest snapshot and
+    ``version`` counts them.
+
+    The thread keeps the clock itself: it sleeps until the next tick, samples, and hands the
+    snapshot to the event loop with one ``call_soon_threadsafe``. So a sample wakes the loop once
+    and the thread once, where a job sent to a worker and its result sent back cost more wake-ups
+    (at 1 Hz the agent spends much of its CPU waking up). A hung collector stops only this thread.
+    """
 
     def __init__(self, sampler: Sampler, interval_s: float) -> None:
         self._sampler = sampler
         self._interval_s = interval_s
-        self._worker: DaemonWorker[Snapshot] = DaemonWorker("sers-sampler")
+        self._stopped = False
+        self._waiters: set[asyncio.Future[None]] = set()
         self.latest: Snapshot | None = None
         self.version = 0
-        self.changed = asyncio.Event()
 
     async def run(self) -> None:
+        """Samples until cancelled (or :meth:`close`)."""
         loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
+        thread = threading.Thread(
+            target=self._sample_every_tick, args=(loop,), name="sers-sampler", daemon=True
+        )
+        thread.start()
+        try:
+            await loop.create_future()  # never done: the thread works, this task holds its life
+        finally:
+            self._stopped = True
+
+    async def wait_newer(self, version: int, timeout_s: float) -> None:
+        """Returns once ``version`` is no longer the newest, or after ``timeout_s``."""
+        if self.version != version:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(timeout_s, _wake, waiter)
+        self._waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
+
+    def close(self) -> None:
+        """Stops the thread at its next tick."""
+        self._stopped = True
+
+    def _sample_every_tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        next_at = time.monotonic()
+        while not self._stopped:
             try:
-                snapshot = await asyncio.wrap_future(self._worker.submit(self._sampler.snapshot))
+                snapshot = self._sampler.snapshot()
             except Exception:
                 log.exception("sampling failed; keeping the previous snapshot")
             else:
-                self.latest = snapshot
-                self.version += 1
-                self.changed.set()
+                try:
+                    loop.call_soon_threadsafe(self._publish, snapshot)
+                except RuntimeError:  # the loop is closed: the agent is exiting
+                    return
             next_at += self._interval_s
-            now = loop.time()
+            now = time.monotonic()
             if next_at < now:  # a slow sample: skip the missed ticks instead of bursting
                 next_at = now + self._interval_s
-            await asyncio.sleep(next_at - now)
+            time.sleep(next_at - now)  # plain sleep: the cheapest wake-up (an Event costs more)
 
-    def close(self) -> None:
-        self._worker.close()
+    def _publish(self, snapshot: Snapshot) -> None:
+        """On the event loop: the thread's new snapshot becomes the latest."""
+        self.latest = snapshot
+        self.version += 1
+        for waiter in self._waiters:
+            _wake(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

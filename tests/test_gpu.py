@@ -383,6 +383,18 @@ def test_unknown_pids_give_unknown_owners(make_collector: MakeCollector) -> None
     assert_wire_valid(samples)
 
 
+def test_wire_sample_is_the_typed_sample_on_the_wire(make_collector: MakeCollector) -> None:
+    scenario = fakes.eight_gpus([MISSING_PIDS[0], MISSING_PIDS[1]])
+    scenario["gpus"][3]["errors"] = {"*": "GpuIsLost"}
+    collector, _ = make_collector(scenario)
+    typed = collector.sample()
+    wire = collector.sample_wire()
+    assert wire == to_wire(typed)
+    assert list(wire["0"]) == list(to_wire(typed["0"]))  # same keys, same order
+    assert wire["3"]["error"] == "GPU is lost"
+    assert_wire_valid(typed)
+
+
 def test_real_child_process(make_collector: MakeCollector, sleeper: subprocess.Popen[bytes]) -> None:
     me = os.getpid()
     collector, _ = make_collector(fakes.real_pids([sleeper.pid, me]))
@@ -506,12 +518,14 @@ def test_access_denied_gives_unknown(
 def test_access_denied_on_metrics_keeps_the_owner(
     monkeypatch: pytest.MonkeyPatch, sleeper: subprocess.Popen[bytes]
 ) -> None:
-    def denied(self: psutil.Process, interval: float | None = None) -> Any:
-        raise psutil.AccessDenied(self.pid)
+    def denied(stat_file: Any) -> Any:
+        raise PermissionError(13, "Permission denied", stat_file.path)
 
-    monkeypatch.setattr(psutil.Process, "cpu_percent", denied)
-    info = ProcessResolver().resolve([sleeper.pid])[sleeper.pid]
-    assert info == procinfo.ProcInfo(user=MY_USER, command="sleep")
+    monkeypatch.setattr(ProcessResolver, "_read_stat", staticmethod(denied))
+    resolver = ProcessResolver()
+    for _ in range(2):
+        info = resolver.resolve([sleeper.pid])[sleeper.pid]
+        assert info == procinfo.ProcInfo(user=MY_USER, command="sleep")
 
 
 def test_resolver_caches_processes_and_forgets_unlisted_pids(
@@ -534,15 +548,31 @@ def test_resolver_caches_processes_and_forgets_unlisted_pids(
     assert resolver._cache == {}
 
 
+def test_resolver_reads_without_holding_files_past_its_limit(
+    sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(procinfo, "KEPT_OPEN_MAX", 0)
+    resolver = ProcessResolver()
+    first = resolver.resolve([sleeper.pid])[sleeper.pid]
+    assert not resolver._cache[sleeper.pid].stat_file.keep_open
+    time.sleep(0.05)
+    second = resolver.resolve([sleeper.pid])[sleeper.pid]
+    assert (first.command, first.cpu_percent) == ("sleep", None)
+    assert second.command == "sleep" and second.cpu_percent is not None
+    assert second.host_mem_bytes is not None and second.host_mem_bytes > 0
+
+
 def test_resolver_notices_a_reused_pid(sleeper: subprocess.Popen[bytes]) -> None:
     resolver = ProcessResolver()
     resolver.resolve([sleeper.pid])
     entry = resolver._cache[sleeper.pid]
-    # Pretend the cached process object belongs to an older process that had this pid.
-    entry.process = psutil.Process(os.getpid())
-    entry.process._pid = sleeper.pid  # type: ignore[attr-defined]
+    # Pretend the cached entry belongs to an older process that had this pid (started earlier).
+    assert entry.started_ticks is not None
+    entry.started_ticks -= 1
+    entry.command = "an older process"
     info = resolver.resolve([sleeper.pid])[sleeper.pid]
     assert info.command == "sleep"
+    assert info.cpu_percent is None  # a new process: its first reading
     assert resolver._cache[sleeper.pid] is not entry
 
 

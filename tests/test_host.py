@@ -53,3 +53,16 @@ def test_sample_passes_the_wire_checks() -> None:
     sample = to_wire(HostCollector().sample())
     patch = make_patch({}, {"host": sample})
     assert check_patch(patch) == patch
+
+
+def test_wire_sample_is_the_typed_sample_on_the_wire() -> None:
+    collector = HostCollector(("/", "/does-not-exist"))
+    wire = collector.sample_wire()
+    typed = to_wire(collector.sample())
+    assert list(wire) == list(typed)  # same fields, same order
+    assert (
+        wire["disks"][1]
+        == typed["disks"][1]
+        == {"mount": "/does-not-exist", "total_bytes": None, "used_bytes": None}
+    )
+    assert wire["mem_total_bytes"] == typed["mem_total_bytes"]

@@ -1,0 +1,216 @@
+"""The agent's sampling plumbing, in-process: /proc readers and parsers, and the sampling thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from node_agent import host
+from node_agent.procfs import ProcFile
+from node_agent.procinfo import parse_pid_stat
+from node_agent.protocol import Snapshot
+from node_agent.sampler import SampleSource
+
+
+# --------------------------------------------------------------------------- ProcFile
+def test_proc_file_reads_the_current_content_every_time(tmp_path: Path) -> None:
+    path = tmp_path / "counter"
+    path.write_bytes(b"one\n")
+    file = ProcFile(str(path))
+    assert file.read() == b"one\n"
+    path.write_bytes(b"two, longer\n")  # same inode, rewritten
+    assert file.read() == b"two, longer\n"
+    file.close()
+
+
+def test_proc_file_reads_a_large_file_whole(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    (tmp_path / "big").write_bytes(data)
+    assert ProcFile(str(tmp_path / "big"), keep_open=False).read() == data
+
+
+def test_proc_file_sees_proc_change() -> None:
+    stat = ProcFile("/proc/self/stat")
+    first = parse_pid_stat(stat.read())
+    deadline = time.thread_time() + 0.05
+    while time.thread_time() < deadline:  # burn some CPU
+        pass
+    second = parse_pid_stat(stat.read())
+    assert second.started_ticks == first.started_ticks
+    assert second.cpu_ticks > first.cpu_ticks
+    stat.close()
+
+
+def test_a_kept_pid_file_fails_once_its_process_is_gone() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    stat = ProcFile(f"/proc/{child.pid}/stat")
+    assert parse_pid_stat(stat.read()).started_ticks > 0
+    child.kill()
+    child.wait()  # reaped: the pid may now be reused, the open file still names the old process
+    with pytest.raises(OSError):
+        stat.read()
+
+
+def test_pid_stat_fields_are_counted_from_the_last_parenthesis() -> None:
+    fields = ["S", "1"] + ["0"] * 9 + ["150", "50"] + ["0"] * 6 + ["4242", "1000", "25"]
+    text = b"1234 (a) b) (c) " + " ".join(fields).encode() + b" 0 0\n"
+    stat = parse_pid_stat(text)
+    assert (stat.started_ticks, stat.cpu_ticks) == (4242, 200)
+    assert stat.rss_bytes == 25 * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_pid_stat_matches_psutil() -> None:
+    me = psutil.Process()
+    stat = parse_pid_stat(Path("/proc/self/stat").read_bytes())
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert stat.started_ticks / ticks + psutil.boot_time() == pytest.approx(me.create_time(), abs=0.05)
+    assert abs(stat.rss_bytes - me.memory_info().rss) < 4 << 20
+
+
+# --------------------------------------------------------------------------- host parsers
+PROC_STAT = b"""cpu  300 0 100 600 0 0 0 0 0 0
+cpu0 200 0 50 200 50 0 0 0 0 0
+cpu1 100 0 50 400 0 0 0 0 10 0
+intr 12345 0 0
+ctxt 999
+"""
+
+
+def test_core_percents_count_busy_against_all_time() -> None:
+    before = host.core_ticks(PROC_STAT)
+    assert before == [(250, 500), (150, 550)]
+    after = host.core_ticks(
+        PROC_STAT.replace(b"cpu0 200 0 50 200 50", b"cpu0 260 0 60 230 50").replace(
+            b"cpu1 100 0 50 400 0 0 0 0 10", b"cpu1 100 0 50 500 0 0 0 0 90"
+        )
+    )
+    # cpu0: 70 busy of 100; cpu1: idle only (guest time is already inside user)
+    assert host.core_percents(before, after) == [70.0, 0.0]
+    assert host.core_percents(before, before) == [0.0, 0.0]
+    assert host.core_ticks(None) == []
+
+
+def test_core_percents_agree_with_psutil() -> None:
+    stat = ProcFile("/proc/stat")
+    psutil.cpu_percent(percpu=True)
+    before = host.core_ticks(stat.read())
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # keep one core busy
+        pass
+    ours = host.core_percents(before, host.core_ticks(stat.read()))
+    theirs = psutil.cpu_percent(percpu=True)
+    assert len(ours) == len(theirs) == os.cpu_count()
+    assert sum(ours) == pytest.approx(sum(theirs), abs=15)
+
+
+def test_load_averages_and_meminfo_parse() -> None:
+    assert host.load_averages(b"0.52 1.10 2.333 2/345 6789\n") == (0.52, 1.1, 2.33)
+    assert host.load_averages(None) == (None, None, None)
+    meminfo = b"MemTotal:       1000 kB\nMemFree:  10 kB\nMemAvailable:    500 kB\nSwapTotal:  0 kB\n"
+    assert host.meminfo_bytes(meminfo) == {b"MemTotal": 1024000, b"MemAvailable": 512000, b"SwapTotal": 0}
+    assert host.meminfo_bytes(b"MemFree: 1 kB\nSwapFree:   7 kB") == {b"SwapFree": 7168}  # no last \n
+    assert host.meminfo_bytes(None) == {}
+
+
+def test_users_are_counted_again_only_when_utmp_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def users() -> list[Any]:
+        calls.append(1)
+        return [object()] * len(calls)
+
+    monkeypatch.setattr(host.psutil, "users", users)
+    utmp = tmp_path / "utmp"
+    count = host.UserCount(str(utmp))
+    assert (count.count(), count.count()) == (1, 1)  # no utmp: asked once
+    utmp.write_bytes(b"x" * 384)
+    assert (count.count(), count.count()) == (2, 2)
+    utmp.write_bytes(b"x" * 768)
+    assert count.count() == 3
+    assert len(calls) == 3
+
+
+# --------------------------------------------------------------------------- SampleSource
+class CountingSampler:
+    """Stands in for :class:`Sampler`: snapshots count up; ``hang`` blocks the next one."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.threads: set[str] = set()
+
+    def snapshot(self) -> Snapshot:
+        self.threads.add(threading.current_thread().name)
+        if self.hang.is_set():
+            self.release.wait()
+        self.taken += 1
+        return {"sampled_at": float(self.taken)}
+
+
+async def _newest(source: SampleSource, version: int, timeout_s: float) -> int:
+    await source.wait_newer(version, timeout_s)
+    return source.version
+
+
+def test_sample_source_publishes_from_its_thread_and_heartbeats_wait_out_a_hang() -> None:
+    sampler = CountingSampler()
+    source = SampleSource(sampler, interval_s=0.02)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        runner = asyncio.create_task(source.run())
+        version = await _newest(source, 0, 2.0)
+        assert version >= 1 and source.latest is not None
+        assert await _newest(source, version, 2.0) > version
+        assert sampler.threads == {"sers-sampler"}  # never on the event loop's thread
+
+        sampler.hang.set()  # the collector hangs: the loop goes on, waits time out
+        await asyncio.sleep(0.1)
+        stuck = source.version
+        started = time.monotonic()
+        assert await _newest(source, stuck, 0.1) == stuck
+        assert 0.09 <= time.monotonic() - started < 1.0
+        sampler.release.set()
+        sampler.hang.clear()
+        assert await _newest(source, stuck, 2.0) > stuck
+
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        await asyncio.sleep(0.1)  # the thread stops at its next tick
+        taken = sampler.taken
+        await asyncio.sleep(0.1)
+        assert sampler.taken == taken
+
+    asyncio.run(scenario())
+
+
+def test_sample_source_skips_missed_ticks_after_a_slow_sample() -> None:
+    sampler = CountingSampler()
+    source = SampleSource(sampler, interval_s=0.02)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        runner = asyncio.create_task(source.run())
+        await _newest(source, 0, 2.0)
+        sampler.hang.set()
+        await asyncio.sleep(0.3)  # 15 ticks missed
+        taken = sampler.taken
+        sampler.hang.clear()
+        sampler.release.set()
+        await asyncio.sleep(0.1)
+        assert sampler.taken - taken <= 7  # no burst of the missed ticks
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(scenario())

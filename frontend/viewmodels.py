@@ -239,11 +239,27 @@ class GpuView(NamedTuple):
 
 def gpu_is_free(gpu: Mapping[str, Any], max_util_percent: float, max_mem_percent: float) -> bool:
     """No error, no processes, and utilization and memory in use at most the thresholds."""
-    if gpu.get("error") or gpu.get("processes"):
+    if gpu.get("error"):
         return False
-    util = gpu.get("util_gpu_percent")
     mem_pct = ratio_percent(gpu.get("mem_used_bytes"), gpu.get("mem_total_bytes"))
-    return (util is None or util <= max_util_percent) and (mem_pct is None or mem_pct <= max_mem_percent)
+    return _idle(
+        gpu.get("processes"), gpu.get("util_gpu_percent"), mem_pct, max_util_percent, max_mem_percent
+    )
+
+
+def _idle(
+    processes: object,
+    util: float | None,
+    mem_pct: float | None,
+    max_util_percent: float,
+    max_mem_percent: float,
+) -> bool:
+    """The free rule's test, on values a caller has already read (a GPU row reads them anyway)."""
+    return (
+        not processes
+        and (util is None or util <= max_util_percent)
+        and (mem_pct is None or mem_pct <= max_mem_percent)
+    )
 
 
 def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
@@ -276,14 +292,10 @@ def gpu_view(
         state = "e"
     elif not node_live:
         state = "o"
-    elif (
-        processes
-        or (util is not None and util > max_util_percent)
-        or (mem_pct is not None and mem_pct > max_mem_percent)
-    ):
-        state = "b"
+    elif _idle(processes, util, mem_pct, max_util_percent, max_mem_percent):
+        state = "f"  # the rule of gpu_is_free
     else:
-        state = "f"  # the same rule as gpu_is_free
+        state = "b"
     ranked = gpu_users(processes) if processes else []
     power = get("power_draw_watts")
     limit = get("power_limit_watts")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -40,6 +41,7 @@ _M_MMAP_THRESHOLD = -3  # malloc.h
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -72,8 +74,7 @@ def release_free_memory() -> float:
 
 
 async def release_free_memory_forever(interval_s: float = TRIM_INTERVAL_S) -> None:
-    libc = _libc()
-    if libc is None:
+    if _libc() is None:
         return
     while True:
         await asyncio.sleep(interval_s)

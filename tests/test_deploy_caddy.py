@@ -6,20 +6,15 @@ from __future__ import annotations
 import http.client
 import re
 import shutil
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
-from websockets.typing import Origin
 
-from tests.procs import REPO, Hub, Proc, answers, free_port, spawn, start_agent, wait_until
+from tests.procs import REPO, Proc, answers, free_port, spawn, start_agent, wait_until
+from tests.proxying import ROOT_PATH, Proxied, check_viewer_through, start_hub_under_root
 
 SHIPPED = REPO / "docs" / "deploy" / "Caddyfile"
-ROOT_PATH = "/monitor"
 
 
 def caddyfile(hub_port: int, listen_port: int) -> str:
@@ -36,24 +31,12 @@ def caddyfile(hub_port: int, listen_port: int) -> str:
     return "{\n\tadmin off\n}\n\n" + text
 
 
-@dataclass
-class Proxied:
-    hub: Hub
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{ROOT_PATH}"
-
-
 @pytest.fixture
 def proxied(tmp_path: Path, procs: list[Proc]) -> Iterator[Proxied]:
     caddy = shutil.which("caddy")
     if caddy is None:
         pytest.skip("caddy not installed (Debian package 'caddy'; .ci/run installs it)")
-    hub = Hub(port=free_port(), tmp=tmp_path, args=("--root-path", ROOT_PATH)).start()
-    assert hub.proc is not None
-    procs.append(hub.proc)
+    hub = start_hub_under_root(tmp_path, procs)
     port = free_port()
     config = tmp_path / "Caddyfile"
     config.write_text(caddyfile(hub.port, port))
@@ -63,7 +46,7 @@ def proxied(tmp_path: Path, procs: list[Proc]) -> Iterator[Proxied]:
         [caddy, "run", "--config", str(config), "--adapter", "caddyfile"], tmp_path / "caddy.log", env
     )
     procs.append(server)
-    running = Proxied(hub, port)
+    running = Proxied(hub, port, tmp_path)
 
     def up() -> bool:
         if server.popen.poll() is not None:
@@ -87,18 +70,4 @@ def test_agent_and_viewer_through_caddy(proxied: Proxied, procs: list[Proc]) -> 
     procs.append(start_agent(hub, "cady", interval_s=0.3, hub_url=proxied.url))
     hub.wait_status("cady", "live")
 
-    origin = f"http://127.0.0.1:{proxied.port}"
-    ws_url = f"ws://127.0.0.1:{proxied.port}{ROOT_PATH}/ws/view"
-    with connect(ws_url, origin=Origin(origin)) as viewer:
-        first = viewer.recv(timeout=5)
-        assert isinstance(first, bytes) and b'id="node-cady"' in first, "full state first"
-        host_parts: set[bytes] = set()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and len(host_parts) < 2:
-            frame = viewer.recv(timeout=5)
-            assert isinstance(frame, bytes)
-            host_parts.update(re.findall(rb'<div id="node-cady-host".*?</div>\n</div>', frame, re.S))
-        assert len(host_parts) >= 2, "new samples were pushed through Caddy"
-    with pytest.raises(InvalidStatus) as refused:
-        connect(ws_url, origin=Origin("http://elsewhere.example"), open_timeout=5)
-    assert refused.value.response.status_code == 403, "the hub still checks Origin behind Caddy"
+    check_viewer_through(proxied, f"ws://127.0.0.1:{proxied.port}{ROOT_PATH}/ws/view", "cady", "Caddy")

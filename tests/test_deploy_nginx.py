@@ -10,16 +10,15 @@ import subprocess
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.procs import REPO, Hub, Proc, answers, free_port, start_agent, wait_until
+from tests.procs import REPO, Proc, answers, free_port, start_agent, wait_until
+from tests.proxying import ROOT_PATH, Proxied, start_hub_under_root
 
 SHIPPED = REPO / "docs" / "deploy" / "nginx.conf"
-ROOT_PATH = "/monitor"
 
 
 def site_config(hub_port: int, listen_port: int) -> str:
@@ -50,29 +49,12 @@ http {{
 """
 
 
-@dataclass
-class Proxied:
-    hub: Hub
-    port: int
-    workdir: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{ROOT_PATH}"
-
-    def access_log(self) -> str:
-        path = self.workdir / "access.log"
-        return path.read_text() if path.exists() else ""
-
-
 @pytest.fixture
 def proxied(tmp_path: Path, procs: list[Proc]) -> Iterator[Proxied]:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         pytest.skip("nginx not installed (Debian package 'nginx-light'; .ci/run installs it)")
-    hub = Hub(port=free_port(), tmp=tmp_path, args=("--root-path", ROOT_PATH)).start()
-    assert hub.proc is not None
-    procs.append(hub.proc)
+    hub = start_hub_under_root(tmp_path, procs)
     workdir = tmp_path / "nginx"
     workdir.mkdir()
     port = free_port()
@@ -155,6 +137,6 @@ def test_agents_and_browser_through_nginx(proxied: Proxied, procs: list[Proc]) -
         finally:
             browser.close()
 
-    log = proxied.access_log()
+    log = proxied.read("access.log")
     assert re.search(rf"^GET {ROOT_PATH}/ws/agent 101$", log, re.M), log
     assert re.search(rf"^GET {ROOT_PATH}/ws/view 101$", log, re.M), log

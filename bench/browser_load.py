@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
+from websockets.typing import Origin
 
 from bench.figures import Figures
 from bench.workers import Worker, free_port, get_json, wait_for
@@ -47,7 +48,7 @@ async def metrics(cdp: Any) -> dict[str, float]:
 
 async def count_frames(url: str, origin: str, received: dict[str, Any]) -> None:
     """A plain viewer beside the page: counts the payload bytes of every frame while counting."""
-    async with connect(url, origin=origin, compression=None, max_size=None) as ws:  # type: ignore[arg-type]
+    async with connect(url, origin=Origin(origin), compression=None, max_size=None) as ws:
         async for payload in ws:
             if received["counting"]:
                 received["bytes"] += len(payload)

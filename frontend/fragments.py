@@ -30,7 +30,7 @@ def _e(text: str) -> str:
 
 @functools.lru_cache(maxsize=8192)
 def _e_id(text: str) -> str:
-    """Escaped node ids, GPU indexes and model names, which repeat in every part (cached)."""
+    """Escaped node ids, GPU indexes, model names and user lists, which repeat (cached)."""
     return _escape(text, quote=True)
 
 
@@ -62,7 +62,7 @@ def gpu_html(g: GpuView) -> str:
     if g.error:
         return f'{head}<span class="er">✖ {_e(g.error)}</span></div>'
     temp = f'<em class="{g.temp_cls}">' if g.temp_cls else "<em>"
-    users = _e(", ".join(g.users)) if g.users else _USERS_FALLBACK[g.state]
+    users = _e_id(", ".join(g.users)) if g.users else _USERS_FALLBACK[g.state]
     more = f'<span class="mo">+{g.more_users} more</span>' if g.more_users else ""
     return (
         f"{head}{_meter(g.util)}{_meter(g.mem)}{temp}{g.temp_text}</em><em>{g.power_text}</em>"

@@ -55,6 +55,10 @@ def _short_parts(value: float) -> tuple[str, str]:
     return (f"{scaled:.1f}" if -9.95 < scaled < 9.95 else f"{scaled:.0f}"), unit
 
 
+# totals (a GPU's or a host's memory) take a handful of values: format each once
+_total_parts = functools.lru_cache(maxsize=1024)(_short_parts)
+
+
 def fmt_short_bytes(value: float | None) -> str:
     """Binary units in at most four characters: ``4.5G``, ``45G``, ``812M``, ``1.2T``."""
     if value is None:
@@ -68,7 +72,7 @@ def fmt_used_of(used: float | None, total: float | None) -> str:
     if used is None or total is None:
         return fmt_short_bytes(used) if total is None else f"–/{fmt_short_bytes(total)}"
     used_number, used_unit = _short_parts(used)
-    total_number, total_unit = _short_parts(total)
+    total_number, total_unit = _total_parts(total)
     if used_unit == total_unit:
         return f"{used_number}/{total_number}{total_unit}"
     return f"{used_number}{used_unit}/{total_number}{total_unit}"
@@ -173,10 +177,18 @@ def meter(percent: float | None, text: str | None = None) -> Meter:
 
 def plain_meter(percent: float | None, text: str | None = None) -> Meter:
     """A meter without warning levels: for GPUs, where 100% utilization is the point."""
+    if text is None and percent.__class__ is float and percent.is_integer():
+        return _whole_percent_meter(percent)  # NVML reports whole percents
     if percent is None:
         return Meter("–" if text is None else text, 0, " na")
     p = 0 if percent < 0 else 100 if percent > 100 else round(percent)
     return Meter(f"{percent:.0f}%" if text is None else text, p, "")
+
+
+@functools.lru_cache(maxsize=512)
+def _whole_percent_meter(percent: float) -> Meter:
+    p = 0 if percent < 0 else 100 if percent > 100 else round(percent)
+    return Meter(f"{percent:.0f}%", p, "")
 
 
 class HostView(NamedTuple):
@@ -262,12 +274,18 @@ def _idle(
     )
 
 
+def _process_user(proc: Mapping[str, Any]) -> tuple[str, int]:
+    """(user, GPU memory in bytes) of one process; an unknown user by pid."""
+    user = proc.get("user") or (f"pid {proc.get('pid')}" if proc.get("pid") is not None else "unknown")
+    return user, proc.get("gpu_mem_bytes") or 0
+
+
 def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
     """(user, GPU memory in bytes) per user, most memory first; unknown users by pid."""
     per_user: dict[str, int] = {}
     for proc in processes:
-        user = proc.get("user") or (f"pid {proc.get('pid')}" if proc.get("pid") is not None else "unknown")
-        per_user[user] = per_user.get(user, 0) + (proc.get("gpu_mem_bytes") or 0)
+        user, mem = _process_user(proc)
+        per_user[user] = per_user.get(user, 0) + mem
     if len(per_user) == 1:
         return list(per_user.items())
     return sorted(per_user.items(), key=lambda item: (-item[1], item[0]))
@@ -296,7 +314,19 @@ def gpu_view(
         state = "f"  # the rule of gpu_is_free
     else:
         state = "b"
-    ranked = gpu_users(processes) if processes else []
+    if not processes:
+        users: tuple[str, ...] = ()
+        more_users = 0
+    elif len(processes) == 1:  # the common case, without ranking
+        user, mem = _process_user(processes[0])
+        users = (f"{user} {fmt_short_bytes(mem)}" if mem else user,)
+        more_users = 0
+    else:
+        ranked = gpu_users(processes)
+        users = tuple(
+            f"{user} {fmt_short_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]
+        )
+        more_users = len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0
     power = get("power_draw_watts")
     limit = get("power_limit_watts")
     temp = get("temp_celsius")
@@ -309,12 +339,19 @@ def gpu_view(
         error,
         plain_meter(util),
         plain_meter(mem_pct, fmt_used_of(mem_used, mem_total)),
-        "–" if temp is None else f"{temp:.0f}°",  # temp_text
-        "" if temp is None or temp < 80 else "c" if temp >= 88 else "w",  # temp_cls
+        *_temp_texts(temp),  # temp_text, temp_cls
         ("–" if power is None else f"{power:.0f}") + ("W" if limit is None else f"/{limit:.0f}W"),
-        tuple(f"{user} {fmt_short_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
-        len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
+        users,
+        more_users,
     )
+
+
+@functools.lru_cache(maxsize=512)
+def _temp_texts(temp: float | None) -> tuple[str, str]:
+    """(text, level class) of a GPU temperature; temperatures repeat, so each is made once."""
+    if temp is None:
+        return "–", ""
+    return f"{temp:.0f}°", "" if temp < 80 else "c" if temp >= 88 else "w"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,10 @@ from node_agent.protocol import (
     HostSample,
     HostStatic,
     ProtocolError,
+    _fast_delta_decoder,
     check_patch,
     decode,
+    decode_with_checkers,
     encode,
     make_patch,
     merge_patch,
@@ -194,3 +196,113 @@ def test_registry_style_merges_of_checked_patches_stay_checkable(first: Any, sec
             continue
         state = merge_patch(state, clean)
         assert check_patch(state) == state
+
+
+def _loose(value: Any) -> Any:
+    """For comparing the fast decoder with the checkers: numbers as floats (msgspec gives a float
+    field's integer as a float), and a list item's missing fields the same as its nulls."""
+    if isinstance(value, dict):
+        return {k: _loose(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [
+            {k: _loose(v) for k, v in item.items() if v is not None}
+            if isinstance(item, dict)
+            else _loose(item)
+            for item in value
+        ]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _edge_value(hint: Any) -> st.SearchStrategy[Any]:
+    """Mostly right for a field's type, at and past its limits, sometimes of another type."""
+    text = str(hint)
+    if "list[" in text:
+        item = (
+            st.text(max_size=3)
+            if "str" in text
+            else st.fixed_dictionaries({}, optional={"pid": st.integers(), "user": st.text(max_size=3)})
+            if "Process" in text or "Disk" in text
+            else st.floats(min_value=-2e18, max_value=2e18)
+        )
+        return st.none() | st.lists(item | st.none(), max_size=4) | scalars
+    if "float" in text:
+        return st.floats(min_value=-2e18, max_value=2e18) | st.integers(-(2**62), 2**62) | scalars
+    if "int" in text:
+        return st.integers(-(2**61), 2**61) | st.sampled_from([10**18, 10**18 + 1, -(10**18) - 1]) | scalars
+    return st.text(max_size=3) | st.text(min_size=255, max_size=258) | scalars
+
+
+def _typed_objects(cls: type) -> st.SearchStrategy[dict[str, Any]]:
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    return st.fixed_dictionaries({}, optional={name: _edge_value(hint) for name, hint in hints.items()})
+
+
+@st.composite
+def typed_deltas(draw: st.DrawFn) -> dict[str, Any]:
+    """Deltas of the right shape with values at the edges of what the checkers accept."""
+    patch = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "sampled_at": _edge_value("float"),
+                "host": _typed_objects(HostSample) | st.none(),
+                "gpus": st.dictionaries(
+                    st.sampled_from(["0", "1", "63", "01", "x"]),
+                    _typed_objects(GpuSample) | st.none(),
+                    max_size=3,
+                )
+                | st.none(),
+            },
+        )
+    )
+    return {
+        "type": "delta",
+        "seq": draw(_edge_value("int")),
+        "ts": draw(_edge_value("float")),
+        "patch": patch,
+    }
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values | near_messages() | typed_deltas() | typed_deltas())
+def test_the_fast_delta_decoder_accepts_nothing_the_checkers_refuse(value: Any) -> None:
+    """Deltas go through msgspec first; the checkers are the reference. Whatever msgspec
+    accepts, they accept too, with the same content."""
+    data = orjson.dumps(value)
+    fast = _fast_delta_decoder()(data)
+    if fast is None:
+        return
+    try:
+        checked = decode_with_checkers(data)
+    except ProtocolError as exc:
+        raise AssertionError(f"msgspec accepted what the checkers refuse: {exc.reason}") from None
+    assert isinstance(checked, Delta)
+    assert (fast.seq, fast.ts) == (checked.seq, checked.ts)
+    assert _loose(fast.patch) == _loose(checked.patch)
+
+
+def test_the_fast_delta_decoder_takes_the_agents_deltas() -> None:
+    patch = {
+        "sampled_at": 1.5,
+        "host": {"cpu_percent": 3, "cpu_percent_per_core": [1.0, 2], "disks": [{"mount": "/"}], "new": 1},
+        "gpus": {"0": {"util_gpu_percent": 5.0, "processes": [{"pid": 1, "user": "ann"}]}, "1": None},
+    }
+    fast = _fast_delta_decoder()(encode(Delta(seq=3, ts=2.0, patch=patch)))
+    assert fast is not None, "a valid delta takes the fast path"
+    assert fast.patch["host"] == {
+        "cpu_percent": 3.0,
+        "cpu_percent_per_core": [1.0, 2.0],
+        "disks": [{"mount": "/"}],
+    }
+    assert fast.patch["gpus"]["1"] is None
+    for bad in (
+        {"type": "delta", "seq": 1, "ts": 1.0, "patch": {"host": {"cpu_percent": True}}},
+        {"seq": 1, "ts": 1.0, "patch": {}},
+        {"type": "delta", "seq": 1.0, "ts": 1.0, "patch": {}},
+        {"type": "delta", "seq": 1, "ts": 1.0, "patch": {"gpus": {"01": {}}}},
+        {"type": "delta", "seq": 1, "ts": 1.0, "patch": {"host": {"cpu_percent_per_core": [1, None]}}},
+        {"type": "delta", "seq": 1, "ts": 1.0, "patch": {"gpus": {"0": {"name": "x" * 257}}}},
+    ):
+        assert _fast_delta_decoder()(orjson.dumps(bad)) is None, bad

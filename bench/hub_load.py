@@ -208,6 +208,7 @@ async def run_phase(
                 str(int(args.duration)),
                 "-r",
                 "100",
+                "--nonblocking",  # never pauses the hub to sample it
                 "-f",
                 "raw",
                 "-o",

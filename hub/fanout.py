@@ -2,9 +2,11 @@
 
 Node changes are collected as they arrive and flushed on a fixed tick (``max_rate_hz``, 10 by
 default): each dirty node is rendered once per tick, whatever its number of messages, and the
-same bytes go to every viewer that is keeping up. Each viewer has its own sender task and a
-pending map bounded by the number of nodes (newer fragments replace older ones), so a slow
-browser only ever holds one picture of the lab and costs the others nothing. A viewer whose send
+same bytes go to every viewer. Each viewer has its own sender task and holds up to
+:data:`MAX_SHARED_BATCHES` shared batches, sent joined when it catches up; one further behind
+drops them and gets the next full state, built once per filter at most every
+:data:`RESYNC_EVERY_S` for all such viewers. So a slow browser costs the others nothing, and a
+hub that cannot keep up holds one picture per filter, not one per browser. A viewer whose send
 does not complete within ``send_timeout_s`` is dropped.
 """
 
@@ -54,53 +56,48 @@ class Batch:
         return payload
 
 
-MAX_SHARED_BATCHES = 20  # a viewer up to 2 s behind still gets the shared payloads
+MAX_SHARED_BATCHES = 20  # a viewer up to 2 s behind still gets every batch
+RESYNC_EVERY_S = 2.0  # how often viewers that fell further behind get a fresh full state
 
 
 class Viewer:
-    """One browser. ``offer`` never blocks; the sender task does the sending."""
+    """One browser. ``offer`` never blocks; the sender task does the sending.
+
+    A viewer holds references to shared batches, never a picture of its own: one that falls
+    more than :data:`MAX_SHARED_BATCHES` behind drops them and waits for the next full state,
+    which the fan-out builds once per filter for every viewer in that case (a hub that cannot
+    keep up then costs one picture per filter, not one per browser)."""
 
     def __init__(self, send: SendBytes, view_filter: ViewFilter, send_timeout_s: float) -> None:
         self._send = send
         self.filter = view_filter
         self._send_timeout_s = send_timeout_s
-        self._shared: list[Batch] = []  # fast path: whole batches, sent as built
-        self._pending: dict[str, dict[str, str]] = {}  # node id -> element id -> HTML, when behind
-        self._pending_summary: str | None = None
+        self._shared: list[Batch] = []
         self._first: bytes | None = None
+        self.needs_full_state = False
         self._wake = asyncio.Event()
         self.last_sent_at = time.monotonic()
         self.closed = asyncio.Event()
         self.sent_messages = 0
+        self.resyncs = 0
 
     def start_with(self, full_state: bytes) -> None:
+        """The whole grid, sent before anything else; it supersedes every batch before it."""
         self._first = full_state
+        self._shared.clear()
+        self.needs_full_state = False
         self._wake.set()
 
-    def offer(self, batch: Batch, keep: Callable[[str], bool]) -> None:
-        if not self._pending and self._first is None and len(self._shared) < MAX_SHARED_BATCHES:
-            self._shared.append(batch)
-        else:
-            for old in self._shared:
-                self._absorb(old, keep)
+    def offer(self, batch: Batch) -> None:
+        if self.needs_full_state:
+            return  # the next full state holds this batch's changes too
+        if len(self._shared) >= MAX_SHARED_BATCHES:
             self._shared.clear()
-            self._absorb(batch, keep)
+            self.needs_full_state = True
+            self.resyncs += 1
+            return
+        self._shared.append(batch)
         self._wake.set()
-
-    def _absorb(self, batch: Batch, keep: Callable[[str], bool]) -> None:
-        for node_id, elements in batch.fragments.items():
-            if not keep(node_id):
-                continue
-            pending = self._pending.get(node_id)
-            if pending is None or f"node-{node_id}" in elements:
-                # a whole card (or a removal) supersedes everything older for that node
-                self._pending.pop(node_id, None)
-                self._pending[node_id] = dict(elements)
-            else:
-                pending.update(elements)  # newer parts replace older ones of the same id
-        summary = batch.summaries.get(self.filter)
-        if summary:
-            self._pending_summary = summary
 
     def keepalive(self) -> None:
         self._wake.set()
@@ -123,22 +120,14 @@ class Viewer:
             self.closed.set()
 
     def _take(self) -> bytes:
+        shared, self._shared = self._shared, []
+        payloads = [batch.payload(self.filter) for batch in shared]
         if self._first is not None:
-            first, self._first = self._first, None
-            if self._pending or self._pending_summary:
-                return first + self._take()
-            return first
-        if self._shared:
-            shared, self._shared = self._shared, []
-            if len(shared) == 1:
-                return shared[0].payload(self.filter)
-            return b"".join(batch.payload(self.filter) for batch in shared)
-        parts = [html for elements in self._pending.values() for html in elements.values()]
-        if self._pending_summary:
-            parts.append(self._pending_summary)
-        self._pending.clear()
-        self._pending_summary = None
-        return "".join(parts).encode()
+            payloads.insert(0, self._first)
+            self._first = None
+        if len(payloads) == 1:
+            return payloads[0]
+        return b"".join(payloads)  # nothing at all: a keepalive
 
 
 class Fanout:
@@ -151,6 +140,7 @@ class Fanout:
         self._last_summaries: dict[ViewFilter, SummaryView] = {}
         self._summary_due_at = 0.0
         self._full_states: dict[ViewFilter, bytes] = {}  # valid until the next flush renders
+        self._resync_at = 0.0
 
     # ------------------------------------------------------------------ input
     def note(self, change: NodeChange | None) -> None:
@@ -212,7 +202,13 @@ class Fanout:
 
             batch = Batch(fragments, summaries, keep=keep)
             for viewer in self.viewers:
-                viewer.offer(batch, lambda node_id, f=viewer.filter: keep(node_id, f))  # type: ignore[misc]
+                viewer.offer(batch)
+        if now >= self._resync_at:
+            behind = [viewer for viewer in self.viewers if viewer.needs_full_state]
+            if behind:
+                self._resync_at = now + RESYNC_EVERY_S
+                for viewer in behind:
+                    viewer.start_with(self.full_state(viewer.filter))
         for viewer in self.viewers:
             if now - viewer.last_sent_at >= KEEPALIVE_S:
                 viewer.keepalive()

@@ -1,0 +1,137 @@
+"""The fan-out with a real registry and scene and in-memory viewers: batches shared by every
+viewer, a viewer that falls far behind resynchronized from one full state per filter."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bench.simnode import SimNode
+from frontend.render import Renderer
+from hub.clock import ManualClock
+from hub.fanout import MAX_SHARED_BATCHES, Fanout, Viewer
+from hub.registry import NodeRegistry
+from hub.scene import Scene, ViewFilter
+from hub.settings import GpuFreeRule
+from node_agent.protocol import Delta, Hello, decode
+
+
+class Lab:
+    def __init__(self, nodes: int = 3) -> None:
+        self.clock = ManualClock()
+        self.registry = NodeRegistry(self.clock)
+        self.scene = Scene(self.registry, Renderer(), GpuFreeRule(), self.clock.wall)
+        self.fanout = Fanout(self.registry, self.scene, max_rate_hz=10)
+        self.sims = [SimNode(f"gpu{i}", seed=i) for i in range(nodes)]
+        self.connections: dict[str, int] = {}
+        for sim in self.sims:
+            hello = decode(sim.hello_frame())
+            assert isinstance(hello, Hello)
+            self.connections[sim.name], change = self.registry.hello(hello)
+            self.fanout.note(change)
+        self.tick()
+
+    def tick(self) -> None:
+        """One sample from every node, then one fan-out tick."""
+        self.clock.advance(1.0)
+        for sim in self.sims:
+            delta = decode(sim.next_delta(self.clock.wall()))
+            assert isinstance(delta, Delta)
+            self.fanout.note(self.registry.delta(sim.name, self.connections[sim.name], delta))
+        self.fanout.flush()
+
+
+class Browser:
+    """A viewer's send function that can be held (a browser that stops reading)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def send(self, payload: bytes) -> None:
+        await self.open.wait()
+        self.received.append(payload)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_every_viewer_gets_the_same_shared_bytes() -> None:
+    async def main() -> None:
+        lab = Lab()
+        browsers = [Browser() for _ in range(3)]
+        viewers = [Viewer(b.send, ViewFilter(), 10.0) for b in browsers]
+        tasks = [asyncio.create_task(v.run()) for v in viewers]
+        for viewer in viewers:
+            lab.fanout.add_viewer(viewer)
+        await settle()
+        for _ in range(3):
+            lab.tick()
+            await settle()
+        first = browsers[0].received
+        assert first[0].startswith(b'<main id="nodes"'), "a joining viewer gets the full state first"
+        assert len(first) == 4 and b"node-gpu1-host" in first[1]
+        for other in browsers[1:]:
+            assert other.received == first
+            assert all(a is b for a, b in zip(other.received[1:], first[1:], strict=True)), (
+                "shared, not copied"
+            )
+        for task in tasks:
+            task.cancel()
+
+    run(main())
+
+
+def test_a_viewer_far_behind_is_resynchronized_from_one_full_state() -> None:
+    async def main() -> None:
+        lab = Lab()
+        steady, stuck = Browser(), Browser()
+        fast = Viewer(steady.send, ViewFilter(), 60.0)
+        slow = Viewer(stuck.send, ViewFilter(), 60.0)
+        tasks = [asyncio.create_task(v.run()) for v in (fast, slow)]
+        lab.fanout.add_viewer(fast)
+        lab.fanout.add_viewer(slow)
+        await settle()
+        stuck.open.clear()  # the stuck browser stops reading after its full state...
+        lab.tick()
+        await settle()
+        for _ in range(MAX_SHARED_BATCHES + 5):
+            lab.tick()
+            await settle()
+        assert slow.resyncs == 1 and not slow.needs_full_state, "resynchronized on the tick it fell behind"
+        assert len(steady.received) == 1 + MAX_SHARED_BATCHES + 6, "the steady one missed nothing"
+        stuck.open.set()  # ...and reads again
+        await settle()
+        assert len(stuck.received) == 3, (len(stuck.received), [p[:40] for p in stuck.received])
+        resync = stuck.received[2]
+        assert resync.startswith(b'<main id="nodes"'), "the full state comes first"
+        # the full state was built on the tick the viewer fell behind (the 22nd after the first):
+        # it shows what that tick pushed to the steady viewer
+        full = resync[: resync.index(b"</main>")]
+        at_resync = steady.received[MAX_SHARED_BATCHES + 2]
+        for sim in lab.sims:
+            start = at_resync.index(f'<div id="node-{sim.name}-host"'.encode())
+            host_html = at_resync[start : at_resync.index(b"</div>\n</div>", start)]
+            assert host_html in full, sim.name
+            assert full.count(f'id="node-{sim.name}-host"'.encode()) == 1
+        for task in tasks:
+            task.cancel()
+
+    run(main())
+
+
+def test_full_states_are_built_once_per_filter_and_tick() -> None:
+    lab = Lab()
+    everything = lab.fanout.full_state(ViewFilter())
+    assert lab.fanout.full_state(ViewFilter()) is everything, "viewers joining together share it"
+    one = lab.fanout.full_state(ViewFilter(names=frozenset({"gpu0"})))
+    assert b"node-gpu0" in one and b"node-gpu1" not in one
+    lab.tick()
+    assert lab.fanout.full_state(ViewFilter()) is not everything, "a tick that changed nodes renews it"

@@ -14,6 +14,7 @@ hash of its id), so the sparkline pushes of many nodes spread out instead of arr
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Iterable, Mapping
@@ -199,9 +200,16 @@ def sample_values(state: Mapping[str, Any]) -> dict[str, float | None]:
     }
     for index, gpu in (state.get("gpus") or {}).items():
         if not gpu.get("error"):
-            values["u" + index] = gpu.get("util_gpu_percent")
-            values["m" + index] = _percent(gpu.get("mem_used_bytes"), gpu.get("mem_total_bytes"))
+            util_key, mem_key = _gpu_series(index)
+            values[util_key] = gpu.get("util_gpu_percent")
+            values[mem_key] = _percent(gpu.get("mem_used_bytes"), gpu.get("mem_total_bytes"))
     return values
+
+
+@functools.lru_cache(maxsize=256)
+def _gpu_series(index: str) -> tuple[str, str]:
+    """A GPU's two series names (made once, not every sample)."""
+    return "u" + index, "m" + index
 
 
 def _percent(used: float | None, total: float | None) -> float | None:

@@ -104,9 +104,11 @@ async def run_phase(
     else:
         argv = [sys.executable, "-m", "hub", "--port", str(port), "--state-db", "", "--log-level", "WARNING"]
     env = None
+    cwd = None
     if args.hub_path and not bare_sizes:
         env = {"PYTHONPATH": os.pathsep.join([*args.hub_path, str(REPO)])}
-    server = await Worker.start(f"{label}-{nodes}", argv, log_dir, env=env, jsonl=False)
+        cwd = Path(args.hub_path[0])  # else `python -m hub` finds this tree's hub first
+    server = await Worker.start(f"{label}-{nodes}", argv, log_dir, env=env, jsonl=False, cwd=cwd)
     workers: list[Worker] = []
     phase = Phase()
     try:

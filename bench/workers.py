@@ -108,6 +108,7 @@ class Worker:
         log_dir: Path,
         env: dict[str, str] | None = None,
         jsonl: bool = True,
+        cwd: Path | None = None,
     ) -> Worker:
         log_path = log_dir / f"{name}.log"
         with open(log_path, "ab") as log:  # noqa: ASYNC230 - opening a log file is instant
@@ -117,7 +118,7 @@ class Worker:
                 stdout=asyncio.subprocess.PIPE if jsonl else log,
                 stderr=log,
                 env=child_env(env),
-                cwd=REPO,
+                cwd=cwd or REPO,  # `python -m` looks in the working directory first
             )
         return cls(proc, name, log_path, jsonl)
 

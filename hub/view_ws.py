@@ -3,7 +3,8 @@
 A browser's ``Origin`` must be the hub's own or an allowed one (HTTP 403 before accept
 otherwise); the view token, when configured, was checked by :class:`hub.security.ViewAuth`.
 A viewer that stops reading is dropped once a send has waited ``viewer_send_timeout_s``; its
-memory in the hub meanwhile is one pending picture of the lab plus the socket's write buffer.
+memory in the hub meanwhile is references to shared batches (or to the shared full state it
+will get next) plus the socket's write buffer.
 """
 
 from __future__ import annotations

@@ -178,17 +178,18 @@ def meter(percent: float | None, text: str | None = None) -> Meter:
 def plain_meter(percent: float | None, text: str | None = None) -> Meter:
     """A meter without warning levels: for GPUs, where 100% utilization is the point."""
     if text is None and percent.__class__ is float and percent.is_integer():
-        return _whole_percent_meter(percent)  # NVML reports whole percents
+        return _whole_percent_meter(percent)  # NVML reports whole percents: each made once
+    return _plain_meter(percent, text)
+
+
+def _plain_meter(percent: float | None, text: str | None = None) -> Meter:
     if percent is None:
         return Meter("–" if text is None else text, 0, " na")
     p = 0 if percent < 0 else 100 if percent > 100 else round(percent)
     return Meter(f"{percent:.0f}%" if text is None else text, p, "")
 
 
-@functools.lru_cache(maxsize=512)
-def _whole_percent_meter(percent: float) -> Meter:
-    p = 0 if percent < 0 else 100 if percent > 100 else round(percent)
-    return Meter(f"{percent:.0f}%", p, "")
+_whole_percent_meter = functools.lru_cache(maxsize=512)(_plain_meter)
 
 
 class HostView(NamedTuple):
@@ -274,18 +275,12 @@ def _idle(
     )
 
 
-def _process_user(proc: Mapping[str, Any]) -> tuple[str, int]:
-    """(user, GPU memory in bytes) of one process; an unknown user by pid."""
-    user = proc.get("user") or (f"pid {proc.get('pid')}" if proc.get("pid") is not None else "unknown")
-    return user, proc.get("gpu_mem_bytes") or 0
-
-
 def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
     """(user, GPU memory in bytes) per user, most memory first; unknown users by pid."""
     per_user: dict[str, int] = {}
     for proc in processes:
-        user, mem = _process_user(proc)
-        per_user[user] = per_user.get(user, 0) + mem
+        user = proc.get("user") or (f"pid {proc.get('pid')}" if proc.get("pid") is not None else "unknown")
+        per_user[user] = per_user.get(user, 0) + (proc.get("gpu_mem_bytes") or 0)
     if len(per_user) == 1:
         return list(per_user.items())
     return sorted(per_user.items(), key=lambda item: (-item[1], item[0]))
@@ -314,19 +309,7 @@ def gpu_view(
         state = "f"  # the rule of gpu_is_free
     else:
         state = "b"
-    if not processes:
-        users: tuple[str, ...] = ()
-        more_users = 0
-    elif len(processes) == 1:  # the common case, without ranking
-        user, mem = _process_user(processes[0])
-        users = (f"{user} {fmt_short_bytes(mem)}" if mem else user,)
-        more_users = 0
-    else:
-        ranked = gpu_users(processes)
-        users = tuple(
-            f"{user} {fmt_short_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]
-        )
-        more_users = len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0
+    ranked = gpu_users(processes) if processes else []
     power = get("power_draw_watts")
     limit = get("power_limit_watts")
     temp = get("temp_celsius")
@@ -341,8 +324,8 @@ def gpu_view(
         plain_meter(mem_pct, fmt_used_of(mem_used, mem_total)),
         *_temp_texts(temp),  # temp_text, temp_cls
         ("–" if power is None else f"{power:.0f}") + ("W" if limit is None else f"/{limit:.0f}W"),
-        users,
-        more_users,
+        tuple(f"{user} {fmt_short_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
+        len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
     )
 
 

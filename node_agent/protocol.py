@@ -596,10 +596,14 @@ def _fast_delta_decoder() -> Callable[[str | bytes], Any]:
     return decode_delta
 
 
-def decode(data: str | bytes) -> Message:
-    """Parses one agent frame. Raises :class:`ProtocolError` for anything malformed."""
+def _check_size(data: str | bytes) -> None:
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}", CLOSE_TOO_BIG)
+
+
+def decode(data: str | bytes) -> Message:
+    """Parses one agent frame. Raises :class:`ProtocolError` for anything malformed."""
+    _check_size(data)
     delta = _fast_delta_decoder()(data)
     if delta is not None:
         return delta
@@ -608,8 +612,7 @@ def decode(data: str | bytes) -> Message:
 
 def decode_with_checkers(data: str | bytes) -> Message:
     """:func:`decode` without msgspec's fast path: the reference, and the one that words errors."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}", CLOSE_TOO_BIG)
+    _check_size(data)
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -655,23 +658,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
         return patch
     # the hub merges every delta: most values are replaced as they are, so the patch is laid
     # over the target in one C-level step and only deletions and nested objects are revisited
-    get_old: Callable[[Any], Any]
-    if isinstance(target, dict):
-        result = {**target, **patch}
-        get_old = target.get
-    else:
-        result = dict(patch)
-        get_old = _nothing
+    old = target if isinstance(target, dict) else {}
+    result = {**old, **patch}
     for key, value in patch.items():
         if value is None:
             del result[key]
         elif isinstance(value, dict):
-            result[key] = merge_patch(get_old(key), value)
+            result[key] = merge_patch(old.get(key), value)
     return result
-
-
-def _nothing(key: Any) -> None:
-    return None
 
 
 def make_patch(old: Any, new: Any) -> Any:

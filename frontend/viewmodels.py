@@ -485,11 +485,9 @@ class GpuTally(NamedTuple):
 
 
 def gpu_tally(gpu: Mapping[str, Any], state: str) -> GpuTally:
+    get = gpu.get  # positional below: one per rendered GPU row
     return GpuTally(
-        model=short_gpu_name(gpu.get("name")),
-        state=state,
-        mem_used_bytes=gpu.get("mem_used_bytes") or 0,
-        mem_total_bytes=gpu.get("mem_total_bytes") or 0,
+        short_gpu_name(get("name")), state, get("mem_used_bytes") or 0, get("mem_total_bytes") or 0
     )
 
 

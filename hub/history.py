@@ -199,10 +199,12 @@ def sample_values(state: Mapping[str, Any]) -> dict[str, float | None]:
         "mem": _percent(host.get("mem_used_bytes"), host.get("mem_total_bytes")),
     }
     for index, gpu in (state.get("gpus") or {}).items():
-        if not gpu.get("error"):
+        get = gpu.get
+        if not get("error"):
             util_key, mem_key = _gpu_series(index)
-            values[util_key] = gpu.get("util_gpu_percent")
-            values[mem_key] = _percent(gpu.get("mem_used_bytes"), gpu.get("mem_total_bytes"))
+            values[util_key] = get("util_gpu_percent")
+            used, total = get("mem_used_bytes"), get("mem_total_bytes")
+            values[mem_key] = None if used is None or not total else 100.0 * used / total
     return values
 
 

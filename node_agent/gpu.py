@@ -1,10 +1,14 @@
 """The GPU collector: NVML through nvidia-ml-py (``pynvml``). The only module that imports it.
 
 NVML is initialised once; handles and static facts are fetched once; each sample reads only the
-values that change. One policy, :meth:`_Nvml.query`, decides what an NVML error means: a field
-the GPU doesn't support (or we may not read) is ``None``; a lost GPU, or any other NVML error on
-a required call, turns that GPU's sample into an error entry while the other GPUs still report.
-A machine without the library or driver gets no GPUs and a :class:`GpuDriver` that says why.
+values that change, and two that change rarely only every :data:`SLOW_FIELDS_EVERY_S` seconds:
+the enforced power limit (an admin or a power capping policy sets it) and the volatile
+uncorrected ECC error count (a hardware fault; it shows within that time).
+
+One policy, :meth:`_Nvml.query`, decides what an NVML error means: a field the GPU doesn't
+support (or we may not read) is ``None``; a lost GPU, or any other NVML error on a required call,
+turns that GPU's sample into an error entry while the other GPUs still report. A machine without
+the library or driver gets no GPUs and a :class:`GpuDriver` that says why.
 
 Blocking (talks to the driver): the sampler calls it from its worker thread.
 """
@@ -13,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
+from node_agent.periodic import Periodic
 from node_agent.procinfo import UNKNOWN, ProcessResolver, ProcInfo
 from node_agent.protocol import MAX_OBJECT_LIST, GpuDriver, GpuProcess, GpuSample, GpuStatic, to_wire
 
@@ -33,6 +39,9 @@ THROTTLE_REASON_BITS: tuple[tuple[int, str], ...] = (
     (0x80, "hw_power_brake"),
     (0x100, "display_clocks"),
 )
+
+# The power limit and the ECC error count are read again this often (a change shows within it).
+SLOW_FIELDS_EVERY_S = 10.0
 
 # nvml.h values, used when the bindings lack the named constant.
 _TEMPERATURE_GPU = 0
@@ -161,13 +170,15 @@ class _Gpu:
     static: GpuStatic = field(default_factory=GpuStatic)
     error: str | None = None  # set when the GPU failed while its static facts were read
     unsupported: set[str] = field(default_factory=set)
+    # the fields read every SLOW_FIELDS_EVERY_S, set once the handle is known
+    power_limit_watts: Periodic[float | None] | None = None
+    ecc_volatile_uncorrected: Periodic[int | None] | None = None
 
     def failed(self, reason: str) -> GpuSample:
         return GpuSample(index=self.index, uuid=self.static.uuid, name=self.static.name, error=reason)
 
 
-@dataclass(frozen=True, slots=True)
-class _RawProcess:
+class _RawProcess(NamedTuple):
     pid: int
     gpu_mem_bytes: int | None
 
@@ -250,6 +261,12 @@ class GpuCollector:
             if handle is None:
                 raise GpuLost("GPU handle not available")
             gpu.handle = handle
+            gpu.power_limit_watts = Periodic(
+                lambda: _watts(self._power_limit_mw(nvml, gpu)), SLOW_FIELDS_EVERY_S
+            )
+            gpu.ecc_volatile_uncorrected = Periodic(
+                lambda: _int(self._ecc_volatile_uncorrected(nvml, gpu)), SLOW_FIELDS_EVERY_S
+            )
             name = _text(nvml.query(gpu, "name", m.nvmlDeviceGetName, handle, required=True))
             uuid = _text(nvml.query(gpu, "uuid", m.nvmlDeviceGetUUID, handle, required=True))
             gpu.static = GpuStatic(index=index, uuid=uuid, name=name)
@@ -261,7 +278,7 @@ class GpuCollector:
                 uuid=uuid,
                 name=name,
                 mem_total_bytes=None if memory is None else int(memory.total),
-                power_limit_watts=_watts(self._power_limit_mw(nvml, gpu)),
+                power_limit_watts=gpu.power_limit_watts.get(time.monotonic()),
                 pci_bus_id=None if pci is None else _text(pci.busId),
                 mig_mode=None if mig is None else _mig_mode_text(mig[0], nvml.mig_enable),
             )
@@ -273,6 +290,11 @@ class GpuCollector:
     @staticmethod
     def _power_limit_mw(nvml: _Nvml, gpu: _Gpu) -> int | None:
         return _int(nvml.query(gpu, "power_limit", nvml.power_limit, gpu.handle))
+
+    @staticmethod
+    def _ecc_volatile_uncorrected(nvml: _Nvml, gpu: _Gpu) -> Any:
+        errors = nvml.m.nvmlDeviceGetTotalEccErrors
+        return nvml.query(gpu, "ecc", errors, gpu.handle, nvml.ecc_uncorrected, nvml.ecc_volatile)
 
     def driver(self) -> GpuDriver:
         return self._driver
@@ -295,11 +317,12 @@ class GpuCollector:
                 return {}
             failed: dict[int, GpuSample] = {}
             readings: dict[int, tuple[dict[str, Any], list[_RawProcess] | None]] = {}
+            now_s = time.monotonic()
             for gpu in self._gpus:
                 try:
                     if gpu.error is not None:
                         raise GpuLost(gpu.error)
-                    readings[gpu.index] = self._read_gpu(nvml, gpu)
+                    readings[gpu.index] = self._read_gpu(nvml, gpu, now_s)
                 except GpuLost as exc:
                     failed[gpu.index] = gpu.failed(exc.reason)
                 except Exception as exc:  # a bug or a binding surprise: only this GPU fails
@@ -324,17 +347,23 @@ class GpuCollector:
             self._log.exception("resolving GPU process owners failed")
             return {}
 
-    def _read_gpu(self, nvml: _Nvml, gpu: _Gpu) -> tuple[dict[str, Any], list[_RawProcess] | None]:
-        m, h, q = nvml.m, gpu.handle, nvml.query
-        memory = q(gpu, "memory", m.nvmlDeviceGetMemoryInfo, h, required=True)
-        util = q(gpu, "util", m.nvmlDeviceGetUtilizationRates, h)
-        power_mw = q(gpu, "power", m.nvmlDeviceGetPowerUsage, h)
-        pstate = q(gpu, "pstate", m.nvmlDeviceGetPerformanceState, h)
-        enc = q(gpu, "enc", m.nvmlDeviceGetEncoderUtilization, h)
-        dec = q(gpu, "dec", m.nvmlDeviceGetDecoderUtilization, h)
-        reasons = q(gpu, "throttle", nvml.throttle, h)
-        ecc_args = (nvml.ecc_uncorrected, nvml.ecc_volatile)
-        ecc = q(gpu, "ecc", m.nvmlDeviceGetTotalEccErrors, h, *ecc_args)
+    def _read_gpu(
+        self, nvml: _Nvml, gpu: _Gpu, now_s: float
+    ) -> tuple[dict[str, Any], list[_RawProcess] | None]:
+        """One GPU's sampled fields, in the wire shape, and its processes.
+
+        The NVML calls are first made directly (:func:`_call_directly`); only if one of them
+        raises are they all made again, each under the error policy (:func:`_call_by_policy`),
+        which says what the error means. Once the unsupported fields are known (and no longer
+        asked), nothing raises, and the 104 calls of a sample with 8 GPUs skip the policy's
+        Python-level wrapper, which cost more than a fake NVML call itself."""
+        try:
+            raw = _call_directly(nvml, gpu)
+        except Exception:
+            raw = _call_by_policy(nvml, gpu)
+        # a GPU without a handle has an error and is not read
+        assert gpu.power_limit_watts is not None and gpu.ecc_volatile_uncorrected is not None
+        util, memory, pstate, reasons = raw.util, raw.memory, raw.pstate, raw.reasons
         fields: dict[str, Any] = {
             "index": gpu.index,
             "uuid": gpu.static.uuid,
@@ -343,35 +372,94 @@ class GpuCollector:
             "util_mem_percent": None if util is None else float(util.memory),
             "mem_used_bytes": None if memory is None else int(memory.used),
             "mem_total_bytes": None if memory is None else int(memory.total),
-            "temp_celsius": _float(q(gpu, "temp", m.nvmlDeviceGetTemperature, h, nvml.temp_gpu)),
-            "fan_percent": _float(q(gpu, "fan", m.nvmlDeviceGetFanSpeed, h)),
-            "power_draw_watts": _watts(power_mw),
-            "power_limit_watts": _watts(self._power_limit_mw(nvml, gpu)),
-            "clock_sm_mhz": _int(q(gpu, "clock_sm", m.nvmlDeviceGetClockInfo, h, nvml.clock_sm)),
-            "clock_mem_mhz": _int(q(gpu, "clock_mem", m.nvmlDeviceGetClockInfo, h, nvml.clock_mem)),
+            "temp_celsius": _float(raw.temp),
+            "fan_percent": _float(raw.fan),
+            "power_draw_watts": _watts(raw.power_mw),
+            "power_limit_watts": gpu.power_limit_watts.get(now_s),
+            "clock_sm_mhz": _int(raw.clock_sm),
+            "clock_mem_mhz": _int(raw.clock_mem),
             "pstate": None if pstate is None or pstate == _PSTATE_UNKNOWN else int(pstate),
-            "enc_util_percent": None if enc is None else float(enc[0]),
-            "dec_util_percent": None if dec is None else float(dec[0]),
+            "enc_util_percent": None if raw.enc is None else float(raw.enc[0]),
+            "dec_util_percent": None if raw.dec is None else float(raw.dec[0]),
             "throttle_reasons": None if reasons is None else decode_throttle_reasons(reasons),
-            "ecc_volatile_uncorrected": _int(ecc),
+            "ecc_volatile_uncorrected": gpu.ecc_volatile_uncorrected.get(now_s),
         }
-        return fields, self._read_processes(nvml, gpu)
+        return fields, _merged_processes(raw.compute_procs, raw.graphics_procs)
 
-    def _read_processes(self, nvml: _Nvml, gpu: _Gpu) -> list[_RawProcess] | None:
-        """Compute and graphics processes merged by pid (a pid in both counts once, with the
-        larger memory figure); ``None`` when the GPU can list neither."""
-        m, h = nvml.m, gpu.handle
-        compute = nvml.query(gpu, "compute_procs", m.nvmlDeviceGetComputeRunningProcesses, h)
-        graphics = nvml.query(gpu, "graphics_procs", m.nvmlDeviceGetGraphicsRunningProcesses, h)
-        if compute is None and graphics is None:
-            return None
-        merged: dict[int, int | None] = {}
-        for proc in (*(compute or ()), *(graphics or ())):
-            pid, used = int(proc.pid), _int(proc.usedGpuMemory)
-            known = merged.get(pid)
-            if pid not in merged or (used is not None and (known is None or used > known)):
-                merged[pid] = used
-        return [_RawProcess(pid, used) for pid, used in merged.items()]
+
+class _Readings(NamedTuple):
+    """What one sample asks NVML about one GPU, as NVML answers (``None``: unsupported)."""
+
+    memory: Any
+    util: Any
+    power_mw: Any
+    pstate: Any
+    enc: Any
+    dec: Any
+    reasons: Any
+    temp: Any
+    fan: Any
+    clock_sm: Any
+    clock_mem: Any
+    compute_procs: Any
+    graphics_procs: Any
+
+
+def _call_directly(nvml: _Nvml, gpu: _Gpu) -> _Readings:
+    """The sample's NVML calls, made directly, the fields known to be unsupported skipped; any
+    error raises. The same calls as :func:`_call_by_policy`, in the same order."""
+    m, h, skip = nvml.m, gpu.handle, gpu.unsupported
+    return _Readings(
+        m.nvmlDeviceGetMemoryInfo(h),
+        None if "util" in skip else m.nvmlDeviceGetUtilizationRates(h),
+        None if "power" in skip else m.nvmlDeviceGetPowerUsage(h),
+        None if "pstate" in skip else m.nvmlDeviceGetPerformanceState(h),
+        None if "enc" in skip else m.nvmlDeviceGetEncoderUtilization(h),
+        None if "dec" in skip else m.nvmlDeviceGetDecoderUtilization(h),
+        None if "throttle" in skip or nvml.throttle is None else nvml.throttle(h),
+        None if "temp" in skip else m.nvmlDeviceGetTemperature(h, nvml.temp_gpu),
+        None if "fan" in skip else m.nvmlDeviceGetFanSpeed(h),
+        None if "clock_sm" in skip else m.nvmlDeviceGetClockInfo(h, nvml.clock_sm),
+        None if "clock_mem" in skip else m.nvmlDeviceGetClockInfo(h, nvml.clock_mem),
+        None if "compute_procs" in skip else m.nvmlDeviceGetComputeRunningProcesses(h),
+        None if "graphics_procs" in skip else m.nvmlDeviceGetGraphicsRunningProcesses(h),
+    )
+
+
+def _call_by_policy(nvml: _Nvml, gpu: _Gpu) -> _Readings:
+    """The sample's NVML calls, each through :meth:`_Nvml.query`: an unsupported field is
+    ``None`` (and marked, so that :func:`_call_directly` skips it from then on), a lost GPU
+    raises :class:`GpuLost`."""
+    m, h, q = nvml.m, gpu.handle, nvml.query
+    return _Readings(
+        q(gpu, "memory", m.nvmlDeviceGetMemoryInfo, h, required=True),
+        q(gpu, "util", m.nvmlDeviceGetUtilizationRates, h),
+        q(gpu, "power", m.nvmlDeviceGetPowerUsage, h),
+        q(gpu, "pstate", m.nvmlDeviceGetPerformanceState, h),
+        q(gpu, "enc", m.nvmlDeviceGetEncoderUtilization, h),
+        q(gpu, "dec", m.nvmlDeviceGetDecoderUtilization, h),
+        q(gpu, "throttle", nvml.throttle, h),
+        q(gpu, "temp", m.nvmlDeviceGetTemperature, h, nvml.temp_gpu),
+        q(gpu, "fan", m.nvmlDeviceGetFanSpeed, h),
+        q(gpu, "clock_sm", m.nvmlDeviceGetClockInfo, h, nvml.clock_sm),
+        q(gpu, "clock_mem", m.nvmlDeviceGetClockInfo, h, nvml.clock_mem),
+        q(gpu, "compute_procs", m.nvmlDeviceGetComputeRunningProcesses, h),
+        q(gpu, "graphics_procs", m.nvmlDeviceGetGraphicsRunningProcesses, h),
+    )
+
+
+def _merged_processes(compute: Any, graphics: Any) -> list[_RawProcess] | None:
+    """Compute and graphics processes merged by pid (a pid in both counts once, with the
+    larger memory figure); ``None`` when the GPU can list neither."""
+    if compute is None and graphics is None:
+        return None
+    merged: dict[int, int | None] = {}
+    for proc in (*(compute or ()), *(graphics or ())):
+        pid, used = int(proc.pid), _int(proc.usedGpuMemory)
+        known = merged.get(pid)
+        if pid not in merged or (used is not None and (known is None or used > known)):
+            merged[pid] = used
+    return [_RawProcess(pid, used) for pid, used in merged.items()]
 
 
 def _mig_mode_text(current: int, enable_value: int) -> str:

@@ -1,12 +1,18 @@
 """The host collector: facts about this machine from psutil and ``/proc``. Blocking; the
 sampler runs it off-loop.
 
-Every sample reads CPU, memory, swap, load, disk and network counters straight from ``/proc``
-(one file each, kept open: :class:`~node_agent.procfs.ProcFile`): psutil reads the same files but
-opens them every time and does more work per call (``cpu_percent`` builds a named tuple per core,
-``disk_io_counters`` re-checks ``/sys/block`` for every device, ``swap_memory`` also reads
-``/proc/vmstat``), and every sample counts on a node. psutil is left the static facts and the
-logged-in users, which are counted again only when ``utmp`` changes.
+Every sample reads CPU, memory, swap, disk and network counters straight from ``/proc`` and
+sysfs (one file each, kept open: :class:`~node_agent.procfs.ProcFile`): psutil reads the same
+files but opens them every time and does more work per call (``cpu_percent`` builds a named tuple
+per core, ``disk_io_counters`` re-checks ``/sys/block`` for every device, ``swap_memory`` also
+reads ``/proc/vmstat``), and every sample counts on a node. psutil is left the static facts and
+the logged-in users, which are counted again only when ``utmp`` changes.
+
+Three values change more slowly than the sample comes and are read less often, each with its
+own :class:`~node_agent.periodic.Periodic`: the load averages every :data:`LOAD_AVG_EVERY_S`
+(the kernel recomputes them only that often), filesystem usage every :data:`DISK_USAGE_EVERY_S`
+and the logged-in users every :data:`USERS_EVERY_S`; in between, a sample repeats the last
+reading. Disk I/O comes from each disk's own sysfs ``stat`` file (:class:`DiskCounters`).
 """
 
 from __future__ import annotations
@@ -18,10 +24,16 @@ from typing import Any
 
 import psutil
 
+from node_agent.periodic import Periodic
 from node_agent.procfs import ProcFile
 from node_agent.protocol import DiskUsage, HostSample, HostStatic
 
 UTMP_PATH = "/var/run/utmp"  # where glibc (and so psutil.users) reads the logged-in users
+
+# Read less often than every sample (module docstring): a user sees no difference.
+LOAD_AVG_EVERY_S = 5.0  # the kernel recomputes the load averages every 5 s (LOAD_FREQ)
+DISK_USAGE_EVERY_S = 10.0  # filesystems fill over minutes
+USERS_EVERY_S = 10.0  # a login shows within 10 s
 
 
 def _cpu_model() -> str | None:
@@ -48,17 +60,18 @@ class HostCollector:
     def __init__(self, mounts: tuple[str, ...] = ("/",)) -> None:
         self._mounts = mounts
         self._boot_time_epoch_s = psutil.boot_time()
-        self._physical_disks = physical_disks()  # found once: a disk added later counts after a restart
-        self._stat = ProcFile("/proc/stat")
-        self._meminfo = ProcFile("/proc/meminfo")
-        self._loadavg = ProcFile("/proc/loadavg")
-        self._diskstats = ProcFile("/proc/diskstats")
+        self._stat = ProcFile("/proc/stat", whole_in_one_read=True)
+        self._meminfo = ProcFile("/proc/meminfo", whole_in_one_read=True)
+        self._loadavg = ProcFile("/proc/loadavg", whole_in_one_read=True)
         self._netdev = ProcFile("/proc/net/dev")
-        self._users = UserCount()
+        self._disk_counters = DiskCounters()  # disks found once: one added later counts after a restart
+        self._load_avg = Periodic(self._read_load_averages, LOAD_AVG_EVERY_S)
+        self._disk_usage = Periodic(self._disks, DISK_USAGE_EVERY_S)
+        self._users_count = Periodic(UserCount().count, USERS_EVERY_S)
         # the first real sample is a delta over these
         self._last_time = time.monotonic()
         self._last_cpu = core_ticks(_read(self._stat))
-        self._last_disk = disk_bytes(_read(self._diskstats), self._physical_disks)
+        self._last_disk = self._disk_counters.read()
         self._last_net = net_bytes(_read(self._netdev))
 
     def static(self) -> HostStatic:
@@ -87,8 +100,8 @@ class HostCollector:
         per_core = core_percents(self._last_cpu, cpu)
         self._last_cpu = cpu
         mem = meminfo_bytes(_read(self._meminfo))
-        load = load_averages(_read(self._loadavg))
-        disk = disk_bytes(_read(self._diskstats), self._physical_disks)
+        load = self._load_avg.get(now)
+        disk = self._disk_counters.read()
         net = net_bytes(_read(self._netdev))
         mem_total, mem_available = mem.get(b"MemTotal"), mem.get(b"MemAvailable")
         swap_total, swap_free = mem.get(b"SwapTotal"), mem.get(b"SwapFree")
@@ -111,17 +124,21 @@ class HostCollector:
             "mem_available_bytes": mem_available,
             "swap_total_bytes": swap_total,
             "swap_used_bytes": _difference(swap_total, swap_free),
-            "disks": self._disks(),
+            "disks": self._disk_usage.get(now),
             "disk_read_bytes_per_s": _rounded(disk_read),
             "disk_write_bytes_per_s": _rounded(disk_write),
             "net_rx_bytes_per_s": _rounded(net_rx),
             "net_tx_bytes_per_s": _rounded(net_tx),
             "uptime_s": round(time.time() - self._boot_time_epoch_s),
-            "users_count": self._users.count(),
+            "users_count": self._users_count.get(now),
         }
 
+    def _read_load_averages(self) -> tuple[float | None, float | None, float | None]:
+        return load_averages(_read(self._loadavg))
+
     def _disks(self) -> list[dict[str, Any]]:
-        """Wire :class:`DiskUsage` dicts, one per mount (unknown sizes for a bad mount)."""
+        """Wire :class:`DiskUsage` dicts, one per mount (unknown sizes for a bad mount). The
+        samples share the list until it is read again: nobody may change it."""
         disks: list[dict[str, Any]] = []
         for mount in self._mounts:
             try:
@@ -212,10 +229,13 @@ def core_ticks(text: bytes | None) -> CoreTicks:
     """
     if not text:
         return []
+    # The per-core lines come right after the first, which sums all cores; what follows them
+    # ("intr", one number per interrupt: most of the file on a big server) is not split at all.
+    end = text.find(b"\nintr ")
     out = []
-    for line in text.split(b"\n")[1:]:  # the first line sums all cores
+    for line in text[: end if end >= 0 else len(text)].split(b"\n")[1:]:
         if not line.startswith(b"cpu"):
-            break  # the per-core lines come right after it
+            break
         user, nice, system, idle, iowait, irq, softirq, steal = map(int, line.split()[1:9])
         busy = user + nice + system + irq + softirq + steal
         out.append((busy, busy + idle + iowait))
@@ -231,16 +251,67 @@ def core_percents(before: CoreTicks, after: CoreTicks) -> list[float]:
     return out
 
 
-def physical_disks(sys_block: str = "/sys/block") -> frozenset[str]:
-    """Names (as in ``/proc/diskstats``) of the whole disks backed by a device: partitions are
-    not in ``/sys/block``, and loop, device-mapper, md and zram devices have no ``device`` link,
-    so no byte is counted twice (dm-0 over sda) or counted without touching a disk."""
+# Up to this many disks, each disk's own sysfs ``stat`` file is read; past it, /proc/diskstats.
+PER_DISK_FILES_MAX = 4
+
+
+def physical_disk_dirs(sys_block: str = "/sys/block") -> list[str]:
+    """Names (as in ``/sys/block``) of the whole disks backed by a device: partitions are not in
+    ``/sys/block``, and loop, device-mapper, md and zram devices have no ``device`` link, so no
+    byte is counted twice (dm-0 over sda) or counted without touching a disk."""
     try:
         names = os.listdir(sys_block)
     except OSError:
-        return frozenset()
+        return []
+    return sorted(n for n in names if os.path.exists(f"{sys_block}/{n}/device"))
+
+
+def physical_disks(sys_block: str = "/sys/block") -> frozenset[str]:
+    """:func:`physical_disk_dirs` as named in ``/proc/diskstats``."""
     # sysfs writes "/" in a device name as "!" (cciss!c0d0 is cciss/c0d0 in diskstats)
-    return frozenset(n.replace("!", "/") for n in names if os.path.exists(f"{sys_block}/{n}/device"))
+    return frozenset(n.replace("!", "/") for n in physical_disk_dirs(sys_block))
+
+
+class DiskCounters:
+    """Bytes read and written since boot, summed over the physical disks found when made.
+
+    With a few disks, each disk's ``/sys/block/<disk>/stat`` (one line; the kernel sums that
+    disk's per-CPU counters only). With more, one ``/proc/diskstats``, which holds every
+    partition, loop and device-mapper device too, each summed over all CPUs: about twice the
+    CPU of one disk's file here, so the per-disk files win up to :data:`PER_DISK_FILES_MAX`.
+    """
+
+    def __init__(self, sys_block: str = "/sys/block", diskstats: str = "/proc/diskstats") -> None:
+        dirs = physical_disk_dirs(sys_block)
+        self._disk_files = [
+            ProcFile(f"{sys_block}/{name}/stat", whole_in_one_read=True)
+            for name in (dirs if len(dirs) <= PER_DISK_FILES_MAX else ())
+        ]
+        self._diskstats = None if self._disk_files else ProcFile(diskstats)
+        self._names = frozenset(n.replace("!", "/") for n in dirs)
+
+    def read(self) -> tuple[int, int] | None:
+        """``(read, written)`` bytes since boot; ``None`` when unknown (no disk, or none readable)."""
+        if self._diskstats is not None:
+            return disk_bytes(_read(self._diskstats), self._names)
+        read_bytes = written_bytes = 0
+        known = False
+        for file in self._disk_files:
+            counts = disk_stat_bytes(_read(file))
+            if counts is not None:
+                read_bytes += counts[0]
+                written_bytes += counts[1]
+                known = True
+        return (read_bytes, written_bytes) if known else None
+
+
+def disk_stat_bytes(text: bytes | None) -> tuple[int, int] | None:
+    """Bytes read and written since boot by one disk, from its ``/sys/block/<disk>/stat``
+    (``text``: the fields of a ``/proc/diskstats`` line after the name); ``None`` when unknown."""
+    fields = (text or b"").split()
+    if len(fields) < 7:
+        return None
+    return int(fields[2]) * SECTOR_BYTES, int(fields[6]) * SECTOR_BYTES
 
 
 def disk_bytes(text: bytes | None, disks: frozenset[str]) -> tuple[int, int] | None:

@@ -138,7 +138,7 @@ class HubLink:
                 ts = round(time.time(), 3)
                 message = b""
                 if latest is not None and changed:
-                    message = encode(Delta(seq=seq, ts=ts, patch=make_patch(sent, latest)))
+                    message = encode(Delta(seq=seq, ts=ts, patch=self._source.patch_since(sent)))
                     if len(message) > _FIT_BYTES:
                         latest = fit_snapshot(latest)
                         message = encode(Delta(seq=seq, ts=ts, patch=make_patch(sent, latest)))

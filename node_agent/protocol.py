@@ -668,36 +668,50 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+# Classes whose values are unchanged when equal and of the same class: what make_patch meets
+# most (a sample's numbers and strings, mostly the same as a second ago), checked first.
+_EQUAL_MEANS_UNCHANGED = frozenset({int, float, str, bool, list, type(None)})
+_ABSENT = object()
+
+
 def make_patch(old: Any, new: Any) -> Any:
     """The smallest RFC 7396 patch that turns ``old`` into ``new`` (``{}`` when equal).
 
     Objects are diffed key by key; anything else (numbers, strings, lists) is replaced whole.
     A ``None`` value inside ``new`` cannot be expressed by a merge patch, so it is dropped from
-    objects: absent and ``null`` mean the same thing on this wire.
+    objects: absent and ``null`` mean the same thing on this wire. A value counts as changed
+    when it is unequal or of another class (``1`` and ``1.0`` are different JSON).
     """
     if not isinstance(new, dict):
         return new
     if not isinstance(old, dict):
         return _without_nulls(new)
     patch: dict[str, Any] = {}
+    kept = 0  # keys of new that old has too: when all of old's, no key was removed
     for key, value in new.items():
+        old_value = old.get(key, _ABSENT)
+        kind = value.__class__
+        if kind is old_value.__class__ and kind in _EQUAL_MEANS_UNCHANGED and value == old_value:
+            kept += 1
+            continue
+        if old_value is _ABSENT:
+            if value is not None:
+                patch[key] = _without_nulls(value) if isinstance(value, dict) else value
+            continue
+        kept += 1
         if value is None:
-            if old.get(key) is not None:
+            if old_value is not None:
                 patch[key] = None
-            continue
-        if key not in old:
-            patch[key] = _without_nulls(value)
-            continue
-        old_value = old[key]
-        if isinstance(value, dict) and isinstance(old_value, dict):
+        elif isinstance(value, dict) and isinstance(old_value, dict):
             sub = make_patch(old_value, value)
             if sub:
                 patch[key] = sub
-        elif value != old_value or type(value) is not type(old_value):
-            patch[key] = _without_nulls(value)
-    for key in old:
-        if key not in new:
-            patch[key] = None
+        elif value != old_value or kind is not old_value.__class__:
+            patch[key] = _without_nulls(value) if isinstance(value, dict) else value
+    if kept < len(old):
+        for key in old:
+            if key not in new:
+                patch[key] = None
     return patch
 
 

@@ -1,10 +1,13 @@
 """Takes snapshots of this node: host and GPUs together, in the wire shape.
 
 The collectors block (/proc reads, NVML talks to the driver), so :class:`SampleSource` runs them
-on a thread of its own and keeps only the latest snapshot. If a collector hangs, the snapshot
-simply stops getting newer; the link keeps sending heartbeats meanwhile, and the hub shows the
-sample as late. The thread is a daemon thread: a call stuck in the driver must not keep the agent
-from exiting.
+on a thread of its own and keeps only the latest snapshot, with its merge patch against the
+snapshot before it, made on that thread too: there the new snapshot is still in the CPU's caches
+(at 1 Hz the event loop would find it cold), and the loop's thread is left only the sending.
+
+If a collector hangs, the snapshot simply stops getting newer; the link keeps sending heartbeats
+meanwhile, and the hub shows the sample as late. The thread is a daemon thread: a call stuck in
+the driver must not keep the agent from exiting.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Protocol
 
 from node_agent import __version__
 from node_agent.host import HostCollector
-from node_agent.protocol import GpuDriver, GpuStatic, Hello, Snapshot, to_wire
+from node_agent.protocol import GpuDriver, GpuStatic, Hello, Snapshot, make_patch, to_wire
 
 log = logging.getLogger("sers.agent")
 
@@ -66,7 +69,8 @@ class Sampler:
 
 class SampleSource:
     """Samples every ``interval_s`` on its own thread; ``latest`` is the newest snapshot and
-    ``version`` counts them.
+    ``version`` counts them; :meth:`patch_since` gives the merge patch that brings a receiver up
+    to ``latest``.
 
     The thread keeps the clock itself: it sleeps until the next tick, samples, and hands the
     snapshot to the event loop with one ``call_soon_threadsafe``. So a sample wakes the loop once
@@ -81,6 +85,9 @@ class SampleSource:
         self._waiters: set[asyncio.Future[None]] = set()
         self.latest: Snapshot | None = None
         self.version = 0
+        # latest's patch against the snapshot before it (the thread's ``previous``)
+        self._patch_base: Snapshot | None = None
+        self._patch: dict[str, Any] = {}
 
     async def run(self) -> None:
         """Samples until cancelled (or :meth:`close`)."""
@@ -108,31 +115,44 @@ class SampleSource:
             timer.cancel()
             self._waiters.discard(waiter)
 
+    def patch_since(self, sent: Snapshot) -> dict[str, Any]:
+        """The merge patch from ``sent`` to :attr:`latest`. When ``sent`` is the snapshot just
+        before ``latest`` (a receiver that took every sample), it was made on the sampling
+        thread already; otherwise (the first delta of a connection, a sample skipped) here."""
+        if sent is self._patch_base:
+            return self._patch
+        return make_patch(sent, self.latest)
+
     def close(self) -> None:
         """Stops the thread at its next tick."""
         self._stopped = True
 
     def _sample_every_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         next_at = time.monotonic()
+        previous: Snapshot | None = None
         while not self._stopped:
             try:
                 snapshot = self._sampler.snapshot()
+                patch = make_patch(previous, snapshot) if previous is not None else None
             except Exception:
                 log.exception("sampling failed; keeping the previous snapshot")
             else:
                 try:
-                    loop.call_soon_threadsafe(self._publish, snapshot)
+                    loop.call_soon_threadsafe(self._publish, snapshot, previous, patch)
                 except RuntimeError:  # the loop is closed: the agent is exiting
                     return
+                previous = snapshot
             next_at += self._interval_s
             now = time.monotonic()
             if next_at < now:  # a slow sample: skip the missed ticks instead of bursting
                 next_at = now + self._interval_s
             time.sleep(next_at - now)  # plain sleep: the cheapest wake-up (an Event costs more)
 
-    def _publish(self, snapshot: Snapshot) -> None:
-        """On the event loop: the thread's new snapshot becomes the latest."""
+    def _publish(self, snapshot: Snapshot, previous: Snapshot | None, patch: dict[str, Any] | None) -> None:
+        """On the event loop: the thread's new snapshot becomes the latest, with its ``patch``
+        against ``previous`` (``None``: no previous snapshot)."""
         self.latest = snapshot
+        self._patch_base, self._patch = (previous, patch) if patch is not None else (None, {})
         self.version += 1
         for waiter in self._waiters:
             _wake(waiter)

@@ -14,6 +14,8 @@ import psutil
 import pytest
 
 from node_agent import host
+from node_agent import sampler as sampler_module
+from node_agent.periodic import Periodic
 from node_agent.procfs import ProcFile
 from node_agent.procinfo import parse_pid_stat
 from node_agent.protocol import Snapshot
@@ -35,6 +37,16 @@ def test_proc_file_reads_a_large_file_whole(tmp_path: Path) -> None:
     data = os.urandom(100_000)
     (tmp_path / "big").write_bytes(data)
     assert ProcFile(str(tmp_path / "big"), keep_open=False).read() == data
+
+
+def test_proc_file_read_whole_in_one_read_still_reads_a_large_file_whole(tmp_path: Path) -> None:
+    data = os.urandom(100_000)  # larger than one read: a full read is not the end
+    (tmp_path / "big").write_bytes(data)
+    assert ProcFile(str(tmp_path / "big"), whole_in_one_read=True).read() == data
+    stat = ProcFile("/proc/self/stat", whole_in_one_read=True)
+    text = stat.read()
+    assert text.startswith(f"{os.getpid()} (".encode()) and text.endswith(b"\n")
+    stat.close()
 
 
 def test_proc_file_sees_proc_change() -> None:
@@ -109,6 +121,53 @@ def test_core_percents_agree_with_psutil() -> None:
     theirs = psutil.cpu_percent(percpu=True)
     assert len(ours) == len(theirs) == os.cpu_count()
     assert sum(ours) == pytest.approx(sum(theirs), abs=15)
+
+
+def test_disk_counters_agree_with_diskstats(tmp_path: Path) -> None:
+    ours = host.DiskCounters().read()
+    theirs = host.disk_bytes(Path("/proc/diskstats").read_bytes(), host.physical_disks())
+    if theirs is None:
+        assert ours is None
+    else:  # I/O between the two reads only adds
+        assert ours is not None and ours[0] >= theirs[0] - (1 << 20) and ours[1] >= theirs[1] - (1 << 20)
+
+
+def test_disk_counters_read_each_disk_then_diskstats_past_the_limit(tmp_path: Path) -> None:
+    """A few disks: each one's sysfs stat file; more than PER_DISK_FILES_MAX: /proc/diskstats."""
+    sys_block = tmp_path / "block"
+    names = [f"sd{chr(ord('a') + k)}" for k in range(host.PER_DISK_FILES_MAX + 1)]
+    for k, name in enumerate(names):
+        (sys_block / name / "device").mkdir(parents=True)
+        (sys_block / name / "stat").write_text(f"  1 0 {10 + k} 0 2 0 {20 + k} 0 0 0 0 0 0 0 0 0 0\n")
+    (sys_block / "loop0").mkdir()  # no device: not a physical disk
+    diskstats = tmp_path / "diskstats"
+    diskstats.write_text("".join(f"8 {k} {n} 1 0 100 0 2 0 200 0 0 0 0\n" for k, n in enumerate(names)))
+
+    many = host.DiskCounters(str(sys_block), str(diskstats))
+    assert many.read() == (5 * 100 * 512, 5 * 200 * 512)
+    (sys_block / names[-1] / "device").rmdir()
+    per_disk = host.DiskCounters(str(sys_block), str(diskstats))
+    assert per_disk.read() == (sum(10 + k for k in range(4)) * 512, sum(20 + k for k in range(4)) * 512)
+    (sys_block / names[0] / "stat").write_text("")  # a disk that can't be read: the others count
+    assert per_disk.read() == (sum(10 + k for k in range(1, 4)) * 512, sum(20 + k for k in range(1, 4)) * 512)
+    assert host.DiskCounters(str(tmp_path / "none"), str(diskstats)).read() is None
+
+
+def test_disk_stat_bytes_parse() -> None:
+    line = b"  111842    12280  8683506  2101890   225209   103007 14738712   134875        0\n"
+    assert host.disk_stat_bytes(line) == (8683506 * 512, 14738712 * 512)
+    assert host.disk_stat_bytes(b"") is None and host.disk_stat_bytes(None) is None
+
+
+def test_periodic_reads_again_only_once_its_period_has_passed() -> None:
+    reads: list[int] = []
+
+    def read() -> int:
+        reads.append(1)
+        return len(reads)
+
+    value = Periodic(read, period_s=5.0)
+    assert [value.get(t) for t in (100.0, 101.0, 104.9, 105.0, 106.0, 200.0)] == [1, 1, 1, 2, 2, 3]
 
 
 def test_load_averages_and_meminfo_parse() -> None:
@@ -209,6 +268,50 @@ def test_sample_source_skips_missed_ticks_after_a_slow_sample() -> None:
         sampler.release.set()
         await asyncio.sleep(0.1)
         assert sampler.taken - taken <= 7  # no burst of the missed ticks
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(scenario())
+
+
+class ChangingSampler(CountingSampler):
+    def snapshot(self) -> Snapshot:
+        self.taken += 1
+        return {"sampled_at": float(self.taken), "host": {"cpu_percent": 1.0, "users_count": self.taken}}
+
+
+def test_patch_since_the_previous_snapshot_is_made_on_the_sampling_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sampler = ChangingSampler()
+    source = SampleSource(sampler, interval_s=0.02)  # type: ignore[arg-type]
+    made_on: list[str] = []
+    real_make_patch = sampler_module.make_patch
+
+    def make_patch(old: Any, new: Any) -> Any:
+        made_on.append(threading.current_thread().name)
+        return real_make_patch(old, new)
+
+    monkeypatch.setattr(sampler_module, "make_patch", make_patch)
+
+    async def scenario() -> None:
+        runner = asyncio.create_task(source.run())
+        first = await _newest(source, 0, 2.0)
+        sent = source.latest
+        assert sent is not None
+        assert source.patch_since({}) == sent  # no snapshot before: the whole one, made here
+        assert made_on[-1] == threading.current_thread().name
+        await _newest(source, first, 2.0)
+        latest = source.latest
+        assert latest is not None
+        made_on.clear()
+        here = threading.current_thread().name
+        patch = source.patch_since(sent)
+        if source.latest is latest and source.version == first + 1:  # sent is the one just before
+            assert here not in made_on, "made on the sampling thread, not on the loop's"
+        assert patch == real_make_patch(sent, latest)
+        assert patch["host"] == {"users_count": latest["host"]["users_count"]}
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner

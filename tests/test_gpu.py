@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from node_agent import gpu as gpu_module
 from node_agent import procinfo
 from node_agent.gpu import GpuCollector, cuda_version_text, decode_throttle_reasons
 from node_agent.procinfo import ProcessResolver, redact_cmdline
@@ -167,6 +168,24 @@ def test_static_facts_are_fetched_once(make_collector: MakeCollector) -> None:
     assert fake.calls["nvmlDeviceGetUtilizationRates"] == 4 * 5
 
 
+def test_power_limit_and_ecc_count_are_read_every_few_seconds(
+    make_collector: MakeCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector, fake = make_collector(fakes.mixed_models())
+    now = [time.monotonic()]  # the power limit was first read with the static facts
+    monkeypatch.setattr(gpu_module.time, "monotonic", lambda: now[0])
+    assert collector.sample()["1"].ecc_volatile_uncorrected == 2
+    ecc_calls = fake.calls["nvmlDeviceGetTotalEccErrors"]
+    fake._scenario["gpus"][1].update(ecc_uncorrected=3, power_limit_mw=300_000)
+    now[0] += gpu_module.SLOW_FIELDS_EVERY_S - 1
+    sample = collector.sample()["1"]
+    assert (sample.ecc_volatile_uncorrected, sample.power_limit_watts) == (2, 400.0)
+    assert fake.calls["nvmlDeviceGetTotalEccErrors"] == ecc_calls  # not asked in between
+    now[0] += 1
+    sample = collector.sample()["1"]
+    assert (sample.ecc_volatile_uncorrected, sample.power_limit_watts) == (3, 300.0)
+
+
 def test_legacy_bindings_bytes_and_throttle_name(make_collector: MakeCollector) -> None:
     collector, fake = make_collector(fakes.legacy_bindings())
     assert not hasattr(fake, "nvmlDeviceGetCurrentClocksEventReasons")
@@ -220,6 +239,24 @@ def test_unsupported_fields_are_not_asked_again(make_collector: MakeCollector) -
     collector.sample()
     assert fake.calls["nvmlDeviceGetPowerUsage"] == power_calls  # both GPUs: unsupported
     assert fake.calls["nvmlDeviceGetFanSpeed"] == fan_calls + 2  # only GPU 1 is asked
+
+
+@pytest.mark.parametrize(
+    "scenario", [fakes.mixed_models(), fakes.unsupported_fields(), fakes.legacy_bindings()]
+)
+def test_direct_calls_read_what_the_policy_reads(
+    make_collector: MakeCollector, scenario: dict[str, Any]
+) -> None:
+    """The sampler calls NVML directly and falls back to the policy only when a call raises:
+    both paths make the same calls, so, once the unsupported fields are known, read the same."""
+    collector, _ = make_collector(scenario)
+    collector.sample()  # the policy marks the unsupported fields
+    nvml = collector._nvml
+    assert nvml is not None
+    for gpu in collector._gpus:
+        by_policy = gpu_module._call_by_policy(nvml, gpu)
+        assert gpu_module._call_directly(nvml, gpu) == by_policy
+        assert len(by_policy) == len(gpu_module._Readings._fields)
 
 
 def test_unexpected_error_on_optional_field_logs_once(

@@ -92,6 +92,15 @@ def test_merge_patch_follows_rfc7396() -> None:
     assert target == {"a": "b", "c": {"d": "e", "f": "g"}}, "inputs are not mutated"
 
 
+def test_make_patch_tells_equal_values_of_another_class_and_removed_keys() -> None:
+    old = {"gpu": {"temp": 40, "fan": 30.0, "name": "A"}, "n": True, "gone": 1}
+    new = {"gpu": {"temp": 40.0, "fan": 30.0, "name": "A", "new": None}, "n": 1, "added": [1]}
+    # 40 and 40.0 (or True and 1) are equal in Python but not the same JSON
+    assert p.make_patch(old, new) == {"gpu": {"temp": 40.0}, "n": 1, "gone": None, "added": [1]}
+    assert p.make_patch(new, new) == {}
+    assert p.make_patch({"a": None}, {"b": None}) == {"a": None}
+
+
 def test_make_patch_removes_gpus_and_replaces_lists_whole() -> None:
     old = snapshot()
     new = p.merge_patch(old, {"gpus": {"1": None}})

@@ -222,7 +222,11 @@ def _edge_value(hint: Any) -> st.SearchStrategy[Any]:
         item = (
             st.text(max_size=3)
             if "str" in text
-            else st.fixed_dictionaries({}, optional={"pid": st.integers(), "user": st.text(max_size=3)})
+            else st.fixed_dictionaries(
+                {},
+                # what JSON (orjson) can carry: a larger pid can't even be encoded to be sent
+                optional={"pid": st.integers(-(2**63), 2**64 - 1), "user": st.text(max_size=3)},
+            )
             if "Process" in text or "Disk" in text
             else st.floats(min_value=-2e18, max_value=2e18)
         )

@@ -122,7 +122,7 @@ class HubLink:
 
     async def _stream(self, ws: ClientConnection) -> None:
         """Hello, then one delta per new snapshot and a heartbeat when none came in time."""
-        await ws.send(encode(self._hello).decode())
+        await ws.send(encode(self._hello), text=True)  # UTF-8 JSON, sent as is
         reader = asyncio.create_task(_drain(ws))
         try:
             sent: Snapshot = {}
@@ -151,7 +151,7 @@ class HubLink:
                         sent = latest
                 if not message:  # nothing new (or nothing that fits): a heartbeat
                     message = encode(Delta(seq=seq, ts=ts, patch={}))
-                await ws.send(message.decode())
+                await ws.send(message, text=True)
             await reader  # re-raises ConnectionClosed with the hub's close code
         finally:
             reader.cancel()

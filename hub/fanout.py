@@ -1,8 +1,10 @@
 """Pushing changes to browsers: render once per change, then fan out latest-wins per viewer.
 
-Node changes are collected as they arrive and flushed on a fixed tick (``max_rate_hz``, 10 by
-default): each dirty node is rendered once per tick, whatever its number of messages, and the
-same bytes go to every viewer. Each viewer has its own sender task and holds up to
+Each node change is rendered as it arrives (the scene renders only the parts it touched), and
+the rendered parts are collected, the newest per element, until a fixed tick (``max_rate_hz``,
+10 by default) sends them: the same bytes to every viewer. Rendering on arrival spreads that
+work over the tick instead of doing it all at once on the tick, where every update of the tick
+would wait for it (20 to 30 ms at 2,000 nodes). Each viewer has its own sender task and holds up to
 :data:`MAX_SHARED_BATCHES` shared batches, sent joined when it catches up; one further behind
 drops them and gets the next full state, built once per filter at most every
 :data:`RESYNC_EVERY_S` for all such viewers. So a slow browser costs the others nothing, and a
@@ -135,28 +137,30 @@ class Fanout:
         self._registry = registry
         self._scene = scene
         self._tick_s = 1.0 / max_rate_hz
-        self._dirty: dict[str, NodeChange] = {}
+        self._rendered: dict[str, dict[str, str]] = {}  # since the last tick: node id -> element id -> HTML
         self.viewers: set[Viewer] = set()
         self._last_summaries: dict[ViewFilter, SummaryView] = {}
         self._summary_due_at = 0.0
-        self._full_states: dict[ViewFilter, bytes] = {}  # valid until the next flush renders
+        self._full_states: dict[ViewFilter, bytes] = {}  # valid until the next tick sends parts
         self._resync_at = 0.0
 
     # ------------------------------------------------------------------ input
     def note(self, change: NodeChange | None) -> None:
-        """Records a node change; rendered at the next tick, merged with others before then."""
+        """Renders a node change now; its parts go out with the next tick. A whole card (or a
+        removal) replaces the node's parts rendered before it in the same tick; later parts
+        are applied over it, the newest per element."""
         if change is None:
             return
-        old = self._dirty.get(change.node_id)
-        if old is not None:
-            change = NodeChange(
-                change.node_id,
-                card=old.card or change.card,
-                host=old.host or change.host,
-                gpus=old.gpus | change.gpus,
-                removed=change.removed,
-            )
-        self._dirty[change.node_id] = change
+        try:
+            parts = self._scene.render_change(change)
+        except Exception:  # one bad render must not cost the agent its connection
+            log.exception("rendering a change of node %s failed", change.node_id)
+            return
+        pending = self._rendered.get(change.node_id)
+        if pending is None or change.card or change.removed:
+            self._rendered[change.node_id] = parts
+        else:
+            pending.update(parts)
 
     # ------------------------------------------------------------------ viewers
     def full_state(self, view_filter: ViewFilter) -> bytes:
@@ -188,11 +192,12 @@ class Fanout:
 
     def flush(self) -> None:
         now = time.monotonic()
-        dirty, self._dirty = self._dirty, {}
-        if dirty:
-            self._full_states.clear()  # the scene is about to change
-        fragments = {node_id: self._scene.render_change(change) for node_id, change in dirty.items()}
-        summaries = self._summaries(now)  # after rendering: it counts the rendered GPU rows
+        fragments, self._rendered = self._rendered, {}
+        if fragments:
+            # A full state built since the last tick may lack some of these parts; a viewer
+            # that got it gets this batch too, and parts applied twice change nothing.
+            self._full_states.clear()
+        summaries = self._summaries(now)
         if fragments or summaries:
             nodes = self._registry.nodes
 

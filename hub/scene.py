@@ -124,8 +124,7 @@ class Scene:
         ]
 
     def summary_view(self, view_filter: ViewFilter) -> SummaryView:
-        """The summary bar's counts, from the GPU tallies kept as rows render (a node whose
-        change is still waiting for the tick counts as of its last render)."""
+        """The summary bar's counts, from the GPU tallies kept as rows render."""
         rendered = self._rendered
         empty: dict[str, GpuTally] = {}
         return summary_view(

@@ -1,5 +1,7 @@
 """The fan-out with a real registry and scene and in-memory viewers: batches shared by every
-viewer, a viewer that falls far behind resynchronized from one full state per filter."""
+viewer, a viewer that falls far behind resynchronized from one full state per filter, changes
+rendered as they arrive (the newest part per element, a whole card over earlier parts), and a
+change that fails to render costing only itself."""
 
 from __future__ import annotations
 
@@ -135,3 +137,64 @@ def test_full_states_are_built_once_per_filter_and_tick() -> None:
     assert b"node-gpu0" in one and b"node-gpu1" not in one
     lab.tick()
     assert lab.fanout.full_state(ViewFilter()) is not everything, "a tick that changed nodes renews it"
+
+
+def test_two_samples_in_one_tick_send_the_newest_part_once_and_a_card_supersedes_parts() -> None:
+    async def main() -> None:
+        lab = Lab(nodes=1)
+        browser = Browser()
+        viewer = Viewer(browser.send, ViewFilter(), 10.0)
+        task = asyncio.create_task(viewer.run())
+        lab.fanout.add_viewer(viewer)
+        await settle()
+        sim = lab.sims[0]
+        for _ in range(2):  # two samples before the tick: rendered as they come
+            lab.clock.advance(0.04)
+            delta = decode(sim.next_delta(lab.clock.wall()))
+            assert isinstance(delta, Delta)
+            lab.fanout.note(lab.registry.delta(sim.name, lab.connections[sim.name], delta))
+        newest_host = lab.scene.card(lab.registry.nodes[sim.name]).split('id="node-gpu0-host"')[1][:200]
+        lab.fanout.flush()
+        await settle()
+        batch = browser.received[-1]
+        assert batch.count(b'id="node-gpu0-host"') == 1, "one host part per tick, the newest"
+        assert newest_host.encode() in batch
+        # a whole card (the agent disconnects) replaces the tick's parts rendered before it
+        delta = decode(sim.next_delta(lab.clock.wall() + 0.5))
+        assert isinstance(delta, Delta)
+        lab.fanout.note(lab.registry.delta(sim.name, lab.connections[sim.name], delta))
+        lab.fanout.note(lab.registry.disconnect(sim.name, lab.connections[sim.name]))
+        lab.fanout.flush()
+        await settle()
+        batch = browser.received[-1]
+        assert batch.startswith(b'<article id="node-gpu0"') and b'id="node-gpu0-host"' in batch
+        assert batch.count(b'id="node-gpu0-host"') == 1, "the part inside the card, not before it"
+        task.cancel()
+
+    run(main())
+
+
+def test_a_change_that_fails_to_render_costs_only_itself() -> None:
+    async def main() -> None:
+        lab = Lab(nodes=2)
+        real = lab.scene.render_change
+
+        def render_change(change: Any) -> dict[str, str]:
+            if change.node_id == "gpu0":
+                raise RuntimeError("a bug in a view model")
+            return real(change)
+
+        lab.scene.render_change = render_change  # type: ignore[method-assign]
+        browser = Browser()
+        viewer = Viewer(browser.send, ViewFilter(), 10.0)
+        task = asyncio.create_task(viewer.run())
+        lab.fanout.add_viewer(viewer)
+        await settle()
+        lab.tick()  # note() must not raise into the agent's connection handler
+        await settle()
+        batch = browser.received[-1]
+        assert b"node-gpu1-host" in batch, "the other node's parts still go out on the tick"
+        assert b"node-gpu0-" not in batch
+        task.cancel()
+
+    run(main())

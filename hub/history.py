@@ -203,8 +203,7 @@ def sample_values(state: Mapping[str, Any]) -> dict[str, float | None]:
         if not get("error"):
             util_key, mem_key = _gpu_series(index)
             values[util_key] = get("util_gpu_percent")
-            used, total = get("mem_used_bytes"), get("mem_total_bytes")
-            values[mem_key] = None if used is None or not total else 100.0 * used / total
+            values[mem_key] = _percent(get("mem_used_bytes"), get("mem_total_bytes"))
     return values
 
 

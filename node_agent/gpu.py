@@ -43,6 +43,9 @@ THROTTLE_REASON_BITS: tuple[tuple[int, str], ...] = (
 # The power limit and the ECC error count are read again this often (a change shows within it).
 SLOW_FIELDS_EVERY_S = 10.0
 
+# (field, NVML function or None where the bindings lack it, arguments) per sampled call
+SampleCalls = tuple[tuple[str, Callable[..., Any] | None, tuple[Any, ...]], ...]
+
 # nvml.h values, used when the bindings lack the named constant.
 _TEMPERATURE_GPU = 0
 _CLOCK_SM = 1
@@ -405,47 +408,41 @@ class _Readings(NamedTuple):
     graphics_procs: Any
 
 
-def _call_directly(nvml: _Nvml, gpu: _Gpu) -> _Readings:
-    """The sample's NVML calls, made directly, the fields known to be unsupported skipped; any
-    error raises. The same calls as :func:`_call_by_policy`, in the same order."""
-    m, h, skip = nvml.m, gpu.handle, gpu.unsupported
-    return _Readings(
-        m.nvmlDeviceGetMemoryInfo(h),
-        None if "util" in skip else m.nvmlDeviceGetUtilizationRates(h),
-        None if "power" in skip else m.nvmlDeviceGetPowerUsage(h),
-        None if "pstate" in skip else m.nvmlDeviceGetPerformanceState(h),
-        None if "enc" in skip else m.nvmlDeviceGetEncoderUtilization(h),
-        None if "dec" in skip else m.nvmlDeviceGetDecoderUtilization(h),
-        None if "throttle" in skip or nvml.throttle is None else nvml.throttle(h),
-        None if "temp" in skip else m.nvmlDeviceGetTemperature(h, nvml.temp_gpu),
-        None if "fan" in skip else m.nvmlDeviceGetFanSpeed(h),
-        None if "clock_sm" in skip else m.nvmlDeviceGetClockInfo(h, nvml.clock_sm),
-        None if "clock_mem" in skip else m.nvmlDeviceGetClockInfo(h, nvml.clock_mem),
-        None if "compute_procs" in skip else m.nvmlDeviceGetComputeRunningProcesses(h),
-        None if "graphics_procs" in skip else m.nvmlDeviceGetGraphicsRunningProcesses(h),
+def sample_calls(nvml: _Nvml, handle: Any) -> SampleCalls:
+    """The NVML calls of one sample of one GPU, in :class:`_Readings`' order: (field, function,
+    arguments). Looked up anew each sample, so both ways of calling them see the same functions."""
+    m = nvml.m
+    return (
+        ("memory", m.nvmlDeviceGetMemoryInfo, (handle,)),
+        ("util", m.nvmlDeviceGetUtilizationRates, (handle,)),
+        ("power", m.nvmlDeviceGetPowerUsage, (handle,)),
+        ("pstate", m.nvmlDeviceGetPerformanceState, (handle,)),
+        ("enc", m.nvmlDeviceGetEncoderUtilization, (handle,)),
+        ("dec", m.nvmlDeviceGetDecoderUtilization, (handle,)),
+        ("throttle", nvml.throttle, (handle,)),
+        ("temp", m.nvmlDeviceGetTemperature, (handle, nvml.temp_gpu)),
+        ("fan", m.nvmlDeviceGetFanSpeed, (handle,)),
+        ("clock_sm", m.nvmlDeviceGetClockInfo, (handle, nvml.clock_sm)),
+        ("clock_mem", m.nvmlDeviceGetClockInfo, (handle, nvml.clock_mem)),
+        ("compute_procs", m.nvmlDeviceGetComputeRunningProcesses, (handle,)),
+        ("graphics_procs", m.nvmlDeviceGetGraphicsRunningProcesses, (handle,)),
     )
+
+
+def _call_directly(nvml: _Nvml, gpu: _Gpu) -> _Readings:
+    """The sample's calls made directly, the fields known to be unsupported skipped; any error
+    raises."""
+    skip = gpu.unsupported
+    calls = sample_calls(nvml, gpu.handle)
+    return _Readings._make(None if fn is None or key in skip else fn(*args) for key, fn, args in calls)
 
 
 def _call_by_policy(nvml: _Nvml, gpu: _Gpu) -> _Readings:
-    """The sample's NVML calls, each through :meth:`_Nvml.query`: an unsupported field is
-    ``None`` (and marked, so that :func:`_call_directly` skips it from then on), a lost GPU
-    raises :class:`GpuLost`."""
-    m, h, q = nvml.m, gpu.handle, nvml.query
-    return _Readings(
-        q(gpu, "memory", m.nvmlDeviceGetMemoryInfo, h, required=True),
-        q(gpu, "util", m.nvmlDeviceGetUtilizationRates, h),
-        q(gpu, "power", m.nvmlDeviceGetPowerUsage, h),
-        q(gpu, "pstate", m.nvmlDeviceGetPerformanceState, h),
-        q(gpu, "enc", m.nvmlDeviceGetEncoderUtilization, h),
-        q(gpu, "dec", m.nvmlDeviceGetDecoderUtilization, h),
-        q(gpu, "throttle", nvml.throttle, h),
-        q(gpu, "temp", m.nvmlDeviceGetTemperature, h, nvml.temp_gpu),
-        q(gpu, "fan", m.nvmlDeviceGetFanSpeed, h),
-        q(gpu, "clock_sm", m.nvmlDeviceGetClockInfo, h, nvml.clock_sm),
-        q(gpu, "clock_mem", m.nvmlDeviceGetClockInfo, h, nvml.clock_mem),
-        q(gpu, "compute_procs", m.nvmlDeviceGetComputeRunningProcesses, h),
-        q(gpu, "graphics_procs", m.nvmlDeviceGetGraphicsRunningProcesses, h),
-    )
+    """The same calls, each through :meth:`_Nvml.query`: an unsupported field is ``None`` (and
+    marked, so that :func:`_call_directly` skips it from then on), a lost GPU raises
+    :class:`GpuLost`; the memory reading is required."""
+    query, calls = nvml.query, sample_calls(nvml, gpu.handle)
+    return _Readings._make(query(gpu, key, fn, *args, required=key == "memory") for key, fn, args in calls)
 
 
 def _merged_processes(compute: Any, graphics: Any) -> list[_RawProcess] | None:

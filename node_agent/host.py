@@ -8,11 +8,11 @@ per core, ``disk_io_counters`` re-checks ``/sys/block`` for every device, ``swap
 reads ``/proc/vmstat``), and every sample counts on a node. psutil is left the static facts and
 the logged-in users, which are counted again only when ``utmp`` changes.
 
-Three values change more slowly than the sample comes and are read less often, each with its
+Two values change more slowly than the sample comes and are read less often, each with its
 own :class:`~node_agent.periodic.Periodic`: the load averages every :data:`LOAD_AVG_EVERY_S`
-(the kernel recomputes them only that often), filesystem usage every :data:`DISK_USAGE_EVERY_S`
-and the logged-in users every :data:`USERS_EVERY_S`; in between, a sample repeats the last
-reading. Disk I/O comes from each disk's own sysfs ``stat`` file (:class:`DiskCounters`).
+(the kernel recomputes them only that often) and filesystem usage every
+:data:`DISK_USAGE_EVERY_S`; in between, a sample repeats the last reading. The logged-in users
+are counted again only when ``utmp`` changes (:class:`UserCount`). Disk I/O comes from each disk's own sysfs ``stat`` file (:class:`DiskCounters`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ UTMP_PATH = "/var/run/utmp"  # where glibc (and so psutil.users) reads the logge
 # Read less often than every sample (module docstring): a user sees no difference.
 LOAD_AVG_EVERY_S = 5.0  # the kernel recomputes the load averages every 5 s (LOAD_FREQ)
 DISK_USAGE_EVERY_S = 10.0  # filesystems fill over minutes
-USERS_EVERY_S = 10.0  # a login shows within 10 s
 
 
 def _cpu_model() -> str | None:
@@ -67,7 +66,7 @@ class HostCollector:
         self._disk_counters = DiskCounters()  # disks found once: one added later counts after a restart
         self._load_avg = Periodic(self._read_load_averages, LOAD_AVG_EVERY_S)
         self._disk_usage = Periodic(self._disks, DISK_USAGE_EVERY_S)
-        self._users_count = Periodic(UserCount().count, USERS_EVERY_S)
+        self._users = UserCount()  # counted again only when utmp changes
         # the first real sample is a delta over these
         self._last_time = time.monotonic()
         self._last_cpu = core_ticks(_read(self._stat))
@@ -130,7 +129,7 @@ class HostCollector:
             "net_rx_bytes_per_s": _rounded(net_rx),
             "net_tx_bytes_per_s": _rounded(net_tx),
             "uptime_s": round(time.time() - self._boot_time_epoch_s),
-            "users_count": self._users_count.get(now),
+            "users_count": self._users.count(),
         }
 
     def _read_load_averages(self) -> tuple[float | None, float | None, float | None]:

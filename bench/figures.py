@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import platform
-import statistics
 import sys
 import time
 
@@ -30,28 +29,6 @@ def machine() -> str:
     )
 
 
-def _reference_work() -> int:
-    """A fixed piece of pure-Python work like the hub's and agent's (formatting numbers into
-    short strings, dicts, calls); it never changes, so its time measures the machine."""
-    parts: dict[str, str] = {}
-    for i in range(6000):
-        parts[f"node-{i % 500}-gpu-{i % 8}"] = f'<u class="p{i % 101}">{i * 0.37:.1f}%</u>'
-    return len("".join(parts.values()))
-
-
-def reference_ms(runs: int = 40) -> float:
-    """The median time of :func:`_reference_work` in ms (about 0.2 s in all): how fast this
-    machine runs Python right now. This kind of VM's speed changes by a third within an hour
-    (and from one run of the loop to the next by up to 2x), so every benchmark prints it at its
-    start and end: compare figures of different runs only where these are alike."""
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        _reference_work()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
-
-
 class Figures:
     def __init__(self, bench: str, judge: bool = True) -> None:
         """``judge``: say whether each target is met (off for ``--tiny`` runs: too small to mean
@@ -60,7 +37,6 @@ class Figures:
         self.judge = judge
         self.values: dict[str, float] = {}
         self.missed: list[str] = []
-        self._reference_at_start_ms = 0.0
 
     def header(self, what: str) -> None:
         print(f"== bench.{self.bench}: {what}", flush=True)
@@ -68,7 +44,6 @@ class Figures:
             print("   tiny run: it checks that the benchmark works; its figures mean nothing", flush=True)
         print(f"   machine: {machine()}", flush=True)
         print(f"   date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", flush=True)
-        self._reference_at_start_ms = reference_ms()
 
     def note(self, text: str) -> None:
         print(f"   {text}", flush=True)
@@ -96,8 +71,6 @@ class Figures:
         print(line, flush=True)
 
     def done(self) -> int:
-        self.add("machine_reference_at_start", self._reference_at_start_ms, "ms", digits=2)
-        self.add("machine_reference_at_end", reference_ms(), "ms (lower: a faster machine)", digits=2)
         if self.missed:
             print(f"   {self.bench}: targets missed: {', '.join(self.missed)}", flush=True)
         else:

@@ -45,9 +45,6 @@ def test_render_prints_cost_per_changed_node() -> None:
         assert name in figures, figures
     assert number(figures["bytes_per_changed_node"]) > 0
     assert number(figures["host_fragment_bytes"]) > 0
-    # every benchmark says how fast the machine ran Python at its start and end
-    assert number(figures["machine_reference_at_start"]) > 0, figures
-    assert number(figures["machine_reference_at_end"]) > 0, figures
 
 
 @pytest.mark.timeout(180)

@@ -4,7 +4,10 @@ Drives the hub's own pieces in-process: a :class:`NodeRegistry` fed real encoded
 hellos and deltas from simulated nodes (:mod:`bench.simnode`), and :class:`Scene.render_change`
 called the way the fan-out's tick calls it. Only rendering is timed.
 
-    python -m bench.render [--nodes 200] [--rounds 20] [--tiny]
+    python -m bench.render [--nodes 200] [--rounds 20] [--parts] [--tiny]
+
+``--parts`` also times each part of a change (history, host part, GPU rows, sparklines), each
+call under its own timer: their sum is a little more than the total without ``--parts``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from bench.figures import Figures
 from bench.simnode import SimNode
@@ -23,6 +27,39 @@ from hub.scene import Scene
 from hub.settings import GpuFreeRule
 from node_agent.protocol import Delta, Hello, decode
 
+T = TypeVar("T")
+
+
+class PartTimedScene(Scene):
+    """The hub's scene with a timer around each part of a change: seconds per part."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.part_s: dict[str, float] = {}
+
+    def _timed(self, part: str, call: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        result = call()
+        self.part_s[part] = self.part_s.get(part, 0.0) + time.perf_counter() - started
+        return result
+
+    def _record(self, node: Any) -> bool:
+        return self._timed("history", lambda: super(PartTimedScene, self)._record(node))
+
+    def _render_host(self, node: Any) -> str:
+        return self._timed("host", lambda: super(PartTimedScene, self)._render_host(node))
+
+    def _render_gpu(self, *args: Any) -> str:
+        return self._timed("gpu_rows", lambda: super(PartTimedScene, self)._render_gpu(*args))
+
+    def _render_cpu_spark(self, node_id: str) -> str:
+        return self._timed("sparklines", lambda: super(PartTimedScene, self)._render_cpu_spark(node_id))
+
+    def _render_gpu_spark(self, node_id: str, index: str) -> str:
+        return self._timed(
+            "sparklines", lambda: super(PartTimedScene, self)._render_gpu_spark(node_id, index)
+        )
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.render", description=__doc__.split("\n")[0])
@@ -31,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rounds", type=int, default=40, help="samples per node (40: every sparkline group closes once)"
     )
     parser.add_argument("--busy-fraction", type=float, default=0.6, help="share of GPUs that are busy")
+    parser.add_argument("--parts", action="store_true", help="also time each part of a change")
     parser.add_argument("--tiny", action="store_true", help="a few nodes and rounds (seconds)")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -43,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     clock = ManualClock()
     registry = NodeRegistry(clock)
-    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    scene = (PartTimedScene if args.parts else Scene)(registry, Renderer(), GpuFreeRule(), clock.wall)
     sims = [SimNode(f"gpu{i:04d}", seed=i, busy_fraction=args.busy_fraction) for i in range(args.nodes)]
     connections: dict[str, int] = {}
     card_us: list[float] = []
@@ -66,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     host_bytes: list[int] = []
     gpu_bytes: list[int] = []
     fragments = 0
+    if isinstance(scene, PartTimedScene):
+        scene.part_s.clear()  # the whole cards above are not changes
     for _ in range(args.rounds):
         clock.advance(1.0)
         changes: list[NodeChange] = []
@@ -99,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fig.add("us_per_fragment", sum(per_node_us) / max(fragments, 1), "µs")
     fig.add("us_per_whole_card", statistics.fmean(card_us), "µs")
     fig.add("bytes_per_whole_card", statistics.fmean(card_bytes), "B", digits=0)
+    if isinstance(scene, PartTimedScene):
+        for part, seconds in sorted(scene.part_s.items(), key=lambda item: -item[1]):
+            fig.add(f"part_us_per_changed_node.{part}", seconds * 1e6 / len(per_node_us), "µs")
     return fig.done()
 
 

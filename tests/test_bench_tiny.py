@@ -18,10 +18,10 @@ import pytest
 from tests.procs import REPO, base_env
 
 
-def run_bench(name: str, timeout_s: float) -> dict[str, str]:
+def run_bench(name: str, timeout_s: float, *options: str) -> dict[str, str]:
     """Runs one benchmark at tiny size; returns its figures (name -> value text)."""
     done = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", "--tiny"],
+        [sys.executable, "-m", f"bench.{name}", "--tiny", *options],
         cwd=REPO,
         env=base_env(),
         capture_output=True,
@@ -39,12 +39,17 @@ def number(text: str) -> float:
     return float(text.split()[0].replace(",", ""))
 
 
-def test_render_prints_cost_per_changed_node() -> None:
-    figures = run_bench("render", 60)
+def test_render_prints_cost_per_changed_node_and_its_parts() -> None:
+    figures = run_bench("render", 60, "--parts")
     for name in ("us_per_changed_node", "bytes_per_changed_node", "host_fragment_bytes", "us_per_whole_card"):
         assert name in figures, figures
     assert number(figures["bytes_per_changed_node"]) > 0
     assert number(figures["host_fragment_bytes"]) > 0
+    parts = {name: number(value) for name, value in figures.items() if name.startswith("part_")}
+    for part in ("history", "host", "gpu_rows"):  # sparklines only once a bucket group closes
+        assert parts[f"part_us_per_changed_node.{part}"] > 0, figures
+    # the parts are timed inside the changes (whole cards at the start are not changes)
+    assert sum(parts.values()) < number(figures["us_per_changed_node"]), figures
 
 
 @pytest.mark.timeout(180)

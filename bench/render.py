@@ -2,7 +2,8 @@
 
 Drives the hub's own pieces in-process: a :class:`NodeRegistry` fed real encoded-then-decoded
 hellos and deltas from simulated nodes (:mod:`bench.simnode`), and :class:`Scene.render_change`
-called the way the fan-out's tick calls it. Only rendering is timed.
+called the way the fan-out calls it: each change as it arrives, right after its message is
+decoded and merged. Only rendering is timed.
 
     python -m bench.render [--nodes 200] [--rounds 20] [--parts] [--tiny]
 
@@ -22,7 +23,7 @@ from bench.figures import Figures
 from bench.simnode import SimNode
 from frontend.render import Renderer
 from hub.clock import ManualClock
-from hub.registry import NodeChange, NodeRegistry
+from hub.registry import NodeRegistry
 from hub.scene import Scene
 from hub.settings import GpuFreeRule
 from node_agent.protocol import Delta, Hello, decode
@@ -108,14 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         scene.part_s.clear()  # the whole cards above are not changes
     for _ in range(args.rounds):
         clock.advance(1.0)
-        changes: list[NodeChange] = []
-        for sim in sims:
-            delta = decode(sim.next_delta(clock.wall()))
+        # the agents' side first (simulating and encoding), then the hub's, per message as the
+        # hub does it: decode, merge, render the change at once
+        frames = [(sim.name, sim.next_delta(clock.wall())) for sim in sims]
+        for name, frame in frames:
+            delta = decode(frame)
             assert isinstance(delta, Delta)
-            change = registry.delta(sim.name, connections[sim.name], delta)
+            change = registry.delta(name, connections[name], delta)
             assert change is not None
-            changes.append(change)
-        for change in changes:
             started = time.perf_counter()
             out = scene.render_change(change)
             per_node_us.append((time.perf_counter() - started) * 1e6)

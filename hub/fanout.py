@@ -180,6 +180,10 @@ class Fanout:
 
     def remove_viewer(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
+        if all(other.filter != viewer.filter for other in self.viewers):
+            # filters come from URLs: keep nothing for one that no viewer uses any more
+            self._last_summaries.pop(viewer.filter, None)
+            self._full_states.pop(viewer.filter, None)
 
     # ------------------------------------------------------------------ the tick
     async def run(self) -> None:
@@ -193,10 +197,10 @@ class Fanout:
     def flush(self) -> None:
         now = time.monotonic()
         fragments, self._rendered = self._rendered, {}
-        if fragments:
-            # A full state built since the last tick may lack some of these parts; a viewer
-            # that got it gets this batch too, and parts applied twice change nothing.
-            self._full_states.clear()
+        # A full state lives for one tick: it may lack this tick's parts (a viewer that got it
+        # gets this batch too, and parts applied twice change nothing), and it carries the
+        # hub's clock, which a viewer joining a quiet hub (every node offline) must get fresh.
+        self._full_states.clear()
         summaries = self._summaries(now)
         if fragments or summaries:
             nodes = self._registry.nodes

@@ -139,6 +139,39 @@ def test_full_states_are_built_once_per_filter_and_tick() -> None:
     assert lab.fanout.full_state(ViewFilter()) is not everything, "a tick that changed nodes renews it"
 
 
+def test_a_viewer_joining_a_quiet_hub_gets_the_hub_clock_of_now() -> None:
+    lab = Lab(nodes=1)
+    lab.fanout.full_state(ViewFilter())
+    lab.clock.advance(3600.0)  # an hour with nothing to send (every node gone quiet)
+    lab.fanout.flush()
+    full = lab.fanout.full_state(ViewFilter()).decode()
+    assert f'data-now="{lab.clock.wall():.3f}"' in full or f'data-now="{lab.clock.wall()}' in full, full[
+        -400:
+    ]
+
+
+def test_summaries_of_filters_no_viewer_uses_are_forgotten() -> None:
+    async def main() -> None:
+        lab = Lab(nodes=2)
+        wall = Viewer(Browser().send, ViewFilter(), send_timeout_s=5)
+        lab.fanout.add_viewer(wall)
+        for name in ("gpu0", "gpu1"):
+            viewer = Viewer(Browser().send, ViewFilter(names=frozenset({name})), send_timeout_s=5)
+            twin = Viewer(Browser().send, ViewFilter(names=frozenset({name})), send_timeout_s=5)
+            lab.fanout.add_viewer(viewer)
+            lab.fanout.add_viewer(twin)
+            lab.fanout._summary_due_at = 0.0  # the summary bar is due now
+            lab.fanout.flush()
+            lab.fanout.remove_viewer(viewer)
+            assert ViewFilter(names=frozenset({name})) in lab.fanout._last_summaries, "its twin still uses it"
+            lab.fanout.remove_viewer(twin)
+        assert set(lab.fanout._last_summaries) == {ViewFilter()}, (
+            "one entry per URL ever used grows without end"
+        )
+
+    run(main())
+
+
 def test_two_samples_in_one_tick_send_the_newest_part_once_and_a_card_supersedes_parts() -> None:
     async def main() -> None:
         lab = Lab(nodes=1)

@@ -680,7 +680,7 @@ def detail_view(
     host: Mapping[str, Any] = node.state.get("host") or {}
     points = max((len(v) for v in history.values()), default=0) or 1
     chart: dict[str, int] = {"points": points, "step": max(1, 720 // points), "height": 48}
-    live = node.status is NodeStatus.LIVE
+    live = node.reporting
     statics = {str(g.get("index")): g for g in (hello.gpus if hello else [])}
     gpus = node.state.get("gpus") or {}
     gpu_views = []

@@ -131,6 +131,7 @@ class NodeReading:
     state: Snapshot
     last_seen_epoch_s: float | None
     sample_age_s: float | None
+    reporting: bool = True  # live with fresh samples (Node.reporting): only then is a GPU free
 
 
 def read_nodes(registry: NodeRegistry) -> list[NodeReading]:
@@ -145,6 +146,7 @@ def read_nodes(registry: NodeRegistry) -> list[NodeReading]:
             state=node.state,
             last_seen_epoch_s=node.last_seen_wall or None,
             sample_age_s=registry.sample_age_s(node) if node.state else None,
+            reporting=node.reporting,
         )
         for node in registry.ordered()
     ]
@@ -314,9 +316,8 @@ class HubCollector:
                 gpu_up.add_metric(labels, 0.0 if failed else 1.0)
                 if failed:
                     continue
-                free.add_metric(
-                    labels, 1.0 if gpu_is_free(gpu, rule.max_util_percent, rule.max_mem_percent) else 0.0
-                )
+                is_free = node.reporting and gpu_is_free(gpu, rule.max_util_percent, rule.max_mem_percent)
+                free.add_metric(labels, 1.0 if is_free else 0.0)
                 for gauge, family in zip(GPU_GAUGES, families, strict=True):
                     value = _number(gpu.get(gauge.field))
                     if value is not None:

@@ -58,6 +58,11 @@ class Node:
     sample_late: bool = False  # heartbeats arrive but samples do not (a hung collector)
     version: int = 0  # bumped on every visible change
 
+    @property
+    def reporting(self) -> bool:
+        """Live with fresh samples: only then do its GPU rows show what is true now."""
+        return self.status is NodeStatus.LIVE and not self.sample_late
+
 
 class NodeChange(NamedTuple):
     """What to render again: the whole card, or only the host part and some GPU rows. (One per
@@ -122,13 +127,14 @@ class NodeRegistry:
             return NodeChange(node_id, card=True)
         old_gpus = node.state.get("gpus") or {}
         node.state = merge_patch(node.state, patch)
+        was_late = node.sample_late
         if "sampled_at" in patch:
             node.last_sample_mono = node.last_seen_mono
             node.sample_late = False
         node.version += 1
         gpus_patch = patch.get("gpus")
         new_gpus = node.state.get("gpus") or {}
-        if not was_live or old_gpus.keys() != new_gpus.keys():
+        if not was_live or was_late != node.sample_late or old_gpus.keys() != new_gpus.keys():
             return NodeChange(node_id, card=True)
         return NodeChange(
             node_id,
@@ -165,10 +171,12 @@ class NodeRegistry:
                 target = NodeStatus.STALE
             else:
                 if now - node.last_sample_mono >= late_after_s:
-                    # heartbeats flow but samples don't: show how late, every sweep
+                    # heartbeats flow but samples don't: show how late, every sweep; the first
+                    # time, the whole card (its GPU rows no longer show the truth)
+                    became_late = not node.sample_late
                     node.sample_late = True
                     node.version += 1
-                    changes.append(NodeChange(node.node_id, host=True))
+                    changes.append(NodeChange(node.node_id, card=became_late, host=not became_late))
                 continue
             change = self._set_status(node, target)
             if change is not None:

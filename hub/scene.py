@@ -28,7 +28,7 @@ from frontend.viewmodels import (
     summary_view,
 )
 from hub.history import History, sample_values
-from hub.registry import Node, NodeChange, NodeRegistry, NodeStatus, sort_key
+from hub.registry import Node, NodeChange, NodeRegistry, sort_key
 from hub.settings import GpuFreeRule
 
 DEFAULT_HISTORY_S = 900.0
@@ -96,7 +96,7 @@ class Scene:
         if change.host:
             rendered.host = out[f"{card_id}-host"] = self._render_host(node)
         gpus = node.state.get("gpus") or {}
-        live = node.status is NodeStatus.LIVE
+        live = node.reporting
         for index in gpu_order(change.gpus):
             if index in gpus:
                 row = self._render_gpu(rendered, node_id, index, gpus[index], live)
@@ -168,7 +168,7 @@ class Scene:
     # ------------------------------------------------------------------ rendering
     def _render_card(self, node: Node) -> str:
         gpus = node.state.get("gpus") or {}
-        live = node.status is NodeStatus.LIVE
+        live = node.reporting
         node_id = node.node_id
         order = gpu_order(gpus)
         rendered = RenderedNode(host=self._render_host(node), cpu_spark=self._render_cpu_spark(node_id))

@@ -18,6 +18,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hub.clock import ManualClock
+from hub.metrics import exposition, read_nodes
+from hub.registry import NodeRegistry
+from hub.settings import GpuFreeRule
+from node_agent.protocol import Delta, Hello
 from tests import fakes
 from tests.fakes import GIB
 from tests.procs import Hub, Proc, free_port, spawn, start_agent, wait_until
@@ -212,3 +217,32 @@ def test_real_prometheus_scrapes_the_hub(hub: Hub, procs: list[Proc], tmp_path: 
     assert [(s["metric"]["node"], s["metric"]["gpu"], s["metric"]["model"], s["value"][1]) for s in hot] == [
         ("prom", "3", "NVIDIA GeForce RTX 4090", "88")
     ]
+
+
+def test_a_gpu_is_free_only_on_a_node_that_reports_now() -> None:
+    """A late node's or a hung collector's last sample says nothing about the GPU now (as on the wall)."""
+    clock = ManualClock()
+    registry = NodeRegistry(clock)
+    idle = {
+        "name": "T4",
+        "util_gpu_percent": 0.0,
+        "mem_used_bytes": 0,
+        "mem_total_bytes": GIB,
+        "processes": [],
+    }
+    connection, _ = registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
+    registry.delta("n1", connection, Delta(1, 0.0, {"sampled_at": 1.0, "gpus": {"0": idle}}))
+
+    def free() -> float:
+        found = samples(exposition(read_nodes(registry), GpuFreeRule(), viewers=0).decode())
+        return value(found, "sers_gpu_free", node="n1", gpu="0")
+
+    assert free() == 1.0
+    for _ in range(4):
+        clock.advance(1.0)
+        registry.delta("n1", connection, Delta(2, 0.0, {}))  # heartbeats, no samples
+        registry.sweep()
+    assert registry.nodes["n1"].sample_late and free() == 0.0
+    clock.advance(3.5)
+    registry.sweep()  # silent: stale
+    assert free() == 0.0

@@ -105,6 +105,22 @@ def test_hung_collector_shows_as_sample_late_while_heartbeats_flow() -> None:
     assert not node.sample_late
 
 
+def test_a_node_turning_sample_late_and_back_gets_its_whole_card_rendered() -> None:
+    """Its GPU rows stop (and start again) showing what is true now, not only its host line."""
+    registry, clock, connection = make()
+    beat(registry, connection, {"sampled_at": 1.0, "gpus": {"0": {"util_gpu_percent": 0.0}}})
+    changes = []
+    for _ in range(5):
+        clock.advance(1.0)
+        beat(registry, connection)  # heartbeats only
+        changes += registry.sweep()
+    node = registry.nodes["n1"]
+    assert node.sample_late and not node.reporting
+    assert [c.card for c in changes] == [True, False, False], "the card once, then the host line's age"
+    change = registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch={"sampled_at": 6.0}))
+    assert change is not None and change.card and node.reporting
+
+
 def test_names_map_by_node_name_or_address() -> None:
     clock = ManualClock()
     registry = NodeRegistry(clock, names={"n1": Naming("GPU One", "A100"), "10.0.0.7": Naming(group="H100")})

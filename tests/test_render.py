@@ -382,6 +382,32 @@ def test_offline_card_marks_rows_not_live() -> None:
     assert registry.nodes["gpu07"].status is NodeStatus.OFFLINE
 
 
+def test_a_node_whose_samples_stopped_shows_no_gpu_as_free() -> None:
+    """Heartbeats still come, samples don't (a hung NVML call): its GPU rows are old news."""
+    registry, clock, connection = lab_node(gpus=1)
+    registry.delta(
+        "gpu07",
+        connection,
+        Delta(2, 0.0, {"gpus": {"0": gpu(util_gpu_percent=0.0, mem_used_bytes=0, processes=[])}}),
+    )
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    scene.render_change(NodeChange("gpu07", card=True))
+    assert scene.summary_view(ViewFilter()).gpus_free == 1
+    cards = []
+    for _ in range(4):
+        clock.advance(1.0)
+        registry.delta("gpu07", connection, Delta(3, 0.0, {}))  # a heartbeat
+        cards += [scene.render_change(c) for c in registry.sweep() if c.card]
+    [card] = cards
+    assert 'class="g o"' in card["node-gpu07"] and "✓ free" not in card["node-gpu07"]
+    assert "no new sample" in card["node-gpu07"]
+    assert scene.summary_view(ViewFilter()).gpus_free == 0
+    change = registry.delta("gpu07", connection, Delta(4, 0.0, {"sampled_at": clock.wall()}))
+    assert change is not None and change.card
+    assert "✓ free" in scene.render_change(change)["node-gpu07"]
+    assert scene.summary_view(ViewFilter()).gpus_free == 1
+
+
 def test_view_filter_by_group_name_and_gpus() -> None:
     clock = ManualClock()
     registry = NodeRegistry(clock, names={"a": Naming("Alpha", "vision"), "b": Naming(group="nlp")})

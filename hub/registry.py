@@ -218,4 +218,5 @@ class NodeRegistry:
 
 
 def sort_key(node: Node) -> tuple[Any, ...]:
-    return (node.group is None, node.group or "", node.display_name.lower(), node.node_id)
+    # as the browser orders cards it inserts (HeadView.sort_key): case-insensitively
+    return (node.group is None, (node.group or "").lower(), node.display_name.lower(), node.node_id)

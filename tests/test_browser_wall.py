@@ -348,3 +348,97 @@ def test_a_stopped_hub_shows_as_lost_and_a_restarted_one_recovers_without_reload
     assert page.evaluate("window.__marker") == "no reload"
     assert page.locator("#node-alpha .g").count() == 8
     assert page.locator("article.n").count() == 1, "the full state replaced the old cards"
+
+
+# --------------------------------------------------------------------------- the page's own rules
+# The real page from a real hub, but its WebSocket replaced by one the test drives: messages in
+# exactly the order a test needs, and a connection that never opens.
+FAKE_SOCKET = """
+window.__sockets = [];
+class FakeSocket {
+  constructor(url) {
+    this.url = url; this.readyState = 0; window.__sockets.push(this);
+    if (!window.__neverOpen) setTimeout(() => { this.readyState = 1; if (this.onopen) this.onopen({}); }, 0);
+  }
+  send() {}
+  close() {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    setTimeout(() => { if (this.onclose) this.onclose({}); }, 0);
+  }
+}
+FakeSocket.CONNECTING = 0; FakeSocket.OPEN = 1; FakeSocket.CLOSING = 2; FakeSocket.CLOSED = 3;
+window.WebSocket = FakeSocket;
+window.__push = (text) => window.__sockets[window.__sockets.length - 1].onmessage({ data: text });
+"""
+
+
+def fake_card(node: str, row: str) -> str:
+    return (
+        f'<article id="node-{node}" class="n" data-node="{node}" data-status="live" data-sort="0\x1f{node}\x1f{node}">'
+        f'<header><span class="st">live</span></header><div class="gw"><div class="gr">{row}</div></div></article>'
+    )
+
+
+def fake_row(node: str, text: str) -> str:
+    return f'<div id="node-{node}-gpu-0" class="g b"><b>0</b><span class="us">{text}</span></div>'
+
+
+def test_a_part_applied_at_once_is_not_undone_by_an_older_stashed_one(browser: Any, hub: Hub) -> None:
+    """Parts of cards off the screen wait in a stash; a message with a whole card applies every
+    part in it at once, and the stash must then forget the older part of the same element."""
+    context = browser.new_context(viewport={"width": 800, "height": 300})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.add_init_script(FAKE_SOCKET)
+        page.goto(hub.url + "/")
+        nodes = [f"n{i:02d}" for i in range(12)]
+        full = '<main id="nodes" class="grid">' + "".join(
+            fake_card(n, fake_row(n, "busy alice")) for n in nodes
+        )
+        page.evaluate("html => window.__push(html)", full + "</main>")
+        far = nodes[-1]
+        page.wait_for_function(
+            "id => document.getElementById(id).getBoundingClientRect().top > innerHeight", arg=f"node-{far}"
+        )
+        page.wait_for_timeout(300)  # the observer has reported which cards are on screen
+        page.evaluate("html => window.__push(html)", fake_row(far, "busy bob"))  # off screen: stashed
+        page.evaluate(
+            "html => window.__push(html)",
+            fake_card(nodes[0], fake_row(nodes[0], "free")) + fake_row(far, "carol"),
+        )
+        assert page.locator(f"#node-{far}-gpu-0 .us").inner_text() == "carol", (
+            "a card message applies at once"
+        )
+        page.evaluate("id => document.getElementById(id).scrollIntoView()", f"node-{far}")
+        page.wait_for_timeout(1500)  # the observer, and the once-a-second flush
+        assert page.locator(f"#node-{far}-gpu-0 .us").inner_text() == "carol", (
+            "the older stashed part stays void"
+        )
+    finally:
+        context.close()
+
+
+def test_a_connection_that_never_opens_shows_as_lost_and_is_retried(page: Any, hub: Hub) -> None:
+    """A proxy that holds the WebSocket upgrade forever: the page must not sit at 'connecting…'
+    over numbers that age."""
+    page.add_init_script("window.__neverOpen = true;" + FAKE_SOCKET)
+    page.goto(hub.url + "/")
+    page.wait_for_function("document.documentElement.dataset.conn === 'lost'", timeout=10_000)
+    assert page.locator(".lost").is_visible(), "the banner, over greyed-out numbers"
+    page.wait_for_function("window.__sockets.length >= 2", timeout=10_000)
+
+
+def test_the_node_page_says_lost_when_the_hub_stops_answering(
+    page: Any, hub: Hub, procs: list[Proc], tmp_path: Path
+) -> None:
+    procs.append(
+        start_agent(hub, "alpha", interval_s=1.0, env=fake_gpus(tmp_path, "alpha", fakes.no_library()))
+    )
+    hub.wait_status("alpha", "live", timeout_s=30)
+    page.goto(hub.url + "/node/alpha")
+    page.wait_for_function("document.documentElement.dataset.conn === 'live'")
+    page.route("**/node/alpha", lambda route: None)  # the hub hangs: requests are never answered
+    page.wait_for_function("document.documentElement.dataset.conn === 'lost'", timeout=15_000)
+    assert page.locator("#conn").inner_text() == "no answer from hub"

@@ -67,6 +67,7 @@
   let nodes = document.getElementById("nodes");
   let socket = null;
   let lastMessageAt = 0;
+  let connectingSince = 0;
   let retryMs = 500;
   let pageIndex = 0;
   let lastSortAt = 0;
@@ -182,7 +183,7 @@
   const PART_START = /(?=<(?:div|svg) id=")/; // parts are never nested in a parts-only message
 
   function seen(entries) {
-    let html = "";
+    let stashed = false;
     for (const entry of entries) {
       const card = entry.target;
       if (!entry.isIntersecting) {
@@ -193,10 +194,19 @@
       const parts = stash.get(card.dataset.node);
       if (parts) {
         stash.delete(card.dataset.node);
-        for (const part of parts.values()) html += part;
+        for (const part of parts.values()) pending.push(part);
+        stashed = true;
       }
     }
-    if (html) swap(html);
+    // after any older part of the same card still pending from before it left the screen
+    if (stashed) flush();
+  }
+
+  // A part applied now makes a stashed older one of the same element void.
+  function unstash(id) {
+    const match = PART_ID.exec(id);
+    const parts = match && stash.get(match[1]);
+    if (parts && parts.delete(id) && !parts.size) stash.delete(match[1]);
   }
 
   function watch(card) {
@@ -236,10 +246,10 @@
           nodes = el;
           for (const card of nodes.children) watch(card);
           cardsChanged = true;
-        } else if (sameShape(old, el)) {
-          morph(old, el);
         } else {
-          old.replaceWith(el);
+          if (stash.size) unstash(id);
+          if (sameShape(old, el)) morph(old, el);
+          else old.replaceWith(el);
         }
       } else if (el.tagName === "ARTICLE" && el.dataset.node !== undefined) {
         insertCard(el);
@@ -297,6 +307,7 @@
   function connect() {
     setConn(root.dataset.conn === "lost" ? "lost" : "connecting", "connecting…");
     socket = new WebSocket(wsUrl());
+    connectingSince = Date.now();
     socket.binaryType = "arraybuffer";
     const decoder = new TextDecoder();
     socket.onopen = () => {
@@ -332,6 +343,9 @@
     if (socket && socket.readyState === WebSocket.OPEN && Date.now() - lastMessageAt > SILENCE_MS) {
       setConn("lost", "no data from hub");
       socket.close(); // onclose reconnects
+    } else if (socket && socket.readyState === WebSocket.CONNECTING && Date.now() - connectingSince > SILENCE_MS) {
+      setConn("lost", "no answer from hub"); // e.g. a proxy that holds the upgrade forever
+      socket.close(); // onclose reconnects
     }
     refreshTimes();
     if (sortBy !== "name" && Date.now() - lastSortAt >= SORT_EVERY_MS) sortCards();
@@ -359,8 +373,10 @@
     const parser = new DOMParser();
     takeServerTime(document.getElementById("detail"));
     async function refresh() {
+      const abort = new AbortController(); // a hub that hangs must not leave the page "live"
+      const timer = setTimeout(() => abort.abort(), SILENCE_MS);
       try {
-        const response = await fetch(location.href, { cache: "no-store", headers: { Accept: "text/html" } });
+        const response = await fetch(location.href, { cache: "no-store", headers: { Accept: "text/html" }, signal: abort.signal });
         if (!response.ok) throw new Error("HTTP " + response.status);
         const fresh = parser.parseFromString(await response.text(), "text/html").getElementById("detail");
         const old = document.getElementById("detail");
@@ -371,6 +387,8 @@
         setConn("live", "live");
       } catch (error) {
         setConn("lost", "no answer from hub");
+      } finally {
+        clearTimeout(timer);
       }
       refreshTimes();
       setTimeout(refresh, every);

@@ -12,7 +12,8 @@ Two values change more slowly than the sample comes and are read less often, eac
 own :class:`~node_agent.periodic.Periodic`: the load averages every :data:`LOAD_AVG_EVERY_S`
 (the kernel recomputes them only that often) and filesystem usage every
 :data:`DISK_USAGE_EVERY_S`; in between, a sample repeats the last reading. The logged-in users
-are counted again only when ``utmp`` changes (:class:`UserCount`). Disk I/O comes from each disk's own sysfs ``stat`` file (:class:`DiskCounters`).
+are counted again only when ``utmp`` changes (:class:`UserCount`). Disk I/O comes from each disk's own sysfs ``stat`` file (:class:`DiskCounters`), network I/O from the physical interfaces only
+(:class:`NetCounters`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ UTMP_PATH = "/var/run/utmp"  # where glibc (and so psutil.users) reads the logge
 # Read less often than every sample (module docstring): a user sees no difference.
 LOAD_AVG_EVERY_S = 5.0  # the kernel recomputes the load averages every 5 s (LOAD_FREQ)
 DISK_USAGE_EVERY_S = 10.0  # filesystems fill over minutes
+NET_INTERFACES_EVERY_S = 60.0  # NICs are rarely added; looking in sysfs every sample costs
 
 
 def _cpu_model() -> str | None:
@@ -56,13 +58,13 @@ def _os_name() -> str | None:
 class HostCollector:
     """Samples CPU, memory, disks, network and load. Rates are computed between samples."""
 
-    def __init__(self, mounts: tuple[str, ...] = ("/",)) -> None:
+    def __init__(self, mounts: tuple[str, ...] = ("/",), sys_class_net: str = "/sys/class/net") -> None:
         self._mounts = mounts
         self._boot_time_epoch_s = psutil.boot_time()
         self._stat = ProcFile("/proc/stat", whole_in_one_read=True)
         self._meminfo = ProcFile("/proc/meminfo", whole_in_one_read=True)
         self._loadavg = ProcFile("/proc/loadavg", whole_in_one_read=True)
-        self._netdev = ProcFile("/proc/net/dev")
+        self._net_counters = NetCounters(sys_class_net)
         self._disk_counters = DiskCounters()  # disks found once: one added later counts after a restart
         self._load_avg = Periodic(self._read_load_averages, LOAD_AVG_EVERY_S)
         self._disk_usage = Periodic(self._disks, DISK_USAGE_EVERY_S)
@@ -71,7 +73,7 @@ class HostCollector:
         self._last_time = time.monotonic()
         self._last_cpu = core_ticks(_read(self._stat))
         self._last_disk = self._disk_counters.read()
-        self._last_net = net_bytes(_read(self._netdev))
+        self._net_counters.moved(self._last_time)
 
     def static(self) -> HostStatic:
         return HostStatic(
@@ -101,17 +103,16 @@ class HostCollector:
         mem = meminfo_bytes(_read(self._meminfo))
         load = self._load_avg.get(now)
         disk = self._disk_counters.read()
-        net = net_bytes(_read(self._netdev))
+        net = self._net_counters.moved(now)
         mem_total, mem_available = mem.get(b"MemTotal"), mem.get(b"MemAvailable")
         swap_total, swap_free = mem.get(b"SwapTotal"), mem.get(b"SwapFree")
         disk_read = disk_write = net_rx = net_tx = None
         if disk is not None and self._last_disk is not None:
             disk_read = max(disk[0] - self._last_disk[0], 0) / elapsed_s
             disk_write = max(disk[1] - self._last_disk[1], 0) / elapsed_s
-        if net is not None and self._last_net is not None:
-            net_rx = max(net[0] - self._last_net[0], 0) / elapsed_s
-            net_tx = max(net[1] - self._last_net[1], 0) / elapsed_s
-        self._last_disk, self._last_net = disk, net
+        if net is not None:
+            net_rx, net_tx = net[0] / elapsed_s, net[1] / elapsed_s
+        self._last_disk = disk
         return {
             "cpu_percent": round(sum(per_core) / len(per_core), 1) if per_core else None,
             "cpu_percent_per_core": per_core,
@@ -327,16 +328,57 @@ def disk_bytes(text: bytes | None, disks: frozenset[str]) -> tuple[int, int] | N
     return read_sectors * SECTOR_BYTES, written_sectors * SECTOR_BYTES
 
 
-def net_bytes(text: bytes | None) -> tuple[int, int] | None:
-    """Bytes received and sent since boot, summed over every interface of this network
-    namespace (loopback included, like psutil), from ``/proc/net/dev`` (``text``); ``None`` when
-    unknown."""
+def net_interfaces(text: bytes | None) -> list[bytes]:
+    """The interface names in ``/proc/net/dev`` (``text``)."""
+    return [line.partition(b":")[0].strip() for line in (text or b"").splitlines()[2:] if b":" in line]
+
+
+def counted_interfaces(text: bytes | None, sys_class_net: str = "/sys/class/net") -> frozenset[bytes]:
+    """The interfaces of ``/proc/net/dev`` (``text``) whose bytes are counted: the physical ones,
+    those with a ``device`` entry in ``sys_class_net``. A bond's members are, the bond isn't, nor
+    are VLANs, bridges, veths and loopback, so no byte is counted twice. When none is (the
+    agent's own network namespace in a container, where eth0 is a veth, or no sysfs): every
+    interface but loopback."""
+    names = net_interfaces(text)
+    physical = frozenset(n for n in names if os.path.exists(f"{sys_class_net}/{os.fsdecode(n)}/device"))
+    return physical or frozenset(n for n in names if n != b"lo")
+
+
+class NetCounters:
+    """Bytes moved over the :func:`counted_interfaces`, which are looked for again every
+    :data:`NET_INTERFACES_EVERY_S` (a new NIC counts from then on), not every sample."""
+
+    def __init__(self, sys_class_net: str = "/sys/class/net", net_dev: str = "/proc/net/dev") -> None:
+        self._sys_class_net = sys_class_net
+        self._net_dev = ProcFile(net_dev)
+        self._interfaces = Periodic(self._find_interfaces, NET_INTERFACES_EVERY_S)
+        self._last: tuple[frozenset[bytes], tuple[int, int] | None] | None = None
+
+    def moved(self, now_s: float) -> tuple[int, int] | None:
+        """Bytes ``(received, sent)`` since the previous call (``now_s``: ``time.monotonic()``);
+        ``None`` the first time, when unknown, and when the counted interfaces changed (sums
+        over different interfaces don't compare)."""
+        interfaces = self._interfaces.get(now_s)
+        totals = net_bytes(_read(self._net_dev), interfaces)
+        last, self._last = self._last, (interfaces, totals)
+        if totals is None or last is None or last[1] is None or last[0] != interfaces:
+            return None
+        return max(totals[0] - last[1][0], 0), max(totals[1] - last[1][1], 0)
+
+    def _find_interfaces(self) -> frozenset[bytes]:
+        return counted_interfaces(_read(self._net_dev), self._sys_class_net)
+
+
+def net_bytes(text: bytes | None, interfaces: frozenset[bytes]) -> tuple[int, int] | None:
+    """Bytes received and sent since boot, summed over ``interfaces``, from ``/proc/net/dev``
+    (``text``); ``None`` when unknown."""
     if text is None:
         return None
     received = sent = 0
     for line in text.splitlines()[2:]:  # two header lines
-        fields = line.partition(b":")[2].split()
-        if len(fields) >= 9:
+        name, _, counters = line.partition(b":")
+        fields = counters.split()
+        if len(fields) >= 9 and name.strip() in interfaces:
             received += int(fields[0])
             sent += int(fields[8])
     return received, sent

@@ -15,7 +15,7 @@ import pwd
 import re
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import psutil
 
@@ -43,6 +43,17 @@ _ASSIGNMENT = re.compile(r"(-{0,2}[A-Za-z_][A-Za-z0-9_.-]*)=(.*)", re.DOTALL)
 # Runs of characters that could be a hex or base64 key; _looks_like_key decides.
 _KEYLIKE_RUN = re.compile(r"[A-Za-z0-9+/_-]{32,}={0,2}")
 _HEX = re.compile(r"[0-9a-fA-F]{32,}")
+# scheme://user:password@host: the password (up to the last @ before the path).
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*:)[^\s/?#]+@")
+# The name of an HTTP header that carries a credential, anywhere in a word (-HAuthorization:).
+_AUTH_HEADER = re.compile(r"(?:authorization|private-token|api-key|auth-token|access-token):", re.IGNORECASE)
+_AUTH_SCHEME = re.compile(r"bearer|basic|token|digest|negotiate", re.IGNORECASE)
+# Clients whose -p takes the password glued on (mysql -pSECRET); -p alone asks for it.
+_GLUED_PASSWORD_TOOL = re.compile(r"(?:mysql|mariadb)[\w-]*")
+_WHITESPACE = re.compile(r"(\s+)")
+
+# What a word announces about the next one: a secret, or an Authorization scheme or secret.
+_Next = Literal["secret", "scheme"] | None
 
 
 class ProcInfo(NamedTuple):
@@ -77,29 +88,71 @@ def redact_cmdline(args: Iterable[str], max_chars: int = COMMAND_MAX_CHARS) -> s
     """The command line joined by spaces, values that look like secrets replaced by ``***``.
 
     Redacted: the argument after a secret-named flag (``--token X``), the value of
-    ``--secret=X`` and ``API_KEY=X``, and hex or mixed-case base64 runs of 32+ characters.
-    The result is cut to ``max_chars`` (the last character becomes ``…``).
+    ``--secret=X`` and ``API_KEY=X``, the password of ``scheme://user:password@host``, the
+    credential of an ``Authorization:`` (and like) header and after ``Bearer``, ``-pX`` of
+    mysql/mariadb clients and ``-p X`` of sshpass, and hex or mixed-case base64 runs of 32+
+    characters. An argument with spaces (``sh -c "..."``, ``-H "Authorization: Bearer X"``) is
+    redacted word by word. The result is cut to ``max_chars`` (the last character becomes ``…``).
     """
-    out: list[str] = []
-    redact_next = False
-    for arg in args:
-        if redact_next:
-            out.append(REDACTED)
-            redact_next = False
-            continue
-        assignment = _ASSIGNMENT.fullmatch(arg)
-        if assignment and _SECRET_NAME.search(assignment.group(1).lstrip("-")):
-            out.append(f"{assignment.group(1)}={REDACTED}")
-            continue
-        if arg.startswith("-") and _SECRET_NAME.search(arg.lstrip("-")):
-            out.append(arg)
-            redact_next = True
-            continue
-        out.append(_redact_keylike(arg))
-    joined = " ".join(out)
+    joined = " ".join(_redact_words(args))
     if len(joined) > max_chars:
         joined = joined[: max_chars - 1] + "…"
     return joined
+
+
+def _redact_words(words: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    announced: _Next = None
+    tool: Literal["mysql", "sshpass"] | None = None  # the program whose -p is a password
+    for word in words:
+        if announced == "secret" or (announced == "scheme" and not _AUTH_SCHEME.fullmatch(word)):
+            out.append(REDACTED)
+            announced = None
+            continue
+        if announced == "scheme":  # Authorization: Bearer
+            out.append(word)
+            announced = "secret"
+            continue
+        assignment = _ASSIGNMENT.fullmatch(word)
+        if assignment and _SECRET_NAME.search(assignment.group(1).lstrip("-")):
+            out.append(f"{assignment.group(1)}={REDACTED}")
+            continue
+        if _WHITESPACE.search(word):
+            parts = _WHITESPACE.split(word)  # words at even indices, the spaces between them at odd
+            parts[::2] = _redact_words(parts[::2])
+            out.append("".join(parts))
+            continue
+        if tool is not None and word.startswith("-p"):
+            out.append("-p" + REDACTED if len(word) > 2 else word)
+            announced = "secret" if tool == "sshpass" and len(word) == 2 else None
+            continue
+        header = _AUTH_HEADER.search(word)
+        if header:
+            value = word[header.end() :]
+            if not value or _AUTH_SCHEME.fullmatch(value):
+                out.append(word)
+                announced = "secret" if value else "scheme"
+            else:
+                out.append(word[: header.end()] + REDACTED)
+            continue
+        if word.startswith("-") and _SECRET_NAME.search(word.lstrip("-")):
+            out.append(word)
+            announced = "secret"
+            continue
+        if word.lower() == "bearer":
+            out.append(word)
+            announced = "secret"
+            continue
+        program = os.path.basename(word)
+        if _GLUED_PASSWORD_TOOL.fullmatch(program):
+            tool = "mysql"
+        elif program == "sshpass":
+            tool = "sshpass"
+        elif tool == "sshpass" and not word.startswith("-"):
+            tool = None  # the command sshpass runs: its -p is its own
+        word = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", word)
+        out.append(_redact_keylike(word))
+    return out
 
 
 def _user_name(uid: int) -> str:

@@ -159,6 +159,84 @@ def test_disk_stat_bytes_parse() -> None:
     assert host.disk_stat_bytes(b"") is None and host.disk_stat_bytes(None) is None
 
 
+NET_DEV_HEADER = (
+    "Inter-|   Receive                                                |  Transmit\n"
+    " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n"
+)
+
+
+def write_net_dev(tmp_path: Path, counters: dict[str, tuple[int, int]]) -> None:
+    """A fake ``/proc/net/dev`` at ``tmp_path/dev`` with ``counters`` (received, sent)."""
+    lines = (f"{n:>6}: {rx} 1 0 0 0 0 0 0 {tx} 1 0 0 0 0 0 0\n" for n, (rx, tx) in counters.items())
+    (tmp_path / "dev").write_text(NET_DEV_HEADER + "".join(lines))
+
+
+def make_net(
+    tmp_path: Path, counters: dict[str, tuple[int, int]], physical: tuple[str, ...]
+) -> host.NetCounters:
+    """:class:`~node_agent.host.NetCounters` over a fake ``/proc/net/dev`` and a fake
+    ``/sys/class/net`` where only ``physical`` have a ``device``."""
+    write_net_dev(tmp_path, counters)
+    for name in counters:
+        (tmp_path / "net" / name).mkdir(parents=True, exist_ok=True)
+    for name in physical:
+        (tmp_path / "net" / name / "device").mkdir(exist_ok=True)
+    return host.NetCounters(str(tmp_path / "net"), str(tmp_path / "dev"))
+
+
+def grow(tmp_path: Path, counters: dict[str, tuple[int, int]]) -> None:
+    """Every interface moves 1000 bytes in and 10 out."""
+    for name, (rx, tx) in counters.items():
+        counters[name] = (rx + 1000, tx + 10)
+    write_net_dev(tmp_path, counters)
+
+
+@pytest.mark.parametrize(
+    ("physical", "counted"),
+    [
+        # a bond of two NICs, a VLAN on it, docker's bridge and a veth: each byte once, on the NICs
+        (("eno1", "eno2"), 2),
+        # a container's own namespace (eth0 a veth) or no sysfs: everything but loopback
+        ((), 6),
+    ],
+)
+def test_net_counters_count_physical_interfaces_else_all_but_loopback(
+    tmp_path: Path, physical: tuple[str, ...], counted: int
+) -> None:
+    names = ["lo", "eno1", "eno2", "bond0", "bond0.100", "docker0", "veth1a2b"]
+    counters = {name: (10**9, 10**6) for name in names}
+    net = make_net(tmp_path, counters, physical)
+    assert net.moved(0.0) is None  # nothing to compare with yet
+    grow(tmp_path, counters)
+    assert net.moved(1.0) == (counted * 1000, counted * 10)
+
+
+def test_net_bytes_sum_only_the_given_interfaces() -> None:
+    text = (
+        NET_DEV_HEADER + "    lo: 5 1 0 0 0 0 0 0 6 1 0 0 0 0 0 0\n  eth0: 7 1 0 0 0 0 0 0 8 1 0 0 0 0 0 0\n"
+    ).encode()
+    assert host.net_bytes(text, frozenset({b"eth0"})) == (7, 8)
+    assert host.net_bytes(text, frozenset({b"eth0", b"lo"})) == (12, 14)
+    assert host.net_bytes(None, frozenset({b"eth0"})) is None
+    assert host.counted_interfaces(text, "/does-not-exist") == frozenset({b"eth0"})
+
+
+def test_net_counters_look_for_interfaces_only_every_so_often(tmp_path: Path) -> None:
+    """A NIC that shows up counts after the next look, once; the sample in which the set
+    changes has no rate (its sum and the previous one are over different interfaces)."""
+    counters = {"lo": (0, 0), "eno1": (5000, 50)}
+    net = make_net(tmp_path, counters, ("eno1",))
+    net.moved(0.0)
+    counters["eno2"] = (10**9, 10**6)  # hot-plugged, with traffic before it is first seen
+    (tmp_path / "net" / "eno2" / "device").mkdir(parents=True)
+    grow(tmp_path, counters)
+    assert net.moved(1.0) == (1000, 10)  # eno2 not looked for yet
+    grow(tmp_path, counters)
+    assert net.moved(host.NET_INTERFACES_EVERY_S) is None  # looked again: eno2 counts from now
+    grow(tmp_path, counters)
+    assert net.moved(host.NET_INTERFACES_EVERY_S + 1.0) == (2000, 20)
+
+
 def test_periodic_reads_again_only_once_its_period_has_passed() -> None:
     reads: list[int] = []
 

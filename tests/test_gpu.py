@@ -636,6 +636,63 @@ def test_redact_cmdline(args: list[str], expected: str | None) -> None:
     assert redact_cmdline(args) == (" ".join(args) if expected is None else expected)
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # URL userinfo: the user stays, the password goes
+        (["psql", "postgresql://admin:Hunter2pass@db/x"], "psql postgresql://admin:***@db/x"),
+        (
+            ["git", "clone", "https://oauth2:glpat-abcdefghijklmnop@gitlab.com/g/r.git"],
+            "git clone https://oauth2:***@gitlab.com/g/r.git",
+        ),
+        (["x", "redis://:pw@cache:6379/0"], "x redis://:***@cache:6379/0"),
+        (["x", "DATABASE_URL=mysql://u:p@ss@db/x"], "x DATABASE_URL=mysql://u:***@db/x"),
+        # Authorization headers, as one argument or split into words
+        (
+            ["curl", "-H", "Authorization: Bearer abcdef0123456789", "https://h/x"],
+            "curl -H Authorization: Bearer *** https://h/x",
+        ),
+        (["curl", "-H", "Authorization:", "Bearer", "x"], "curl -H Authorization: Bearer ***"),
+        (["curl", "-HAuthorization: Basic dXNlcjpwdw=="], "curl -HAuthorization: Basic ***"),
+        (["curl", "--header=authorization: token ghp_x"], "curl --header=authorization: token ***"),
+        (["curl", "-H", "Authorization:abc"], "curl -H Authorization:***"),
+        (["curl", "-H", "PRIVATE-TOKEN: glpat-x", "u"], "curl -H PRIVATE-TOKEN: *** u"),
+        (["x", "Bearer", "abc", "y"], "x Bearer *** y"),
+        # -p of password clients
+        (["mysql", "-pS3cretPass", "db"], "mysql -p*** db"),
+        (["/usr/bin/mariadb-dump", "-u", "root", "-pS3cret"], "/usr/bin/mariadb-dump -u root -p***"),
+        (["mysql", "-u", "root", "-p", "mydb"], None),  # -p alone asks: mydb is the database
+        (["sshpass", "-p", "hunter2", "ssh", "-p", "22", "host"], "sshpass -p *** ssh -p 22 host"),
+        (["sshpass", "-phunter2", "ssh", "host"], "sshpass -p*** ssh host"),
+        # secret-named options
+        (
+            ["x", "--password=X", "--password", "X", "--token", "X"],
+            "x --password=*** --password *** --token ***",
+        ),
+        (
+            ["x", "--api-key", "X", "--api_key=X", "--auth-token", "X"],
+            "x --api-key *** --api_key=*** --auth-token ***",
+        ),
+        # word by word inside one argument
+        (
+            ["sh", "-c", "mysql -uroot -pSecret db && python t.py --token abc"],
+            "sh -c mysql -uroot -p*** db && python t.py --token ***",
+        ),
+        # left alone
+        (["python", "train.py", "--config", "a.yaml"], None),
+        (["python", "train.py", "--lr", "3e-4", "-p", "8080", "--out", "/data/run1"], None),
+        (["python", "-p8080", "serve.py"], None),  # -p glued, but not a password client's
+        (["docker", "run", "-p", "8080:80", "img"], None),
+        (["git", "clone", "ssh://git@host:22/g/r.git", "https://host:8080/a@b"], None),
+        (["git", "clone", "git@github.com:g/r.git"], None),
+        (["python", "-c", "import time;  time.sleep(30)"], None),  # spaces kept as they were
+        (["x", "--mode", "basic", "--desc", "a basic model"], None),
+    ],
+)
+def test_redact_cmdline_common_secrets(args: list[str], expected: str | None) -> None:
+    assert redact_cmdline(args) == (" ".join(args) if expected is None else expected)
+
+
 def test_redact_cmdline_truncates() -> None:
     text = redact_cmdline(["python"] + ["--epochs 10"] * 40)
     assert len(text) == 200 and text.endswith("…")

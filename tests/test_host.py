@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import psutil
 
@@ -36,8 +37,9 @@ def test_sample_has_sane_numbers() -> None:
     assert sample.uptime_s is not None and sample.uptime_s > 0
 
 
-def test_network_rate_reflects_traffic() -> None:
-    collector = HostCollector()
+def test_network_rate_reflects_traffic(tmp_path: Path) -> None:
+    (tmp_path / "lo" / "device").mkdir(parents=True)  # loopback as the only physical interface
+    collector = HostCollector(sys_class_net=str(tmp_path))
     sent = 0
     import socket
 

@@ -213,8 +213,13 @@ class NodeRegistry:
         return sorted(self.nodes.values(), key=sort_key)
 
     def restore(self, node: Node) -> None:
-        """Adds a remembered node (from the hub's store) as offline, unless it is known."""
-        self.nodes.setdefault(node.node_id, node)
+        """Adds a remembered node (from the hub's store) as offline, unless it is known; its
+        silence counts from when it was last seen (by the wall clock: the hub restarted since)."""
+        if node.node_id in self.nodes:
+            return
+        if node.last_seen_wall:
+            node.last_seen_mono = self._clock.monotonic() - max(0.0, self._clock.wall() - node.last_seen_wall)
+        self.nodes[node.node_id] = node
 
 
 def sort_key(node: Node) -> tuple[Any, ...]:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from hub.clock import ManualClock
-from hub.registry import Liveness, Naming, NodeRegistry, NodeStatus
+from hub.registry import Liveness, Naming, Node, NodeRegistry, NodeStatus
 from node_agent.protocol import Delta, Hello
 
 
@@ -130,3 +130,12 @@ def test_names_map_by_node_name_or_address() -> None:
     assert registry.nodes["n1"].display_name == "GPU One" and registry.nodes["n1"].group == "A100"
     assert registry.nodes["n2"].display_name == "n2" and registry.nodes["n2"].group == "H100"
     assert [n.node_id for n in registry.ordered()] == ["n1", "n2", "a0"], "grouped first, by group then name"
+
+
+def test_a_remembered_node_has_been_silent_since_it_was_last_seen() -> None:
+    clock = ManualClock()
+    registry = NodeRegistry(clock)
+    clock.advance(100_000.0)  # the hub's machine has been up a while
+    remembered = Node("old", "old", None, status=NodeStatus.OFFLINE, last_seen_wall=clock.wall() - 7200)
+    registry.restore(remembered)
+    assert round(registry.silent_s(registry.nodes["old"])) == 7200, "not the hub machine's uptime"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -64,17 +63,27 @@ async def stream(settings: AgentSettings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    tasks = [asyncio.create_task(source.run()), asyncio.create_task(link.run_forever())]
+    tasks = [
+        asyncio.create_task(source.run(), name="sampling"),
+        asyncio.create_task(link.run_forever(), name="hub link"),
+    ]
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()  # the link closes cleanly when cancelled: the hub sees 1000 at once
+        await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stopping.cancel()
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.cancel()  # the link closes cleanly when cancelled: the hub sees 1000 at once
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
         source.close()
         sampler.close()
+    # Neither task ends by itself: if one did, exit non-zero so that the service manager restarts
+    # the agent, rather than sample on with no hub (or no samples) and say nothing.
+    for outcome in ended:
+        if isinstance(outcome, Exception):
+            raise outcome
+    if not stop.is_set():
+        raise RuntimeError("an agent task ended before the agent was stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

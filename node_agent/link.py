@@ -45,7 +45,8 @@ class Backoff:
         return rng.uniform(self.base_s / 2, ceiling)
 
 
-# A connection that lived this long was a success: the next failure starts the backoff anew.
+# A connection open this long (counted from the end of its handshake, so an attempt that times out
+# is no success) was healthy: the next failure starts the backoff anew.
 HEALTHY_CONNECTION_S = 10.0
 
 
@@ -76,13 +77,14 @@ class HubLink:
         self._source = source
         self._backoff = backoff
         self._rng = rng or random.Random()
+        self._opened_at: float | None = None  # monotonic time the current connection opened
 
     async def run_forever(self) -> None:
+        """Connects again after every end, whatever ended it; only cancellation ends this."""
         failures = 0
         while True:
-            started = time.monotonic()
             reason = await self._connect_once()
-            if time.monotonic() - started >= HEALTHY_CONNECTION_S:
+            if self._opened_at is not None and time.monotonic() - self._opened_at >= HEALTHY_CONNECTION_S:
                 failures = 0
             delay = reconnect_delay_s(reason, failures, self._backoff, self._rng)
             failures += 1
@@ -92,6 +94,7 @@ class HubLink:
     async def _connect_once(self) -> str:
         """One connection's life. Returns why it ended, as one readable line."""
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        self._opened_at = None
         try:
             async with connect(
                 self._url,
@@ -103,6 +106,7 @@ class HubLink:
                 max_size=1 << 20,
                 compression=None,
             ) as ws:
+                self._opened_at = time.monotonic()
                 log.info("connected to %s as %s", self._url, self._hello.node)
                 await self._stream(ws)
         except InvalidStatus as exc:
@@ -118,6 +122,9 @@ class HubLink:
             return f"hub closed the connection ({code}: {why})"
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             return f"hub unreachable at {self._url}: {exc}"
+        except Exception as exc:  # a bug or a bad URL must not end the link silently: retry, loudly
+            log.exception("link to %s failed unexpectedly", self._url)
+            return f"unexpected error: {exc!r}"
         return "connection ended"
 
     async def _stream(self, ws: ClientConnection) -> None:

@@ -9,6 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
+
 from node_agent import __version__
 from node_agent.protocol import NODE_NAME_RE
 
@@ -50,7 +53,14 @@ def agent_ws_url(hub: str) -> str:
         url = "wss://" + url[len("https://") :]
     elif not url.startswith(("ws://", "wss://")):
         raise SettingsError(f"--hub / SERS_HUB_URL: expected an http(s):// or ws(s):// URL, got {hub!r}")
-    return url if url.endswith("/ws/agent") else url + "/ws/agent"
+    url = url if url.endswith("/ws/agent") else url + "/ws/agent"
+    try:  # what connect() would raise on every attempt, forever: say it once, at startup
+        parse_uri(url)
+    except (InvalidURI, ValueError) as exc:
+        ipv6 = url.count(":") > 2 and "[" not in url
+        hint = " (an IPv6 address goes in brackets: http://[fd00::1]:8000)" if ipv6 else ""
+        raise SettingsError(f"--hub / SERS_HUB_URL: {hub!r} is not a valid URL: {exc}{hint}") from None
+    return url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +109,7 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
         return flag if flag is not None else env.get(var)
 
     hub = pick(args.hub, "SERS_HUB_URL")
-    token = pick(args.token, "SERS_TOKEN")
+    token = pick(args.token, "SERS_TOKEN") or None  # empty (as Compose and Helm set it) is unset
     token_file = pick(args.token_file, "SERS_TOKEN_FILE")
     if token is None and token_file:
         try:

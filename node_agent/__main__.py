@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from node_agent.gpu import GpuCollector
+from node_agent.gpu import NVML_RETRY_EVERY_S, GpuCollector
 from node_agent.host import HostCollector
 from node_agent.link import Backoff, HubLink
 from node_agent.protocol import to_wire
@@ -25,8 +26,14 @@ log = logging.getLogger("sers.agent")
 def build_sampler(settings: AgentSettings) -> Sampler:
     return Sampler(
         HostCollector(settings.mounts),
-        GpuCollector(full_cmdline=settings.full_cmdline, log=log),
+        GpuCollector(full_cmdline=settings.full_cmdline, log=log, retry_every_s=_nvml_retry_every_s()),
     )
+
+
+def _nvml_retry_every_s() -> float:
+    """:data:`NVML_RETRY_EVERY_S`; the undocumented ``_SERS_TEST_NVML_RETRY_S`` is for tests only
+    (end-to-end tests can't wait a minute for a retry)."""
+    return float(os.environ.get("_SERS_TEST_NVML_RETRY_S") or NVML_RETRY_EVERY_S)
 
 
 def print_once(settings: AgentSettings) -> None:
@@ -55,7 +62,8 @@ async def stream(settings: AgentSettings) -> None:
     link = HubLink(
         url=settings.hub_url,
         token=settings.token,
-        hello=sampler.hello(settings.node_name, settings.interval_s),
+        hello=lambda: sampler.hello(settings.node_name, settings.interval_s),
+        static_generation=lambda: sampler.static_generation,
         source=source,
         backoff=Backoff(cap_s=settings.backoff_max_s),
     )

@@ -1,7 +1,10 @@
 """The GPU collector: NVML through nvidia-ml-py (``pynvml``). The only module that imports it.
 
-NVML is initialised once; handles and static facts are fetched once; each sample reads only the
-values that change, and two that change rarely only every :data:`SLOW_FIELDS_EVERY_S` seconds:
+NVML is initialised once (while that fails, e.g. an agent started at boot before the NVIDIA driver
+loaded, again every :data:`NVML_RETRY_EVERY_S` seconds, and :attr:`GpuCollector.static_generation`
+counts the times the static facts changed); handles and static facts are fetched once; each
+sample reads only the values that change, and two that change rarely only every
+:data:`SLOW_FIELDS_EVERY_S` seconds:
 the enforced power limit (an admin or a power capping policy sets it) and the volatile
 uncorrected ECC error count (a hardware fault; it shows within that time).
 
@@ -42,6 +45,10 @@ THROTTLE_REASON_BITS: tuple[tuple[int, str], ...] = (
 
 # The power limit and the ECC error count are read again this often (a change shows within it).
 SLOW_FIELDS_EVERY_S = 10.0
+
+# While NVML is down it is tried again this often: a driver loaded (or installed) after the agent
+# started shows within it, and a failed nvmlInit costs about a millisecond.
+NVML_RETRY_EVERY_S = 60.0
 
 # (field, NVML function or None where the bindings lack it, arguments) per sampled call
 SampleCalls = tuple[tuple[str, Callable[..., Any] | None, tuple[Any, ...]], ...]
@@ -188,33 +195,64 @@ class _RawProcess(NamedTuple):
 
 class GpuCollector:
     """NVIDIA GPUs through NVML. Never raises for a missing library or driver: then
-    :meth:`driver` says why and :meth:`sample` returns ``{}``."""
+    :meth:`driver` says why and :meth:`sample` returns ``{}``, and :meth:`sample` tries NVML
+    again every ``retry_every_s`` (not without ``pynvml``: that needs a restart anyway)."""
 
-    def __init__(self, *, full_cmdline: bool = False, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        full_cmdline: bool = False,
+        log: logging.Logger | None = None,
+        retry_every_s: float = NVML_RETRY_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._log = log or logging.getLogger(__name__)
         self._lock = threading.Lock()
         self._procs = ProcessResolver(full_cmdline=full_cmdline)
         self._nvml: _Nvml | None = None
         self._gpus: list[_Gpu] = []
         self._driver = GpuDriver()
+        self._retry_every_s = retry_every_s
+        self._clock = clock
+        self._retry_at_s: float | None = None  # None: no retry due (NVML is up, closed, or no pynvml)
+        self.static_generation = 0  # counts changes of driver() and static(): a new hello is due
+        self._try_start()
+
+    # ----------------------------------------------------------------- lifecycle
+    def _try_start(self) -> bool:
+        """Starts NVML; on failure says why once (repeats only at DEBUG) and sets the next retry."""
+        failed_before = self._driver.error
         try:
             self._start()
         except Exception as exc:  # no pynvml, no libnvidia-ml, no driver, or NVML failed
             self._shutdown()
             reason = self._describe_init_error(exc)
-            self._driver = GpuDriver(error=reason)
-            self._log.warning("GPU monitoring disabled: %s", reason)
+            self._driver, self._gpus = GpuDriver(error=reason), []
+            level = logging.DEBUG if reason == failed_before else logging.WARNING
+            self._log.log(level, "GPU monitoring disabled: %s", reason)
+            retry = not isinstance(exc, ImportError)  # pynvml can't appear without a restart
+            self._retry_at_s = self._clock() + self._retry_every_s if retry else None
+            return False
+        self._retry_at_s = None
+        if failed_before is not None:
+            self.static_generation += 1
+            self._log.info(
+                "GPU monitoring enabled after a retry: %d GPU(s), driver %s",
+                len(self._gpus),
+                self._driver.driver_version,
+            )
+        return True
 
-    # ----------------------------------------------------------------- lifecycle
     def _start(self) -> None:
         import pynvml  # lazily: machines without nvidia-ml-py still run
 
         nvml = _Nvml(pynvml, self._log)
         pynvml.nvmlInit()
         self._nvml = nvml
-        self._driver = self._read_driver(nvml)
+        driver = self._read_driver(nvml)
         count = pynvml.nvmlDeviceGetCount()
-        self._gpus = [self._read_static(nvml, index) for index in range(count)]
+        gpus = [self._read_static(nvml, index) for index in range(count)]
+        self._driver, self._gpus = driver, gpus  # both at once, when all is read
 
     @staticmethod
     def _describe_init_error(exc: Exception) -> str:
@@ -242,6 +280,7 @@ class GpuCollector:
 
     def close(self) -> None:
         with self._lock:
+            self._retry_at_s = None
             self._shutdown()
             self._procs.close()
 
@@ -317,7 +356,10 @@ class GpuCollector:
         with self._lock:
             nvml = self._nvml
             if nvml is None:
-                return {}
+                if self._retry_at_s is None or self._clock() < self._retry_at_s or not self._try_start():
+                    return {}
+                nvml = self._nvml
+                assert nvml is not None
             failed: dict[int, GpuSample] = {}
             readings: dict[int, tuple[dict[str, Any], list[_RawProcess] | None]] = {}
             now_s = time.monotonic()

@@ -7,6 +7,9 @@ random delay spread over :data:`RESTART_SPREAD_S` to avoid reconnecting all in t
 
 No message larger than the hub accepts (``MAX_MESSAGE_BYTES``) ever leaves: a snapshot too big
 for it (hundreds of GPU processes) is trimmed first, the least GPU memory first.
+
+The hello's static facts can change while the agent runs (NVML came up after the driver loaded):
+then the link ends the connection and opens a new one at once, which starts with a new hello.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -49,6 +53,9 @@ class Backoff:
 # is no success) was healthy: the next failure starts the backoff anew.
 HEALTHY_CONNECTION_S = 10.0
 
+# Why a connection ended when the static facts changed: no failure, so reconnected without delay.
+STATIC_FACTS_CHANGED = "static facts changed; sending a new hello"
+
 
 def reconnect_delay_s(reason: str, failures: int, backoff: Backoff, rng: random.Random) -> float:
     """How long to wait after a connection that ended for ``reason`` (see ``_connect_once``)."""
@@ -66,14 +73,16 @@ class HubLink:
         *,
         url: str,
         token: str | None,
-        hello: Hello,
+        hello: Callable[[], Hello],
+        static_generation: Callable[[], int],
         source: SampleSource,
         backoff: Backoff,
         rng: random.Random | None = None,
     ) -> None:
         self._url = url
         self._token = token
-        self._hello = hello
+        self._hello = hello  # blocks (reads the collectors' static facts): called on a thread
+        self._static_generation = static_generation  # a change means a new hello is due
         self._source = source
         self._backoff = backoff
         self._rng = rng or random.Random()
@@ -84,6 +93,9 @@ class HubLink:
         failures = 0
         while True:
             reason = await self._connect_once()
+            if reason == STATIC_FACTS_CHANGED:
+                log.info("%s", reason)
+                continue
             if self._opened_at is not None and time.monotonic() - self._opened_at >= HEALTHY_CONNECTION_S:
                 failures = 0
             delay = reconnect_delay_s(reason, failures, self._backoff, self._rng)
@@ -95,6 +107,8 @@ class HubLink:
         """One connection's life. Returns why it ended, as one readable line."""
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
         self._opened_at = None
+        generation = self._static_generation()  # before the hello: a change between resends it
+        hello = await asyncio.to_thread(self._hello)
         try:
             async with connect(
                 self._url,
@@ -107,12 +121,13 @@ class HubLink:
                 compression=None,
             ) as ws:
                 self._opened_at = time.monotonic()
-                log.info("connected to %s as %s", self._url, self._hello.node)
-                await self._stream(ws)
+                log.info("connected to %s as %s", self._url, hello.node)
+                if await self._stream(ws, hello, generation):
+                    return STATIC_FACTS_CHANGED
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
-                return f"refused by the hub (HTTP {status}): check the token for node {self._hello.node!r}"
+                return f"refused by the hub (HTTP {status}): check the token for node {hello.node!r}"
             return f"hub answered HTTP {status} at {self._url}"
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else 1006
@@ -127,19 +142,23 @@ class HubLink:
             return f"unexpected error: {exc!r}"
         return "connection ended"
 
-    async def _stream(self, ws: ClientConnection) -> None:
-        """Hello, then one delta per new snapshot and a heartbeat when none came in time."""
-        await ws.send(encode(self._hello), text=True)  # UTF-8 JSON, sent as is
+    async def _stream(self, ws: ClientConnection, hello: Hello, generation: int) -> bool:
+        """Hello, then one delta per new snapshot and a heartbeat when none came in time.
+        Returns ``True`` (ending the connection) when a new snapshot comes after the static facts
+        changed from ``generation``: the new snapshot goes out after a new hello instead."""
+        await ws.send(encode(hello), text=True)  # UTF-8 JSON, sent as is
         reader = asyncio.create_task(_drain(ws))
         try:
             sent: Snapshot = {}
             sent_version = -1
             seq = 0
-            heartbeat_after_s = self._hello.interval_s * HEARTBEAT_AFTER_INTERVALS
+            heartbeat_after_s = hello.interval_s * HEARTBEAT_AFTER_INTERVALS
             while not reader.done():
                 await self._source.wait_newer(sent_version, heartbeat_after_s)
                 latest, version = self._source.latest, self._source.version
                 changed = version != sent_version
+                if changed and self._static_generation() != generation:
+                    return True
                 sent_version = version  # also before the first sample: never spin on "changed"
                 seq += 1
                 ts = round(time.time(), 3)
@@ -160,6 +179,7 @@ class HubLink:
                     message = encode(Delta(seq=seq, ts=ts, patch={}))
                 await ws.send(message, text=True)
             await reader  # re-raises ConnectionClosed with the hub's close code
+            return False
         finally:
             reader.cancel()
 

@@ -28,6 +28,8 @@ log = logging.getLogger("sers.agent")
 class GpuSource(Protocol):
     def driver(self) -> GpuDriver: ...
     def static(self) -> list[GpuStatic]: ...
+    @property
+    def static_generation(self) -> int: ...
     def sample_wire(self) -> dict[str, dict[str, Any]]: ...
     def close(self) -> None: ...
 
@@ -38,6 +40,11 @@ class Sampler:
     def __init__(self, host: HostCollector, gpus: GpuSource) -> None:
         self._host = host
         self._gpus = gpus
+
+    @property
+    def static_generation(self) -> int:
+        """Changes when :meth:`hello` would say something new (NVML came up after a retry)."""
+        return self._gpus.static_generation
 
     def hello(self, node: str, interval_s: float) -> Hello:
         return Hello(

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from node_agent import __main__ as agent_main
@@ -40,7 +41,15 @@ class NoSamples:
 
 def make_link(url: str, rng: random.Random, backoff: Backoff) -> HubLink:
     hello = Hello(node="n1", agent_version="0", interval_s=1.0)
-    return HubLink(url=url, token=None, hello=hello, source=NoSamples(), backoff=backoff, rng=rng)  # type: ignore[arg-type]
+    return HubLink(
+        url=url,
+        token=None,
+        hello=lambda: hello,
+        static_generation=lambda: 0,
+        source=NoSamples(),  # type: ignore[arg-type]
+        backoff=backoff,
+        rng=rng,
+    )
 
 
 async def run_for_attempts(link: HubLink, attempts: Callable[[], int], wanted: int) -> None:
@@ -93,7 +102,7 @@ def test_a_healthy_connection_resets_the_backoff(monkeypatch: pytest.MonkeyPatch
     async def opens() -> None:
         return None
 
-    async def lives_long(self: HubLink, ws: object) -> None:
+    async def lives_long(self: HubLink, ws: object, *_: object) -> None:
         await asyncio.sleep(0.03)
 
     monkeypatch.setattr(HubLink, "_stream", lives_long)
@@ -111,7 +120,7 @@ def test_a_bug_in_the_stream_is_logged_and_retried(
     async def opens() -> None:
         return None
 
-    async def buggy(self: HubLink, ws: object) -> None:
+    async def buggy(self: HubLink, ws: object, *_: object) -> None:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(HubLink, "_stream", buggy)
@@ -132,6 +141,82 @@ def test_a_malformed_url_at_run_time_is_logged_and_retried(caplog: pytest.LogCap
     with caplog.at_level(logging.INFO, logger="sers.agent"):
         asyncio.run(run_for_attempts(link, lambda: len(rng.ceilings), 3))
     assert any(r.exc_info and isinstance(r.exc_info[1], ValueError) for r in caplog.records)
+
+
+class QuietSocket:
+    """Stands in for a connection: records what is sent, never receives, never closes."""
+
+    def __init__(self, news: asyncio.Event) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self._news = news  # set at every send
+
+    async def send(self, message: bytes, text: bool) -> None:
+        self.sent.append(orjson.loads(message))
+        self._news.set()
+
+    def __aiter__(self) -> QuietSocket:
+        return self
+
+    async def __anext__(self) -> object:
+        await asyncio.Event().wait()
+        raise StopAsyncIteration
+
+
+class TickingSource:
+    """A sample source with a new (unchanged) snapshot every few milliseconds."""
+
+    latest: dict[str, Any] = {"sampled_at": 1.0}
+    version = 0
+
+    async def wait_newer(self, version: int, timeout_s: float) -> None:
+        await asyncio.sleep(0.005)
+        self.version += 1
+
+    def patch_since(self, sent: dict[str, Any]) -> dict[str, Any]:
+        return {} if sent == self.latest else self.latest
+
+
+def test_changed_static_facts_reconnect_at_once_with_a_new_hello(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML came up after the agent connected: the hub needs the GPUs' static facts."""
+    sockets: list[QuietSocket] = []
+    news = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def connect(url: str, **_: Any) -> AsyncIterator[QuietSocket]:
+        sockets.append(QuietSocket(news))
+        yield sockets[-1]
+
+    monkeypatch.setattr(link_module, "connect", connect)
+    generation = [0]
+    link = HubLink(
+        url="ws://hub:8000/ws/agent",
+        token=None,
+        hello=lambda: Hello(node="n1", agent_version=f"gen{generation[0]}", interval_s=1.0),
+        static_generation=lambda: generation[0],
+        source=TickingSource(),  # type: ignore[arg-type]
+        backoff=Backoff(base_s=60.0, cap_s=60.0),  # any backoff would outlast the test
+        rng=random.Random(0),
+    )
+
+    async def sent(connection: int, messages: int) -> None:
+        while len(sockets) <= connection or len(sockets[connection].sent) < messages:
+            news.clear()
+            await news.wait()
+
+    async def scenario() -> None:
+        task = asyncio.create_task(link.run_forever())
+        async with asyncio.timeout(5):
+            await sent(0, 3)
+            generation[0] = 1
+            await sent(1, 3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert len(sockets) == 2, "one reconnect, and only one"
+    assert [ws.sent[0]["agent_version"] for ws in sockets] == ["gen0", "gen1"]
+    assert sockets[1].sent[1]["patch"] == TickingSource.latest, "the new connection starts whole"
 
 
 def test_stream_ends_when_the_link_task_dies(monkeypatch: pytest.MonkeyPatch) -> None:

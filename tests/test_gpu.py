@@ -393,6 +393,54 @@ def test_no_pynvml_module(
     collector.close()
 
 
+def test_nvml_comes_up_after_a_retry(
+    make_collector: MakeCollector, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent started before the driver loaded: GPUs show once a retry finds it."""
+    gpus = [fakes.gpu(0), fakes.gpu(1, "A100")]
+    now_s = [1000.0]
+    with caplog.at_level(logging.DEBUG, logger="node_agent.gpu"):
+        collector, fake = make_collector(
+            fakes.scenario(gpus, init_error="DriverNotLoaded", live_reload=True),
+            retry_every_s=60.0,
+            clock=lambda: now_s[0],
+        )
+        assert collector.sample() == {} and collector.static_generation == 0
+        now_s[0] += 61.0
+        assert collector.sample() == {}, "still no driver: the retry fails again"
+        path = tmp_path / "scenario0.json"  # the fixture's file
+        mtime_ns = path.stat().st_mtime_ns
+        fakes.write_scenario(path, fakes.scenario(gpus, live_reload=True))
+        os.utime(path, ns=(mtime_ns + 10**9, mtime_ns + 10**9))  # surely seen as changed
+        now_s[0] += 59.0
+        assert collector.sample() == {}, "the next retry is not due yet"
+        now_s[0] += 2.0
+        samples = collector.sample()
+    assert sorted(samples) == ["0", "1"] and all(s.error is None for s in samples.values())
+    assert [g.name for g in collector.static()] == ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"]
+    assert collector.driver().error is None and collector.driver().driver_version == "550.54.15"
+    assert collector.static_generation == 1
+    by_level = {
+        level: [r.getMessage() for r in caplog.records if r.levelno == level] for level in (10, 20, 30)
+    }
+    assert by_level[logging.WARNING] == ["GPU monitoring disabled: NVIDIA driver not loaded"]
+    assert by_level[logging.DEBUG] == ["GPU monitoring disabled: NVIDIA driver not loaded"], "repeats"
+    assert len(by_level[logging.INFO]) == 1 and "enabled after a retry: 2 GPU(s)" in by_level[logging.INFO][0]
+    collector.close()
+    assert fake._initialised == 0
+
+
+def test_no_pynvml_is_not_retried(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml → ImportError
+    now_s = [0.0]
+    with caplog.at_level(logging.DEBUG, logger="node_agent.gpu"):
+        collector = GpuCollector(retry_every_s=1.0, clock=lambda: now_s[0])
+        now_s[0] += 10.0
+        assert collector.sample() == {}
+    assert len(caplog.records) == 1, "only the first failure: a restart is needed anyway"
+    collector.close()
+
+
 def test_close_shuts_nvml_down_once(make_collector: MakeCollector) -> None:
     collector, fake = make_collector(fakes.mixed_models())
     assert fake._initialised == 1

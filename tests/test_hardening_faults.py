@@ -199,6 +199,34 @@ def test_nvml_failing_mid_run(hub: Hub, procs: list[Proc], nvml_scenario: Path) 
     assert hub.status("nvml-fails") == "live"
 
 
+def test_gpus_show_once_the_driver_loads_after_the_agent_started(
+    hub: Hub, procs: list[Proc], nvml_scenario: Path
+) -> None:
+    """An agent container started at boot before the NVIDIA driver loaded."""
+    write_atomically(
+        nvml_scenario, scenario([gpu(0), gpu(1)], init_error="DriverNotLoaded", live_reload=True)
+    )
+    env = {**fake_env(nvml_scenario), "_SERS_TEST_NVML_RETRY_S": "0.5"}  # test-only: not a minute
+    agent = start_agent(hub, "late-driver", interval_s=0.5, env=env)
+    procs.append(agent)
+    hub.wait_status("late-driver", "live")
+    static = hub.nodes()["late-driver"]["static"]
+    assert static["gpus"] == [] and "driver not loaded" in static["gpu_driver"]["error"]
+
+    write_atomically(nvml_scenario, scenario([gpu(0), gpu(1)], live_reload=True))
+    wait_until(
+        lambda: len(hub.nodes()["late-driver"]["static"]["gpus"]) == 2, 10, what="the GPUs in a new hello"
+    )
+    node = hub.nodes()["late-driver"]
+    assert node["static"]["gpu_driver"]["driver_version"] == "550.54.15"
+    assert not node["static"]["gpu_driver"].get("error")
+    wait_until(
+        lambda: gpu_state(hub, "late-driver", "1").get("util_gpu_percent") is not None, 10, what="GPU 1"
+    )
+    assert hub.status("late-driver") == "live"
+    assert "GPU monitoring enabled after a retry: 2 GPU(s)" in agent.log()
+
+
 def test_hung_collector_shows_sample_late_while_heartbeats_flow(
     hub: Hub, procs: list[Proc], nvml_scenario: Path
 ) -> None:

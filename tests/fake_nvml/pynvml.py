@@ -21,7 +21,8 @@ works in-process and in subprocesses started with ``PYTHONPATH=tests/fake_nvml``
 
 For changes mid-run in a subprocess (hardening tests): with ``"live_reload": true`` the file is
 read again whenever it changes (write it atomically: temp file, then rename) and every GPU's
-dict is updated in place; the number of GPUs must stay the same. A GPU's ``"hang": [fn, ...]``
+dict is updated in place; the number of GPUs must stay the same. ``nvmlInit`` reads it too, so
+an ``init_error`` taken out of the file lets the next init succeed. A GPU's ``"hang": [fn, ...]``
 makes those per-GPU functions block, like a stuck driver, until the file no longer lists them.
 """
 
@@ -106,16 +107,15 @@ def _raise(name: str) -> NoReturn:
 
 # --------------------------------------------------------------------------- scenario
 def _load() -> dict[str, Any]:
-    path = os.environ.get("SERS_FAKE_NVML")
-    if not path:
+    if not _scenario_path:
         return {"gpus": []}
-    with open(path, encoding="utf-8") as f:
+    with open(_scenario_path, encoding="utf-8") as f:
         scenario: dict[str, Any] = json.load(f)
     return scenario
 
 
+_scenario_path = os.environ.get("SERS_FAKE_NVML")  # in-process it is unset once loaded
 _scenario = _load()
-_scenario_path = os.environ.get("SERS_FAKE_NVML")
 _scenario_mtime_ns = os.stat(_scenario_path).st_mtime_ns if _scenario_path else 0
 
 
@@ -135,6 +135,8 @@ def _reload_if_changed() -> None:
     for old, new in zip(_scenario.get("gpus", []), fresh.get("gpus", []), strict=False):
         old.clear()
         old.update(new)
+    for key in [k for k in _scenario if k not in fresh and k != "gpus"]:
+        del _scenario[key]
     _scenario.update({k: v for k, v in fresh.items() if k != "gpus"})
 
 
@@ -184,6 +186,7 @@ def _value(handle: _Handle, fn: str, key: str) -> Any:
 # --------------------------------------------------------------------------- system
 def nvmlInit() -> None:
     global _initialised
+    _reload_if_changed()
     error = _scenario.get("init_error")
     if error:
         _raise(error)

@@ -1,12 +1,13 @@
 """The GPU collector: NVML through nvidia-ml-py (``pynvml``). The only module that imports it.
 
-NVML is initialised once (while that fails, e.g. an agent started at boot before the NVIDIA driver
-loaded, again every :data:`NVML_RETRY_EVERY_S` seconds, and :attr:`GpuCollector.static_generation`
-counts the times the static facts changed); handles and static facts are fetched once; each
-sample reads only the values that change, and two that change rarely only every
-:data:`SLOW_FIELDS_EVERY_S` seconds:
-the enforced power limit (an admin or a power capping policy sets it) and the volatile
-uncorrected ECC error count (a hardware fault; it shows within that time).
+NVML is initialised once, and handles and static facts are fetched once. While starting it fails
+(an agent started at boot before the NVIDIA driver loaded) it is tried again every
+:data:`NVML_RETRY_EVERY_S` seconds; when every GPU has failed for that long (a driver reload
+mid-run) it is shut down and started again. :attr:`GpuCollector.static_generation` counts the
+times the static facts changed (a new hello is due). Each sample reads only the values that
+change, and two that change rarely only every :data:`SLOW_FIELDS_EVERY_S` seconds: the enforced
+power limit (an admin or a power capping policy sets it) and the volatile uncorrected ECC error
+count (a hardware fault; it shows within that time).
 
 One policy, :meth:`_Nvml.query`, decides what an NVML error means: a field the GPU doesn't
 support (or we may not read) is ``None``; a lost GPU, or any other NVML error on a required call,
@@ -215,8 +216,13 @@ class GpuCollector:
         self._retry_every_s = retry_every_s
         self._clock = clock
         self._retry_at_s: float | None = None  # None: no retry due (NVML is up, closed, or no pynvml)
+        self._all_failed_since_s: float | None = None  # when every GPU began to fail, by _clock
+        self._stops = 0  # NVML stops since a GPU last answered: repeats log at DEBUG
         self.static_generation = 0  # counts changes of driver() and static(): a new hello is due
         self._try_start()
+        # what driver() and static() last answered (a hello): a restart that brings back the
+        # same facts bumps static_generation only if the error in between may have been shown
+        self._shown_driver, self._shown_static = self._driver, self._static()
 
     # ----------------------------------------------------------------- lifecycle
     def _try_start(self) -> bool:
@@ -235,8 +241,11 @@ class GpuCollector:
             return False
         self._retry_at_s = None
         if failed_before is not None:
-            self.static_generation += 1
-            self._log.info(
+            changed = (self._driver, self._static()) != (self._shown_driver, self._shown_static)
+            if changed:
+                self.static_generation += 1
+            self._log.log(
+                logging.DEBUG if self._stops > 1 and not changed else logging.INFO,
                 "GPU monitoring enabled after a retry: %d GPU(s), driver %s",
                 len(self._gpus),
                 self._driver.driver_version,
@@ -277,6 +286,20 @@ class GpuCollector:
             nvml.m.nvmlShutdown()
         except Exception as exc:
             self._log.debug("nvmlShutdown failed: %s", exc)
+
+    def _stop_unanswered(self, reason: str) -> None:
+        """Every GPU has failed for ``retry_every_s``: shuts NVML down; the next sample starts it."""
+        self._stops += 1
+        self._log.log(
+            logging.WARNING if self._stops == 1 else logging.DEBUG,
+            "every GPU failed for %.0f s (%s): restarting NVML",
+            self._retry_every_s,
+            reason,
+        )
+        self._shutdown()
+        self._driver, self._gpus = GpuDriver(error=f"NVML stopped answering: {reason}"), []
+        self._all_failed_since_s = None
+        self._retry_at_s = self._clock()
 
     def close(self) -> None:
         with self._lock:
@@ -326,7 +349,9 @@ class GpuCollector:
             )
         except GpuLost as exc:
             gpu.error = exc.reason
-            self._log.warning("GPU %d: %s", index, exc.reason)
+            self._log.log(
+                logging.DEBUG if self._stops > 1 else logging.WARNING, "GPU %d: %s", index, exc.reason
+            )
         return gpu
 
     @staticmethod
@@ -339,9 +364,14 @@ class GpuCollector:
         return nvml.query(gpu, "ecc", errors, gpu.handle, nvml.ecc_uncorrected, nvml.ecc_volatile)
 
     def driver(self) -> GpuDriver:
-        return self._driver
+        self._shown_driver = driver = self._driver
+        return driver
 
     def static(self) -> list[GpuStatic]:
+        self._shown_static = static = self._static()
+        return static
+
+    def _static(self) -> list[GpuStatic]:
         return [gpu.static for gpu in self._gpus]
 
     # ----------------------------------------------------------------- sampling
@@ -383,7 +413,19 @@ class GpuCollector:
                     fields["processes"] = _gpu_processes(processes, infos)
                     fields["error"] = None
                     out[gpu.key] = fields
+            self._note_failures(failed)
             return out
+
+    def _note_failures(self, failed: dict[int, GpuSample]) -> None:
+        """Stops NVML once every GPU has failed for ``retry_every_s`` (see :meth:`_stop_unanswered`)."""
+        if not failed or len(failed) < len(self._gpus):
+            self._all_failed_since_s, self._stops = None, 0
+            return
+        now_s = self._clock()
+        if self._all_failed_since_s is None:
+            self._all_failed_since_s = now_s
+        elif now_s - self._all_failed_since_s >= self._retry_every_s:
+            self._stop_unanswered(next(iter(failed.values())).error or "no answer")
 
     def _resolve(self, pids: set[int]) -> dict[int, ProcInfo]:
         try:

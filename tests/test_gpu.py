@@ -430,6 +430,106 @@ def test_nvml_comes_up_after_a_retry(
     assert fake._initialised == 0
 
 
+def count_init_and_shutdown(fake: ModuleType, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the collector's nvmlInit and nvmlShutdown calls on ``fake``."""
+    counts = {"nvmlInit": 0, "nvmlShutdown": 0}
+    for name in counts:
+        real = getattr(fake, name)
+
+        def counted(real: Callable[[], None] = real, name: str = name) -> None:
+            counts[name] += 1
+            real()
+
+        monkeypatch.setattr(fake, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize("restart_fails_first", [False, True])
+@pytest.mark.parametrize("hello_while_down", [False, True])
+def test_nvml_restarts_when_every_gpu_fails(
+    make_collector: MakeCollector,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    restart_fails_first: bool,
+    hello_while_down: bool,
+) -> None:
+    """A driver reload mid-run: every GPU fails until NVML is shut down and started again. The
+    same facts as before need no new hello, unless one may have carried the error meanwhile."""
+    now_s = [1000.0]
+    collector, fake = make_collector(fakes.mixed_models(), retry_every_s=60.0, clock=lambda: now_s[0])
+    before = (collector.driver(), collector.static())
+    counts = count_init_and_shutdown(fake, monkeypatch)
+    for gpu in fake._scenario["gpus"]:
+        gpu["errors"] = {"*": "Unknown"}
+    with caplog.at_level(logging.WARNING, logger="node_agent.gpu"):
+        assert all(s.error == "NVML error: Unknown Error" for s in collector.sample().values())
+        now_s[0] += 59.0
+        assert len(collector.sample()) == 4 and counts["nvmlShutdown"] == 0, "not for a minute"
+        now_s[0] += 1.0
+        samples = collector.sample()
+    assert sorted(samples) == ["0", "1", "2", "3"] and all(s.error for s in samples.values())
+    assert counts == {"nvmlInit": 0, "nvmlShutdown": 1} and fake._initialised == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "every GPU failed for 60 s (NVML error: Unknown Error): restarting NVML"
+    ]
+    if hello_while_down:
+        assert collector.driver().error == "NVML stopped answering: NVML error: Unknown Error"
+        assert collector.static() == []
+    for gpu in fake._scenario["gpus"]:
+        gpu["errors"] = {}
+    if restart_fails_first:  # the driver is still loading: the usual retry takes over
+        fake._scenario["init_error"] = "DriverNotLoaded"
+        assert collector.sample() == {} and counts["nvmlInit"] == 1
+        del fake._scenario["init_error"]
+        now_s[0] += 60.0
+    samples = collector.sample()
+    assert all(s.error is None for s in samples.values()) and len(samples) == 4
+    assert counts["nvmlInit"] == 1 + restart_fails_first and fake._initialised == 1
+    assert (collector.driver(), collector.static()) == before
+    assert collector.static_generation == (1 if hello_while_down else 0)
+
+
+def test_one_dead_gpu_among_several_keeps_nvml_running(
+    make_collector: MakeCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now_s = [1000.0]
+    collector, fake = make_collector(fakes.mixed_models(), retry_every_s=60.0, clock=lambda: now_s[0])
+    counts = count_init_and_shutdown(fake, monkeypatch)
+    fake._scenario["gpus"][1]["errors"] = {"*": "GpuIsLost"}
+    for _ in range(5):
+        samples = collector.sample()
+        assert samples["1"].error == "GPU is lost" and samples["0"].error is None
+        now_s[0] += 61.0
+    assert counts == {"nvmlInit": 0, "nvmlShutdown": 0}
+    assert collector.driver().error is None and collector.static_generation == 0
+
+
+def test_only_gpu_dead_restarts_quietly_without_a_new_hello(
+    make_collector: MakeCollector, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A machine whose only GPU is lost from the start: NVML is restarted every minute, but the
+    facts stay the same (no new hello) and only the first time is logged above DEBUG."""
+    now_s = [1000.0]
+    with caplog.at_level(logging.INFO, logger="node_agent.gpu"):
+        collector, fake = make_collector(
+            fakes.scenario([fakes.gpu(0, errors={"*": "GpuIsLost"})]),
+            retry_every_s=60.0,
+            clock=lambda: now_s[0],
+        )
+        counts = count_init_and_shutdown(fake, monkeypatch)
+        for _ in range(8):
+            assert collector.sample() == {"0": GpuSample(index=0, error="GPU is lost")}
+            now_s[0] += 31.0
+    assert counts["nvmlShutdown"] == 2 and counts["nvmlInit"] == 2
+    assert collector.static_generation == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "GPU 0: GPU is lost",
+        "every GPU failed for 60 s (GPU is lost): restarting NVML",
+        "GPU 0: GPU is lost",
+        "GPU monitoring enabled after a retry: 1 GPU(s), driver 550.54.15",
+    ]
+
+
 def test_no_pynvml_is_not_retried(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml → ImportError
     now_s = [0.0]

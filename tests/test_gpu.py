@@ -168,12 +168,9 @@ def test_static_facts_are_fetched_once(make_collector: MakeCollector) -> None:
     assert fake.calls["nvmlDeviceGetUtilizationRates"] == 4 * 5
 
 
-def test_power_limit_and_ecc_count_are_read_every_few_seconds(
-    make_collector: MakeCollector, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    collector, fake = make_collector(fakes.mixed_models())
-    now = [time.monotonic()]  # the power limit was first read with the static facts
-    monkeypatch.setattr(gpu_module.time, "monotonic", lambda: now[0])
+def test_power_limit_and_ecc_count_are_read_every_few_seconds(make_collector: MakeCollector) -> None:
+    now = [time.monotonic()]  # the power limit is first read with the static facts
+    collector, fake = make_collector(fakes.mixed_models(), clock=lambda: now[0])
     assert collector.sample()["1"].ecc_volatile_uncorrected == 2
     ecc_calls = fake.calls["nvmlDeviceGetTotalEccErrors"]
     fake._scenario["gpus"][1].update(ecc_uncorrected=3, power_limit_mw=300_000)

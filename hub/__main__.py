@@ -22,7 +22,7 @@ import uvicorn
 from hub.app import create_app
 from hub.memory import release_free_memory_forever, tune_gc, tune_malloc
 from hub.settings import HubSettings, SettingsError, load_settings
-from hub.store import NodeStore, StoreError, forget_offline
+from hub.store import StoreError, forget_offline
 from node_agent.protocol import MAX_MESSAGE_BYTES
 
 
@@ -135,12 +135,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sers-hub: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.state_db:
-        try:
-            NodeStore(settings.state_db).close()
-        except StoreError as exc:
-            print(f"sers-hub: error: state_db: {exc}", file=sys.stderr)
-            return 2
     warn_if_open(settings, logging.getLogger("sers.hub"))
     tune_malloc()
     config = uvicorn_config(settings)  # configures uvicorn's loggers: add the filter after

@@ -8,6 +8,15 @@ disconnect included), when its naming changes and otherwise at most every
 thread, never on the event loop. On startup the remembered nodes come back as offline with their
 "last seen" time.
 
+Live monitoring never depends on the file. One the hub cannot use (not SQLite, another program's,
+damaged, locked, unreadable, in a read-only directory) is logged in one line and left untouched;
+the hub runs without memory and tries the file again every :data:`REOPEN_EVERY_S`, so moving it
+aside is enough. A row it cannot read is skipped with a log line. A write that fails later is
+logged once and retried. The hub marks its files with :data:`APPLICATION_ID` and only ever
+writes a file so marked, an empty one, or one written by a sers-hub from before the mark. It
+creates the file readable by its own user only (SQLite gives the -wal and -shm files beside it
+the same mode).
+
 Nodes leave the file only deliberately: ``DELETE /api/v1/nodes/{id}`` on a running hub (see
 :func:`forget_node`) or ``sers-hub forget NODE --state-db FILE`` with the hub stopped.
 """
@@ -16,7 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
+import shlex
 import sqlite3
+import stat
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,15 +43,31 @@ from starlette.responses import JSONResponse, Response
 from hub.registry import Naming, Node, NodeRegistry, NodeStatus
 from hub.security import admin_denial
 from hub.state import HubState
-from node_agent.protocol import Hello, ProtocolError, Snapshot, check_patch, decode, encode
+from node_agent.protocol import Hello, ProtocolError, Snapshot, check_node_name, check_patch, decode, encode
 
 log = logging.getLogger("sers.hub")
 
+APPLICATION_ID = 0x53455253  # "SERS": ``PRAGMA application_id`` of every file this hub writes
 SCHEMA_VERSION = 1
 SYNC_EVERY_S = 1.0
 REFRESH_EVERY_S = 30.0
+REOPEN_EVERY_S = 10.0
+OPEN_BUSY_TIMEOUT_S = 1.0  # short: a locked file must not hold up the hub's startup
+WRITE_BUSY_TIMEOUT_MS = 5000
+SKIPPED_LOGGED = 5  # unreadable rows logged one by one; any beyond, as a count
 T = TypeVar("T")
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_COLUMNS = (
+    "node_id",
+    "display_name",
+    "node_group",
+    "address",
+    "hello_json",
+    "state_json",
+    "last_seen_epoch_s",
+    "written_epoch_s",
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
@@ -51,10 +80,82 @@ CREATE TABLE IF NOT EXISTS nodes (
     written_epoch_s REAL NOT NULL
 )
 """
+_LEFT_ALONE = "the hub leaves it untouched: move it aside or point --state-db at another file"
 
 
 class StoreError(Exception):
-    """The state file cannot be opened or is not a sers-hub state file."""
+    """The state file cannot be used; the message says which file, why, and what to do."""
+
+
+class StoreGone(StoreError):
+    """The state file was deleted or replaced under the running hub."""
+
+
+def describe_sqlite_error(path: str, exc: sqlite3.Error) -> str:
+    """One sentence for an SQLite failure on ``path``: what is wrong and what to do."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (
+            f"the state file {path} is locked by another program ({exc}): "
+            "stop whatever holds it (another sers-hub on the same file?)"
+        )
+    if name.startswith("SQLITE_NOTADB"):
+        return f"{path} is not an SQLite database ({exc}); {_LEFT_ALONE}"
+    if name.startswith("SQLITE_CORRUPT"):
+        return (
+            f"the state file {path} is damaged ({exc}); the hub leaves it untouched: move it aside "
+            "(keep it to look into) and the hub starts a new one"
+        )
+    if name.startswith("SQLITE_FULL"):
+        return f"cannot write the state file {path}: the disk is full ({exc})"
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_AUTH")):
+        folder = os.path.dirname(os.path.abspath(path))
+        base = os.path.basename(path)
+        return (
+            f"cannot use the state file {path} ({exc}): the hub's user needs to read and write it "
+            f"and to create files in {folder} (SQLite keeps {base}-wal and {base}-shm beside it)"
+        )
+    return f"cannot use the state file {path} ({exc}); move it aside or point --state-db at another file"
+
+
+def _text(raw: bytes) -> str | bytes:
+    """SQLite TEXT as str; bytes that are not UTF-8 stay bytes (the row check refuses them)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def _check_file(path: str, create: bool) -> os.stat_result:
+    """Creates the file with mode 0600, or checks that the existing one is an SQLite file the
+    hub can read and write; returns its status. Never writes a byte of an existing file."""
+    flags = os.O_RDWR | os.O_CLOEXEC
+    try:
+        try:
+            if not create:
+                raise FileExistsError
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            fd = os.open(path, flags)
+    except FileNotFoundError as exc:
+        if not create:
+            raise StoreError(f"there is no state file {path}") from None
+        raise StoreError(f"cannot create the state file {path}: {exc.strerror}") from None
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open the state file {path}: {exc.strerror}; give the hub's user read and write "
+            "access to it, or point --state-db at another file"
+        ) from None
+    try:
+        header = os.pread(fd, len(_SQLITE_MAGIC), 0)
+        status = os.fstat(fd)
+    except OSError as exc:
+        raise StoreError(f"cannot read the state file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if header and header != _SQLITE_MAGIC:
+        raise StoreError(f"{path} is not an SQLite file; {_LEFT_ALONE}")
+    return status
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,44 +169,110 @@ class StoredNode:
     last_seen_epoch_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedRow:
+    """A row of the file that does not make a node, and why."""
+
+    node_id: object
+    reason: str
+
+
 class NodeStore:
-    """Blocking access to the file. Use it from one thread at a time."""
+    """Blocking access to the file. Use it from one thread at a time.
 
-    def __init__(self, path: str) -> None:
+    Raises :class:`StoreError` when the file cannot be used; with ``create`` false, also when it
+    does not exist. ``mode`` is the file's permission bits; ``created``, whether this opened a new
+    file.
+    """
+
+    def __init__(self, path: str, create: bool = True) -> None:
         self.path = path
+        existed = os.path.lexists(path)
+        status = _check_file(path, create)
+        self.created = not existed
+        self.mode = stat.S_IMODE(status.st_mode)
+        self._identity = (status.st_dev, status.st_ino)
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"{path} was written by a newer sers-hub (schema {version})")
-            self._db.execute(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot use {path} as the state file: {exc}") from None
-
-    def load(self) -> list[StoredNode]:
-        rows = self._db.execute(
-            "SELECT node_id, display_name, node_group, address, hello_json, state_json, last_seen_epoch_s"
-            " FROM nodes"
-        ).fetchall()
-        nodes = []
-        for node_id, display_name, group, address, hello_json, state_json, last_seen in rows:
-            try:
-                hello = decode(hello_json)
-                if not isinstance(hello, Hello) or hello.node != node_id:
-                    raise ProtocolError("the stored hello is not this node's")
-                state = check_patch(orjson.loads(state_json), "state")
-            except (ProtocolError, orjson.JSONDecodeError) as exc:
-                log.warning("state file: skipping node %r: %s", node_id, exc)
-                continue
-            nodes.append(
-                StoredNode(node_id, str(display_name), group, address, hello, state, float(last_seen))
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=OPEN_BUSY_TIMEOUT_S
             )
-        return nodes
+        except sqlite3.Error as exc:
+            raise StoreError(describe_sqlite_error(path, exc)) from None
+        self._db.text_factory = _text
+        try:
+            self._adopt()
+            self._db.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(describe_sqlite_error(path, exc)) from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _adopt(self) -> None:
+        """Refuses a file this hub did not write (before changing anything in it), checks it, and
+        sets it up: WAL journal, the table, the mark."""
+        db = self._db
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        if app_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the state file {self.path} was written by a newer sers-hub (schema {version}); "
+                    f"{_LEFT_ALONE}"
+                )
+        elif not (app_id == 0 and (self._is_empty(version) or self._is_unmarked_own(version, tables))):
+            what = f"tables: {', '.join(map(str, tables[:5]))}" if tables else f"application id {app_id:#x}"
+            raise StoreError(
+                f"{self.path} is not a sers-hub state file (another program's SQLite database, {what}); "
+                f"{_LEFT_ALONE}"
+            )
+        check = " ".join(str(db.execute("PRAGMA quick_check(1)").fetchone()[0]).split())  # one line
+        if check != "ok":
+            raise StoreError(
+                f"the state file {self.path} is damaged ({check}); the hub leaves it untouched: move it "
+                "aside (keep it to look into) and the hub starts a new one"
+            )
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        if app_id != APPLICATION_ID or version != SCHEMA_VERSION:
+            with self._transaction():
+                db.execute(_SCHEMA)
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _is_empty(self, version: int) -> bool:
+        return version == 0 and self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+    def _is_unmarked_own(self, version: int, tables: list[str]) -> bool:
+        """A file from a sers-hub that did not set ``application_id`` yet: schema 1, our table."""
+        if version != 1 or tables != ["nodes"]:
+            return False
+        columns = tuple(row[1] for row in self._db.execute("PRAGMA table_info(nodes)"))
+        return columns == _COLUMNS
+
+    def load(self) -> tuple[list[StoredNode], list[SkippedRow]]:
+        """The remembered nodes, and the rows that do not make one."""
+        try:
+            rows = self._db.execute(
+                "SELECT node_id, display_name, node_group, address, hello_json, state_json,"
+                " last_seen_epoch_s FROM nodes"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(describe_sqlite_error(self.path, exc)) from None
+        nodes = []
+        skipped = []
+        for row in rows:
+            try:
+                nodes.append(_stored_node(*row))
+            except (ProtocolError, ValueError) as exc:
+                skipped.append(SkippedRow(row[0], str(exc)))
+        return nodes, skipped
 
     def save(self, nodes: list[StoredNode]) -> None:
+        self._check_same_file()
         now = time.time()
         with self._transaction():
             self._db.executemany(
@@ -130,8 +297,11 @@ class NodeStore:
             )
 
     def forget(self, node_id: str) -> bool:
-        with self._transaction():
-            return self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
+        try:
+            with self._transaction():
+                return self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
+        except sqlite3.Error as exc:
+            raise StoreError(describe_sqlite_error(self.path, exc)) from None
 
     def node_ids(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT node_id FROM nodes ORDER BY node_id")]
@@ -139,8 +309,62 @@ class NodeStore:
     def close(self) -> None:
         self._db.close()
 
+    def _check_same_file(self) -> None:
+        """SQLite would go on writing a deleted file (its open descriptor): catch that."""
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            raise StoreGone(f"the state file {self.path} was deleted while the hub ran") from None
+        if (status.st_dev, status.st_ino) != self._identity:
+            raise StoreGone(f"the state file {self.path} was replaced while the hub ran")
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def _stored_node(
+    node_id: object,
+    display_name: object,
+    group: object,
+    address: object,
+    hello_json: object,
+    state_json: object,
+    last_seen: object,
+) -> StoredNode:
+    """One row as a node; raises :class:`ProtocolError` or :class:`ValueError` saying what is wrong."""
+    name = check_node_name(node_id, "node_id")
+    for column, value, optional in (
+        ("display_name", display_name, False),
+        ("node_group", group, True),
+        ("address", address, True),
+        ("hello_json", hello_json, False),
+        ("state_json", state_json, False),
+    ):
+        if not (isinstance(value, str) or (optional and value is None)):
+            raise ValueError(f"{column}: expected text, got {type(value).__name__}")
+    assert isinstance(display_name, str) and isinstance(hello_json, str) and isinstance(state_json, str)
+    try:
+        hello = decode(hello_json)
+    except ProtocolError as exc:
+        raise ValueError(f"hello_json: {exc}") from None
+    if not isinstance(hello, Hello) or hello.node != name:
+        raise ValueError("hello_json: not this node's hello")
+    try:
+        state_obj = orjson.loads(state_json)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"state_json: not JSON: {exc}") from None
+    state = check_patch(state_obj, "state_json")
+    if isinstance(last_seen, bool) or not isinstance(last_seen, int | float) or not math.isfinite(last_seen):
+        raise ValueError(f"last_seen_epoch_s: expected a number of seconds, got {last_seen!r:.40}")
+    return StoredNode(
+        name,
+        display_name,
+        group if isinstance(group, str) else None,
+        address if isinstance(address, str) else None,
+        hello,
+        state,
+        float(last_seen),
+    )
 
 
 class _Transaction:
@@ -151,7 +375,18 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
+            self._db.execute("ROLLBACK")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +401,11 @@ class _Written:
 
 
 class StoreSync:
-    """Mirrors the registry into a :class:`NodeStore` from the event loop, in batches, off-loop."""
+    """Mirrors the registry into a :class:`NodeStore` from the event loop, in batches, off-loop.
+
+    Nothing here raises for a file that cannot be used: it is logged once, and :meth:`run` opens
+    it again every ``reopen_every_s`` until it can be used, then remembers and writes as usual.
+    """
 
     def __init__(
         self,
@@ -174,50 +413,121 @@ class StoreSync:
         registry: NodeRegistry,
         names: Mapping[str, Naming],
         refresh_every_s: float = REFRESH_EVERY_S,
+        reopen_every_s: float = REOPEN_EVERY_S,
     ) -> None:
         self._path = path
         self._registry = registry
         self._names = names
         self._refresh_every_s = refresh_every_s
+        self._reopen_every_s = reopen_every_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sers-store")
         self._store: NodeStore | None = None
         self._written: dict[str, _Written] = {}
-        self._failing_since: float | None = None
+        self._next_open_mono = 0.0
+        self._open_problem: str | None = None  # why the file could not be opened, as last logged
+        self._write_problem: str | None = None  # why writing fails, as logged when it started
+
+    @property
+    def usable(self) -> bool:
+        return self._store is not None
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def open(self) -> int:
-        """Opens the file and puts every remembered node in the registry as offline."""
-        self._store = await self._call(NodeStore, self._path)
-        stored: list[StoredNode] = await self._call(self._store.load)
+        """Opens the file and puts every remembered node that the registry lacks in it as
+        offline; returns how many. When the file cannot be used, logs why (once per reason)."""
+        try:
+            store: NodeStore = await self._call(NodeStore, self._path)
+        except StoreError as exc:
+            self._cannot_open(str(exc))
+            return 0
+        try:
+            stored, skipped = await self._call(store.load)
+        except StoreError as exc:
+            await self._call(store.close)
+            self._cannot_open(str(exc))
+            return 0
+        self._store = store
+        self._written = {}  # a file opened again (after it was deleted) gets every node
         for item in stored:
-            naming = self._names.get(item.node_id) or self._names.get(item.address or "") or Naming()
-            node = Node(
-                item.node_id,
-                display_name=naming.display_name or item.display_name,
-                group=naming.group if naming.group is not None else item.group,
-                interval_s=item.hello.interval_s,
-                hello=item.hello,
-                state=item.state,
-                status=NodeStatus.OFFLINE,
-                address=item.address,
-                last_seen_wall=item.last_seen_epoch_s,
+            self._restore(item)
+        self._log_skipped(skipped, len(stored) + len(skipped))
+        if not store.created and store.mode & stat.S_IROTH:
+            log.warning(
+                "the state file %s is readable by every user (mode %04o) and holds user and process "
+                "names: chmod 600 %s",
+                self._path,
+                store.mode,
+                self._path,
             )
-            self._registry.restore(node)
-            self._written[item.node_id] = self._snapshot_of(node)
-        log.info("remembered %d node(s) from %s", len(stored), self._path)
+        again = " again" if self._open_problem is not None else ""
+        log.info("state file %s usable%s: remembered %d node(s)", self._path, again, len(stored))
+        self._open_problem = None
         return len(stored)
+
+    def _cannot_open(self, reason: str) -> None:
+        if reason != self._open_problem:
+            log.error(
+                "%s. Live monitoring goes on without remembering nodes; the hub tries the file "
+                "again every %g s",
+                reason,
+                self._reopen_every_s,
+            )
+            self._open_problem = reason
+        self._next_open_mono = time.monotonic() + self._reopen_every_s
+
+    def _restore(self, item: StoredNode) -> None:
+        naming = self._names.get(item.node_id) or self._names.get(item.address or "") or Naming()
+        node = Node(
+            item.node_id,
+            display_name=naming.display_name or item.display_name,
+            group=naming.group if naming.group is not None else item.group,
+            interval_s=item.hello.interval_s,
+            hello=item.hello,
+            state=item.state,
+            status=NodeStatus.OFFLINE,
+            address=item.address,
+            last_seen_wall=item.last_seen_epoch_s,
+        )
+        self._registry.restore(node)
+        if self._registry.nodes.get(item.node_id) is node:
+            self._written[item.node_id] = self._snapshot_of(node)
+
+    def _log_skipped(self, skipped: list[SkippedRow], total: int) -> None:
+        for row in skipped[:SKIPPED_LOGGED]:
+            log.warning(
+                "state file %s: skipped node %.80r, which cannot be read (%s); "
+                "`sers-hub forget %s --state-db %s` with the hub stopped removes it",
+                self._path,
+                row.node_id,
+                row.reason,
+                shlex.quote(str(row.node_id)[:80]),
+                shlex.quote(self._path),
+            )
+        if len(skipped) > SKIPPED_LOGGED:
+            log.warning(
+                "state file %s: skipped %d more of its %d nodes, which cannot be read either",
+                self._path,
+                len(skipped) - SKIPPED_LOGGED,
+                total,
+            )
 
     async def run(self, every_s: float = SYNC_EVERY_S) -> None:
         while True:
             await asyncio.sleep(every_s)
-            await self.flush()
+            if self._store is None:
+                if time.monotonic() >= self._next_open_mono:
+                    await self.open()
+            else:
+                await self.flush()
 
     async def flush(self, final: bool = False) -> int:
         """Writes the nodes that are due (every changed one when ``final``); returns how many."""
+        if self._store is None:
+            return 0
         due = [node for node in self._registry.nodes.values() if self._is_due(node, final)]
-        if not due or self._store is None:
+        if not due:
             return 0
         # taken before the write: whatever changes while it runs is due at the next flush
         written = {node.node_id: self._snapshot_of(node) for node in due}
@@ -228,13 +538,21 @@ class StoreSync:
         ]
         try:
             await self._call(self._store.save, rows)
-        except (sqlite3.Error, OSError) as exc:
-            now = time.monotonic()
-            if self._failing_since is None or now - self._failing_since >= 60:
-                log.error("cannot write the state file %s: %s (will retry)", self._path, exc)
-                self._failing_since = now
+        except StoreGone as exc:
+            log.warning("%s: opening it again", exc)
+            await self._drop_store()
             return 0
-        self._failing_since = None
+        except (sqlite3.Error, OSError) as exc:
+            if self._write_problem is None:
+                reason = (
+                    describe_sqlite_error(self._path, exc) if isinstance(exc, sqlite3.Error) else str(exc)
+                )
+                log.error("%s. Live monitoring goes on; the hub keeps trying to write the file", reason)
+                self._write_problem = reason
+            return 0
+        if self._write_problem is not None:
+            log.info("state file %s: writing works again", self._path)
+            self._write_problem = None
         for node_id, snapshot in written.items():
             if node_id in self._registry.nodes:  # not forgotten meanwhile
                 self._written[node_id] = snapshot
@@ -244,17 +562,28 @@ class StoreSync:
         self._written.pop(node_id, None)
         if self._store is None:
             return False
-        forgotten: bool = await self._call(self._store.forget, node_id)
+        try:
+            forgotten: bool = await self._call(self._store.forget, node_id)
+        except StoreError as exc:
+            log.error("cannot remove node %s from the state file: %s", node_id, exc)
+            return False
         return forgotten
 
     async def close(self) -> None:
         try:
             await self.flush(final=True)
-            if self._store is not None:
-                await self._call(self._store.close)
+            await self._drop_store()
         finally:
-            self._store = None
             self._executor.shutdown(wait=True)
+
+    async def _drop_store(self) -> None:
+        store, self._store = self._store, None
+        self._write_problem = None
+        if store is not None:
+            try:
+                await self._call(store.close)
+            except sqlite3.Error as exc:
+                log.warning("closing the state file %s: %s", self._path, exc)
 
     def _is_due(self, node: Node, final: bool) -> bool:
         if node.hello is None:
@@ -279,8 +608,9 @@ class StoreSync:
 
 
 def forget_offline(path: str, node_id: str) -> bool:
-    """For ``sers-hub forget``: removes one node from the file. Blocking."""
-    store = NodeStore(path)
+    """For ``sers-hub forget``: removes one node from the file. Blocking; raises
+    :class:`StoreError` when the file does not exist or cannot be used."""
+    store = NodeStore(path, create=False)
     try:
         return store.forget(node_id)
     finally:

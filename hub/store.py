@@ -130,22 +130,28 @@ def _check_file(path: str, create: bool) -> os.stat_result:
     """Creates the file with mode 0600, or checks that the existing one is an SQLite file the
     hub can read and write; returns its status. Never writes a byte of an existing file."""
     flags = os.O_RDWR | os.O_CLOEXEC
-    try:
+    fd = None
+    if create:
         try:
-            if not create:
-                raise FileExistsError
             fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
+            pass
+        except OSError as exc:
+            folder = os.path.dirname(os.path.abspath(path))
+            raise StoreError(
+                f"cannot create the state file {path}: {exc.strerror}; the hub's user needs to create "
+                f"files in {folder}, or point --state-db at another file"
+            ) from None
+    if fd is None:
+        try:
             fd = os.open(path, flags)
-    except FileNotFoundError as exc:
-        if not create:
+        except FileNotFoundError:
             raise StoreError(f"there is no state file {path}") from None
-        raise StoreError(f"cannot create the state file {path}: {exc.strerror}") from None
-    except OSError as exc:
-        raise StoreError(
-            f"cannot open the state file {path}: {exc.strerror}; give the hub's user read and write "
-            "access to it, or point --state-db at another file"
-        ) from None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the state file {path}: {exc.strerror}; give the hub's user read and "
+                "write access to it, or point --state-db at another file"
+            ) from None
     try:
         header = os.pread(fd, len(_SQLITE_MAGIC), 0)
         status = os.fstat(fd)

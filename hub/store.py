@@ -31,6 +31,7 @@ import shlex
 import sqlite3
 import stat
 import time
+import urllib.parse
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -164,6 +165,49 @@ def _check_file(path: str, create: bool) -> os.stat_result:
     return status
 
 
+def _recognize(path: str) -> tuple[int, int]:
+    """Reads, on a read-only connection, whether ``path`` is a file this hub may write (one it
+    marked, an empty one, or one a sers-hub wrote before it set the mark) and whether it is
+    intact; returns its ``application_id`` and ``user_version``. Raises :class:`StoreError`."""
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=OPEN_BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise StoreError(describe_sqlite_error(path, exc)) from None
+    try:
+        app_id: int = db.execute("PRAGMA application_id").fetchone()[0]
+        version: int = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = sorted(
+            str(row[0]) for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        )
+        columns = tuple(row[1] for row in db.execute("PRAGMA table_info(nodes)"))
+        empty = not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the state file {path} was written by a newer sers-hub (schema {version}); {_LEFT_ALONE}"
+                )
+        elif app_id != 0 or not (
+            (empty and version == 0) or (version == 1 and tables == ["nodes"] and columns == _COLUMNS)
+        ):
+            what = f"tables: {', '.join(tables[:5])}" if tables else f"application id {app_id:#x}"
+            raise StoreError(
+                f"{path} is not a sers-hub state file (another program's SQLite database, {what}); "
+                f"{_LEFT_ALONE}"
+            )
+        check = " ".join(str(db.execute("PRAGMA quick_check(1)").fetchone()[0]).split())  # one line
+    except sqlite3.Error as exc:
+        raise StoreError(describe_sqlite_error(path, exc)) from None
+    finally:
+        db.close()
+    if check != "ok":
+        raise StoreError(
+            f"the state file {path} is damaged ({check}); the hub leaves it untouched: move it "
+            "aside (keep it to look into) and the hub starts a new one"
+        )
+    return app_id, version
+
+
 @dataclass(frozen=True, slots=True)
 class StoredNode:
     node_id: str
@@ -198,6 +242,7 @@ class NodeStore:
         self.created = not existed
         self.mode = stat.S_IMODE(status.st_mode)
         self._identity = (status.st_dev, status.st_ino)
+        app_id, version = _recognize(path)
         try:
             self._db = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=OPEN_BUSY_TIMEOUT_S
@@ -206,40 +251,14 @@ class NodeStore:
             raise StoreError(describe_sqlite_error(path, exc)) from None
         self._db.text_factory = _text
         try:
-            self._adopt()
-            self._db.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
+            self._set_up(app_id, version)
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(describe_sqlite_error(path, exc)) from None
-        except StoreError:
-            self._db.close()
-            raise
 
-    def _adopt(self) -> None:
-        """Refuses a file this hub did not write (before changing anything in it), checks it, and
-        sets it up: WAL journal, the table, the mark."""
+    def _set_up(self, app_id: int, version: int) -> None:
+        """WAL journal, the table and the mark, on a file :func:`_recognize` took."""
         db = self._db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
-        if app_id == APPLICATION_ID:
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the state file {self.path} was written by a newer sers-hub (schema {version}); "
-                    f"{_LEFT_ALONE}"
-                )
-        elif not (app_id == 0 and (self._is_empty(version) or self._is_unmarked_own(version, tables))):
-            what = f"tables: {', '.join(map(str, tables[:5]))}" if tables else f"application id {app_id:#x}"
-            raise StoreError(
-                f"{self.path} is not a sers-hub state file (another program's SQLite database, {what}); "
-                f"{_LEFT_ALONE}"
-            )
-        check = " ".join(str(db.execute("PRAGMA quick_check(1)").fetchone()[0]).split())  # one line
-        if check != "ok":
-            raise StoreError(
-                f"the state file {self.path} is damaged ({check}); the hub leaves it untouched: move it "
-                "aside (keep it to look into) and the hub starts a new one"
-            )
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -248,16 +267,7 @@ class NodeStore:
                 db.execute(_SCHEMA)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _is_empty(self, version: int) -> bool:
-        return version == 0 and self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
-
-    def _is_unmarked_own(self, version: int, tables: list[str]) -> bool:
-        """A file from a sers-hub that did not set ``application_id`` yet: schema 1, our table."""
-        if version != 1 or tables != ["nodes"]:
-            return False
-        columns = tuple(row[1] for row in self._db.execute("PRAGMA table_info(nodes)"))
-        return columns == _COLUMNS
+        db.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
 
     def load(self) -> tuple[list[StoredNode], list[SkippedRow]]:
         """The remembered nodes, and the rows that do not make one."""

@@ -151,6 +151,29 @@ def test_a_file_it_cannot_use_is_refused_untouched(
     assert set(reg.nodes) == {"live1"}
 
 
+CRASHED_WRITER = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode = WAL")
+db.execute("PRAGMA wal_autocheckpoint = 0")
+db.execute("CREATE TABLE nodes (id INTEGER PRIMARY KEY, hostname TEXT)")
+db.execute("INSERT INTO nodes VALUES (1, 'gpu01')")
+os._exit(0)  # as if killed: its last transactions stay in the -wal file
+"""
+
+
+def test_another_programs_unfinished_wal_is_not_merged(tmp_path: Path) -> None:
+    """Closing a read-write connection would checkpoint the other program's -wal into its file."""
+    path = tmp_path / "other.sqlite3"
+    subprocess.run([sys.executable, "-c", CRASHED_WRITER, str(path)], check=True, timeout=30)
+    wal = tmp_path / "other.sqlite3-wal"
+    before = digest(path), digest(wal)
+    assert wal.stat().st_size > 0
+    with pytest.raises(StoreError, match="is not a sers-hub state file"):
+        NodeStore(str(path))
+    assert (digest(path), digest(wal)) == before
+
+
 def test_forget_refuses_files_it_cannot_use_and_creates_none(tmp_path: Path) -> None:
     missing = tmp_path / "missing.sqlite3"
     with pytest.raises(StoreError, match="there is no state file"):

@@ -137,6 +137,9 @@ def _check_file(path: str, create: bool) -> os.stat_result:
             fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             pass
+        except FileNotFoundError:
+            folder = os.path.dirname(os.path.abspath(path))
+            raise StoreError(f"cannot create the state file {path}: there is no folder {folder}") from None
         except OSError as exc:
             folder = os.path.dirname(os.path.abspath(path))
             raise StoreError(
@@ -148,6 +151,8 @@ def _check_file(path: str, create: bool) -> os.stat_result:
             fd = os.open(path, flags)
         except FileNotFoundError:
             raise StoreError(f"there is no state file {path}") from None
+        except IsADirectoryError:
+            raise StoreError(f"{path} is a folder, not a state file: point --state-db at a file") from None
         except OSError as exc:
             raise StoreError(
                 f"cannot open the state file {path}: {exc.strerror}; give the hub's user read and "

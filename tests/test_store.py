@@ -187,6 +187,31 @@ def test_forget_refuses_files_it_cannot_use_and_creates_none(tmp_path: Path) -> 
     assert digest(other) == before
 
 
+def test_a_path_it_cannot_create_says_why_and_is_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(StoreError, match="is a folder, not a state file"):
+        NodeStore(str(tmp_path))
+    path = tmp_path / "not-yet" / "state.sqlite3"
+    reg = registry()
+    reg.hello(hello("n1"))
+    sync = StoreSync(str(path), reg, {}, reopen_every_s=0.0)
+
+    async def scenario() -> list[int]:
+        written = [await sync.open(), await sync.flush()]
+        path.parent.mkdir()  # a volume mounted late, say
+        written += [await sync.open(), await sync.flush()]
+        await sync.close()
+        return written
+
+    with caplog.at_level(logging.INFO, logger="sers.hub"):
+        assert asyncio.run(scenario()) == [0, 0, 0, 1]
+    [line] = errors(caplog)
+    assert f"cannot create the state file {path}: there is no folder {path.parent}" in line
+    assert "usable again" in caplog.text
+    assert NodeStore(str(path)).node_ids() == ["n1"]
+
+
 # --------------------------------------------------------------------------- files it did write
 def test_an_empty_file_and_a_file_from_before_the_mark_are_taken(tmp_path: Path) -> None:
     empty = tmp_path / "empty.sqlite3"

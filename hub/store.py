@@ -448,10 +448,6 @@ class StoreSync:
         self._open_problem: str | None = None  # why the file could not be opened, as last logged
         self._write_problem: str | None = None  # why writing fails, as logged when it started
 
-    @property
-    def usable(self) -> bool:
-        return self._store is not None
-
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 

@@ -80,6 +80,8 @@ class Node:
     last_seen_mono: float = 0.0
     last_seen_wall: float = 0.0
     last_sample_mono: float = 0.0  # when a patch with a new ``sampled_at`` arrived
+    samples: int = 0  # patches with a new ``sampled_at`` so far: the history records each once
+    clock_ahead_s: float = 0.0  # the agent's wall clock minus the hub's, at its last message
     sample_late: bool = False  # heartbeats arrive but samples do not (a hung collector)
     version: int = 0  # bumped on every visible change
 
@@ -154,6 +156,7 @@ class NodeRegistry:
             merged = merge_patch(node.state, patch)
             node.state_bytes_max = _checked_size(node, merged, message_chars)
         self._seen(node)
+        node.clock_ahead_s = delta.ts - node.last_seen_wall
         was_live = node.status is NodeStatus.LIVE
         node.status = NodeStatus.LIVE
         if not patch:
@@ -166,6 +169,7 @@ class NodeRegistry:
         was_late = node.sample_late
         if "sampled_at" in patch:
             node.last_sample_mono = node.last_seen_mono
+            node.samples += 1
             node.sample_late = False
         node.version += 1
         gpus_patch = patch.get("gpus")

@@ -145,10 +145,16 @@ def test_history_advances_whatever_the_agents_clock_says(wrong_s: float) -> None
     history = scene.history.node("n1")
     feed(registry, scene, clock, connection, 60, ahead_s=wrong_s)
     assert registry.nodes["n1"].clock_ahead_s == pytest.approx(wrong_s)
+    shown = {f.label: f.text for f in scene.detail(registry.nodes["n1"]).agent}
+    assert shown["agent clock"] == (
+        "2 h 00 min ahead of the hub" if wrong_s > 0 else "720 h 00 min behind the hub"
+    )
     during = len(history.points("cpu"))
     assert 11 <= during <= 12
     feed(registry, scene, clock, connection, 60, ahead_s=0.0)  # the clock is corrected
     assert registry.nodes["n1"].clock_ahead_s == pytest.approx(0.0)
+    shown = {f.label: f.text for f in scene.detail(registry.nodes["n1"]).agent}
+    assert shown["agent clock"] == "in step with the hub"
     after = history.points("cpu")
     assert len(after) - during == 12, "a bucket every 5 s after the correction too"
     assert not any(math.isnan(p) for p in after[1:]), "no gaps: every bucket holds samples"

@@ -117,6 +117,7 @@ def test_message_over_64_kib_is_closed_with_1009_and_one_just_under_is_fine(hub:
     # unknown fields are dropped by the decoder, so padding makes a valid message of any size
     ws = open_agent(hub)
     ws.send(hello("big-ok"))
+    wait_until(lambda: hub.status("big-ok") == "live", 5, what="big-ok live")  # before reading its state
     head = delta(1, snapshot(33.0))[:-1] + ', "pad": "'
     near_limit = head + "p" * (MAX_MESSAGE_BYTES - len(head) - 2 - 10) + '"}'
     assert MAX_MESSAGE_BYTES - 100 < len(near_limit) <= MAX_MESSAGE_BYTES

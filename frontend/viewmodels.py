@@ -106,6 +106,16 @@ def fmt_ago(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
+CLOCK_OFF_SHOWN_S = 30.0  # an agent clock further off than this is named on the node page
+
+
+def fmt_clock_offset(ahead_s: float) -> str:
+    """The agent's clock against the hub's: ``in step``, ``2 h 00 min ahead``, ``3 min behind``."""
+    if abs(ahead_s) <= CLOCK_OFF_SHOWN_S:
+        return "in step with the hub"
+    return f"{fmt_ago(abs(ahead_s))} {'ahead of' if ahead_s > 0 else 'behind'} the hub"
+
+
 def fmt_percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}%"
 
@@ -732,6 +742,7 @@ def detail_view(
         FieldView("status", node.status.value),
         FieldView("last seen", fmt_epoch(node.last_seen_wall) if node.last_seen_wall else "never"),
         FieldView("last sample", fmt_epoch(node.state.get("sampled_at"))),
+        FieldView("agent clock", fmt_clock_offset(node.clock_ahead_s)),
         FieldView("address", node.address or "–"),
         FieldView("agent version", hello.agent_version if hello else "–"),
         FieldView("protocol", str(hello.protocol) if hello else "–"),

@@ -9,7 +9,9 @@ connection, with a close code that says why (see ``docs/security.md``):
 - 1007: malformed JSON, wrong types, non-finite or huge numbers, over-long strings and lists;
 - 1008: policy: no hello first, a second hello, unknown message types, more messages per second
   than ``agent_max_messages_per_s`` (or 3 per announced interval, if more), a token bound to another node, too many nodes, or a newer
-  connection for the same node (the newer one wins);
+  connection for the same node (the newer one wins); also a delta that is valid by itself but
+  would take the node's merged state over a limit (more than ``MAX_GPUS`` GPUs, or more than
+  ``MAX_STATE_BYTES`` as JSON): the node keeps its previous state;
 - 1003: binary frames.
 """
 
@@ -158,7 +160,7 @@ async def agent_endpoint(websocket: WebSocket, hub: HubState, failures: FailureL
             decoded = decode(text)
             if not isinstance(decoded, Delta):
                 raise ProtocolError("a second hello on the same connection", CLOSE_POLICY)
-            hub.fanout.note(hub.registry.delta(hello.node, connection, decoded))
+            hub.fanout.note(hub.registry.delta(hello.node, connection, decoded, len(text)))
     except ProtocolError as exc:
         await _close(websocket, exc, node=hello.node, address=address)
     except WebSocketDisconnect:

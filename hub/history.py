@@ -2,7 +2,9 @@
 
 Each node has a few series (``cpu``, ``mem``, and ``u<i>``/``m<i>`` for GPU ``i``'s utilization
 and memory in use, all percents). A sample adds its values to the current bucket (``bucket_s``
-of the sample's own clock); when a sample lands in a later bucket, the current one is closed
+of the hub's monotonic clock, when the sample arrived: an agent's own clock can be hours ahead
+or behind, which would stop its history or lump it into one bucket until the clock caught up,
+and the hub's wall clock can jump); when a sample lands in a later bucket, the current one is closed
 into each series' ring as its mean, and skipped buckets become gaps (NaN). Recording a sample
 costs a few float additions; a ring holds ``capacity`` bytes per series (half-percent steps;
 a 10-minute card costs 2,000 nodes x 18 series x 180 buckets = 6.5 MB as bytes).
@@ -66,7 +68,7 @@ class NodeHistory:
         "_size",
         "_slots",
         "_sums",
-        "last_sample_at",
+        "samples",
     )
 
     def __init__(self, node_id: str, capacity: int, bucket_s: float = BUCKET_S) -> None:
@@ -81,11 +83,11 @@ class NodeHistory:
         self._size = 0  # closed buckets held (at most capacity)
         self._sums: list[float] = []  # the open bucket, per row
         self._counts: list[int] = []
-        self.last_sample_at: float | None = None
+        self.samples = 0  # the node's sample count when it was last recorded (kept by the scene)
 
     def record(self, at_s: float, values: Mapping[str, float | None]) -> bool:
-        """Adds one sample taken at ``at_s`` (epoch seconds). ``None`` values are gaps."""
-        self.last_sample_at = at_s
+        """Adds one sample that arrived at ``at_s`` (seconds of a clock that never goes back).
+        ``None`` values are gaps."""
         bucket = math.floor((at_s + self._offset_s) / self._bucket_s)
         group_changed = False
         if bucket > self._bucket:

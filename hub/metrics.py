@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.samples import Timestamp
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -107,6 +108,24 @@ GPU_GAUGES = (
 )
 
 
+class UniqueGauge(GaugeMetricFamily):
+    """A gauge family that keeps the first sample of each label set. A node's state can repeat
+    one (two disks with the same mount, from an agent told ``--mount / --mount /`` or a hostile
+    one), and an exposition holding a series twice is invalid: Prometheus refuses the scrape."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+        self._label_sets: set[tuple[str, ...]] = set()
+        super().__init__(name, documentation, labels=labels)
+
+    def add_metric(
+        self, labels: Sequence[str], value: float, timestamp: Timestamp | float | None = None
+    ) -> None:
+        key = tuple(labels)
+        if key not in self._label_sets:
+            self._label_sets.add(key)
+            super().add_metric(labels, value, timestamp)
+
+
 def _number(value: Any) -> float | None:
     """A finite number from a sample field, or ``None`` (unsupported, unknown, not a number)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -169,24 +188,22 @@ class HubCollector:
         yield from self._gpu_families(reporting)
 
     def _hub_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
-        by_status = GaugeMetricFamily(
-            "sers_hub_nodes", "Nodes known to the hub, by status.", labels=["status"]
-        )
+        by_status = UniqueGauge("sers_hub_nodes", "Nodes known to the hub, by status.", labels=["status"])
         for status in NodeStatus:
             by_status.add_metric([status.value], sum(1 for n in nodes if n.status is status))
         yield by_status
         yield GaugeMetricFamily("sers_hub_viewers", "Dashboard viewers connected.", value=self._viewers)
 
     def _node_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
+        up = UniqueGauge(
             "sers_node_up", "1 while the node's agent reports on time, else 0.", labels=NODE_LABELS
         )
-        status = GaugeMetricFamily(
+        status = UniqueGauge(
             "sers_node_status",
             "1 for the node's current status (live, stale, offline).",
             labels=["node", "status"],
         )
-        info = GaugeMetricFamily(
+        info = UniqueGauge(
             "sers_node_info",
             "Static facts about the node, as labels; always 1.",
             labels=[
@@ -202,13 +219,13 @@ class HubCollector:
                 "cuda_version",
             ],
         )
-        last_seen = GaugeMetricFamily(
+        last_seen = UniqueGauge(
             "sers_node_last_seen_timestamp_seconds",
             "When the hub last heard from the node (Unix time).",
             labels=NODE_LABELS,
         )
-        cores = GaugeMetricFamily("sers_node_cpu_cores", "Logical CPU cores.", labels=NODE_LABELS)
-        sample_age = GaugeMetricFamily(
+        cores = UniqueGauge("sers_node_cpu_cores", "Logical CPU cores.", labels=NODE_LABELS)
+        sample_age = UniqueGauge(
             "sers_node_sample_age_seconds", "Time since the node's last new sample.", labels=NODE_LABELS
         )
         for node in nodes:
@@ -244,11 +261,11 @@ class HubCollector:
         yield from (up, status, info, last_seen, cores, sample_age)
 
     def _host_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
-        families = [GaugeMetricFamily(g.name, g.help, labels=NODE_LABELS) for g in HOST_GAUGES]
-        fs_size = GaugeMetricFamily(
+        families = [UniqueGauge(g.name, g.help, labels=NODE_LABELS) for g in HOST_GAUGES]
+        fs_size = UniqueGauge(
             "sers_node_filesystem_size_bytes", "Size of a reported filesystem.", labels=["node", "mount"]
         )
-        fs_used = GaugeMetricFamily(
+        fs_used = UniqueGauge(
             "sers_node_filesystem_used_bytes",
             "Space used on a reported filesystem.",
             labels=["node", "mount"],
@@ -275,25 +292,25 @@ class HubCollector:
         yield fs_used
 
     def _gpu_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
-        families = [GaugeMetricFamily(g.name, g.help, labels=GPU_LABELS) for g in GPU_GAUGES]
-        gpu_up = GaugeMetricFamily(
+        families = [UniqueGauge(g.name, g.help, labels=GPU_LABELS) for g in GPU_GAUGES]
+        gpu_up = UniqueGauge(
             "sers_gpu_up",
             "1 when the GPU answers NVML, 0 when it failed (lost, Xid, error).",
             labels=GPU_LABELS,
         )
-        free = GaugeMetricFamily(
+        free = UniqueGauge(
             "sers_gpu_free",
             "1 when the GPU is free by the hub's rule (no processes, idle).",
             labels=GPU_LABELS,
         )
-        processes = GaugeMetricFamily("sers_gpu_processes", "Processes using the GPU.", labels=GPU_LABELS)
+        processes = UniqueGauge("sers_gpu_processes", "Processes using the GPU.", labels=GPU_LABELS)
         user_labels = [*GPU_LABELS, "user"]
-        user_mem = GaugeMetricFamily(
+        user_mem = UniqueGauge(
             "sers_gpu_user_memory_used_bytes",
             "GPU memory used by one user's processes on the GPU.",
             labels=user_labels,
         )
-        user_procs = GaugeMetricFamily(
+        user_procs = UniqueGauge(
             "sers_gpu_user_processes", "One user's processes on the GPU.", labels=user_labels
         )
         rule = self._gpu_free

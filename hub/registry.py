@@ -2,6 +2,14 @@
 
 Every mutation returns a :class:`NodeChange` (or ``None`` when nothing visible changed), which
 says exactly which parts of the node's card must be rendered again.
+
+The decoder holds each message to the protocol's limits; :meth:`NodeRegistry.delta` holds the
+merged state to them too, since small deltas could otherwise grow it without end. In the
+snapshot's shape only ``gpus`` has open-ended keys; every other object has fixed fields and
+every list is replaced whole, so each string and list in the merged state was checked in the
+message that carried it. What remains is the GPU count and the total size
+(:data:`MAX_STATE_BYTES`): a delta that would break either is refused with
+:class:`~node_agent.protocol.ProtocolError` (close code 1008) and the state stays as it was.
 """
 
 from __future__ import annotations
@@ -10,7 +18,23 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
-from node_agent.protocol import Delta, Hello, Snapshot, merge_patch
+import orjson
+
+from node_agent.protocol import (
+    CLOSE_POLICY,
+    MAX_GPUS,
+    MAX_STATE_BYTES,
+    Delta,
+    Hello,
+    ProtocolError,
+    Snapshot,
+    merge_patch,
+)
+
+# A merge grows the state's JSON by at most what the patch holds, and a patch's value takes at
+# most this many bytes per character of the message that carried it (``1e15``: 18 bytes from 4
+# characters; a non-ASCII character: up to 4 bytes): see :meth:`NodeRegistry._check_limits`.
+STATE_BYTES_PER_MESSAGE_CHAR = 5
 
 
 class Clock(Protocol):
@@ -49,12 +73,15 @@ class Node:
     interval_s: float = 1.0
     hello: Hello | None = None
     state: Snapshot = field(default_factory=dict)
+    state_bytes_max: int = 2  # at least the size of ``state`` as JSON (``{}`` at first)
     status: NodeStatus = NodeStatus.OFFLINE
     address: str | None = None
     connection: int = 0  # id of the connection that currently speaks for this node
     last_seen_mono: float = 0.0
     last_seen_wall: float = 0.0
     last_sample_mono: float = 0.0  # when a patch with a new ``sampled_at`` arrived
+    samples: int = 0  # patches with a new ``sampled_at`` so far: the history records each once
+    clock_ahead_s: float = 0.0  # the agent's wall clock minus the hub's, at its last message
     sample_late: bool = False  # heartbeats arrive but samples do not (a hung collector)
     version: int = 0  # bumped on every visible change
 
@@ -102,6 +129,7 @@ class NodeRegistry:
         node.interval_s = hello.interval_s
         node.address = address
         node.state = {}
+        node.state_bytes_max = 2
         self._connections += 1
         node.connection = self._connections
         self._seen(node)
@@ -111,25 +139,37 @@ class NodeRegistry:
         node.version += 1
         return node.connection, NodeChange(node.node_id, card=True)
 
-    def delta(self, node_id: str, connection: int, delta: Delta) -> NodeChange | None:
-        """Applies a delta from the connection that owns the node; others are ignored."""
+    def delta(
+        self, node_id: str, connection: int, delta: Delta, message_chars: int | None = None
+    ) -> NodeChange | None:
+        """Applies a delta from the connection that owns the node; others are ignored.
+
+        ``message_chars``, the length of the message that carried the delta, lets the size
+        limit be checked without encoding the state on most messages. Raises
+        :class:`ProtocolError` (and keeps the state) when the merged state would break a limit.
+        """
         node = self.nodes.get(node_id)
         if node is None or node.connection != connection:
             return None
+        patch = delta.patch
+        if patch:
+            merged = merge_patch(node.state, patch)
+            node.state_bytes_max = _checked_size(node, merged, message_chars)
         self._seen(node)
+        node.clock_ahead_s = delta.ts - node.last_seen_wall
         was_live = node.status is NodeStatus.LIVE
         node.status = NodeStatus.LIVE
-        patch = delta.patch
         if not patch:
             if was_live:
                 return None
             node.version += 1
             return NodeChange(node_id, card=True)
         old_gpus = node.state.get("gpus") or {}
-        node.state = merge_patch(node.state, patch)
+        node.state = merged
         was_late = node.sample_late
         if "sampled_at" in patch:
             node.last_sample_mono = node.last_seen_mono
+            node.samples += 1
             node.sample_late = False
         node.version += 1
         gpus_patch = patch.get("gpus")
@@ -220,6 +260,31 @@ class NodeRegistry:
         if node.last_seen_wall:
             node.last_seen_mono = self._clock.monotonic() - max(0.0, self._clock.wall() - node.last_seen_wall)
         self.nodes[node.node_id] = node
+
+
+def _checked_size(node: Node, merged: Snapshot, message_chars: int | None) -> int:
+    """A bound on the size of ``merged`` as JSON, within :data:`MAX_STATE_BYTES`; raises
+    :class:`ProtocolError` when ``merged`` holds too many GPUs or too many bytes.
+
+    The bound grows by what the message could add (:data:`STATE_BYTES_PER_MESSAGE_CHAR`); only
+    when it passes the limit is the state encoded and the bound made exact, so a node whose
+    state is far from the limit is encoded once every several messages, not on every one."""
+    gpus = merged.get("gpus")
+    if gpus is not None and len(gpus) > MAX_GPUS:
+        raise ProtocolError(
+            f"the node's state would hold {len(gpus)} GPUs, over the limit of {MAX_GPUS}", CLOSE_POLICY
+        )
+    if message_chars is not None:
+        bound = node.state_bytes_max + STATE_BYTES_PER_MESSAGE_CHAR * message_chars
+        if bound <= MAX_STATE_BYTES:
+            return bound
+    size = len(orjson.dumps(merged))
+    if size > MAX_STATE_BYTES:
+        raise ProtocolError(
+            f"the node's state would take {size} bytes as JSON, over the limit of {MAX_STATE_BYTES}",
+            CLOSE_POLICY,
+        )
+    return size
 
 
 def sort_key(node: Node) -> tuple[Any, ...]:

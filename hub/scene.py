@@ -156,14 +156,13 @@ class Scene:
 
     # ------------------------------------------------------------------ history
     def _record(self, node: Node) -> bool:
-        """Adds the node's newest sample to its history; True when its sparklines changed."""
-        sampled_at = node.state.get("sampled_at")
-        if not isinstance(sampled_at, int | float):
-            return False
+        """Adds the node's newest sample to its history, at the hub's time of its arrival (an
+        agent's clock may be hours off); True when its sparklines changed."""
         history = self.history.node(node.node_id)
-        if history.last_sample_at == sampled_at:
+        if history.samples == node.samples:
             return False
-        return history.record(sampled_at, sample_values(node.state))
+        history.samples = node.samples
+        return history.record(node.last_sample_mono, sample_values(node.state))
 
     # ------------------------------------------------------------------ rendering
     def _render_card(self, node: Node) -> str:

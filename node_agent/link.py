@@ -165,10 +165,13 @@ class HubLink:
                 message = b""
                 if latest is not None and changed:
                     message = encode(Delta(seq=seq, ts=ts, patch=self._source.patch_since(sent)))
-                    if len(message) > _FIT_BYTES:
+                    # the hub holds the state it merges to one message's size too (MAX_STATE_BYTES)
+                    fits = len(message) <= _FIT_BYTES
+                    if not fits or _snapshot_bytes(latest) > _FIT_BYTES:
                         latest = fit_snapshot(latest)
                         message = encode(Delta(seq=seq, ts=ts, patch=make_patch(sent, latest)))
-                    if len(message) > _FIT_BYTES:
+                        fits = len(message) <= _FIT_BYTES and _snapshot_bytes(latest) <= _FIT_BYTES
+                    if not fits:
                         log.error(
                             "a snapshot does not fit in %d bytes even trimmed; not sent", MAX_MESSAGE_BYTES
                         )
@@ -202,7 +205,7 @@ def fit_snapshot(snapshot: Snapshot, limit_bytes: int = _FIT_BYTES) -> Snapshot:
     most = max((len(g.get("processes") or ()) for g in gpus.values() if isinstance(g, dict)), default=0)
     keep = most
     fitted = snapshot
-    while len(encode(Delta(seq=0, ts=0.0, patch=fitted))) > limit_bytes:
+    while _snapshot_bytes(fitted) > limit_bytes:
         if keep > 0:
             keep //= 2
             fitted = {**snapshot, "gpus": {i: _top_processes(g, keep) for i, g in gpus.items()}}
@@ -213,6 +216,11 @@ def fit_snapshot(snapshot: Snapshot, limit_bytes: int = _FIT_BYTES) -> Snapshot:
     if keep < most:
         log.warning("trimmed GPU processes to %d per GPU to fit the hub's message limit", keep)
     return fitted
+
+
+def _snapshot_bytes(snapshot: Snapshot) -> int:
+    """The size of ``snapshot`` sent whole in one delta (nulls included: a little over)."""
+    return len(encode(Delta(seq=0, ts=0.0, patch=snapshot)))
 
 
 def _top_processes(gpu: object, keep: int) -> object:

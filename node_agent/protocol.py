@@ -44,6 +44,9 @@ MAX_NUMBER_LIST = 1024  # e.g. per-core CPU percentages
 MAX_OBJECT_LIST = 128  # processes per GPU, disks per host
 MAX_STRING_LIST = 32
 MAX_GPUS = 64
+# The state the hub keeps for a node (every delta merged) must fit in one message as JSON: a
+# reconnecting agent resends it whole in its first delta, so more could never be sent again.
+MAX_STATE_BYTES = MAX_MESSAGE_BYTES
 MAX_ABS_NUMBER = 1e18
 NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -98,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unique_mounts(paths: Sequence[str]) -> tuple[str, ...]:
+    """The mounts to report, each once: paths normalised (``/data/`` and ``/data//`` are
+    ``/data``; ``//`` is ``/``), blanks dropped, the first occurrence kept in order."""
+    mounts: dict[str, None] = {}
+    for path in paths:
+        path = path.strip()
+        if path:
+            normal = posixpath.normpath(path)
+            mounts.setdefault("/" + normal.lstrip("/") if normal.startswith("/") else normal)
+    return tuple(mounts)
+
+
 def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -130,7 +143,7 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
         raise SettingsError(f"--interval / SERS_INTERVAL: expected seconds, got {interval_raw!r}") from None
     if not 0.1 <= interval <= 3600:
         raise SettingsError(f"--interval / SERS_INTERVAL: must be between 0.1 and 3600 s, got {interval}")
-    mounts = tuple(args.mount or [m for m in env.get("SERS_MOUNTS", "/").split(",") if m])
+    mounts = unique_mounts(args.mount or env.get("SERS_MOUNTS", "/").split(","))
     full_cmdline = (
         args.full_cmdline if args.full_cmdline is not None else _truthy(env.get("SERS_FULL_CMDLINE", ""))
     )

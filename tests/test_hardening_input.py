@@ -13,10 +13,17 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from node_agent.protocol import MAX_MESSAGE_BYTES
+from node_agent.protocol import (
+    MAX_GPUS,
+    MAX_MESSAGE_BYTES,
+    MAX_OBJECT_LIST,
+    MAX_STATE_BYTES,
+    MAX_STRING_CHARS,
+)
 from tests.procs import Hub, free_port, start_agent, wait_until
 from tests.wsclients import close_code, delta, hello, open_agent, open_viewer, recv_text, snapshot
 
@@ -110,6 +117,7 @@ def test_message_over_64_kib_is_closed_with_1009_and_one_just_under_is_fine(hub:
     # unknown fields are dropped by the decoder, so padding makes a valid message of any size
     ws = open_agent(hub)
     ws.send(hello("big-ok"))
+    wait_until(lambda: hub.status("big-ok") == "live", 5, what="big-ok live")  # before reading its state
     head = delta(1, snapshot(33.0))[:-1] + ', "pad": "'
     near_limit = head + "p" * (MAX_MESSAGE_BYTES - len(head) - 2 - 10) + '"}'
     assert MAX_MESSAGE_BYTES - 100 < len(near_limit) <= MAX_MESSAGE_BYTES
@@ -212,4 +220,57 @@ def test_hub_still_serves_a_viewer_after_everything(hub: Hub) -> None:
         assert f'id="node-{STEADY}"' in text
     finally:
         viewer.close()
+    assert_unaffected(hub)
+
+
+def one_more_each_time(kind: str, count: int) -> dict[str, object]:
+    """A delta that is valid by itself: the state with ``count`` GPUs, processes or disks."""
+    if kind == "gpus":
+        return {"gpus": {str(count - 1): {"name": "H100", "util_gpu_percent": 1.0}}}
+    if kind == "processes":
+        procs = [{"pid": pid, "user": "eve", "gpu_mem_bytes": 1 << 20} for pid in range(count)]
+        return {"gpus": {"0": {"name": "H100", "processes": procs}}}
+    if kind == "disks":
+        return {
+            "host": {"disks": [{"mount": f"/d{i}", "total_bytes": 1, "used_bytes": 0} for i in range(count)]}
+        }
+    # long process lists on one more GPU each time: every delta fits, their sum does not
+    procs = [{"pid": pid, "user": "eve", "command": "x" * MAX_STRING_CHARS} for pid in range(100)]
+    return {"gpus": {str(count - 1): {"processes": procs}}}
+
+
+GROWTH: list[tuple[str, int, str]] = [
+    ("gpus", 1008, f"over the limit of {MAX_GPUS}"),
+    ("state-bytes", 1008, f"over the limit of {MAX_STATE_BYTES}"),
+    ("processes", 1007, f"at most {MAX_OBJECT_LIST} items"),
+    ("disks", 1007, f"at most {MAX_OBJECT_LIST} items"),
+]
+
+
+@pytest.mark.parametrize(("kind", "code", "why"), GROWTH, ids=[g[0] for g in GROWTH])
+def test_growing_a_node_one_item_per_delta_stops_at_the_limit(
+    hub: Hub, kind: str, code: int, why: str
+) -> None:
+    """The limits hold for the node's merged state: an agent that adds one GPU (or process,
+    disk, long process list) per delta is closed at the limit, the log says why, and the node
+    keeps its last state within the limits."""
+    node = f"grow-{kind}"
+    ws = open_agent(hub)
+    ws.send(hello(node, interval_s=0.05))  # the fastest interval: 60 messages/s are allowed
+    with contextlib.suppress(ConnectionClosed):  # closed at the limit, before the end
+        for count in range(1, 200):
+            ws.send(delta(count, one_more_each_time(kind, count)))
+            time.sleep(0.02)
+    got, reason = close_code(ws)
+    assert got == code and why in reason, (got, reason)
+    wait_until(lambda: log_has(hub, f"agent {node} from 127.0.0.1 with {code}: "), 5, what="the log line")
+    assert log_has(hub, why), "the log line names the limit"
+    wait_until(lambda: hub.status(node) == "offline", 5, what=f"{node} offline after its close")
+    state = hub.nodes()[node]["state"]
+    gpus = state.get("gpus") or {}
+    assert len(orjson.dumps(state)) <= MAX_STATE_BYTES and len(gpus) <= MAX_GPUS
+    assert all(len(g.get("processes") or []) <= MAX_OBJECT_LIST for g in gpus.values())
+    assert len((state.get("host") or {}).get("disks") or []) <= MAX_OBJECT_LIST
+    if kind == "gpus":
+        assert len(gpus) == MAX_GPUS, "the state before the refused delta is kept"
     assert_unaffected(hub)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
+from frontend.render import Renderer
+from hub.clock import ManualClock
 from hub.history import BUCKET_S, CARD_GROUP, CARD_POINTS, History, NodeHistory, sample_values
+from hub.registry import NodeRegistry
+from hub.scene import Scene
+from hub.settings import GpuFreeRule
+from node_agent.protocol import Delta, Hello
 
 GIB = 1024**3
 
@@ -110,3 +118,44 @@ def test_sample_values_from_a_snapshot() -> None:
     }
     assert sample_values(state) == {"cpu": 12.5, "mem": 25.0, "u0": 90.0, "m0": 25.0, "u2": None, "m2": None}
     assert sample_values({}) == {"cpu": None, "mem": None}
+
+
+def feed(
+    registry: NodeRegistry, scene: Scene, clock: ManualClock, connection: int, seconds: int, ahead_s: float
+) -> None:
+    """One sample a second for ``seconds``, stamped by an agent whose clock is ``ahead_s`` off."""
+    for second in range(seconds):
+        clock.advance(1.0)
+        agent_now = clock.wall() + ahead_s
+        patch = {"sampled_at": agent_now, "host": {"cpu_percent": float(second % 50)}}
+        change = registry.delta("n1", connection, Delta(second, agent_now, patch))
+        assert change is not None
+        scene.render_change(change)
+
+
+@pytest.mark.parametrize("wrong_s", [2 * 3600.0, -30 * 86400.0], ids=["2-h-ahead", "a-month-behind"])
+def test_history_advances_whatever_the_agents_clock_says(wrong_s: float) -> None:
+    """A node whose clock is wrong at boot, then corrected (NTP), keeps a history in step with
+    the hub's: one bucket per 5 s throughout, neither frozen nor lumped into one bucket."""
+    clock = ManualClock()
+    registry = NodeRegistry(clock)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    connection, change = registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
+    scene.render_change(change)
+    history = scene.history.node("n1")
+    feed(registry, scene, clock, connection, 60, ahead_s=wrong_s)
+    assert registry.nodes["n1"].clock_ahead_s == pytest.approx(wrong_s)
+    shown = {f.label: f.text for f in scene.detail(registry.nodes["n1"]).agent}
+    assert shown["agent clock"] == (
+        "2 h 00 min ahead of the hub" if wrong_s > 0 else "720 h 00 min behind the hub"
+    )
+    during = len(history.points("cpu"))
+    assert 11 <= during <= 12
+    feed(registry, scene, clock, connection, 60, ahead_s=0.0)  # the clock is corrected
+    assert registry.nodes["n1"].clock_ahead_s == pytest.approx(0.0)
+    shown = {f.label: f.text for f in scene.detail(registry.nodes["n1"]).agent}
+    assert shown["agent clock"] == "in step with the hub"
+    after = history.points("cpu")
+    assert len(after) - during == 12, "a bucket every 5 s after the correction too"
+    assert not any(math.isnan(p) for p in after[1:]), "no gaps: every bucket holds samples"
+    assert max(after) < 50, "each bucket holds the mean of its own 5 samples, not of everything"

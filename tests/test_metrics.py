@@ -246,3 +246,53 @@ def test_a_gpu_is_free_only_on_a_node_that_reports_now() -> None:
     clock.advance(3.5)
     registry.sweep()  # silent: stale
     assert free() == 0.0
+
+
+def test_no_series_appears_twice_whatever_the_node_state_repeats() -> None:
+    """A node state with every repetition an agent (``--mount / --mount /``) or a hostile one can
+    send: the exposition still holds each (name, labels) pair once, users' processes summed."""
+    registry = NodeRegistry(ManualClock())
+    twin = {"uuid": "GPU-same", "name": "H100"}
+    hello = Hello(
+        node="dup", agent_version="t", interval_s=1.0, gpus=[{"index": 0, **twin}, {"index": 0, **twin}]
+    )
+    connection, _ = registry.hello(hello)
+    root = {"mount": "/", "total_bytes": 100, "used_bytes": 10}
+    procs = [
+        {"pid": 1, "user": "alice", "gpu_mem_bytes": GIB},
+        {"pid": 1, "user": "alice", "gpu_mem_bytes": GIB},  # the same process twice
+        {"pid": 2, "user": "alice", "gpu_mem_bytes": 2 * GIB},
+        {"pid": 3, "user": None, "gpu_mem_bytes": GIB},
+        {"pid": 4, "user": "unknown"},
+        {"pid": 5, "user": ""},
+    ]
+    gpu = {
+        **twin,
+        "util_gpu_percent": 50.0,
+        "mem_used_bytes": GIB,
+        "mem_total_bytes": 80 * GIB,
+        "processes": procs,
+    }
+    patch = {
+        "sampled_at": 1.0,
+        "host": {"cpu_percent": 1.0, "disks": [root, root, {**root, "used_bytes": 20}, {"mount": "/"}]},
+        "gpus": {"0": gpu, "1": gpu},  # two GPUs with one uuid
+    }
+    registry.delta("dup", connection, Delta(1, 0.0, patch))
+    text = exposition(read_nodes(registry), GpuFreeRule(), viewers=0).decode()
+
+    seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series = (sample.name, frozenset(sample.labels.items()))
+            assert series not in seen, f"{series} appears twice"
+            seen.add(series)
+    found = samples(text)
+    assert value(found, "sers_node_filesystem_used_bytes", node="dup", mount="/") == 10, "the first one"
+    assert value(found, "sers_node_filesystem_size_bytes", node="dup", mount="/") == 100
+    for index in ("0", "1"):
+        gpu_labels = {"node": "dup", "gpu": index, "uuid": "GPU-same"}
+        assert value(found, "sers_gpu_user_processes", user="alice", **gpu_labels) == 3
+        assert value(found, "sers_gpu_user_memory_used_bytes", user="alice", **gpu_labels) == 4 * GIB
+        assert value(found, "sers_gpu_user_processes", user="unknown", **gpu_labels) == 3
+        assert value(found, "sers_gpu_processes", **gpu_labels) == 6

@@ -17,6 +17,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, Template
 from markupsafe import Markup
 
+from frontend.element_ids import element_id
 from frontend.fragments import gpu_html, host_html, spark_html
 from frontend.viewmodels import DetailView, GpuView, HeadView, HostView, SparkView, SummaryView
 
@@ -68,6 +69,7 @@ class Renderer:
         return self._card(
             {
                 "v": head,
+                "card_id": element_id("node", head.node_id),
                 "host_html": Markup(host_html),
                 "cpu_spark": Markup(cpu_spark),
                 "gpu_lines": [(Markup(row), Markup(spark)) for row, spark in gpu_lines],

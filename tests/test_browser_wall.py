@@ -132,17 +132,17 @@ def test_cards_show_nodes_gpus_and_the_lab_summary(page: Any, lab: Hub) -> None:
     assert alpha.locator(".grp").inner_text() == "vision"
     assert alpha.locator(".st").inner_text().endswith("live")
     assert alpha.locator(".g").count() == 8
-    row0 = page.locator("#node-alpha-gpu-0")
+    row0 = page.locator("#gpu-0-alpha")
     assert row0.get_attribute("class") == "g b", "GPU 0 runs the worker process"
     assert row0.locator("b").inner_text() == "0" and row0.locator("i").inner_text() == "H100"
     assert "/80G" in row0.inner_text() and "/700W" in row0.inner_text()
-    assert page.locator("#node-alpha-gpu-1").get_attribute("class") == "g f"
-    assert "✓ free" in page.locator("#node-alpha-gpu-1").inner_text()
-    assert "✖ GPU is lost" in page.locator("#node-beta-gpu-1").inner_text()
-    assert page.locator("#node-beta-gpu-1").get_attribute("class") == "g e"
+    assert page.locator("#gpu-1-alpha").get_attribute("class") == "g f"
+    assert "✓ free" in page.locator("#gpu-1-alpha").inner_text()
+    assert "✖ GPU is lost" in page.locator("#gpu-1-beta").inner_text()
+    assert page.locator("#gpu-1-beta").get_attribute("class") == "g e"
     assert page.locator("#node-gamma .g").count() == 0
-    assert page.locator("#spark-alpha-cpu").count() == 1 and page.locator("#spark-alpha-gpu-7").count() == 1
-    host = page.locator("#node-alpha-host").inner_text()
+    assert page.locator("#spark-cpu-alpha").count() == 1 and page.locator("#spark-gpu-7-alpha").count() == 1
+    host = page.locator("#host-alpha").inner_text()
     assert "CPU" in host and "MEM" in host and "DSK" in host and "load" in host and "up" in host
     summary = page.locator("#summary").inner_text()
     assert "● 4 live" in summary
@@ -159,24 +159,24 @@ def test_values_change_in_place_without_reloading(page: Any, lab: Hub) -> None:
         """() => {
         window.__marker = 'still here';
         window.__card = document.getElementById('node-alpha');
-        window.__host = document.getElementById('node-alpha-host');
+        window.__host = document.getElementById('host-alpha');
         window.__hostText = window.__host.textContent;
     }"""
     )
     elements_before = page.evaluate("document.getElementsByTagName('*').length")
     page.wait_for_function(
-        "document.getElementById('node-alpha-host').textContent !== window.__hostText", timeout=30_000
+        "document.getElementById('host-alpha').textContent !== window.__hostText", timeout=30_000
     )
     state = page.evaluate(
         """() => {
-        const host = document.getElementById('node-alpha-host');
+        const host = document.getElementById('host-alpha');
         return {
             marker: window.__marker,
             sameCard: document.getElementById('node-alpha') === window.__card,
             hostInCard: window.__card.contains(host),
             // updated in place (same element) or replaced by id (the old one is gone)
             inPlaceOrReplaced: host === window.__host || !document.contains(window.__host),
-            hosts: document.querySelectorAll('[id="node-alpha-host"]').length,
+            hosts: document.querySelectorAll('[id="host-alpha"]').length,
             cards: document.querySelectorAll('[id="node-alpha"]').length,
         };
     }"""
@@ -229,7 +229,7 @@ def test_hostile_strings_render_as_text_and_long_names_keep_the_layout(page: Any
         injected: document.querySelectorAll('#nodes img, #nodes script, #summary img, #summary script').length,
         name: document.querySelector('#node-xss .nm').textContent,
         group: document.querySelector('#node-xss .grp').textContent,
-        gpuName: document.querySelector('#node-xss-gpu-0 i').textContent,
+        gpuName: document.querySelector('#gpu-0-xss i').textContent,
         summary: document.getElementById('summary').textContent,
         scrollX: document.documentElement.scrollWidth - innerWidth,
     })"""
@@ -315,7 +315,7 @@ def test_a_killed_agent_turns_its_card_offline_and_the_age_counts_on(
     page.wait_for_function(
         "first => document.querySelector('#node-alpha .st').innerText !== first", arg=first, timeout=5000
     )
-    assert page.locator("#node-alpha-gpu-1").get_attribute("class") == "g o", "no longer claimed free"
+    assert page.locator("#gpu-1-alpha").get_attribute("class") == "g o", "no longer claimed free"
     assert "○ 1 offline" in page.locator("#summary").inner_text()
     assert "0/0 GPUs free" in page.locator("#summary").inner_text()
 
@@ -381,7 +381,7 @@ def fake_card(node: str, row: str) -> str:
 
 
 def fake_row(node: str, text: str) -> str:
-    return f'<div id="node-{node}-gpu-0" class="g b"><b>0</b><span class="us">{text}</span></div>'
+    return f'<div id="gpu-0-{node}" class="g b"><b>0</b><span class="us">{text}</span></div>'
 
 
 def test_a_part_applied_at_once_is_not_undone_by_an_older_stashed_one(browser: Any, hub: Hub) -> None:
@@ -408,14 +408,10 @@ def test_a_part_applied_at_once_is_not_undone_by_an_older_stashed_one(browser: A
             "html => window.__push(html)",
             fake_card(nodes[0], fake_row(nodes[0], "free")) + fake_row(far, "carol"),
         )
-        assert page.locator(f"#node-{far}-gpu-0 .us").inner_text() == "carol", (
-            "a card message applies at once"
-        )
+        assert page.locator(f"#gpu-0-{far} .us").inner_text() == "carol", "a card message applies at once"
         page.evaluate("id => document.getElementById(id).scrollIntoView()", f"node-{far}")
         page.wait_for_timeout(1500)  # the observer, and the once-a-second flush
-        assert page.locator(f"#node-{far}-gpu-0 .us").inner_text() == "carol", (
-            "the older stashed part stays void"
-        )
+        assert page.locator(f"#gpu-0-{far} .us").inner_text() == "carol", "the older stashed part stays void"
     finally:
         context.close()
 

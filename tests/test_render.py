@@ -131,7 +131,7 @@ def lab_node(
 @pytest.mark.parametrize(
     ("template", "context"),
     [
-        ("_card.html", {"v", "host_html", "cpu_spark", "gpu_lines"}),
+        ("_card.html", {"v", "card_id", "host_html", "cpu_spark", "gpu_lines"}),
         ("_summary.html", {"s", "now_epoch_s"}),
         (
             "page.html",
@@ -164,7 +164,7 @@ def test_template_contexts_are_pinned(template: str, context: set[str]) -> None:
 def test_gpu_row_is_small_and_complete() -> None:
     html = Renderer().gpu(gpu_view("gpu07", "3", gpu(), 10, 5))
     assert html == (
-        '<div id="node-gpu07-gpu-3" class="g b"><b>3</b><i>H100</i><u class="p97">97%</u>'
+        '<div id="gpu-3-gpu07" class="g b"><b>3</b><i>H100</i><u class="p97">97%</u>'
         '<u class="p78">62/80G</u><em>71°</em><em>612/700W</em><span class="us">grace 62G</span></div>'
     )
     assert len(html.encode()) <= 200
@@ -188,7 +188,7 @@ def test_gpu_row_states_in_words() -> None:
 def test_host_part_is_small_and_keeps_its_ids() -> None:
     registry, _, _ = lab_node()
     html = Renderer().host(host_view(registry.nodes["gpu07"]))
-    assert html.startswith('<div id="node-gpu07-host" class="host">')
+    assert html.startswith('<div id="host-gpu07" class="host">')
     assert '<u class="p45">CPU 45%</u>' in html and '<u class="p44">DSK 44%</u>' in html
     assert "<span>load 12.00 11.50 10.25</span>" in html and "<span>up 41d 16h</span>" in html
     assert html.endswith("</div>\n</div>")
@@ -199,8 +199,8 @@ def test_host_part_is_small_and_keeps_its_ids() -> None:
 
 def test_sparkline_is_inline_svg_with_integer_coordinates() -> None:
     points = [float(i * 3 % 100) for i in range(30)]
-    html = Renderer().spark(spark_view("spark-gpu07-gpu-0", points, points))
-    assert html.startswith('<svg id="spark-gpu07-gpu-0" class="sp" width="58" height="16"')
+    html = Renderer().spark(spark_view("spark-gpu-0-gpu07", points, points))
+    assert html.startswith('<svg id="spark-gpu-0-gpu07" class="sp" width="58" height="16"')
     coordinates = re.findall(r"[ M](-?[\d.]+),(-?[\d.]+)", html)
     assert 40 <= len(coordinates) <= 60 and all("." not in x + y for x, y in coordinates)
     assert len(html.encode()) <= 440
@@ -211,8 +211,8 @@ def test_whole_card_holds_every_part_once() -> None:
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
     card = scene.card(registry.nodes["gpu07"])
     ids = re.findall(r' id="([^"]+)"', card)
-    assert ids[:3] == ["node-gpu07", "node-gpu07-host", "spark-gpu07-cpu"]
-    assert ids[3:] == [f"node-gpu07-gpu-{i}" for i in range(8)] + [f"spark-gpu07-gpu-{i}" for i in range(8)]
+    assert ids[:3] == ["node-gpu07", "host-gpu07", "spark-cpu-gpu07"]
+    assert ids[3:] == [f"gpu-{i}-gpu07" for i in range(8)] + [f"spark-gpu-{i}-gpu07" for i in range(8)]
     assert 'data-node="gpu07"' in card and 'data-status="live"' in card and 'data-group="vision"' in card
     assert '<a class="nm" href="node/gpu07"' in card and ">GPU 07</a>" in card
     assert_inert(card, {"article", "header", "a", "span", "div", "u", "b", "i", "em", "svg", "path"})
@@ -340,7 +340,7 @@ def test_a_change_renders_only_its_parts_and_skips_unchanged_rows() -> None:
         Delta(2, 0.0, {"host": {"cpu_percent": 46.0}, "gpus": {"1": {"util_gpu_percent": 50.0}}}),
     )
     assert change is not None
-    assert list(scene.render_change(change)) == ["node-gpu07-host", "node-gpu07-gpu-1"]
+    assert list(scene.render_change(change)) == ["host-gpu07", "gpu-1-gpu07"]
     change = registry.delta("gpu07", connection, Delta(3, 0.0, {"gpus": {"1": {"power_draw_watts": 612.4}}}))
     assert change is not None and scene.render_change(change) == {}, "same text: nothing to send"
     registry.remove("gpu07")
@@ -361,13 +361,13 @@ def test_sparklines_are_pushed_when_a_history_group_closes() -> None:
         change = registry.delta("gpu07", connection, Delta(second, clock.wall(), patch))
         assert change is not None
         out = scene.render_change(change)
-        if "spark-gpu07-cpu" in out:
-            assert {"spark-gpu07-gpu-0", "spark-gpu07-gpu-1"} <= out.keys()
+        if "spark-cpu-gpu07" in out:
+            assert {"spark-gpu-0-gpu07", "spark-gpu-1-gpu07"} <= out.keys()
             pushed_at.append(second)
     group_s = BUCKET_S * CARD_GROUP
     assert len(pushed_at) == 3 and pushed_at[1] - pushed_at[0] == group_s == pushed_at[2] - pushed_at[1]
     card = scene.card(registry.nodes["gpu07"])
-    assert re.search(r'<svg id="spark-gpu07-cpu"[^>]*><path d="M\d', card), "the card shows the history"
+    assert re.search(r'<svg id="spark-cpu-gpu07"[^>]*><path d="M\d', card), "the card shows the history"
 
 
 def test_offline_card_marks_rows_not_live() -> None:

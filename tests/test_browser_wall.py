@@ -320,6 +320,46 @@ def test_a_killed_agent_turns_its_card_offline_and_the_age_counts_on(
     assert "0/0 GPUs free" in page.locator("#summary").inner_text()
 
 
+WALL_STATUS = """() => Object.fromEntries([...document.querySelectorAll('article.n')].map(
+    card => [card.dataset.node, card.dataset.status]))"""
+DUPLICATE_IDS = """() => { const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
+    return ids.filter((id, i) => ids.indexOf(id) !== i); }"""
+
+
+def test_nodes_named_like_each_others_parts_keep_their_own_status(
+    page: Any, hub: Hub, procs: list[Proc], tmp_path: Path
+) -> None:
+    """``gpu1-host`` and ``gpu1-gpu-0`` are legal names, and were once the ids of ``gpu1``'s host
+    part and GPU row: ``gpu1-host`` going offline must show on its own card, nowhere else."""
+    names = ("gpu1", "gpu1-host", "gpu1-gpu-0")
+    for name in names:
+        scenario = fakes.scenario([fakes.gpu(0, "A100")])
+        procs.append(start_agent(hub, name, interval_s=0.5, env=fake_gpus(tmp_path, name, scenario)))
+    for name in names:
+        hub.wait_status(name, "live", timeout_s=30)
+    open_wall(page, hub, cards=3)
+    assert page.evaluate(DUPLICATE_IDS) == []
+    assert page.evaluate(WALL_STATUS) == dict.fromkeys(names, "live")
+    procs[-2].kill()  # gpu1-host
+    hub.wait_status("gpu1-host", "offline", timeout_s=30)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('article[data-node=\"gpu1-host\"]')].every("
+        " card => card.dataset.status === 'offline')",
+        timeout=10_000,
+    )
+    host_text = page.locator("article[data-node=gpu1] #host-gpu1").inner_text()
+    page.wait_for_function(  # gpu1 goes on reporting into its own card
+        "old => document.querySelector('article[data-node=gpu1] #host-gpu1').innerText !== old",
+        arg=host_text,
+    )
+    api = {name: node["status"] for name, node in hub.nodes().items()}
+    assert api == {"gpu1": "live", "gpu1-host": "offline", "gpu1-gpu-0": "live"}
+    assert page.evaluate(WALL_STATUS) == api, "the wall agrees with the API, card by card"
+    assert page.evaluate(DUPLICATE_IDS) == []
+    assert page.locator("article.n").count() == 3, "no card inside another"
+    assert page.locator("#gpu-0-gpu1").get_attribute("class") != "g o", "gpu1's GPU row is its own"
+
+
 def test_a_stopped_hub_shows_as_lost_and_a_restarted_one_recovers_without_reload(
     page: Any, hub: Hub, procs: list[Proc], tmp_path: Path
 ) -> None:

@@ -92,7 +92,11 @@ class Renderer:
         sort: str = "name",
         cycle_s: float = 0,
         hub_url: str = "http://HUB:8000",
+        filter_text: str = "",
+        unfiltered_query: str = "",
     ) -> str:
+        """The wall. ``filter_text`` (the URL's filter in words) and ``unfiltered_query`` (the
+        URL's other options) are for the line shown while no card matches."""
         return self._page.render(
             root_path=root_path,
             ws_path=ws_path,
@@ -104,6 +108,8 @@ class Renderer:
             sort=sort,
             cycle_s=f"{cycle_s:g}",
             hub_url=hub_url,
+            filter_text=filter_text,
+            unfiltered_query=unfiltered_query,
         )
 
     def node_page(

@@ -148,7 +148,7 @@ class Scene:
         return detail_view(
             node,
             points,
-            round(self.history.window_s / 60),
+            history.bucket_s,
             self._registry.silent_s(node),
             rule.max_util_percent,
             rule.max_mem_percent,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests import fakes
+from tests import fakes, wsclients
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.procs import Hub, Proc, free_port, start_agent, wait_until
 
@@ -256,6 +256,40 @@ def test_hostile_strings_render_as_text_and_long_names_keep_the_layout(page: Any
     assert page.evaluate("window.__xss === undefined")
 
 
+@pytest.mark.parametrize(
+    ("query", "words", "unfiltered"),
+    [
+        ("?group=nonexistent", "group nonexistent", ""),
+        ("?node=nosuch&theme=light", "node nosuch", "?theme=light"),
+    ],
+)
+def test_a_filter_that_matches_nothing_says_so(
+    page: Any, lab: Hub, query: str, words: str, unfiltered: str
+) -> None:
+    page.goto(lab.url + "/" + query)
+    page.wait_for_function("document.documentElement.dataset.conn === 'live'")
+    empty = page.locator(".empty")
+    assert empty.is_visible()
+    assert empty.inner_text() == f"No node matches this filter: {words}. Show all nodes"
+    empty.locator("a").click()
+    page.wait_for_url(lab.url + "/" + unfiltered)
+    page.wait_for_function("document.querySelectorAll('article.n').length === 4")
+    assert not empty.is_visible()
+
+
+def test_pages_load_without_a_failed_request_and_show_an_icon(page: Any, lab: Hub) -> None:
+    failed: list[str] = []
+    page.on("response", lambda response: failed.append(response.url) if response.status >= 400 else None)
+    for path in ("/", "/node/alpha"):
+        page.goto(lab.url + path)
+        page.wait_for_function("document.documentElement.dataset.conn === 'live'")
+        icon = page.evaluate("document.querySelector('link[rel=icon]')?.href")
+        assert icon, f"{path} names its icon (or browsers ask for /favicon.ico, a 404)"
+        response = page.request.get(icon)
+        assert response.status == 200 and response.headers["content-type"].startswith("image/svg+xml")
+    assert failed == []
+
+
 def test_a_click_opens_the_node_page_which_refreshes_itself(page: Any, lab: Hub) -> None:
     open_wall(page, lab, "?theme=light", cards=4)
     page.locator("#node-alpha .hw").click()
@@ -298,6 +332,34 @@ def test_cycle_mode_turns_pages_when_nodes_do_not_fit(browser: Any, lab: Hub) ->
         context.close()
 
 
+def test_a_lab_without_gpus_and_a_node_with_256_cores(page: Any, hub: Hub) -> None:
+    """The top bar says "no GPUs" (not "0/0 GPUs free"); every core on the node page has its
+    number and percent, big enough to read, none cut off."""
+    agent = wsclients.open_agent(hub)
+    try:
+        agent.send(wsclients.hello("cpu-only"))
+        sample = wsclients.snapshot()
+        sample["host"]["cpu_percent_per_core"] = [float(i * 7 % 101) for i in range(256)]
+        agent.send(wsclients.delta(1, sample))
+        hub.wait_status("cpu-only", "live")
+        open_wall(page, hub)
+        summary = page.locator("#summary").inner_text()
+        assert "no GPUs" in summary and "GPUs free" not in summary
+        page.goto(hub.url + "/node/cpu-only")
+        cores = page.evaluate(
+            """() => [...document.querySelectorAll('.cores u')].map(u => {
+                const box = u.getBoundingClientRect();
+                return {text: u.innerText.replace(/\\s+/g, ' '), width: box.width, height: box.height,
+                        cut: u.scrollWidth > u.clientWidth,
+                        px: parseFloat(getComputedStyle(u).fontSize)};
+            })"""
+        )
+    finally:
+        agent.close()
+    assert [c["text"] for c in cores] == [f"{i} {i * 7 % 101}%" for i in range(256)]
+    assert all(c["width"] >= 60 and c["height"] >= 16 and c["px"] >= 11 and not c["cut"] for c in cores)
+
+
 # --------------------------------------------------------------------------- things going away
 def test_a_killed_agent_turns_its_card_offline_and_the_age_counts_on(
     page: Any, hub: Hub, procs: list[Proc], tmp_path: Path
@@ -317,7 +379,7 @@ def test_a_killed_agent_turns_its_card_offline_and_the_age_counts_on(
     )
     assert page.locator("#gpu-1-alpha").get_attribute("class") == "g o", "no longer claimed free"
     assert "○ 1 offline" in page.locator("#summary").inner_text()
-    assert "0/0 GPUs free" in page.locator("#summary").inner_text()
+    assert "no live GPUs (8 on offline nodes)" in page.locator("#summary").inner_text()
 
 
 WALL_STATUS = """() => Object.fromEntries([...document.querySelectorAll('article.n')].map(

@@ -20,6 +20,7 @@ from frontend.viewmodels import (
 )
 from hub.clock import ManualClock
 from hub.history import BUCKET_S, CARD_GROUP, History
+from hub.pages import filter_text, view_filter_from
 from hub.registry import Naming, Node, NodeChange, NodeRegistry, NodeStatus
 from hub.scene import Scene, ViewFilter
 from hub.settings import GpuFreeRule
@@ -146,6 +147,8 @@ def lab_node(
                 "summary_html",
                 "cards",
                 "hub_url",
+                "filter_text",
+                "unfiltered_query",
             },
         ),
         ("node.html", {"theme", "root_path", "d", "back_query", "chart", "now_epoch_s"}),
@@ -424,4 +427,74 @@ def test_view_filter_by_group_name_and_gpus() -> None:
     view = scene.summary_view(ViewFilter(groups=frozenset({"nlp"})))
     assert (view.live, view.gpus_total) == (1, 0)
     assert head_view(nodes["a"]).display_name == "Alpha"
-    assert detail_view(nodes["c"], {}, 15, 0.0, 10, 5).gpus == ()
+    assert detail_view(nodes["c"], {}, 5.0, 0.0, 10, 5).gpus == ()
+
+
+# --------------------------------------------------------------------------- what the page says
+def test_a_filter_that_matches_nothing_says_so_not_no_nodes_yet() -> None:
+    words = filter_text(view_filter_from({"group": "nonexistent,b", "node": "nosuch", "gpus": "1"}))
+    assert words == "group b, nonexistent · node nosuch · nodes with GPUs"
+    assert filter_text(view_filter_from({"theme": "light"})) == ""
+    renderer = Renderer()
+    filtered = renderer.page(
+        root_path="",
+        ws_path="/ws/view",
+        summary_html="",
+        cards=[],
+        filter_text="node <nosuch>",
+        unfiltered_query="theme=light",
+    )
+    empty = re.search(r'<p class="empty">(.*?)</p>', filtered, re.S)
+    assert empty is not None
+    assert "No node matches this filter: <b>node &lt;nosuch&gt;</b>" in empty[1]
+    assert '<a href="./?theme=light">Show all nodes</a>' in empty[1]
+    assert "No nodes yet" not in filtered
+    unfiltered = renderer.page(root_path="", ws_path="/ws/view", summary_html="", cards=[])
+    assert "No nodes yet" in unfiltered and "No node matches" not in unfiltered
+
+
+def test_a_lab_without_gpus_says_no_gpus_in_the_top_bar() -> None:
+    registry, clock, _ = lab_node(gpus=0)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    scene.render_change(NodeChange("gpu07", card=True))
+    summary = Parsed(scene.summary(scene.summary_view(ViewFilter()))).all_text
+    assert "no GPUs" in summary and "GPUs free" not in summary and "0/0" not in summary
+
+
+def test_gpus_of_offline_nodes_are_not_called_no_gpus() -> None:
+    registry, clock, connection = lab_node(gpus=2)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    change = registry.disconnect("gpu07", connection)
+    assert change is not None
+    scene.render_change(change)
+    summary = Parsed(scene.summary(scene.summary_view(ViewFilter()))).all_text
+    assert "no live GPUs (2 on offline nodes)" in summary and "0/0" not in summary
+
+
+def test_the_node_pages_history_caption_says_how_far_back_its_charts_reach() -> None:
+    registry, clock, connection = lab_node(gpus=1)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall, History(900))
+    node = registry.nodes["gpu07"]
+
+    def captions() -> list[str]:
+        page = Renderer().node_page(scene.detail(node), root_path="", now_epoch_s=clock.wall())
+        return re.findall(r"<figcaption><span>([^<]*)</span>", page)
+
+    assert captions() == ["no history yet"] * 2, "the host chart and the GPU's"
+    for second in range(1, 121):  # two minutes of samples
+        clock.advance(1.0)
+        change = registry.delta("gpu07", connection, Delta(1 + second, 0.0, {"sampled_at": clock.wall()}))
+        assert change is not None
+        scene.render_change(change)
+    assert captions() == ["−2 min"] * 2, "not the 15 minutes the history could hold"
+
+
+def test_cpu_cores_on_the_node_page_are_numbered_with_their_percent() -> None:
+    registry, clock, _ = lab_node(gpus=0)
+    node = registry.nodes["gpu07"]
+    node.state["host"]["cpu_percent_per_core"] = [float(i % 101) for i in range(128)]
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    page = Renderer().node_page(scene.detail(node), root_path="", now_epoch_s=1.0)
+    assert "<h3>CPU per core (128)</h3>" in page
+    cores = re.findall(r'<u class="p(\d+)[^"]*"><b>(\d+)</b>(\d+)%</u>', page)
+    assert [(int(core), int(text)) for _, core, text in cores] == [(i, i % 101) for i in range(128)]

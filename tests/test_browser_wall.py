@@ -394,15 +394,17 @@ def test_nodes_named_like_each_others_parts_keep_their_own_status(
     """``gpu1-host`` and ``gpu1-gpu-0`` are legal names, and were once the ids of ``gpu1``'s host
     part and GPU row: ``gpu1-host`` going offline must show on its own card, nowhere else."""
     names = ("gpu1", "gpu1-host", "gpu1-gpu-0")
+    agents = {}
     for name in names:
         scenario = fakes.scenario([fakes.gpu(0, "A100")])
-        procs.append(start_agent(hub, name, interval_s=0.5, env=fake_gpus(tmp_path, name, scenario)))
+        agents[name] = start_agent(hub, name, interval_s=0.5, env=fake_gpus(tmp_path, name, scenario))
+        procs.append(agents[name])
     for name in names:
         hub.wait_status(name, "live", timeout_s=30)
     open_wall(page, hub, cards=3)
     assert page.evaluate(DUPLICATE_IDS) == []
     assert page.evaluate(WALL_STATUS) == dict.fromkeys(names, "live")
-    procs[-2].kill()  # gpu1-host
+    agents["gpu1-host"].kill()
     hub.wait_status("gpu1-host", "offline", timeout_s=30)
     page.wait_for_function(
         "() => [...document.querySelectorAll('article[data-node=\"gpu1-host\"]')].every("

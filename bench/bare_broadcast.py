@@ -26,7 +26,7 @@ import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-FILLER = b'<div id="node-x-gpu-0" class="gpu" data-state="busy"><span class="v">42%</span></div>\n'
+FILLER = b'<div id="gpu-0-x" class="gpu" data-state="busy"><span class="v">42%</span></div>\n'
 
 
 class Bare:

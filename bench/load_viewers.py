@@ -1,8 +1,8 @@
 """Worker: simulated browsers on ``/ws/view``, counting what they receive.
 
-Every pushed message is HTML whose top-level elements carry ids: ``node-<id>-host``,
-``node-<id>-gpu-<i>`` (a part that changed) and ``node-<id>`` (a whole card, which contains its
-parts). Every viewer counts the parts it receives and the bytes; the first ``--probes`` viewers
+Every pushed message is HTML whose top-level elements carry ids (:mod:`frontend.element_ids`):
+``host-<id>``, ``gpu-<i>-<id>`` (a part that changed) and ``node-<id>`` (a whole card, which
+contains its parts). Every viewer counts the parts it receives and the bytes; the first ``--probes`` viewers
 also read each host part's *mark* (the sample time spelled by the simulated agents, see
 :mod:`bench.simnode`) to get latency from the agent's sample to this viewer's receipt, and count
 only parts whose sample falls in the window, exactly. Other viewers count by receipt time (the
@@ -29,9 +29,10 @@ from websockets.exceptions import ConnectionClosed
 from bench.simnode import mark_age_ms, mark_from_fragment, mark_of
 from bench.workers import commands, emit, next_command, quantiles_ms
 
-# A top-level element with a node id: group 1 the tag, 2 the node id, 3 "host", 4 a GPU index.
-PART_RE = re.compile(rb'<([a-z]+) id="node-([^"]+?)(?:-(host)|-gpu-([0-9]+))?"')
-HOST_ID_END = b'-host"'
+# A card, host part or GPU row: group 1 the tag, 2 "host", 3 a GPU index, 4 the node id.
+PART_RE = re.compile(rb'<([a-z]+) id="(?:node-|(host)-|gpu-([0-9]+)-)([^"]+)"')
+HOST_START = b'<div id="host-'
+GPU_START = b'<div id="gpu-'
 SPARK_ID = b' id="spark-'  # sparklines: pushed as history buckets close, not counted as updates
 
 
@@ -74,14 +75,12 @@ class ViewerTally:
 
 def count_parts(payload: bytes, tally: ViewerTally) -> None:
     """Counts the top-level parts in a payload by receipt time (cheap: C-level byte counts)."""
-    parts = payload.count(b' id="node-')
-    if parts != payload.count(b'<div id="node-'):  # a card (with nested parts) or a removal
+    if b' id="node-' in payload:  # a card (with nested parts) or a removal
         for kind, _node, _mark in _top_level_parts(payload):
             _add(tally, kind)
         return
-    hosts = payload.count(HOST_ID_END)
-    tally.host += hosts
-    tally.gpu += parts - hosts
+    tally.host += payload.count(HOST_START)
+    tally.gpu += payload.count(GPU_START)
 
 
 def probe_parts(payload: bytes, tally: ViewerTally, window: Window, received_at: float) -> None:
@@ -124,16 +123,16 @@ def _top_level_parts(payload: bytes, with_marks: bool = False) -> list[tuple[str
     for found in PART_RE.finditer(payload):
         if found.start() < skip_until:
             continue
-        tag, node = found[1], found[2].decode()
+        tag, node = found[1], found[4].decode()
         if tag == b"article":
             parts.append(("card", node, None))
             skip_until = payload.find(b"</article>", found.end())
         elif tag == b"template":
             parts.append(("removal", node, None))
-        elif found[3]:
+        elif found[2]:
             mark = mark_from_fragment(payload, found.end()) if with_marks else None
             parts.append(("host", node, mark))
-        elif found[4] is not None:
+        elif found[3] is not None:
             parts.append(("gpu", node, None))
     return parts
 

@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             per_node_bytes.append(sum(sizes.values()))
             fragments += len(sizes)
             for element, size in sizes.items():
-                (host_bytes if element.endswith("-host") else gpu_bytes).append(size)
+                (host_bytes if element.startswith("host-") else gpu_bytes).append(size)
 
     busy = sum(sim.busy_gpus for sim in sims) / len(sims)
     fig.note(f"{busy:.1f} busy GPUs per node on average; idle GPU rows are never re-rendered or sent")

@@ -4,8 +4,8 @@ The hub renders these for every changed node every second (thousands per second 
 lab), and a Jinja2 template costs several times more than an f-string here (autoescape and
 attribute lookups per expression), so these three are plain functions. Everything else (card
 shell, summary, pages) is a template. The rule that keeps this safe: every string that comes
-from an agent (node id, GPU name, user names, error text) goes through :func:`_e` or
-:func:`_e_id` (HTML-escaped, quotes included). What is placed as it is: integers, the fixed
+from an agent (node id, GPU name, user names, error text) goes through :func:`_e`,
+:func:`_e_id` or the cached element ids (HTML-escaped, quotes included). What is placed as it is: integers, the fixed
 class names and SVG path data that this module and the view models compute, and the view
 models' number texts (``*_text`` fields and meter texts: numbers the protocol has already
 checked to be numbers, formatted with numeric format specs and fixed units; escaping them
@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from html import escape as _escape
 
+from frontend.element_ids import element_id
 from frontend.viewmodels import GpuView, HostView, Meter, SparkView
 
 
@@ -30,8 +31,18 @@ def _e(text: str) -> str:
 
 @functools.lru_cache(maxsize=8192)
 def _e_id(text: str) -> str:
-    """Escaped node ids, GPU indexes, model names and user lists, which repeat (cached)."""
+    """Escaped GPU indexes, model names and user lists, which repeat (cached)."""
     return _escape(text, quote=True)
+
+
+@functools.lru_cache(maxsize=8192)
+def _host_id(node_id: str) -> str:
+    return _escape(element_id("host", node_id), quote=True)
+
+
+@functools.lru_cache(maxsize=8192)
+def _gpu_id(node_id: str, index: str) -> str:
+    return _escape(element_id("gpu", node_id, index), quote=True)
 
 
 def _meter(m: Meter) -> str:
@@ -39,14 +50,14 @@ def _meter(m: Meter) -> str:
 
 
 def host_html(h: HostView) -> str:
-    """``<div id="node-<id>-host" class="host">``: CPU, memory and disk bars, then network,
+    """``<div id="host-<node>" class="host">``: CPU, memory and disk bars, then network,
     load averages and uptime (or the late-sample warning)."""
     if h.late_text:
         line = f'<span class="late">{h.late_text}</span>'
     else:
         line = f"<span>{h.net_text}</span><span>load {h.load_text}</span><span>up {h.uptime_text}</span>"
     return (
-        f'<div id="node-{_e_id(h.node_id)}-host" class="host">'
+        f'<div id="{_host_id(h.node_id)}" class="host">'
         f'{_meter(h.cpu)}{_meter(h.mem)}{_meter(h.disk)}<div class="kv">{line}</div>\n</div>'
     )
 
@@ -55,10 +66,10 @@ _USERS_FALLBACK = {"f": "✓ free", "b": "● busy", "o": "–", "e": "–"}
 
 
 def gpu_html(g: GpuView) -> str:
-    """``<div id="node-<id>-gpu-<i>" class="g <state>">``: index, model, utilization and
+    """``<div id="gpu-<i>-<node>" class="g <state>">``: index, model, utilization and
     memory bars, temperature, power draw/limit, users (or the error)."""
     index = _e_id(g.gpu_index)
-    head = f'<div id="node-{_e_id(g.node_id)}-gpu-{index}" class="g {g.state}"><b>{index}</b><i>{_e_id(g.name)}</i>'
+    head = f'<div id="{_gpu_id(g.node_id, g.gpu_index)}" class="g {g.state}"><b>{index}</b><i>{_e_id(g.name)}</i>'
     if g.error:
         return f'{head}<span class="er">✖ {_e(g.error)}</span></div>'
     temp = f'<em class="{g.temp_cls}">' if g.temp_cls else "<em>"

@@ -17,6 +17,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, Template
 from markupsafe import Markup
 
+from frontend.element_ids import element_id
 from frontend.fragments import gpu_html, host_html, spark_html
 from frontend.viewmodels import DetailView, GpuView, HeadView, HostView, SparkView, SummaryView
 
@@ -68,6 +69,7 @@ class Renderer:
         return self._card(
             {
                 "v": head,
+                "card_id": element_id("node", head.node_id),
                 "host_html": Markup(host_html),
                 "cpu_spark": Markup(cpu_spark),
                 "gpu_lines": [(Markup(row), Markup(spark)) for row, spark in gpu_lines],
@@ -90,7 +92,11 @@ class Renderer:
         sort: str = "name",
         cycle_s: float = 0,
         hub_url: str = "http://HUB:8000",
+        filter_text: str = "",
+        unfiltered_query: str = "",
     ) -> str:
+        """The wall. ``filter_text`` (the URL's filter in words) and ``unfiltered_query`` (the
+        URL's other options) are for the line shown while no card matches."""
         return self._page.render(
             root_path=root_path,
             ws_path=ws_path,
@@ -102,6 +108,8 @@ class Renderer:
             sort=sort,
             cycle_s=f"{cycle_s:g}",
             hub_url=hub_url,
+            filter_text=filter_text,
+            unfiltered_query=unfiltered_query,
         )
 
     def node_page(

@@ -478,6 +478,7 @@ class SummaryView:
     gpus_free: int
     gpus_total: int
     gpus_error: int
+    gpus_offline: int  # on offline nodes, counted in no other field
     models: tuple[ModelCount, ...]
     gpu_mem_used_text: str
     gpu_mem_total_text: str
@@ -508,11 +509,13 @@ def summary_view(nodes: Iterable[tuple[NodeStatus, Iterable[GpuTally]]]) -> Summ
     free_by_model: Counter[str] = Counter()
     total_by_model: Counter[str] = Counter()
     errors = 0
+    offline_gpus = 0
     mem_used = 0
     mem_total = 0
     for status, tallies in nodes:
         status_counts[status.value] += 1
         if status is NodeStatus.OFFLINE:
+            offline_gpus += sum(1 for _ in tallies)
             continue
         for tally in tallies:
             total_by_model[tally.model] += 1
@@ -529,6 +532,7 @@ def summary_view(nodes: Iterable[tuple[NodeStatus, Iterable[GpuTally]]]) -> Summ
         gpus_free=sum(free_by_model.values()),
         gpus_total=sum(total_by_model.values()),
         gpus_error=errors,
+        gpus_offline=offline_gpus,
         models=tuple(
             ModelCount(model, free_by_model[model], total)
             for model, total in sorted(total_by_model.items(), key=lambda item: (-item[1], item[0]))
@@ -671,7 +675,7 @@ class DetailView:
     driver: tuple[FieldView, ...]
     gpus: tuple[GpuDetailView, ...]
     host_history: SparkView
-    history_minutes: int
+    history_text: str  # how far back the charts reach ("2 min" ago), or "no history yet"
 
 
 HistoryPoints = Mapping[str, Sequence[float]]
@@ -681,14 +685,15 @@ HistoryPoints = Mapping[str, Sequence[float]]
 def detail_view(
     node: Node,
     history: HistoryPoints,
-    history_minutes: int,
+    bucket_s: float,
     silent_s: float,
     max_util_percent: float,
     max_mem_percent: float,
 ) -> DetailView:
     hello = node.hello
     host: Mapping[str, Any] = node.state.get("host") or {}
-    points = max((len(v) for v in history.values()), default=0) or 1
+    held = max((len(v) for v in history.values()), default=0)  # buckets of bucket_s each
+    points = held or 1
     chart: dict[str, int] = {"points": points, "step": max(1, 720 // points), "height": 48}
     live = node.reporting
     statics = {str(g.get("index")): g for g in (hello.gpus if hello else [])}
@@ -765,5 +770,5 @@ def detail_view(
             "CPU (solid) and memory in use (dashed)",
             **chart,
         ),
-        history_minutes=history_minutes,
+        history_text=f"−{fmt_ago(held * bucket_s)}" if held else "no history yet",
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -19,6 +20,7 @@ from hub.registry import Node
 from hub.scene import ViewFilter
 from hub.state import HubState
 
+FILTER_KEYS = ("group", "node", "gpus")
 SORTS = ("name", "status", "free")
 DENSITIES = ("normal", "compact", "large")
 MIN_CYCLE_S = 3.0
@@ -36,6 +38,18 @@ def view_filter_from(params: Mapping[str, str]) -> ViewFilter:
         names=_csv(params, "node"),
         gpu_only=params.get("gpus", "") in ("1", "true", "yes"),
     )
+
+
+def filter_text(view_filter: ViewFilter) -> str:
+    """The filter in words, for a wall it leaves empty; "" when there is none."""
+    words = []
+    if view_filter.groups:
+        words.append("group " + ", ".join(sorted(view_filter.groups)))
+    if view_filter.names:
+        words.append("node " + ", ".join(sorted(view_filter.names)))
+    if view_filter.gpu_only:
+        words.append("nodes with GPUs")
+    return " · ".join(words)
 
 
 def _choice(params: Mapping[str, str], key: str, choices: tuple[str, ...]) -> str:
@@ -75,6 +89,8 @@ async def page(request: Request) -> Response:
         sort=_choice(params, "sort", SORTS),
         cycle_s=cycle_from(params),
         hub_url=str(request.base_url).rstrip("/"),
+        filter_text=filter_text(view_filter),
+        unfiltered_query=urlencode([(k, v) for k, v in params.multi_items() if k not in FILTER_KEYS]),
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 

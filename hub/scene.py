@@ -1,11 +1,10 @@
 """The rendered picture of every node: each part rendered once per change, then shared.
 
-A card is made of parts with their own element ids: the host part (``node-<id>-host``), one
-row per GPU (``node-<id>-gpu-<index>``) and the sparklines (``spark-<id>-cpu``,
-``spark-<id>-gpu-<index>``). A delta that touched only the host or one GPU renders only that
-part, and a GPU row is pushed only when its HTML changed. Sparklines show closed history
-buckets, so they are pushed only when a bucket group closes (every 20 s per node, staggered).
-Status changes and hellos render the whole card (``node-<id>``).
+A card is made of parts with their own element ids (:mod:`frontend.element_ids`): the host
+part, one row per GPU and the sparklines (CPU, and one per GPU). A delta that touched only the
+host or one GPU renders only that part, and a GPU row is pushed only when its HTML changed.
+Sparklines show closed history buckets, so they are pushed only when a bucket group closes
+(every 20 s per node, staggered). Status changes and hellos render the whole card.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from frontend.element_ids import element_id
 from frontend.render import Renderer
 from frontend.viewmodels import (
     DetailView,
@@ -82,7 +82,7 @@ class Scene:
     def render_change(self, change: NodeChange) -> dict[str, str]:
         """Renders what ``change`` touched: element id -> HTML (parts, or the whole card)."""
         node_id = change.node_id
-        card_id = f"node-{node_id}"
+        card_id = element_id("node", node_id)
         node = self._registry.nodes.get(node_id)
         if change.removed or node is None:
             self._rendered.pop(node_id, None)
@@ -94,19 +94,19 @@ class Scene:
             return {card_id: self._render_card(node)}
         out = {}
         if change.host:
-            rendered.host = out[f"{card_id}-host"] = self._render_host(node)
+            rendered.host = out[element_id("host", node_id)] = self._render_host(node)
         gpus = node.state.get("gpus") or {}
         live = node.reporting
         for index in gpu_order(change.gpus):
             if index in gpus:
                 row = self._render_gpu(rendered, node_id, index, gpus[index], live)
                 if row != rendered.gpus.get(index):  # only what a person would see change
-                    rendered.gpus[index] = out[f"{card_id}-gpu-{index}"] = row
+                    rendered.gpus[index] = out[element_id("gpu", node_id, index)] = row
         if sparks_changed:
-            rendered.cpu_spark = out[f"spark-{node_id}-cpu"] = self._render_cpu_spark(node_id)
+            rendered.cpu_spark = out[element_id("spark-cpu", node_id)] = self._render_cpu_spark(node_id)
             for index in gpu_order(gpus):
                 spark = self._render_gpu_spark(node_id, index)
-                rendered.gpu_sparks[index] = out[f"spark-{node_id}-gpu-{index}"] = spark
+                rendered.gpu_sparks[index] = out[element_id("spark-gpu", node_id, index)] = spark
         return out
 
     def card(self, node: Node) -> str:
@@ -148,7 +148,7 @@ class Scene:
         return detail_view(
             node,
             points,
-            round(self.history.window_s / 60),
+            history.bucket_s,
             self._registry.silent_s(node),
             rule.max_util_percent,
             rule.max_mem_percent,
@@ -197,14 +197,16 @@ class Scene:
     def _render_cpu_spark(self, node_id: str) -> str:
         history = self.history.node(node_id)
         return self._renderer.spark(
-            spark_view(f"spark-{node_id}-cpu", history.card_points("cpu"), history.card_points("mem"))
+            spark_view(
+                element_id("spark-cpu", node_id), history.card_points("cpu"), history.card_points("mem")
+            )
         )
 
     def _render_gpu_spark(self, node_id: str, index: str) -> str:
         history = self.history.node(node_id)
         return self._renderer.spark(
             spark_view(
-                f"spark-{node_id}-gpu-{index}",
+                element_id("spark-gpu", node_id, index),
                 history.card_points(f"u{index}"),
                 history.card_points(f"m{index}"),
             )

@@ -52,7 +52,7 @@ def check_viewer_through(proxied: Proxied, ws_url: str, node: str, proxy: str) -
         first = viewer.recv(timeout=5)
         assert isinstance(first, bytes) and f'id="node-{node}"'.encode() in first, "full state first"
         host_parts: set[bytes] = set()
-        pattern = re.compile(rf'<div id="node-{node}-host".*?</div>\n</div>'.encode(), re.S)
+        pattern = re.compile(rf'<div id="host-{node}".*?</div>\n</div>'.encode(), re.S)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and len(host_parts) < 2:
             frame = viewer.recv(timeout=5)

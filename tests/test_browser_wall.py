@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests import fakes
+from tests import fakes, wsclients
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.procs import Hub, Proc, free_port, start_agent, wait_until
 
@@ -132,17 +132,17 @@ def test_cards_show_nodes_gpus_and_the_lab_summary(page: Any, lab: Hub) -> None:
     assert alpha.locator(".grp").inner_text() == "vision"
     assert alpha.locator(".st").inner_text().endswith("live")
     assert alpha.locator(".g").count() == 8
-    row0 = page.locator("#node-alpha-gpu-0")
+    row0 = page.locator("#gpu-0-alpha")
     assert row0.get_attribute("class") == "g b", "GPU 0 runs the worker process"
     assert row0.locator("b").inner_text() == "0" and row0.locator("i").inner_text() == "H100"
     assert "/80G" in row0.inner_text() and "/700W" in row0.inner_text()
-    assert page.locator("#node-alpha-gpu-1").get_attribute("class") == "g f"
-    assert "✓ free" in page.locator("#node-alpha-gpu-1").inner_text()
-    assert "✖ GPU is lost" in page.locator("#node-beta-gpu-1").inner_text()
-    assert page.locator("#node-beta-gpu-1").get_attribute("class") == "g e"
+    assert page.locator("#gpu-1-alpha").get_attribute("class") == "g f"
+    assert "✓ free" in page.locator("#gpu-1-alpha").inner_text()
+    assert "✖ GPU is lost" in page.locator("#gpu-1-beta").inner_text()
+    assert page.locator("#gpu-1-beta").get_attribute("class") == "g e"
     assert page.locator("#node-gamma .g").count() == 0
-    assert page.locator("#spark-alpha-cpu").count() == 1 and page.locator("#spark-alpha-gpu-7").count() == 1
-    host = page.locator("#node-alpha-host").inner_text()
+    assert page.locator("#spark-cpu-alpha").count() == 1 and page.locator("#spark-gpu-7-alpha").count() == 1
+    host = page.locator("#host-alpha").inner_text()
     assert "CPU" in host and "MEM" in host and "DSK" in host and "load" in host and "up" in host
     summary = page.locator("#summary").inner_text()
     assert "● 4 live" in summary
@@ -159,24 +159,24 @@ def test_values_change_in_place_without_reloading(page: Any, lab: Hub) -> None:
         """() => {
         window.__marker = 'still here';
         window.__card = document.getElementById('node-alpha');
-        window.__host = document.getElementById('node-alpha-host');
+        window.__host = document.getElementById('host-alpha');
         window.__hostText = window.__host.textContent;
     }"""
     )
     elements_before = page.evaluate("document.getElementsByTagName('*').length")
     page.wait_for_function(
-        "document.getElementById('node-alpha-host').textContent !== window.__hostText", timeout=30_000
+        "document.getElementById('host-alpha').textContent !== window.__hostText", timeout=30_000
     )
     state = page.evaluate(
         """() => {
-        const host = document.getElementById('node-alpha-host');
+        const host = document.getElementById('host-alpha');
         return {
             marker: window.__marker,
             sameCard: document.getElementById('node-alpha') === window.__card,
             hostInCard: window.__card.contains(host),
             // updated in place (same element) or replaced by id (the old one is gone)
             inPlaceOrReplaced: host === window.__host || !document.contains(window.__host),
-            hosts: document.querySelectorAll('[id="node-alpha-host"]').length,
+            hosts: document.querySelectorAll('[id="host-alpha"]').length,
             cards: document.querySelectorAll('[id="node-alpha"]').length,
         };
     }"""
@@ -229,7 +229,7 @@ def test_hostile_strings_render_as_text_and_long_names_keep_the_layout(page: Any
         injected: document.querySelectorAll('#nodes img, #nodes script, #summary img, #summary script').length,
         name: document.querySelector('#node-xss .nm').textContent,
         group: document.querySelector('#node-xss .grp').textContent,
-        gpuName: document.querySelector('#node-xss-gpu-0 i').textContent,
+        gpuName: document.querySelector('#gpu-0-xss i').textContent,
         summary: document.getElementById('summary').textContent,
         scrollX: document.documentElement.scrollWidth - innerWidth,
     })"""
@@ -254,6 +254,40 @@ def test_hostile_strings_render_as_text_and_long_names_keep_the_layout(page: Any
     assert cell.inner_text() == XSS_COMMAND
     assert cell.evaluate("td => td.children.length") == 0
     assert page.evaluate("window.__xss === undefined")
+
+
+@pytest.mark.parametrize(
+    ("query", "words", "unfiltered"),
+    [
+        ("?group=nonexistent", "group nonexistent", ""),
+        ("?node=nosuch&theme=light", "node nosuch", "?theme=light"),
+    ],
+)
+def test_a_filter_that_matches_nothing_says_so(
+    page: Any, lab: Hub, query: str, words: str, unfiltered: str
+) -> None:
+    page.goto(lab.url + "/" + query)
+    page.wait_for_function("document.documentElement.dataset.conn === 'live'")
+    empty = page.locator(".empty")
+    assert empty.is_visible()
+    assert empty.inner_text() == f"No node matches this filter: {words}. Show all nodes"
+    empty.locator("a").click()
+    page.wait_for_url(lab.url + "/" + unfiltered)
+    page.wait_for_function("document.querySelectorAll('article.n').length === 4")
+    assert not empty.is_visible()
+
+
+def test_pages_load_without_a_failed_request_and_show_an_icon(page: Any, lab: Hub) -> None:
+    failed: list[str] = []
+    page.on("response", lambda response: failed.append(response.url) if response.status >= 400 else None)
+    for path in ("/", "/node/alpha"):
+        page.goto(lab.url + path)
+        page.wait_for_function("document.documentElement.dataset.conn === 'live'")
+        icon = page.evaluate("document.querySelector('link[rel=icon]')?.href")
+        assert icon, f"{path} names its icon (or browsers ask for /favicon.ico, a 404)"
+        response = page.request.get(icon)
+        assert response.status == 200 and response.headers["content-type"].startswith("image/svg+xml")
+    assert failed == []
 
 
 def test_a_click_opens_the_node_page_which_refreshes_itself(page: Any, lab: Hub) -> None:
@@ -298,6 +332,34 @@ def test_cycle_mode_turns_pages_when_nodes_do_not_fit(browser: Any, lab: Hub) ->
         context.close()
 
 
+def test_a_lab_without_gpus_and_a_node_with_256_cores(page: Any, hub: Hub) -> None:
+    """The top bar says "no GPUs" (not "0/0 GPUs free"); every core on the node page has its
+    number and percent, big enough to read, none cut off."""
+    agent = wsclients.open_agent(hub)
+    try:
+        agent.send(wsclients.hello("cpu-only"))
+        sample = wsclients.snapshot()
+        sample["host"]["cpu_percent_per_core"] = [float(i * 7 % 101) for i in range(256)]
+        agent.send(wsclients.delta(1, sample))
+        hub.wait_status("cpu-only", "live")
+        open_wall(page, hub)
+        summary = page.locator("#summary").inner_text()
+        assert "no GPUs" in summary and "GPUs free" not in summary
+        page.goto(hub.url + "/node/cpu-only")
+        cores = page.evaluate(
+            """() => [...document.querySelectorAll('.cores u')].map(u => {
+                const box = u.getBoundingClientRect();
+                return {text: u.innerText.replace(/\\s+/g, ' '), width: box.width, height: box.height,
+                        cut: u.scrollWidth > u.clientWidth,
+                        px: parseFloat(getComputedStyle(u).fontSize)};
+            })"""
+        )
+    finally:
+        agent.close()
+    assert [c["text"] for c in cores] == [f"{i} {i * 7 % 101}%" for i in range(256)]
+    assert all(c["width"] >= 60 and c["height"] >= 16 and c["px"] >= 11 and not c["cut"] for c in cores)
+
+
 # --------------------------------------------------------------------------- things going away
 def test_a_killed_agent_turns_its_card_offline_and_the_age_counts_on(
     page: Any, hub: Hub, procs: list[Proc], tmp_path: Path
@@ -315,9 +377,51 @@ def test_a_killed_agent_turns_its_card_offline_and_the_age_counts_on(
     page.wait_for_function(
         "first => document.querySelector('#node-alpha .st').innerText !== first", arg=first, timeout=5000
     )
-    assert page.locator("#node-alpha-gpu-1").get_attribute("class") == "g o", "no longer claimed free"
+    assert page.locator("#gpu-1-alpha").get_attribute("class") == "g o", "no longer claimed free"
     assert "○ 1 offline" in page.locator("#summary").inner_text()
-    assert "0/0 GPUs free" in page.locator("#summary").inner_text()
+    assert "no live GPUs (8 on offline nodes)" in page.locator("#summary").inner_text()
+
+
+WALL_STATUS = """() => Object.fromEntries([...document.querySelectorAll('article.n')].map(
+    card => [card.dataset.node, card.dataset.status]))"""
+DUPLICATE_IDS = """() => { const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
+    return ids.filter((id, i) => ids.indexOf(id) !== i); }"""
+
+
+def test_nodes_named_like_each_others_parts_keep_their_own_status(
+    page: Any, hub: Hub, procs: list[Proc], tmp_path: Path
+) -> None:
+    """``gpu1-host`` and ``gpu1-gpu-0`` are legal names, and were once the ids of ``gpu1``'s host
+    part and GPU row: ``gpu1-host`` going offline must show on its own card, nowhere else."""
+    names = ("gpu1", "gpu1-host", "gpu1-gpu-0")
+    agents = {}
+    for name in names:
+        scenario = fakes.scenario([fakes.gpu(0, "A100")])
+        agents[name] = start_agent(hub, name, interval_s=0.5, env=fake_gpus(tmp_path, name, scenario))
+        procs.append(agents[name])
+    for name in names:
+        hub.wait_status(name, "live", timeout_s=30)
+    open_wall(page, hub, cards=3)
+    assert page.evaluate(DUPLICATE_IDS) == []
+    assert page.evaluate(WALL_STATUS) == dict.fromkeys(names, "live")
+    agents["gpu1-host"].kill()
+    hub.wait_status("gpu1-host", "offline", timeout_s=30)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('article[data-node=\"gpu1-host\"]')].every("
+        " card => card.dataset.status === 'offline')",
+        timeout=10_000,
+    )
+    host_text = page.locator("article[data-node=gpu1] #host-gpu1").inner_text()
+    page.wait_for_function(  # gpu1 goes on reporting into its own card
+        "old => document.querySelector('article[data-node=gpu1] #host-gpu1').innerText !== old",
+        arg=host_text,
+    )
+    api = {name: node["status"] for name, node in hub.nodes().items()}
+    assert api == {"gpu1": "live", "gpu1-host": "offline", "gpu1-gpu-0": "live"}
+    assert page.evaluate(WALL_STATUS) == api, "the wall agrees with the API, card by card"
+    assert page.evaluate(DUPLICATE_IDS) == []
+    assert page.locator("article.n").count() == 3, "no card inside another"
+    assert page.locator("#gpu-0-gpu1").get_attribute("class") != "g o", "gpu1's GPU row is its own"
 
 
 def test_a_stopped_hub_shows_as_lost_and_a_restarted_one_recovers_without_reload(
@@ -381,7 +485,7 @@ def fake_card(node: str, row: str) -> str:
 
 
 def fake_row(node: str, text: str) -> str:
-    return f'<div id="node-{node}-gpu-0" class="g b"><b>0</b><span class="us">{text}</span></div>'
+    return f'<div id="gpu-0-{node}" class="g b"><b>0</b><span class="us">{text}</span></div>'
 
 
 def test_a_part_applied_at_once_is_not_undone_by_an_older_stashed_one(browser: Any, hub: Hub) -> None:
@@ -408,14 +512,10 @@ def test_a_part_applied_at_once_is_not_undone_by_an_older_stashed_one(browser: A
             "html => window.__push(html)",
             fake_card(nodes[0], fake_row(nodes[0], "free")) + fake_row(far, "carol"),
         )
-        assert page.locator(f"#node-{far}-gpu-0 .us").inner_text() == "carol", (
-            "a card message applies at once"
-        )
+        assert page.locator(f"#gpu-0-{far} .us").inner_text() == "carol", "a card message applies at once"
         page.evaluate("id => document.getElementById(id).scrollIntoView()", f"node-{far}")
         page.wait_for_timeout(1500)  # the observer, and the once-a-second flush
-        assert page.locator(f"#node-{far}-gpu-0 .us").inner_text() == "carol", (
-            "the older stashed part stays void"
-        )
+        assert page.locator(f"#gpu-0-{far} .us").inner_text() == "carol", "the older stashed part stays void"
     finally:
         context.close()
 

@@ -119,11 +119,11 @@ def test_agents_and_browser_through_nginx(proxied: Proxied, procs: list[Proc]) -
             page.wait_for_selector("html[data-conn=live]", timeout=15_000)
             page.wait_for_selector("#node-px1[data-status=live]", timeout=15_000)
             page.evaluate("window.sersNotReloaded = true")
-            first_host = page.inner_html("#node-px1-host")
+            first_host = page.inner_html("#host-px1")
 
             # New samples reach the card through nginx (CPU %, rates).
             page.wait_for_function(
-                "old => document.getElementById('node-px1-host').innerHTML !== old",
+                "old => document.getElementById('host-px1').innerHTML !== old",
                 arg=first_host,
                 timeout=15_000,
             )

@@ -79,7 +79,7 @@ def test_every_viewer_gets_the_same_shared_bytes() -> None:
             await settle()
         first = browsers[0].received
         assert first[0].startswith(b'<main id="nodes"'), "a joining viewer gets the full state first"
-        assert len(first) == 4 and b"node-gpu1-host" in first[1]
+        assert len(first) == 4 and b"host-gpu1" in first[1]
         for other in browsers[1:]:
             assert other.received == first
             assert all(a is b for a, b in zip(other.received[1:], first[1:], strict=True)), (
@@ -119,10 +119,10 @@ def test_a_viewer_far_behind_is_resynchronized_from_one_full_state() -> None:
         full = resync[: resync.index(b"</main>")]
         at_resync = steady.received[MAX_SHARED_BATCHES + 2]
         for sim in lab.sims:
-            start = at_resync.index(f'<div id="node-{sim.name}-host"'.encode())
+            start = at_resync.index(f'<div id="host-{sim.name}"'.encode())
             host_html = at_resync[start : at_resync.index(b"</div>\n</div>", start)]
             assert host_html in full, sim.name
-            assert full.count(f'id="node-{sim.name}-host"'.encode()) == 1
+            assert full.count(f'id="host-{sim.name}"'.encode()) == 1
         for task in tasks:
             task.cancel()
 
@@ -186,11 +186,11 @@ def test_two_samples_in_one_tick_send_the_newest_part_once_and_a_card_supersedes
             delta = decode(sim.next_delta(lab.clock.wall()))
             assert isinstance(delta, Delta)
             lab.fanout.note(lab.registry.delta(sim.name, lab.connections[sim.name], delta))
-        newest_host = lab.scene.card(lab.registry.nodes[sim.name]).split('id="node-gpu0-host"')[1][:200]
+        newest_host = lab.scene.card(lab.registry.nodes[sim.name]).split('id="host-gpu0"')[1][:200]
         lab.fanout.flush()
         await settle()
         batch = browser.received[-1]
-        assert batch.count(b'id="node-gpu0-host"') == 1, "one host part per tick, the newest"
+        assert batch.count(b'id="host-gpu0"') == 1, "one host part per tick, the newest"
         assert newest_host.encode() in batch
         # a whole card (the agent disconnects) replaces the tick's parts rendered before it
         delta = decode(sim.next_delta(lab.clock.wall() + 0.5))
@@ -200,8 +200,8 @@ def test_two_samples_in_one_tick_send_the_newest_part_once_and_a_card_supersedes
         lab.fanout.flush()
         await settle()
         batch = browser.received[-1]
-        assert batch.startswith(b'<article id="node-gpu0"') and b'id="node-gpu0-host"' in batch
-        assert batch.count(b'id="node-gpu0-host"') == 1, "the part inside the card, not before it"
+        assert batch.startswith(b'<article id="node-gpu0"') and b'id="host-gpu0"' in batch
+        assert batch.count(b'id="host-gpu0"') == 1, "the part inside the card, not before it"
         task.cancel()
 
     run(main())
@@ -226,7 +226,7 @@ def test_a_change_that_fails_to_render_costs_only_itself() -> None:
         lab.tick()  # note() must not raise into the agent's connection handler
         await settle()
         batch = browser.received[-1]
-        assert b"node-gpu1-host" in batch, "the other node's parts still go out on the tick"
+        assert b"host-gpu1" in batch, "the other node's parts still go out on the tick"
         assert b"node-gpu0-" not in batch
         task.cancel()
 

@@ -26,7 +26,7 @@ def test_viewer_sees_node_appear_and_values_change(hub: Hub, procs: list[Proc]) 
             assert isinstance(text, bytes)
             html = text.decode()
             seen_card = seen_card or 'id="node-alpha"' in html
-            host_parts += re.findall(r'<div id="node-alpha-host".*?</div>\n</div>', html, re.S)
+            host_parts += re.findall(r'<div id="host-alpha".*?</div>\n</div>', html, re.S)
         assert seen_card, "the new node's card was pushed"
         assert len(set(host_parts)) >= 2, "the host part was pushed again with new values"
     node = hub.nodes()["alpha"]

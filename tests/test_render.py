@@ -20,6 +20,7 @@ from frontend.viewmodels import (
 )
 from hub.clock import ManualClock
 from hub.history import BUCKET_S, CARD_GROUP, History
+from hub.pages import filter_text, view_filter_from
 from hub.registry import Naming, Node, NodeChange, NodeRegistry, NodeStatus
 from hub.scene import Scene, ViewFilter
 from hub.settings import GpuFreeRule
@@ -131,7 +132,7 @@ def lab_node(
 @pytest.mark.parametrize(
     ("template", "context"),
     [
-        ("_card.html", {"v", "host_html", "cpu_spark", "gpu_lines"}),
+        ("_card.html", {"v", "card_id", "host_html", "cpu_spark", "gpu_lines"}),
         ("_summary.html", {"s", "now_epoch_s"}),
         (
             "page.html",
@@ -146,6 +147,8 @@ def lab_node(
                 "summary_html",
                 "cards",
                 "hub_url",
+                "filter_text",
+                "unfiltered_query",
             },
         ),
         ("node.html", {"theme", "root_path", "d", "back_query", "chart", "now_epoch_s"}),
@@ -164,7 +167,7 @@ def test_template_contexts_are_pinned(template: str, context: set[str]) -> None:
 def test_gpu_row_is_small_and_complete() -> None:
     html = Renderer().gpu(gpu_view("gpu07", "3", gpu(), 10, 5))
     assert html == (
-        '<div id="node-gpu07-gpu-3" class="g b"><b>3</b><i>H100</i><u class="p97">97%</u>'
+        '<div id="gpu-3-gpu07" class="g b"><b>3</b><i>H100</i><u class="p97">97%</u>'
         '<u class="p78">62/80G</u><em>71°</em><em>612/700W</em><span class="us">grace 62G</span></div>'
     )
     assert len(html.encode()) <= 200
@@ -188,7 +191,7 @@ def test_gpu_row_states_in_words() -> None:
 def test_host_part_is_small_and_keeps_its_ids() -> None:
     registry, _, _ = lab_node()
     html = Renderer().host(host_view(registry.nodes["gpu07"]))
-    assert html.startswith('<div id="node-gpu07-host" class="host">')
+    assert html.startswith('<div id="host-gpu07" class="host">')
     assert '<u class="p45">CPU 45%</u>' in html and '<u class="p44">DSK 44%</u>' in html
     assert "<span>load 12.00 11.50 10.25</span>" in html and "<span>up 41d 16h</span>" in html
     assert html.endswith("</div>\n</div>")
@@ -199,8 +202,8 @@ def test_host_part_is_small_and_keeps_its_ids() -> None:
 
 def test_sparkline_is_inline_svg_with_integer_coordinates() -> None:
     points = [float(i * 3 % 100) for i in range(30)]
-    html = Renderer().spark(spark_view("spark-gpu07-gpu-0", points, points))
-    assert html.startswith('<svg id="spark-gpu07-gpu-0" class="sp" width="58" height="16"')
+    html = Renderer().spark(spark_view("spark-gpu-0-gpu07", points, points))
+    assert html.startswith('<svg id="spark-gpu-0-gpu07" class="sp" width="58" height="16"')
     coordinates = re.findall(r"[ M](-?[\d.]+),(-?[\d.]+)", html)
     assert 40 <= len(coordinates) <= 60 and all("." not in x + y for x, y in coordinates)
     assert len(html.encode()) <= 440
@@ -211,8 +214,8 @@ def test_whole_card_holds_every_part_once() -> None:
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
     card = scene.card(registry.nodes["gpu07"])
     ids = re.findall(r' id="([^"]+)"', card)
-    assert ids[:3] == ["node-gpu07", "node-gpu07-host", "spark-gpu07-cpu"]
-    assert ids[3:] == [f"node-gpu07-gpu-{i}" for i in range(8)] + [f"spark-gpu07-gpu-{i}" for i in range(8)]
+    assert ids[:3] == ["node-gpu07", "host-gpu07", "spark-cpu-gpu07"]
+    assert ids[3:] == [f"gpu-{i}-gpu07" for i in range(8)] + [f"spark-gpu-{i}-gpu07" for i in range(8)]
     assert 'data-node="gpu07"' in card and 'data-status="live"' in card and 'data-group="vision"' in card
     assert '<a class="nm" href="node/gpu07"' in card and ">GPU 07</a>" in card
     assert_inert(card, {"article", "header", "a", "span", "div", "u", "b", "i", "em", "svg", "path"})
@@ -340,7 +343,7 @@ def test_a_change_renders_only_its_parts_and_skips_unchanged_rows() -> None:
         Delta(2, 0.0, {"host": {"cpu_percent": 46.0}, "gpus": {"1": {"util_gpu_percent": 50.0}}}),
     )
     assert change is not None
-    assert list(scene.render_change(change)) == ["node-gpu07-host", "node-gpu07-gpu-1"]
+    assert list(scene.render_change(change)) == ["host-gpu07", "gpu-1-gpu07"]
     change = registry.delta("gpu07", connection, Delta(3, 0.0, {"gpus": {"1": {"power_draw_watts": 612.4}}}))
     assert change is not None and scene.render_change(change) == {}, "same text: nothing to send"
     registry.remove("gpu07")
@@ -361,13 +364,13 @@ def test_sparklines_are_pushed_when_a_history_group_closes() -> None:
         change = registry.delta("gpu07", connection, Delta(second, clock.wall(), patch))
         assert change is not None
         out = scene.render_change(change)
-        if "spark-gpu07-cpu" in out:
-            assert {"spark-gpu07-gpu-0", "spark-gpu07-gpu-1"} <= out.keys()
+        if "spark-cpu-gpu07" in out:
+            assert {"spark-gpu-0-gpu07", "spark-gpu-1-gpu07"} <= out.keys()
             pushed_at.append(second)
     group_s = BUCKET_S * CARD_GROUP
     assert len(pushed_at) == 3 and pushed_at[1] - pushed_at[0] == group_s == pushed_at[2] - pushed_at[1]
     card = scene.card(registry.nodes["gpu07"])
-    assert re.search(r'<svg id="spark-gpu07-cpu"[^>]*><path d="M\d', card), "the card shows the history"
+    assert re.search(r'<svg id="spark-cpu-gpu07"[^>]*><path d="M\d', card), "the card shows the history"
 
 
 def test_offline_card_marks_rows_not_live() -> None:
@@ -424,4 +427,74 @@ def test_view_filter_by_group_name_and_gpus() -> None:
     view = scene.summary_view(ViewFilter(groups=frozenset({"nlp"})))
     assert (view.live, view.gpus_total) == (1, 0)
     assert head_view(nodes["a"]).display_name == "Alpha"
-    assert detail_view(nodes["c"], {}, 15, 0.0, 10, 5).gpus == ()
+    assert detail_view(nodes["c"], {}, 5.0, 0.0, 10, 5).gpus == ()
+
+
+# --------------------------------------------------------------------------- what the page says
+def test_a_filter_that_matches_nothing_says_so_not_no_nodes_yet() -> None:
+    words = filter_text(view_filter_from({"group": "nonexistent,b", "node": "nosuch", "gpus": "1"}))
+    assert words == "group b, nonexistent · node nosuch · nodes with GPUs"
+    assert filter_text(view_filter_from({"theme": "light"})) == ""
+    renderer = Renderer()
+    filtered = renderer.page(
+        root_path="",
+        ws_path="/ws/view",
+        summary_html="",
+        cards=[],
+        filter_text="node <nosuch>",
+        unfiltered_query="theme=light",
+    )
+    empty = re.search(r'<p class="empty">(.*?)</p>', filtered, re.S)
+    assert empty is not None
+    assert "No node matches this filter: <b>node &lt;nosuch&gt;</b>" in empty[1]
+    assert '<a href="./?theme=light">Show all nodes</a>' in empty[1]
+    assert "No nodes yet" not in filtered
+    unfiltered = renderer.page(root_path="", ws_path="/ws/view", summary_html="", cards=[])
+    assert "No nodes yet" in unfiltered and "No node matches" not in unfiltered
+
+
+def test_a_lab_without_gpus_says_no_gpus_in_the_top_bar() -> None:
+    registry, clock, _ = lab_node(gpus=0)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    scene.render_change(NodeChange("gpu07", card=True))
+    summary = Parsed(scene.summary(scene.summary_view(ViewFilter()))).all_text
+    assert "no GPUs" in summary and "GPUs free" not in summary and "0/0" not in summary
+
+
+def test_gpus_of_offline_nodes_are_not_called_no_gpus() -> None:
+    registry, clock, connection = lab_node(gpus=2)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    change = registry.disconnect("gpu07", connection)
+    assert change is not None
+    scene.render_change(change)
+    summary = Parsed(scene.summary(scene.summary_view(ViewFilter()))).all_text
+    assert "no live GPUs (2 on offline nodes)" in summary and "0/0" not in summary
+
+
+def test_the_node_pages_history_caption_says_how_far_back_its_charts_reach() -> None:
+    registry, clock, connection = lab_node(gpus=1)
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall, History(900))
+    node = registry.nodes["gpu07"]
+
+    def captions() -> list[str]:
+        page = Renderer().node_page(scene.detail(node), root_path="", now_epoch_s=clock.wall())
+        return re.findall(r"<figcaption><span>([^<]*)</span>", page)
+
+    assert captions() == ["no history yet"] * 2, "the host chart and the GPU's"
+    for second in range(1, 121):  # two minutes of samples
+        clock.advance(1.0)
+        change = registry.delta("gpu07", connection, Delta(1 + second, 0.0, {"sampled_at": clock.wall()}))
+        assert change is not None
+        scene.render_change(change)
+    assert captions() == ["−2 min"] * 2, "not the 15 minutes the history could hold"
+
+
+def test_cpu_cores_on_the_node_page_are_numbered_with_their_percent() -> None:
+    registry, clock, _ = lab_node(gpus=0)
+    node = registry.nodes["gpu07"]
+    node.state["host"]["cpu_percent_per_core"] = [float(i % 101) for i in range(128)]
+    scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    page = Renderer().node_page(scene.detail(node), root_path="", now_epoch_s=1.0)
+    assert "<h3>CPU per core (128)</h3>" in page
+    cores = re.findall(r'<u class="p(\d+)[^"]*"><b>(\d+)</b>(\d+)%</u>', page)
+    assert [(int(core), int(text)) for _, core, text in cores] == [(i, i % 101) for i in range(128)]

@@ -3,7 +3,6 @@ the detail page's every-field listing. Pure: nodes come from a real registry on 
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 from typing import Any
 
@@ -329,7 +328,7 @@ def test_detail_view_lists_every_reported_field() -> None:
         },
         hello_gpus=[static_gpu],
     )
-    view = detail_view(node, {"cpu": [1.0, 2.0], "u0": [50.0]}, 15, 0.0, 10, 5)
+    view = detail_view(node, {"cpu": [1.0, 2.0], "u0": [50.0]}, 5.0, 0.0, 10, 5)
     assert [f.label for f in view.host_static] == [field_label(f.name) for f in fields(HostStatic)]
     sample_labels = {f.label for f in view.host_sample}
     assert all(
@@ -350,7 +349,7 @@ def test_detail_view_lists_every_reported_field() -> None:
     ]
     assert g.state == "b" and g.history.main.startswith("M")
     assert view.host_history.main.count(",") == 2
-    assert math.isclose(view.history_minutes, 15)
+    assert view.history_text == "−10 s", "two buckets of 5 s"
 
 
 def test_flat_stretches_keep_only_their_ends() -> None:

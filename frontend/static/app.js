@@ -179,7 +179,9 @@
   const stash = new Map(); // node id -> Map(element id -> html)
   const inView = new WeakSet(); // cards the observer reports as (nearly) on screen
   const observer = "IntersectionObserver" in window ? new IntersectionObserver(seen, { rootMargin: "0px" }) : null;
-  const PART_ID = /^(?:node|spark)-(.+)-(?:host|cpu|gpu-\d+)$/;
+  // A card is "node-<name>"; its parts' ids name the kind first and the node last (the scheme
+  // and this pattern are frontend/element_ids.py's): group 1 is the node's name.
+  const PART_ID = /^(?:host|gpu-[0-9]+|spark-cpu|spark-gpu-[0-9]+)-(.+)$/;
   const PART_START = /(?=<(?:div|svg) id=")/; // parts are never nested in a parts-only message
 
   function seen(entries) {

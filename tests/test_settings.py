@@ -134,15 +134,15 @@ def test_token_files(name: str, declared: Any, tmp_path: Path) -> None:
 
 
 def test_bad_values_name_their_source(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="^--port: expected int"):
+    with pytest.raises(SettingsError, match=r"^--port: expected int"):
         load_settings(["--port", "x"], env=NO_STATE_ENV)
-    with pytest.raises(SettingsError, match="^SERS_MAX_NODES: expected int"):
+    with pytest.raises(SettingsError, match=r"^SERS_MAX_NODES: expected int"):
         load_settings([], env={**NO_STATE_ENV, "SERS_MAX_NODES": "many"})
-    with pytest.raises(SettingsError, match="^port: expected int"):
+    with pytest.raises(SettingsError, match=r"^port: expected int"):
         load_settings(["--config", config_file(tmp_path, "port = true\n")], env=NO_STATE_ENV)
-    with pytest.raises(SettingsError, match="^nope: unknown setting"):
+    with pytest.raises(SettingsError, match=r"^nope: unknown setting"):
         load_settings(["--config", config_file(tmp_path, "nope = 1\n")], env=NO_STATE_ENV)
-    with pytest.raises(SettingsError, match="^header_timeout_s: must be positive"):
+    with pytest.raises(SettingsError, match=r"^header_timeout_s: must be positive"):
         load_settings(["--header-timeout-s", "0"], env=NO_STATE_ENV)
 
 
@@ -164,11 +164,15 @@ def test_state_db_default_follows_systemd_then_xdg() -> None:
     assert default_state_db({"STATE_DIRECTORY": "/var/lib/sers-hub:/var/lib/other"}) == (
         "/var/lib/sers-hub/hub.sqlite3"
     )
-    assert default_state_db({"XDG_STATE_HOME": "/x/state", "HOME": "/h"}) == "/x/state/sers-monitor/hub.sqlite3"
+    assert (
+        default_state_db({"XDG_STATE_HOME": "/x/state", "HOME": "/h"}) == "/x/state/sers-monitor/hub.sqlite3"
+    )
     assert default_state_db({"XDG_STATE_HOME": "relative", "HOME": "/h"}) == (
         "/h/.local/state/sers-monitor/hub.sqlite3"
     )
-    assert default_state_db({"XDG_STATE_HOME": "", "HOME": "/h"}) == "/h/.local/state/sers-monitor/hub.sqlite3"
+    assert (
+        default_state_db({"XDG_STATE_HOME": "", "HOME": "/h"}) == "/h/.local/state/sers-monitor/hub.sqlite3"
+    )
     assert load_settings([], env={"STATE_DIRECTORY": "/sd"}).state_db == "/sd/hub.sqlite3"
     assert load_settings(["--state-db", "none"], env={"STATE_DIRECTORY": "/sd"}).state_db is None
     assert load_settings([], env={"STATE_DIRECTORY": "/sd", "SERS_STATE_DB": "none"}).state_db is None
@@ -247,11 +251,17 @@ def test_agent_empty_flags_and_variables_are_not_given(tmp_path: Path) -> None:
     token_file.write_text("from-file\n")
     load = agent_settings.load_settings
     assert load(["--token", ""], env={"SERS_TOKEN": "env"}).token == "env"
-    assert load(["--token", " "], env={"SERS_TOKEN": "", "SERS_TOKEN_FILE": str(token_file)}).token == "from-file"
+    assert (
+        load(["--token", " "], env={"SERS_TOKEN": "", "SERS_TOKEN_FILE": str(token_file)}).token
+        == "from-file"
+    )
     assert load(["--token-file", str(token_file)], env={"SERS_TOKEN": "env"}).token == "from-file", (
         "a flag beats a variable, the token file's flag too"
     )
-    assert load(["--hub", ""], env={"SERS_HUB_URL": "http://hub.lab:8000"}).hub_url == "ws://hub.lab:8000/ws/agent"
+    assert (
+        load(["--hub", ""], env={"SERS_HUB_URL": "http://hub.lab:8000"}).hub_url
+        == "ws://hub.lab:8000/ws/agent"
+    )
     assert load(["--name", ""], env={"SERS_NODE_NAME": "gpu07"}).node_name == "gpu07"
     assert load([], env={"SERS_LOG_LEVEL": "", "SERS_INTERVAL": " "}).interval_s == 1.0
 
@@ -259,7 +269,7 @@ def test_agent_empty_flags_and_variables_are_not_given(tmp_path: Path) -> None:
 def test_agent_empty_token_file_is_an_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("")
-    with pytest.raises(agent_settings.SettingsError, match="^--token-file: .* is empty"):
+    with pytest.raises(agent_settings.SettingsError, match=r"^--token-file: .* is empty"):
         agent_settings.load_settings(["--token-file", str(empty)], env={})
-    with pytest.raises(agent_settings.SettingsError, match="^SERS_TOKEN_FILE: .* is empty"):
+    with pytest.raises(agent_settings.SettingsError, match=r"^SERS_TOKEN_FILE: .* is empty"):
         agent_settings.load_settings([], env={"SERS_TOKEN_FILE": str(empty)})

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 
 from starlette.responses import PlainTextResponse
+from starlette.status import WS_1000_NORMAL_CLOSURE
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hub.fanout import Viewer
@@ -25,7 +26,6 @@ from hub.state import HubState
 from node_agent.protocol import CLOSE_POLICY
 
 CLOSE_TIMEOUT_S = 2.0
-CLOSE_NORMAL = 1000
 
 
 async def view_endpoint(websocket: WebSocket) -> None:
@@ -47,7 +47,7 @@ async def view_endpoint(websocket: WebSocket) -> None:
     hub.fanout.add_viewer(viewer)
     sender = asyncio.create_task(viewer.run())
     reader = asyncio.create_task(_drain(websocket))
-    code, reason = CLOSE_NORMAL, ""
+    code, reason = WS_1000_NORMAL_CLOSURE, ""
     try:
         done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
         if sender in done:  # the viewer fell too far behind, or its socket failed

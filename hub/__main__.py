@@ -1,6 +1,6 @@
 """``sers-hub``: serve the dashboard and take agents, on uvicorn.
 
-``sers-hub forget NODE --state-db FILE`` removes a remembered node from the state file (with
+``sers-hub forget NODE [--state-db FILE]`` removes a remembered node from the state file (with
 the hub stopped; on a running hub use ``DELETE /api/v1/nodes/NODE``).
 
 On SIGTERM or SIGINT uvicorn closes every WebSocket with 1012 (service restart) and the hub
@@ -16,6 +16,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -26,8 +27,9 @@ import uvicorn
 from hub.app import create_app
 from hub.header_timeout import header_timeout_protocol
 from hub.memory import release_free_memory_forever, tune_gc, tune_malloc
-from hub.settings import HubSettings, SettingsError, load_settings
+from hub.settings import HubSettings, SettingsError, default_state_db, load_settings
 from hub.store import NodeStore, StoreError, forget_offline
+from node_agent.given import env_value
 from node_agent.protocol import MAX_MESSAGE_BYTES
 
 
@@ -97,7 +99,13 @@ def forget(argv: Sequence[str]) -> int:
         "on a running hub use DELETE /api/v1/nodes/NODE).",
     )
     parser.add_argument("node", metavar="NODE", help="the node name")
-    parser.add_argument("--state-db", metavar="FILE", required=True, help="the hub's SQLite state file")
+    state_db = env_value(os.environ, "SERS_STATE_DB") or default_state_db(os.environ)
+    parser.add_argument(
+        "--state-db",
+        metavar="FILE",
+        default=state_db,
+        help=f"the hub's SQLite state file (default: {state_db}) [SERS_STATE_DB]",
+    )
     args = parser.parse_args(argv)
     try:
         forgotten = forget_offline(args.state_db, args.node)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import REPO, Hub, Proc, base_env, free_port, spawn, wait_until
-from tests.wsclients import open_viewer, recv_text
+from tests.wsclients import delta, hello, open_agent, open_viewer, recv_text, snapshot
 
 
 def start(tmp: Path, procs: list[Proc], *args: str, **env: str) -> Hub:
@@ -69,6 +69,24 @@ def test_the_default_state_file_is_under_xdg_state_home(tmp_path: Path, procs: l
     assert (state_dir / "hub.sqlite3").is_file()
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
     assert hub.proc is not None
+
+
+def test_forget_finds_the_default_state_file(tmp_path: Path, procs: list[Proc]) -> None:
+    state_home = tmp_path / "state"
+    hub = start(tmp_path, procs, SERS_STATE_DB="", XDG_STATE_HOME=str(state_home))
+    ws = open_agent(hub)
+    ws.send(hello("remembered"))
+    ws.send(delta(1, snapshot()))
+    hub.wait_status("remembered", "live")
+    ws.close()
+    assert hub.proc is not None and hub.proc.stop() is not None
+    env = base_env({"XDG_STATE_HOME": str(state_home)})
+    forget = [sys.executable, "-m", "hub", "forget", "remembered"]
+    result = subprocess.run(forget, capture_output=True, text=True, env=env, cwd=REPO, timeout=30)
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        "forgot remembered (restart the hub if it is running)",
+    )
 
 
 def test_state_db_none_keeps_no_file(tmp_path: Path, procs: list[Proc]) -> None:

@@ -195,7 +195,7 @@ def _main(args: list[str]) -> int:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
             hint = (
-                f"; another program uses port {settings.port}: pick another with --port N or "
+                f"; port {settings.port} is taken: pick another with --port N or "
                 "SERS_PORT=N (make run: PORT=N make run)"
             )
         print(

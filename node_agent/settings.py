@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
             "sers-monitor node agent: samples this machine (psutil) and its NVIDIA GPUs (NVML) "
             "and streams the state to a sers-hub over one WebSocket."
         ),
-        epilog="Every option can also be set by the environment variable named in brackets.",
+        epilog="Every option can also be set by the environment variable named in brackets; an empty "
+        "flag or variable counts as not given.",
     )
     parser.add_argument("--hub", metavar="URL", help="hub URL, e.g. http://hub:8000 [SERS_HUB_URL]")
     parser.add_argument("--token", help="bearer token for the hub [SERS_TOKEN]")

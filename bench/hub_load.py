@@ -102,7 +102,17 @@ async def run_phase(
     if bare_sizes:
         argv = [sys.executable, "-m", "bench.bare_broadcast", "--port", str(port), "--sizes", str(bare_sizes)]
     else:
-        argv = [sys.executable, "-m", "hub", "--port", str(port), "--state-db", "none", "--log-level", "WARNING"]
+        argv = [
+            sys.executable,
+            "-m",
+            "hub",
+            "--port",
+            str(port),
+            "--state-db",
+            "none",
+            "--log-level",
+            "WARNING",
+        ]
     env = None
     cwd = None
     if args.hub_path and not bare_sizes:

@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = free_port()
     hub = spawn(
         "hub",
-        [sys.executable, "-m", "hub", "--port", str(port), "--state-db", "", "--log-level", "WARNING"],
+        [sys.executable, "-m", "hub", "--port", str(port), "--state-db", "none", "--log-level", "WARNING"],
         log_dir,
         child_env(),
     )

@@ -64,7 +64,7 @@ async def run(args: argparse.Namespace, fig: Figures) -> None:
     base = f"http://127.0.0.1:{port}"
     hub = await Worker.start(
         "hub",
-        [sys.executable, "-m", "hub", "--port", str(port), "--log-level", "WARNING", "--state-db", ""],
+        [sys.executable, "-m", "hub", "--port", str(port), "--log-level", "WARNING", "--state-db", "none"],
         log_dir,
         jsonl=False,
     )

@@ -2,7 +2,7 @@
 
     python -m bench.hub_load [--nodes 2000[,3000,5000]] [--rate 1] [--viewers 50] [--tiny]
 
-For each node count: start ``python -m hub --port P --state-db ''``; connect the agents
+For each node count: start ``python -m hub --port P --state-db none``; connect the agents
 (:mod:`bench.load_agents`, real protocol, in ``--agent-procs`` processes) and then the viewers
 (:mod:`bench.load_viewers`, real ``/ws/view`` WebSockets offering permessage-deflate like a
 browser); let it run ``--warmup`` s; then hold a quiet gap (heartbeats only), let deltas flow for
@@ -102,7 +102,17 @@ async def run_phase(
     if bare_sizes:
         argv = [sys.executable, "-m", "bench.bare_broadcast", "--port", str(port), "--sizes", str(bare_sizes)]
     else:
-        argv = [sys.executable, "-m", "hub", "--port", str(port), "--state-db", "", "--log-level", "WARNING"]
+        argv = [
+            sys.executable,
+            "-m",
+            "hub",
+            "--port",
+            str(port),
+            "--state-db",
+            "none",
+            "--log-level",
+            "WARNING",
+        ]
     env = None
     cwd = None
     if args.hub_path and not bare_sizes:

@@ -258,7 +258,7 @@ async def shoot(args: argparse.Namespace) -> None:
         config.write_text(toml)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SERS_")}
         env["PYTHONPATH"] = str(REPO)
-        env["SERS_STATE_DB"] = ""
+        env["SERS_STATE_DB"] = "none"
         env["SERS_AGENT_MAX_MESSAGES_PER_S"] = "50"
         hub = subprocess.Popen(  # noqa: ASYNC220 - once, before anything else runs
             [

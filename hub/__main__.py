@@ -1,28 +1,36 @@
 """``sers-hub``: serve the dashboard and take agents, on uvicorn.
 
-``sers-hub forget NODE --state-db FILE`` removes a remembered node from the state file (with
+``sers-hub forget NODE [--state-db FILE]`` removes a remembered node from the state file (with
 the hub stopped; on a running hub use ``DELETE /api/v1/nodes/NODE``).
 
 On SIGTERM or SIGINT uvicorn closes every WebSocket with 1012 (service restart) and the hub
-exits within ``timeout_graceful_shutdown`` seconds, writing the state file once more.
+exits within ``timeout_graceful_shutdown`` seconds, writing the state file once more. After
+SIGINT (Ctrl-C) it exits with status 130, as shells expect of an interrupted command, and
+without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 
 from hub.app import create_app
+from hub.header_timeout import header_timeout_protocol
 from hub.memory import release_free_memory_forever, tune_gc, tune_malloc
-from hub.settings import HubSettings, SettingsError, load_settings
+from hub.settings import HubSettings, SettingsError, default_state_db, load_settings
 from hub.store import StoreError, forget_offline
+from node_agent.given import env_value
 from node_agent.protocol import MAX_MESSAGE_BYTES
 
 
@@ -72,6 +80,7 @@ def uvicorn_config(settings: HubSettings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         root_path=settings.root_path,
+        http=header_timeout_protocol(settings.header_timeout_s),
         proxy_headers=False,  # create_app applies uvicorn's proxy middleware itself (ProxyTrust)
         ws_max_size=MAX_MESSAGE_BYTES,  # agents send a few KiB; browsers send nothing
         ws_per_message_deflate=False,  # fragments are small; per-viewer compression costs 5x CPU
@@ -91,7 +100,13 @@ def forget(argv: Sequence[str]) -> int:
         "on a running hub use DELETE /api/v1/nodes/NODE).",
     )
     parser.add_argument("node", metavar="NODE", help="the node name")
-    parser.add_argument("--state-db", metavar="FILE", required=True, help="the hub's SQLite state file")
+    state_db = env_value(os.environ, "SERS_STATE_DB") or default_state_db(os.environ)
+    parser.add_argument(
+        "--state-db",
+        metavar="FILE",
+        default=state_db,
+        help=f"the hub's SQLite state file (default: {state_db}) [SERS_STATE_DB]",
+    )
     args = parser.parse_args(argv)
     try:
         forgotten = forget_offline(args.state_db, args.node)
@@ -117,6 +132,13 @@ def _is_loopback(host: str) -> bool:
 def warn_if_open(settings: HubSettings, log: logging.Logger) -> None:
     if _is_loopback(settings.host):
         return
+    if "*" in settings.trusted_hosts:
+        log.warning(
+            "trusted_hosts is '*' on %s: any host name is answered, so a web page can reach the hub "
+            "through DNS rebinding; list the names agents and browsers use (--trusted-hosts, "
+            "SERS_TRUSTED_HOSTS)",
+            settings.host,
+        )
     if settings.agent_token is None and not settings.node_tokens:
         log.warning("no agent token: anyone who reaches %s:%d can report nodes", settings.host, settings.port)
     if settings.view_token is None:
@@ -125,8 +147,34 @@ def warn_if_open(settings: HubSettings, log: logging.Logger) -> None:
         )
 
 
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Binds every address ``host`` resolves to, as uvicorn would, so that a busy port is
+    reported by :func:`main` with its remedy instead of as a line in uvicorn's log."""
+    bound: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly and re-raised SIGINT
+        return 130
+
+
+def _main(args: list[str]) -> int:
     if args[:1] == ["forget"]:
         return forget(args[1:])
     try:
@@ -135,20 +183,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sers-hub: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.state_db:
+        # the default's folder (~/.local/state/sers-monitor) may not exist yet; a folder that
+        # cannot be made is the store's to report (it runs without memory and tries again)
+        with contextlib.suppress(OSError):
+            Path(settings.state_db).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        sockets = listening_sockets(settings.host, settings.port)
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = (
+                f"; port {settings.port} is taken: pick another with --port N or "
+                "SERS_PORT=N (make run: PORT=N make run)"
+            )
+        print(
+            f"sers-hub: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}{hint}",
+            file=sys.stderr,
+        )
+        return 1
     warn_if_open(settings, logging.getLogger("sers.hub"))
     tune_malloc()
     config = uvicorn_config(settings)  # configures uvicorn's loggers: add the filter after
     logging.getLogger("uvicorn.error").addFilter(QuietConnections())
     server = HubServer(config)
     tune_gc()
-    try:
-        server.run()
-    except OSError as exc:
-        print(
-            f"sers-hub: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 1
+    server.run(sockets=sockets)
     return 0 if server.started else 1
 
 

@@ -5,7 +5,8 @@
   and ``/ws/view``. Scripts send ``Authorization: Bearer <view token>``. A kiosk opens a page
   once with ``?token=...``: the hub answers with an HttpOnly,
   SameSite=Strict cookie and redirects to the same URL without the token, so the token does not
-  stay in the address bar, the history or a screenshot.
+  stay in the address bar, the history or a screenshot. That redirect always stays on this hub
+  (:func:`local_location`).
 - ``/ws/view`` checks the browser's ``Origin`` against the hub's own origin (scheme from the
   scope, host from the ``Host`` header, or ``X-Forwarded-Host`` when the peer is a trusted proxy)
   and the configured ``allowed_origins``. Non-browser clients send no ``Origin`` and pass.
@@ -20,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
@@ -142,6 +143,23 @@ def needs_view_token(path: str) -> bool:
     return not (path == "/healthz" or path.startswith("/static/") or path == "/ws/agent")
 
 
+# Characters a redirect's path keeps as they are; everything else, backslashes and control
+# characters included, is percent-encoded (browsers read "\\" as "/" and drop tabs and newlines).
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
+
+
+def local_location(root_path: str, path: str) -> str:
+    """A ``Location`` that can only name a page of this hub: ``root_path`` and the (decoded)
+    request ``path`` with its leading slashes and backslashes collapsed into one, encoded again.
+
+    ``//evil.example/`` (a scheme-relative URL, and so another site, when sent back as a
+    Location) becomes ``/evil.example/``; so do ``/\\evil.example`` and their percent-encoded
+    forms, which reach here decoded.
+    """
+    root = root_path.strip("/\\")
+    return quote(("/" + root if root else "") + "/" + path.lstrip("/\\"), safe=_PATH_SAFE)
+
+
 class ViewAuth:
     """ASGI middleware enforcing the view token (only installed when one is configured)."""
 
@@ -183,7 +201,7 @@ class ViewAuth:
 
     def _login(self, scope: Scope, path: str, query: QueryParams) -> Response:
         rest = urlencode([(k, v) for k, v in query.multi_items() if k != "token"])
-        location = scope.get("root_path", "") + path + (f"?{rest}" if rest else "")
+        location = local_location(scope.get("root_path", ""), path) + (f"?{rest}" if rest else "")
         response = RedirectResponse(location, status_code=303, headers={"Cache-Control": "no-store"})
         response.set_cookie(
             VIEW_COOKIE,

@@ -1,20 +1,32 @@
 """The hub's settings: one frozen object built once from flags, ``SERS_*`` env vars and TOML.
 
+Each setting is declared once, as a field of :class:`HubSettings` made by :func:`setting`: its
+name is its TOML key, and its flag (``--name-with-dashes``), environment variable
+(``SERS_NAME``), help text and default live in the field's metadata. The argument parser, the
+environment and TOML readers and ``docs/settings.md`` (``python -m hub.settings >
+docs/settings.md``) are all derived from these declarations.
+
 Precedence: command-line flag, then environment variable, then the ``--config`` file, then the
-defaults below. Every error names the key it is about.
+default. An empty flag or variable counts as not given (:mod:`node_agent.given`), so it never
+switches off a token set further down. A token can also come from a file (``--token-file``,
+``SERS_TOKEN_FILE``); at one level a token beats its file. Every error names the flag, variable
+or key it is about.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hub.registry import Liveness, Naming
+from node_agent import __version__
+from node_agent.given import env_value, given, read_token_file
 
 
 class SettingsError(ValueError):
@@ -29,92 +41,55 @@ class GpuFreeRule:
     max_mem_percent: float = 5.0
 
 
+Kind = Literal["str", "int", "float", "list", "table"]
+_SCALAR_TYPES: dict[str, type] = {"str": str, "int": int, "float": float}
+_METADATA_KEY = "sers"
+
+
 @dataclass(frozen=True, slots=True)
-class HubSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    root_path: str = ""
-    log_level: str = "INFO"
-    agent_token: str | None = None  # one token shared by every agent
-    node_tokens: Mapping[str, str] = field(default_factory=dict)  # node name -> its own token
-    view_token: str | None = None
-    admin_token: str | None = None  # for forgetting nodes; falls back to agent_token
-    trusted_hosts: tuple[str, ...] = ("*",)
-    allowed_origins: tuple[str, ...] = ()
-    forwarded_allow_ips: str = "127.0.0.1"
-    liveness: Liveness = field(default_factory=Liveness)
-    names: Mapping[str, Naming] = field(default_factory=dict)  # node name or address -> naming
-    gpu_free: GpuFreeRule = field(default_factory=GpuFreeRule)
-    viewer_max_rate_hz: float = 10.0
-    viewer_send_timeout_s: float = 10.0
-    agent_max_messages_per_s: float = 20.0
-    max_nodes: int = 5000  # new node names beyond this are refused (1008)
-    state_db: str | None = "sers-hub.sqlite3"
-    history_s: float = 900.0
+class Declaration:
+    """How one hub setting is given: the metadata :func:`setting` puts on its field.
+
+    ``env`` and ``flag`` are ``None`` for TOML tables. ``from_file``: the value can also be read
+    from a file (``<flag>-file``, ``<env>_FILE``). ``default_from_env``: the default depends on
+    the environment (shown resolved in ``--help`` and as ``default_text`` in the docs).
+    """
+
+    kind: Kind
+    help: str
+    env: str | None
+    flag: str | None
+    metavar: str | None
+    from_file: bool
+    default_text: str | None
+    table: Callable[[Any, str], Any] | None
+    default_from_env: Callable[[Mapping[str, str]], Any] | None
 
 
-_SCALARS: dict[str, tuple[type, str]] = {
-    "host": (str, "SERS_HOST"),
-    "port": (int, "SERS_PORT"),
-    "root_path": (str, "SERS_ROOT_PATH"),
-    "log_level": (str, "SERS_LOG_LEVEL"),
-    "agent_token": (str, "SERS_TOKEN"),
-    "view_token": (str, "SERS_VIEW_TOKEN"),
-    "admin_token": (str, "SERS_ADMIN_TOKEN"),
-    "max_nodes": (int, "SERS_MAX_NODES"),
-    "forwarded_allow_ips": (str, "SERS_FORWARDED_ALLOW_IPS"),
-    "viewer_max_rate_hz": (float, "SERS_VIEWER_MAX_RATE_HZ"),
-    "viewer_send_timeout_s": (float, "SERS_VIEWER_SEND_TIMEOUT_S"),
-    "agent_max_messages_per_s": (float, "SERS_AGENT_MAX_MESSAGES_PER_S"),
-    "state_db": (str, "SERS_STATE_DB"),
-    "history_s": (float, "SERS_HISTORY_S"),
-}
-_LISTS = {"trusted_hosts": "SERS_TRUSTED_HOSTS", "allowed_origins": "SERS_ALLOWED_ORIGINS"}
+def setting(
+    default: Any,
+    kind: Kind,
+    help: str,
+    *,
+    env: str | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+    from_file: bool = False,
+    default_text: str | None = None,
+    table: Callable[[Any, str], Any] | None = None,
+    default_from_env: Callable[[Mapping[str, str]], Any] | None = None,
+) -> Any:
+    """A :class:`HubSettings` field. ``env`` and ``flag`` default to ``SERS_<NAME>`` and
+    ``--<name-with-dashes>`` (filled in by :func:`declarations`, which knows the name); a
+    ``table`` (TOML only) has neither. A callable ``default`` is a default factory."""
+    declared = Declaration(kind, help, env, flag, metavar, from_file, default_text, table, default_from_env)
+    metadata = {_METADATA_KEY: declared}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sers-hub",
-        description="sers-monitor hub: collects node agents' state and serves the live dashboard.",
-        epilog="Flags override SERS_* environment variables, which override the --config file.",
-    )
-    parser.add_argument("--config", metavar="FILE", help="TOML settings file [SERS_CONFIG]")
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1) [SERS_HOST]")
-    parser.add_argument("--port", help="port to listen on (default 8000) [SERS_PORT]")
-    parser.add_argument(
-        "--root-path",
-        metavar="PATH",
-        help="URL prefix when served under a sub-path, e.g. /monitor [SERS_ROOT_PATH]",
-    )
-    parser.add_argument("--token", dest="agent_token", help="token every agent must present [SERS_TOKEN]")
-    parser.add_argument(
-        "--token-file", metavar="FILE", help="read the agent token from FILE [SERS_TOKEN_FILE]"
-    )
-    parser.add_argument(
-        "--view-token", help="token needed to view the dashboard (default: none) [SERS_VIEW_TOKEN]"
-    )
-    parser.add_argument(
-        "--view-token-file", metavar="FILE", help="read the view token from FILE [SERS_VIEW_TOKEN_FILE]"
-    )
-    parser.add_argument(
-        "--admin-token-file",
-        metavar="FILE",
-        help="read the admin token (forgetting nodes) from FILE [SERS_ADMIN_TOKEN_FILE]",
-    )
-    parser.add_argument(
-        "--forwarded-allow-ips",
-        metavar="IPS",
-        help="proxies whose X-Forwarded-* headers are trusted [SERS_FORWARDED_ALLOW_IPS]",
-    )
-    parser.add_argument(
-        "--state-db",
-        metavar="FILE",
-        help="SQLite file of remembered nodes; '' for none [SERS_STATE_DB]",
-    )
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR [SERS_LOG_LEVEL]")
-    return parser
-
-
+# --------------------------------------------------------------------------- TOML tables
 def _convert(key: str, kind: type, raw: Any) -> Any:
     try:
         if kind is int and isinstance(raw, bool):
@@ -122,16 +97,6 @@ def _convert(key: str, kind: type, raw: Any) -> Any:
         return kind(raw)
     except (TypeError, ValueError):
         raise SettingsError(f"{key}: expected {kind.__name__}, got {raw!r}") from None
-
-
-def _from_toml(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
-    except OSError as exc:
-        raise SettingsError(f"--config: cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"--config: {path} is not valid TOML: {exc}") from None
 
 
 def _table(raw: Any, key: str) -> dict[str, Any]:
@@ -151,64 +116,318 @@ def _dataclass_from(cls: Any, raw: Any, key: str) -> Any:
     return cls(**values)
 
 
-def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.environ) -> HubSettings:
-    args = build_parser().parse_args(argv)
-    config_path = args.config or env.get("SERS_CONFIG")
-    doc = _from_toml(config_path) if config_path else {}
+def _node_tokens(raw: Any, key: str) -> dict[str, str]:
+    return {str(k): _convert(f"{key}.{k}", str, v) for k, v in _table(raw, key).items()}
+
+
+def _names(raw: Any, key: str) -> dict[str, Naming]:
+    return {str(k): _dataclass_from(Naming, v, f"{key}.{k}") for k, v in _table(raw, key).items()}
+
+
+def _liveness(raw: Any, key: str) -> Liveness:
+    result: Liveness = _dataclass_from(Liveness, raw, key)
+    return result
+
+
+def _gpu_free(raw: Any, key: str) -> GpuFreeRule:
+    result: GpuFreeRule = _dataclass_from(GpuFreeRule, raw, key)
+    return result
+
+
+# --------------------------------------------------------------------------- the state file
+STATE_FILE_NAME = "hub.sqlite3"
+NO_STATE_DB = "none"  # the state_db value for "remember nothing"
+
+
+def default_state_db(env: Mapping[str, str]) -> str:
+    """``$STATE_DIRECTORY/hub.sqlite3`` under systemd's ``StateDirectory=`` (its first
+    directory), else ``${XDG_STATE_HOME:-~/.local/state}/sers-monitor/hub.sqlite3``."""
+    state_directory = env_value(env, "STATE_DIRECTORY")
+    if state_directory:
+        return str(Path(state_directory.split(":")[0]) / STATE_FILE_NAME)
+    xdg = env_value(env, "XDG_STATE_HOME")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: relative paths are to be ignored
+        base = Path(xdg)
+    else:
+        home = env_value(env, "HOME")
+        base = (Path(home) if home else Path.home()) / ".local" / "state"
+    return str(base / "sers-monitor" / STATE_FILE_NAME)
+
+
+# --------------------------------------------------------------------------- the settings
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    host: str = setting(
+        "127.0.0.1", "str", "address to listen on; 0.0.0.0 or :: for every interface", metavar="ADDRESS"
+    )
+    port: int = setting(8000, "int", "port to listen on", metavar="PORT")
+    root_path: str = setting(
+        "",
+        "str",
+        "URL prefix when a proxy serves the hub under a sub-path and strips it, e.g. /monitor",
+        metavar="PATH",
+    )
+    log_level: str = setting("INFO", "str", "DEBUG, INFO, WARNING or ERROR", metavar="LEVEL")
+    agent_token: str | None = setting(
+        None,
+        "str",
+        "token every agent must present (Authorization: Bearer); none: any agent may report",
+        env="SERS_TOKEN",
+        flag="--token",
+        metavar="TOKEN",
+        from_file=True,
+    )
+    node_tokens: Mapping[str, str] = setting(
+        dict,
+        "table",
+        'per-node tokens, `name = "token"`: each speaks only for its node, which the shared '
+        "token then cannot claim",
+        table=_node_tokens,
+    )
+    view_token: str | None = setting(
+        None,
+        "str",
+        "token needed to view the dashboard, API and /metrics; none: anyone who reaches the hub may look",
+        metavar="TOKEN",
+        from_file=True,
+    )
+    admin_token: str | None = setting(
+        None,
+        "str",
+        "token for changes such as forgetting a node (DELETE /api/v1/nodes/NODE); none: the agent token",
+        metavar="TOKEN",
+        from_file=True,
+    )
+    trusted_hosts: tuple[str, ...] = setting(
+        ("*",),
+        "list",
+        "Host header values the hub answers (comma-separated; '*.domain' allowed); '*' for any, "
+        "which allows DNS rebinding on a non-loopback address",
+        metavar="HOSTS",
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        (),
+        "list",
+        "other origins whose pages may open /ws/view (comma-separated); the hub's own always may",
+        metavar="ORIGINS",
+    )
+    forwarded_allow_ips: str = setting(
+        "127.0.0.1",
+        "str",
+        "proxies whose X-Forwarded-* headers are believed (comma-separated addresses or networks)",
+        metavar="IPS",
+    )
+    liveness: Liveness = setting(  # noqa: RUF009 - setting() is a dataclasses.field()
+        Liveness,
+        "table",
+        "when a silent node turns stale and offline: `stale_after_intervals` (3), "
+        "`offline_after_intervals` (8), in multiples of its interval, and `min_offline_after_s` (3)",
+        table=_liveness,
+    )
+    names: Mapping[str, Naming] = setting(
+        dict,
+        "table",
+        "display name and group by node name or agent address: "
+        '`[names."gpu07"]` with `display_name` and `group`',
+        table=_names,
+    )
+    gpu_free: GpuFreeRule = setting(  # noqa: RUF009 - setting() is a dataclasses.field()
+        GpuFreeRule,
+        "table",
+        "a GPU counts as free with no processes and under `max_util_percent` (10) and `max_mem_percent` (5)",
+        table=_gpu_free,
+    )
+    viewer_max_rate_hz: float = setting(
+        10.0, "float", "most updates per second sent to one viewer", metavar="HZ"
+    )
+    viewer_send_timeout_s: float = setting(
+        10.0, "float", "a viewer whose send waits longer than this is dropped", metavar="SECONDS"
+    )
+    agent_max_messages_per_s: float = setting(
+        20.0,
+        "float",
+        "most messages per second from one agent (or 3 per announced interval, if more); close 1008 above",
+        metavar="RATE",
+    )
+    max_nodes: int = setting(
+        5000, "int", "new node names beyond this many are refused (close 1008)", metavar="N"
+    )
+    state_db: str | None = setting(
+        None,
+        "str",
+        "SQLite file of remembered nodes (its directory is created, mode 0700, when missing); "
+        f"'{NO_STATE_DB}' for none",
+        metavar="FILE",
+        default_text="`$STATE_DIRECTORY/hub.sqlite3` under systemd's `StateDirectory=`, else "
+        "`${XDG_STATE_HOME:-~/.local/state}/sers-monitor/hub.sqlite3`",
+        default_from_env=default_state_db,
+    )
+    history_s: float = setting(
+        900.0, "float", "seconds of history kept per node for the node page", metavar="SECONDS"
+    )
+    header_timeout_s: float = setting(
+        10.0,
+        "float",
+        "an HTTP connection must send a complete request head (and a kept-alive one its next "
+        "request's head) within this, or it is closed",
+        metavar="SECONDS",
+    )
+
+
+def declarations() -> Iterator[tuple[str, Declaration]]:
+    """Every hub setting, in declaration order, with its flag and env var filled in."""
+    for f in fields(HubSettings):
+        yield f.name, _declaration(f)
+
+
+def _declaration(f: Field[Any]) -> Declaration:
+    declared: Declaration = f.metadata[_METADATA_KEY]
+    if declared.kind == "table":
+        return declared
+    return replace(
+        declared,
+        env=declared.env or "SERS_" + f.name.upper(),
+        flag=declared.flag or "--" + f.name.replace("_", "-"),
+    )
+
+
+def _file_env(declared: Declaration) -> str:
+    return f"{declared.env}_FILE"
+
+
+def _file_flag(declared: Declaration) -> str:
+    return f"{declared.flag}-file"
+
+
+def _default_text(name: str, declared: Declaration, env: Mapping[str, str] | None) -> str:
+    """The default as ``--help`` (with ``env``: resolved) or the docs (``env`` None) show it."""
+    if declared.default_from_env is not None:
+        if env is not None:
+            return str(declared.default_from_env(env))
+        return declared.default_text or ""
+    value = getattr(HubSettings(), name)
+    if value is None or value in ("", ()):
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------- flags
+CONFIG_ENV = "SERS_CONFIG"
+
+
+def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    """Flags for every setting but the TOML tables. Each flag's ``dest`` is its env var's name,
+    so that flags and environment go through the same reader (:func:`_layer`)."""
+    tables = ", ".join(f"[{name}]" for name, d in declarations() if d.kind == "table")
+    parser = argparse.ArgumentParser(
+        prog="sers-hub",
+        description="sers-monitor hub: collects node agents' state and serves the live dashboard.",
+        epilog=f"Flags override SERS_* environment variables, which override the --config file. "
+        f"An empty flag or variable counts as not given. TOML only: {tables}. "
+        f"Every setting: docs/settings.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"sers-hub {__version__}")
+    parser.add_argument(
+        "--config", metavar="FILE", dest=CONFIG_ENV, help=f"TOML settings file [{CONFIG_ENV}]"
+    )
+    for name, declared in declarations():
+        if declared.kind == "table":
+            continue
+        assert declared.flag is not None and declared.env is not None
+        default = _default_text(name, declared, env)
+        parser.add_argument(
+            declared.flag,
+            dest=declared.env,
+            metavar=declared.metavar,
+            help=f"{declared.help} (default: {default}) [{declared.env}]".replace("%", "%%"),
+        )
+        if declared.from_file:
+            parser.add_argument(
+                _file_flag(declared),
+                dest=_file_env(declared),
+                metavar="FILE",
+                help=f"read {declared.flag}'s value from FILE [{_file_env(declared)}]",
+            )
+    return parser
+
+
+# --------------------------------------------------------------------------- reading
+def _from_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise SettingsError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"--config: {path} is not valid TOML: {exc}") from None
+
+
+def _toml_layer(doc: Mapping[str, Any], path: str | None) -> dict[str, Any]:
+    declared = dict(declarations())
     values: dict[str, Any] = {}
-    known = {f.name for f in fields(HubSettings)}
     for key, raw in doc.items():
-        if key not in known:
-            raise SettingsError(f"{key}: unknown setting in {config_path}")
-        if key in _SCALARS:
-            values[key] = _convert(key, _SCALARS[key][0], raw)
-        elif key in _LISTS:
+        if key not in declared:
+            raise SettingsError(f"{key}: unknown setting in {path}")
+        kind = declared[key].kind
+        table = declared[key].table
+        if table is not None:
+            values[key] = table(raw, key)
+        elif kind == "list":
             if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
                 raise SettingsError(f"{key}: expected a list of strings, got {raw!r}")
-            values[key] = tuple(raw)
-        elif key == "node_tokens":
-            values[key] = {str(k): _convert(f"node_tokens.{k}", str, v) for k, v in _table(raw, key).items()}
-        elif key == "names":
-            values[key] = {
-                str(k): _dataclass_from(Naming, v, f"names.{k}") for k, v in _table(raw, key).items()
-            }
-        elif key == "liveness":
-            values[key] = _dataclass_from(Liveness, raw, key)
-        elif key == "gpu_free":
-            values[key] = _dataclass_from(GpuFreeRule, raw, key)
-    for key, (kind, var) in _SCALARS.items():
-        if var in env:
-            values[key] = _convert(var, kind, env[var])
-    for key, var in _LISTS.items():
-        if var in env:
-            values[key] = tuple(x.strip() for x in env[var].split(",") if x.strip())
-    for key, flag, var in (
-        ("agent_token", "token_file", "SERS_TOKEN_FILE"),
-        ("view_token", "view_token_file", "SERS_VIEW_TOKEN_FILE"),
-        ("admin_token", "admin_token_file", "SERS_ADMIN_TOKEN_FILE"),
-    ):
-        token_file = getattr(args, flag) or env.get(var)
-        if token_file:
-            try:
-                values[key] = Path(token_file).read_text().strip()
-            except OSError as exc:
-                option = "--" + flag.replace("_", "-")
-                raise SettingsError(f"{option}: cannot read {token_file}: {exc.strerror}") from None
-    for key in (
-        "host",
-        "port",
-        "root_path",
-        "agent_token",
-        "view_token",
-        "forwarded_allow_ips",
-        "state_db",
-        "log_level",
-    ):
-        flag = getattr(args, key)
-        if flag is not None:
-            values[key] = _convert(f"--{key.replace('_', '-')}", _SCALARS[key][0], flag)
-    settings = replace(HubSettings(), **values)
-    return _checked(settings)
+            if raw:  # an empty list, like an empty string, is not given
+                values[key] = tuple(raw)
+        elif not (isinstance(raw, str) and given(raw) is None):
+            values[key] = _convert(key, _SCALAR_TYPES[kind], raw)
+    return values
+
+
+def _parse(label: str, declared: Declaration, raw: str) -> Any:
+    """A flag's or variable's value; ``None`` for a list with no items (not given)."""
+    if declared.kind == "list":
+        items = tuple(x.strip() for x in raw.split(",") if x.strip())
+        return items or None
+    return _convert(label, _SCALAR_TYPES[declared.kind], raw)
+
+
+def _layer(source: Mapping[str, str | None], flags: bool) -> dict[str, Any]:
+    """The settings given in ``source``: the environment, or the parsed flags keyed by env name.
+
+    Error messages name the flag (``flags``) or the variable.
+    """
+    values: dict[str, Any] = {}
+    for name, declared in declarations():
+        if declared.env is None or declared.flag is None:
+            continue
+        label = declared.flag if flags else declared.env
+        raw = given(source.get(declared.env))
+        value = _parse(label, declared, raw) if raw is not None else None
+        if value is None and declared.from_file:
+            path = given(source.get(_file_env(declared)))
+            if path is not None:
+                try:
+                    value = read_token_file(path)
+                except ValueError as exc:
+                    raise SettingsError(
+                        f"{_file_flag(declared) if flags else _file_env(declared)}: {exc}"
+                    ) from None
+        if value is not None:
+            values[name] = value
+    return values
+
+
+def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.environ) -> HubSettings:
+    flags: dict[str, str | None] = vars(build_parser(env).parse_args(argv))
+    config_path = given(flags[CONFIG_ENV]) or env_value(env, CONFIG_ENV)
+    values = _toml_layer(_from_toml(config_path) if config_path else {}, config_path)
+    values |= _layer(env, flags=False)
+    values |= _layer(flags, flags=True)
+    for name, declared in declarations():
+        if name not in values and declared.default_from_env is not None:
+            values[name] = declared.default_from_env(env)
+    return _checked(replace(HubSettings(), **values))
 
 
 def _checked(settings: HubSettings) -> HubSettings:
@@ -219,10 +438,14 @@ def _checked(settings: HubSettings) -> HubSettings:
         raise SettingsError(f"root_path: must start with '/', got {settings.root_path!r}")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"log_level: unknown level {settings.log_level!r}")
-    if settings.viewer_max_rate_hz <= 0:
-        raise SettingsError("viewer_max_rate_hz: must be positive")
-    if settings.agent_max_messages_per_s <= 0:
-        raise SettingsError("agent_max_messages_per_s: must be positive")
+    for name in (
+        "viewer_max_rate_hz",
+        "agent_max_messages_per_s",
+        "viewer_send_timeout_s",
+        "header_timeout_s",
+    ):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"{name}: must be positive")
     if settings.max_nodes < 1:
         raise SettingsError(f"max_nodes: must be at least 1, got {settings.max_nodes}")
     for pattern in settings.trusted_hosts:
@@ -237,5 +460,42 @@ def _checked(settings: HubSettings) -> HubSettings:
         agent_token=settings.agent_token or None,
         view_token=settings.view_token or None,
         admin_token=settings.admin_token or None,
-        state_db=settings.state_db or None,
+        state_db=None if settings.state_db in (None, "", NO_STATE_DB) else settings.state_db,
     )
+
+
+# --------------------------------------------------------------------------- docs/settings.md
+def settings_reference() -> str:
+    """``docs/settings.md``: every hub setting with its flag, variable, TOML key and default."""
+    lines = [
+        "# Hub settings",
+        "",
+        "<!-- Generated from hub/settings.py by `python -m hub.settings > docs/settings.md`; "
+        "tests/test_settings.py checks that it is current. -->",
+        "",
+        "Each setting can be given as a flag, an environment variable or a key in the TOML file named",
+        f"by `--config FILE` (`{CONFIG_ENV}`). A flag beats a variable, which beats the file, which beats",
+        "the default. An empty flag or variable counts as not given. Settings that can come from a file",
+        "(`--token-file`, `SERS_TOKEN_FILE`) read it at startup; the file must not be empty.",
+        "",
+        "| TOML key | flag | environment | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for name, declared in declarations():
+        if declared.kind == "table":
+            flag, env = "(TOML table)", "—"
+            default = "none" if name in ("node_tokens", "names") else "see meaning"
+        else:
+            flag = f"`{declared.flag} {declared.metavar}`"
+            env = f"`{declared.env}`"
+            if declared.from_file:
+                flag += f", `{_file_flag(declared)} FILE`"
+                env += f", `{_file_env(declared)}`"
+            default = _default_text(name, declared, None)
+            default = default if default.startswith("`") else f"`{default}`"
+        lines.append(f"| `{name}` | {flag} | {env} | {default} | {declared.help} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_reference())

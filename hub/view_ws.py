@@ -1,5 +1,8 @@
 """``/ws/view``: one browser. It gets the full state, then rendered changes; it never sends.
 
+A viewer that sends a message anyway is not a browser running the hub's page: it is closed with
+1008 (policy) and the refusal logged (at most once per source per minute).
+
 A browser's ``Origin`` must be the hub's own or an allowed one (HTTP 403 before accept
 otherwise); the view token, when configured, was checked by :class:`hub.security.ViewAuth`.
 A viewer that stops reading is dropped once a send has waited ``viewer_send_timeout_s``; its
@@ -13,12 +16,14 @@ import asyncio
 import contextlib
 
 from starlette.responses import PlainTextResponse
+from starlette.status import WS_1000_NORMAL_CLOSURE
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hub.fanout import Viewer
 from hub.pages import view_filter_from
 from hub.security import FailureLog, OriginPolicy, client_address
 from hub.state import HubState
+from node_agent.protocol import CLOSE_POLICY
 
 CLOSE_TIMEOUT_S = 2.0
 
@@ -26,8 +31,8 @@ CLOSE_TIMEOUT_S = 2.0
 async def view_endpoint(websocket: WebSocket) -> None:
     hub: HubState = websocket.app.state.hub
     origins: OriginPolicy = websocket.app.state.origins
+    failures: FailureLog = websocket.app.state.failures
     if not origins.allows(websocket.scope):
-        failures: FailureLog = websocket.app.state.failures
         failures.refused(
             client_address(websocket.scope), f"a viewer from origin {websocket.headers.get('origin')!r}"
         )
@@ -42,8 +47,14 @@ async def view_endpoint(websocket: WebSocket) -> None:
     hub.fanout.add_viewer(viewer)
     sender = asyncio.create_task(viewer.run())
     reader = asyncio.create_task(_drain(websocket))
+    code, reason = WS_1000_NORMAL_CLOSURE, ""
     try:
-        await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if sender in done:  # the viewer fell too far behind, or its socket failed
+            code, reason = CLOSE_POLICY, "too slow to take updates"
+        elif reader.exception() is None and reader.result():
+            code, reason = CLOSE_POLICY, "viewers send nothing"
+            failures.refused(client_address(websocket.scope), "a viewer that sent data on /ws/view")
     finally:
         hub.fanout.remove_viewer(viewer)
         for task in (sender, reader):
@@ -51,13 +62,13 @@ async def view_endpoint(websocket: WebSocket) -> None:
         await asyncio.gather(sender, reader, return_exceptions=True)  # a gone browser is no error
         # a frozen browser never lets the close frame out: give up on it after a moment
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(websocket.close(1008 if sender.done() else 1000), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(websocket.close(code, reason), CLOSE_TIMEOUT_S)
 
 
-async def _drain(websocket: WebSocket) -> None:
-    """Browsers send nothing; reading still notices when they leave."""
+async def _drain(websocket: WebSocket) -> bool:
+    """Waits until the browser leaves (``False``) or sends a message (``True``): browsers
+    running the hub's page send nothing, but reading notices when they leave."""
     with contextlib.suppress(WebSocketDisconnect):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
+        message = await websocket.receive()
+        return message["type"] == "websocket.receive"
+    return False

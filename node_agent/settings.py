@@ -1,4 +1,8 @@
-"""The agent's settings: one frozen object, built once from CLI flags and ``SERS_*`` env vars."""
+"""The agent's settings: one frozen object, built once from CLI flags and ``SERS_*`` env vars.
+
+A flag beats its variable; an empty flag or variable counts as not given (:mod:`node_agent.given`,
+the rule the hub follows too).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ import posixpath
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from node_agent import __version__
+from node_agent.given import env_value, given, read_token_file
 from node_agent.protocol import NODE_NAME_RE
 
 
@@ -71,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
             "sers-monitor node agent: samples this machine (psutil) and its NVIDIA GPUs (NVML) "
             "and streams the state to a sers-hub over one WebSocket."
         ),
-        epilog="Every option can also be set by the environment variable named in brackets.",
+        epilog="Every option can also be set by the environment variable named in brackets; an empty "
+        "flag or variable counts as not given.",
     )
     parser.add_argument("--hub", metavar="URL", help="hub URL, e.g. http://hub:8000 [SERS_HUB_URL]")
     parser.add_argument("--token", help="bearer token for the hub [SERS_TOKEN]")
@@ -115,22 +120,26 @@ def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _token(token: str | None, token_file: str | None, file_label: str) -> str | None:
+    """One source's token (flags, or the environment): the token itself beats its file."""
+    if token is not None or token_file is None:
+        return token
+    try:
+        return read_token_file(token_file)
+    except ValueError as exc:
+        raise SettingsError(f"{file_label}: {exc}") from None
+
+
 def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.environ) -> AgentSettings:
     args = build_parser().parse_args(argv)
 
     def pick(flag: str | None, var: str) -> str | None:
-        return flag if flag is not None else env.get(var)
+        return given(flag) or env_value(env, var)
 
     hub = pick(args.hub, "SERS_HUB_URL")
-    token = pick(args.token, "SERS_TOKEN") or None  # empty (as Compose and Helm set it) is unset
-    token_file = pick(args.token_file, "SERS_TOKEN_FILE")
-    if token is None and token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise SettingsError(
-                f"--token-file / SERS_TOKEN_FILE: cannot read {token_file}: {exc.strerror}"
-            ) from None
+    token = _token(given(args.token), given(args.token_file), "--token-file")
+    if token is None:
+        token = _token(env_value(env, "SERS_TOKEN"), env_value(env, "SERS_TOKEN_FILE"), "SERS_TOKEN_FILE")
     name = pick(args.name, "SERS_NODE_NAME") or default_node_name()
     if not NODE_NAME_RE.fullmatch(name):
         raise SettingsError(

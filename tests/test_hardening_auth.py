@@ -4,10 +4,12 @@ rate-limited refusal logs, and forgetting remembered nodes (API and CLI)."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
@@ -155,6 +157,104 @@ def test_view_token_cookie_flow_over_http(tmp_path: Path, procs: list[Proc]) -> 
         viewer.close()
     view_refusals = [x for x in hub_log(hub).splitlines() if "refused a wrong view token" in x]
     assert len(view_refusals) == 1, view_refusals
+
+
+def test_empty_variables_keep_the_config_files_tokens(tmp_path: Path, procs: list[Proc]) -> None:
+    """``SERS_TOKEN=`` and ``SERS_VIEW_TOKEN=`` (as Compose, Helm and systemd set them) count as
+    unset: the tokens in the TOML file still apply."""
+    config = tmp_path / "hub.toml"
+    config.write_text('agent_token = "file-agent"\nview_token = "file-view"\n')
+    hub = start_hub(
+        tmp_path, procs, SERS_CONFIG=str(config), SERS_TOKEN="", SERS_VIEW_TOKEN="", SERS_TOKEN_FILE=""
+    )
+    assert refused_status(lambda: open_agent(hub)) == 401
+    assert refused_status(lambda: open_viewer(hub)) == 401
+    assert httpx.get(hub.url + "/").status_code == 401
+    assert (
+        httpx.get(hub.url + "/api/v1/nodes", headers={"Authorization": "Bearer file-view"}).status_code == 200
+    )
+    ws = open_agent(hub, token="file-agent")
+    ws.send(hello("with-token"))
+    ws.send(delta(1, snapshot()))
+    wait_until(
+        lambda: "with-token" in httpx.get(hub.url + "/?token=file-view", follow_redirects=True).text,
+        15,
+        what="the node on the page",
+    )
+    ws.close()
+
+
+def raw_get(port: int, target: str) -> tuple[int, dict[str, str]]:
+    """Sends ``target`` exactly as given (no client-side clean-up); returns status and headers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in head[1:])
+    return int(head[0].split()[1]), {k.lower(): v for k, v in headers.items()}
+
+
+HOSTILE_TARGETS = [
+    "//evil.example/",
+    "///evil.example/",
+    "/\\evil.example/",
+    "/\\/evil.example/",
+    "\\\\evil.example/",
+    "/%2F%2Fevil.example/",
+    "/%2F/evil.example/",
+    "/%5Cevil.example/",
+    "/%5C%5Cevil.example/",
+    "/%2f%5cevil.example/",
+    "/%09/evil.example/",
+    "//evil.example/%2e%2e/",
+    "/./%2Fevil.example/",
+    "//evil.example",
+    "//@evil.example/",
+]
+
+
+@pytest.mark.parametrize("root_path", ["", "/monitor"])
+def test_the_login_redirect_stays_on_the_hub(root_path: str, tmp_path: Path, procs: list[Proc]) -> None:
+    args = ("--root-path", root_path) if root_path else ()
+    hub = start_hub(tmp_path, procs, *args, SERS_VIEW_TOKEN="v1ew")
+    own = f"127.0.0.1:{hub.port}"
+    status, headers = raw_get(hub.port, "/node/a%20b?x=1&token=v1ew")
+    assert (status, headers["location"]) == (303, root_path + "/node/a%20b?x=1"), "an ordinary login"
+    for target in HOSTILE_TARGETS:
+        status, headers = raw_get(hub.port, target + "?token=v1ew")
+        if status == 400:  # refused outright (h11 takes no target that does not start with '/')
+            continue
+        assert status == 303, (target, status)
+        location = headers["location"]
+        assert location.startswith(root_path + "/"), (target, location)
+        assert not location.startswith(("//", "/\\")) and "\\" not in location, (target, location)
+        resolved = urlsplit(urljoin(f"http://{own}/", location))
+        assert (resolved.scheme, resolved.netloc) == ("http", own), (target, location)
+
+
+def test_a_viewer_that_sends_is_closed(tmp_path: Path, procs: list[Proc]) -> None:
+    hub = start_hub(tmp_path, procs)
+    viewer = open_viewer(hub)
+    try:
+        assert 'id="nodes"' in recv_text(viewer)
+        viewer.send("browsers never send this")
+        assert close_code(viewer) == (1008, "viewers send nothing")
+    finally:
+        viewer.close()
+    line = wait_until(
+        lambda: next((x for x in hub_log(hub).splitlines() if "sent data on /ws/view" in x), None),
+        10,
+        what="the refusal in the hub's log",
+    )
+    assert "refused a viewer that sent data on /ws/view from 127.0.0.1" in line
+    quiet = open_viewer(hub)  # one that only listens stays
+    try:
+        assert 'id="nodes"' in recv_text(quiet)
+        quiet.ping().wait(5)
+    finally:
+        quiet.close()
 
 
 def test_kiosk_opens_the_token_url_once_in_chromium(tmp_path: Path, procs: list[Proc]) -> None:

@@ -14,14 +14,17 @@ endif
 .PHONY: help run demo test lint bench bench-tiny clean
 
 help:
-	@echo "make run    hub + an agent for this machine: dashboard on http://$(HOST):$(PORT), state in sers-hub.sqlite3"
-	@echo "make demo   the hub with a simulated lab of 36 GPU servers (no GPU needed): http://$(HOST):$(PORT)"
-	@echo "make test   lint (ruff), types (mypy) and the whole test suite (pytest)"
-	@echo "make lint   ruff and mypy only"
-	@echo "make bench  the benchmarks (a few minutes; see BENCHMARKS.md); make bench-tiny: each one tiny"
-	@echo "make clean  remove .venv, caches, build outputs and what run and the tests leave behind"
-	@echo "Options: make run PORT=8080 HOST=0.0.0.0 (run and demo; HOST=0.0.0.0 listens on every"
-	@echo "         interface: set a token first, see README.md). Ctrl-C stops everything."
+	@echo "make run         hub + an agent for this machine: dashboard on http://$(HOST):$(PORT),"
+	@echo "                 the hub's state in sers-hub.sqlite3 here"
+	@echo "make demo        the hub with a simulated lab of 36 GPU servers (no GPU needed), same address"
+	@echo "make test        lint (ruff), types (mypy) and the whole test suite (pytest)"
+	@echo "make lint        ruff and mypy only"
+	@echo "make bench       the benchmarks, a few minutes (BENCHMARKS.md)"
+	@echo "make bench-tiny  each benchmark at a tiny size, to check that it works"
+	@echo "make clean       remove .venv, caches, build outputs and what run and the tests leave"
+	@echo "make help        this list (plain make prints it too)"
+	@echo "Options for run and demo: PORT=8080, HOST=0.0.0.0 (listens on every interface: set a"
+	@echo "token first, see README.md). Ctrl-C stops everything they started."
 
 $(BIN)/sers-hub: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

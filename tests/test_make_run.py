@@ -156,3 +156,61 @@ def test_hub_and_agent_stop_when_the_launcher_is_killed(tmp_path: Path, sessions
     session.popen.kill()  # no chance to clean up: the children's parent-death signal does it
     session.popen.wait()
     session.assert_nothing_left()
+
+
+def test_make_help_lists_every_target_and_the_options() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    (phony,) = [line for line in makefile.splitlines() if line.startswith(".PHONY:")]
+    targets = phony.split(":", 1)[1].split()
+    done = subprocess.run(
+        ["make", "-s", "-f", str(REPO / "Makefile"), "help"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout
+    for target in targets:
+        assert f"make {target}" in listed, target
+    assert "PORT=" in listed and "HOST=" in listed
+    assert "http://127.0.0.1:8000" in listed
+
+
+# What make run, the tests and the builds leave in a checkout.
+LEFTOVERS = (
+    ".venv/bin/python",
+    ".mypy_cache/x",
+    ".ruff_cache/x",
+    ".pytest_cache/x",
+    ".hypothesis/examples/x",
+    "build/lib/x",
+    "dist/sers_monitor-0.1.0.tar.gz",
+    "sers_monitor.egg-info/PKG-INFO",
+    "sers-hub.sqlite3",
+    "sers-hub.sqlite3-wal",
+    "sers-hub.sqlite3-shm",
+    "hub/__pycache__/app.cpython-311.pyc",
+    "tests/fake_nvml/__pycache__/x.pyc",
+)
+
+
+def test_make_clean_removes_every_leftover_and_git_ignores_them(tmp_path: Path) -> None:
+    for leftover in LEFTOVERS:
+        (tmp_path / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / leftover).write_text("x")
+    (tmp_path / "hub" / "app.py").write_text("kept")
+    done = subprocess.run(
+        ["make", "-s", "-f", str(REPO / "Makefile"), "clean"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["hub/app.py"]
+    if shutil.which("git") and (REPO / ".git").exists():
+        ignored = subprocess.run(
+            ["git", "-C", str(REPO), "check-ignore", "--no-index", *LEFTOVERS],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert sorted(ignored.stdout.split()) == sorted(LEFTOVERS)

@@ -84,7 +84,9 @@ def test_the_demo_shows_a_realistic_lab_and_ctrl_c_stops_it(
     assert session_members(demo.pid) == {}
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.skipif(
+    shutil.which("make") is None or not (VENV / "bin" / "python").exists(), reason="needs make and a venv"
+)
 def test_make_demo_on_the_port_given_and_sigterm_stops_it(
     tmp_path: Path, sessions: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -20,9 +20,11 @@ import pytest
 from tests.procs import REPO, base_env, free_port, wait_until
 from tests.sessions import kill_session, session_members, start_session
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-
 VENV = Path(sys.executable).parent.parent
+# make runs $(VENV)/bin/python: the tests' own interpreter, when it lives in a venv
+pytestmark = pytest.mark.skipif(
+    shutil.which("make") is None or not (VENV / "bin" / "python").exists(), reason="needs make and a venv"
+)
 
 
 def make_run(port: int) -> list[str]:

@@ -9,7 +9,7 @@ ARG BASE=python:3.12-slim
 # ---------------------------------------------------------------- build: a venv with the project
 FROM ${BASE} AS build
 WORKDIR /src
-# .dockerignore lets in only pyproject.toml, README.md and the three packages.
+# .dockerignore lets in only pyproject.toml, README.md, LICENSE and the three packages.
 COPY . .
 RUN python3 -m venv /opt/sers \
  && /opt/sers/bin/pip install --no-cache-dir --disable-pip-version-check . \

@@ -17,7 +17,6 @@ from frontend.viewmodels import (
     fmt_ago,
     fmt_bytes,
     fmt_duration,
-    fmt_short_bytes,
     fmt_used_of,
     gpu_is_free,
     gpu_tally,
@@ -91,8 +90,8 @@ def make_node(
         (1.2 * 1024**4, "1.2T"),
     ],
 )
-def test_short_bytes_fit_four_characters(value: float | None, short: str) -> None:
-    assert fmt_short_bytes(value) == short
+def test_bytes_fit_four_characters(value: float | None, short: str) -> None:
+    assert fmt_bytes(value) == short
     assert len(short) <= 4
 
 
@@ -104,7 +103,6 @@ def test_used_of_shares_the_unit_when_it_can() -> None:
 
 
 def test_long_formats() -> None:
-    assert fmt_bytes(1536 * 1024**2) == "1.5 GiB"
     assert fmt_bytes(None) == "–"
     assert [fmt_duration(s) for s in (5, 125, 3 * 3600 + 5 * 60, 12 * 86400 + 4 * 3600)] == [
         "5s",
@@ -161,7 +159,7 @@ def test_gpu_row_texts() -> None:
     assert (view.temp_text, view.temp_cls) == ("85°", "w")
     assert view.power_text == "612/700W"
     bare = gpu_view("n1", "0", {"name": "T4"}, 10, 5)
-    assert (bare.util.text, bare.mem.text, bare.temp_text, bare.power_text) == ("–", "–", "–", "–W")
+    assert (bare.util.text, bare.mem.text, bare.temp_text, bare.power_text) == ("–", "–", "–", "–")
 
 
 def test_users_ranked_by_gpu_memory_with_more_count() -> None:
@@ -289,10 +287,12 @@ def test_spark_view_is_right_aligned_and_fixed_width() -> None:
 def test_field_labels_and_texts_follow_units_in_names() -> None:
     assert field_label("mem_used_bytes") == "mem used"
     assert field_label("net_rx_bytes_per_s") == "network receive"
-    assert field_text("mem_used_bytes", 1536 * 1024**2) == "1.5 GiB"
-    assert field_text("net_rx_bytes_per_s", 2048) == "2.0 KiB/s"
-    assert field_text("temp_celsius", 71.6) == "72 °C"
-    assert field_text("power_draw_watts", 250) == "250.0 W"
+    assert field_text("mem_used_bytes", 1536 * 1024**2) == "1.5G"
+    assert field_text("net_rx_bytes_per_s", 2048) == "2.0K/s"
+    assert field_text("temp_celsius", 71.6) == "72°"
+    assert field_text("power_draw_watts", 250) == "250W"
+    assert field_text("util_gpu_percent", 97.4) == "97%"
+    assert field_text("load_avg_5m", 12.345) == "12.35"
     assert field_text("clock_sm_mhz", 1980) == "1980 MHz"
     assert field_text("boot_time_epoch_s", 0) == "1970-01-01 00:00:00 UTC"
     assert field_text("uptime_s", 3700) == "1h 01m"
@@ -345,8 +345,8 @@ def test_detail_view_lists_every_reported_field() -> None:
     assert facts["PCI bus id"] == "0000:18:00.0" and facts["throttle reasons"] == "thermal"
     assert list(facts).count("PCI bus id") == 1
     assert [(p.pid, p.user, p.command, p.gpu_mem_text) for p in g.processes] == [
-        ("12", "unknown", "unknown", "3.0 GiB"),
-        ("11", "ann", "python", "1.0 GiB"),
+        ("12", "unknown", "unknown", "3.0G"),
+        ("11", "ann", "python", "1.0G"),
     ]
     assert g.state == "b" and g.history.main.startswith("M")
     assert view.host_history.main.count(",") == 2

@@ -636,7 +636,12 @@ _FORMATTERS = (  # by the unit at the end of a field's name; the first that matc
     ("_epoch_s", fmt_epoch),
     ("_s", fmt_duration),
 )
-_FORMATTERS_BY_NAME = {"pstate": fmt_pstate, "load_avg_1m": fmt_load, "load_avg_5m": fmt_load, "load_avg_15m": fmt_load}
+_FORMATTERS_BY_NAME = {
+    "pstate": fmt_pstate,
+    "load_avg_1m": fmt_load,
+    "load_avg_5m": fmt_load,
+    "load_avg_15m": fmt_load,
+}
 
 
 def field_text(name: str, value: Any) -> str:

@@ -367,7 +367,7 @@ def _number_checker(bounds: Bounds) -> Checker:
             return None
         if kind is not float and kind is not int:
             raise _Invalid("a number", value)
-        raise _Invalid(f"a number from {low:g} to {high:g}", value)
+        raise _Invalid(f"a number from {low:.15g} to {high:.15g}", value)
 
     return check
 
@@ -386,7 +386,7 @@ def _int_checker(bounds: Bounds) -> Checker:
             return None
         if value.__class__ is not int:
             raise _Invalid("an integer", value)
-        raise _Invalid(f"an integer from {low:g} to {high:g}", value)
+        raise _Invalid(f"an integer from {low:.15g} to {high:.15g}", value)
 
     return check
 
@@ -788,7 +788,9 @@ def nulls_for_out_of_bounds(obj: Mapping[str, Any], cls: type, path: str, nulled
                     new = None
             else:
                 items = [
-                    nulls_for_out_of_bounds(v, arg, f"{path}.{name}[{i}]", nulled) if isinstance(v, dict) else v
+                    nulls_for_out_of_bounds(v, arg, f"{path}.{name}[{i}]", nulled)
+                    if isinstance(v, dict)
+                    else v
                     for i, v in enumerate(value)
                 ]
                 if any(a is not b for a, b in zip(items, value, strict=True)):
@@ -817,7 +819,9 @@ def snapshot_within_bounds(snapshot: Snapshot) -> tuple[Snapshot, list[str]]:
     gpus = snapshot.get("gpus")
     if isinstance(gpus, dict):
         fitted_gpus = {
-            index: nulls_for_out_of_bounds(gpu, GpuSample, f"gpus.{index}", nulled) if isinstance(gpu, dict) else gpu
+            index: nulls_for_out_of_bounds(gpu, GpuSample, f"gpus.{index}", nulled)
+            if isinstance(gpu, dict)
+            else gpu
             for index, gpu in gpus.items()
         }
         if any(fitted_gpus[i] is not gpus[i] for i in gpus):

@@ -127,7 +127,7 @@ def fmt_pstate(value: object) -> str:
 
 def fmt_count(value: object) -> str:
     """Cores, users, errors, indexes: ``64``, ``1.5e+20``."""
-    if value.__class__ is int:
+    if value.__class__ is int and -(2**63) <= value < 2**64:  # type: ignore[operator]
         return str(value)
     number = _finite(value)
     return DASH if number is None else f"{number:g}"
@@ -328,7 +328,8 @@ def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
     per_user: dict[str, int] = {}
     for proc in processes:
         user = proc.get("user") or (f"pid {proc.get('pid')}" if proc.get("pid") is not None else "unknown")
-        per_user[user] = per_user.get(user, 0) + (proc.get("gpu_mem_bytes") or 0)
+        mem = proc.get("gpu_mem_bytes")
+        per_user[user] = per_user.get(user, 0) + (mem if mem.__class__ is int else 0)
     if len(per_user) == 1:
         return list(per_user.items())
     return sorted(per_user.items(), key=lambda item: (-item[1], item[0]))

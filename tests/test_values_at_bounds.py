@@ -226,10 +226,10 @@ def frames(case: Case) -> list[bytes]:
     }
     first = {"type": "delta", "seq": 1, "ts": now, "patch": sample(now)}
     second: dict[str, Any] = {"type": "delta", "seq": 2, "ts": now, "patch": {"sampled_at": now + 1}}
-    if case.owner == "message":
+    if case.field == "sampled_at":
+        second["patch"]["sampled_at"] = case.value
+    elif case.owner == "message":
         (hello if case.message == "hello" else second)[case.field] = case.value
-        if case.field == "sampled_at":
-            second["patch"]["sampled_at"] = case.value
     elif case.message == "hello":
         target: Any = hello
         for key in case.path:

@@ -3,6 +3,7 @@ the detail page's every-field listing. Pure: nodes come from a real registry on 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import fields
 from typing import Any
@@ -16,8 +17,18 @@ from frontend.viewmodels import (
     field_text,
     fmt_ago,
     fmt_bytes,
+    fmt_celsius,
+    fmt_count,
     fmt_duration,
+    fmt_epoch,
+    fmt_load,
+    fmt_mhz,
+    fmt_pair,
+    fmt_percent,
+    fmt_pstate,
+    fmt_rate,
     fmt_used_of,
+    fmt_watts,
     gpu_is_free,
     gpu_tally,
     gpu_view,
@@ -32,7 +43,16 @@ from frontend.viewmodels import (
 )
 from hub.clock import ManualClock
 from hub.registry import Naming, Node, NodeRegistry, NodeStatus
-from node_agent.protocol import GpuSample, Hello, HostSample, HostStatic
+from node_agent.protocol import (
+    DiskUsage,
+    GpuDriver,
+    GpuProcess,
+    GpuSample,
+    GpuStatic,
+    Hello,
+    HostSample,
+    HostStatic,
+)
 
 GIB = 1024**3
 NAN = float("nan")
@@ -371,3 +391,148 @@ def test_a_row_is_free_exactly_when_gpu_is_free_says_so() -> None:
     ]
     for g in cases:
         assert (gpu_view("n", "0", g, 10, 5).state == "f") == gpu_is_free(g, 10, 5), g
+
+
+# --------------------------------------------------------------------------- any value renders
+# Numbers the protocol refuses too: a view must never be the part that fails.
+EXTREMES: tuple[object, ...] = (
+    0,
+    -0.0,
+    1,
+    -1,
+    0.5,
+    5e-324,
+    10**18,
+    -(10**18),
+    1e18,
+    -1e18,
+    1.7e308,
+    -1.7e308,
+    10**400,
+    -(10**400),
+    math.inf,
+    -math.inf,
+    NAN,
+    True,
+    "12",
+    None,
+)
+FORMATTERS = (
+    fmt_bytes,
+    fmt_rate,
+    fmt_percent,
+    fmt_celsius,
+    fmt_watts,
+    fmt_mhz,
+    fmt_load,
+    fmt_pstate,
+    fmt_count,
+    fmt_duration,
+    fmt_epoch,
+)
+WIRE_TYPES = (HostStatic, GpuDriver, GpuStatic, DiskUsage, HostSample, GpuProcess, GpuSample)
+
+
+@pytest.mark.parametrize("formatter", FORMATTERS, ids=lambda f: f.__name__)
+def test_every_formatter_takes_any_value(formatter: Any) -> None:
+    for value in EXTREMES:
+        text = formatter(value)
+        assert isinstance(text, str) and text, (value, text)
+        if _is_finite_number(value):
+            assert text != "–", (value, "a finite number is shown")
+        else:
+            assert text == "–", (value, text)
+
+
+def _is_finite_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (isinstance(value, float) or abs(value) < 1e308)
+        and math.isfinite(value)
+    )
+
+
+def test_every_field_of_every_wire_type_formats_any_value() -> None:
+    for cls in WIRE_TYPES:
+        for f in fields(cls):
+            for value in EXTREMES:
+                assert isinstance(field_text(f.name, value), str), (cls.__name__, f.name, value)
+                assert isinstance(field_text(f.name, [value, value]), str), (cls.__name__, f.name, value)
+
+
+@pytest.mark.parametrize("value", [v for v in EXTREMES if not isinstance(v, str)], ids=repr)
+def test_cards_and_node_page_build_whatever_the_numbers(value: object) -> None:
+    """Every numeric field of the host, its disks, a GPU and its process set to one value."""
+
+    def numbers(cls: type) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            if "float" in str(f.type) or "int" in str(f.type):
+                out[f.name] = [value, value] if "list" in str(f.type) else value
+        return out
+
+    host = numbers(HostSample) | {"disks": [{"mount": "/", **numbers(DiskUsage)}]}
+    gpu_state = numbers(GpuSample) | {"name": "H100", "processes": [{"user": "ann", **numbers(GpuProcess)}]}
+    registry, _, node = make_node(
+        {"sampled_at": value, "host": host, "gpus": {"0": gpu_state}},
+        hello_gpus=[{"name": "H100", **numbers(GpuStatic), "index": 0}],
+    )
+    assert node.hello is not None
+    registry.nodes["n1"].hello = dataclasses.replace(
+        node.hello, host={"hostname": "h", **numbers(HostStatic)}
+    )
+    view = host_view(node)
+    assert view.cpu.text.startswith("CPU ") and 0 <= view.mem.p <= 100
+    row = gpu_view("n1", "0", gpu_state, 10, 5)
+    assert 0 <= row.util.p <= 100 and 0 <= row.mem.p <= 100
+    detail = detail_view(node, {"cpu": [1.0]}, 15, 0.0, 10, 5)
+    assert len(detail.gpus) == 1 and all(f.text for f in detail.host_sample)
+    assert head_view(node).detail
+    summary_view([(NodeStatus.LIVE, [gpu_tally(gpu_state, row.state)])])
+
+
+# --------------------------------------------------------------------------- one format per quantity
+@pytest.mark.parametrize(
+    "scale",
+    [0.0, 0.37, 1.0, 7.3, 1000.0],
+    ids=lambda s: f"x{s}",
+)
+def test_the_card_and_the_node_page_show_the_same_text_for_the_same_values(scale: float) -> None:
+    """The card's texts are the node page's texts (two of one quantity joined by fmt_pair)."""
+    host = {
+        "cpu_percent": min(42.4 * scale, 100.0),
+        "mem_total_bytes": 512 * GIB,
+        "mem_used_bytes": round(100 * GIB * scale) % (512 * GIB),
+        "net_rx_bytes_per_s": 1.5 * 1024**2 * scale,
+        "net_tx_bytes_per_s": 300 * 1024 * scale,
+        "load_avg_1m": 1.5 * scale,
+        "load_avg_5m": 12.345 * scale,
+        "load_avg_15m": 0.004 * scale,
+        "uptime_s": 90061 * scale,
+    }
+    sample = gpu(
+        util_gpu_percent=min(97.4 * scale, 100.0),
+        mem_used_bytes=round(45.3 * GIB * scale) % (80 * GIB),
+        temp_celsius=84.6 * scale,
+        power_draw_watts=612.5 * scale,
+        processes=[{"pid": 7, "user": "ann", "gpu_mem_bytes": round(45.3 * GIB * scale) % (80 * GIB)}],
+    )
+    _, _, node = make_node({"sampled_at": 1.0, "host": host, "gpus": {"0": sample}})
+    card, row = host_view(node), gpu_view("n1", "0", sample, 10, 5)
+    detail = detail_view(node, {}, 15, 0.0, 10, 5)
+    page = {f.label: f.text for f in detail.host_sample}
+    facts = {f.label: f.text for f in detail.gpus[0].facts}
+
+    assert card.cpu.text == f"CPU {page['CPU']}"
+    assert card.mem.text == f"MEM {fmt_pair(page['mem used'], page['mem total'])}"
+    assert card.net_text == f"↓{page['network receive']} ↑{page['network transmit']}"
+    assert card.load_text == " ".join(page[f"load average {m} min"] for m in (1, 5, 15))
+    assert card.uptime_text == page["uptime"]
+    assert row.util.text == facts["GPU utilization"]
+    assert row.mem.text == fmt_pair(facts["mem used"], facts["mem total"])
+    assert row.temp_text == facts["temp"]
+    assert row.power_text == fmt_pair(facts["power draw"], facts["power limit"])
+    [process] = detail.gpus[0].processes
+    if process.gpu_mem_text != "0B":
+        assert row.users == (f"ann {process.gpu_mem_text}",)

@@ -127,7 +127,7 @@ def fmt_pstate(value: object) -> str:
 
 def fmt_count(value: object) -> str:
     """Cores, users, errors, indexes: ``64``, ``1.5e+20``."""
-    if value.__class__ is int and -(2**63) <= value < 2**64:  # type: ignore[operator]
+    if value.__class__ is int and -(2**63) <= value < 2**64:
         return str(value)
     number = _finite(value)
     return DASH if number is None else f"{number:g}"

@@ -741,74 +741,78 @@ def decode_with_checkers(data: str | bytes) -> Message:
 # An agent sends null (unknown) for a reading outside its field's bounds: one odd reading (a
 # clock stepped back under the uptime, a driver's garbage) then shows as unknown on the wall,
 # where sending it would get the connection closed, again on every reconnect.
-_NUMBER_KINDS = (int, float)
+_NUMBER_KINDS = frozenset((int, float))
+
+
+class _BoundsPlan(NamedTuple):
+    """The fields of a wire dataclass that hold numbers, with their bounds (low, high)."""
+
+    numbers: tuple[tuple[str, float, float], ...]
+    number_lists: tuple[tuple[str, float, float], ...]
+    object_lists: tuple[tuple[str, type], ...]
 
 
 @functools.cache
-def _bounds_plan(cls: type) -> tuple[tuple[str, str, Any], ...]:
-    """Per field of ``cls`` that holds numbers: (name, "number" | "numbers" | "objects", bounds
-    or the item class)."""
+def _bounds_plan(cls: type) -> _BoundsPlan:
     hints = typing.get_type_hints(cls)
-    plan: list[tuple[str, str, Any]] = []
+    numbers, number_lists, object_lists = [], [], []
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         if typing.get_origin(hint) in (Union, types.UnionType):
             (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        low, high = field_bounds(cls, f.name)
         if hint in _NUMBER_KINDS:
-            plan.append((f.name, "number", field_bounds(cls, f.name)))
+            numbers.append((f.name, low, high))
         elif typing.get_origin(hint) is list:
             (item,) = typing.get_args(hint)
             if item in _NUMBER_KINDS:
-                plan.append((f.name, "numbers", field_bounds(cls, f.name)))
-            elif isinstance(item, type) and dataclasses.is_dataclass(item) and _bounds_plan(item):
-                plan.append((f.name, "objects", item))
-    return tuple(plan)
-
-
-def _outside(value: Any, bounds: Bounds) -> bool:
-    return value.__class__ in _NUMBER_KINDS and not bounds.low <= value <= bounds.high
+                number_lists.append((f.name, low, high))
+            elif isinstance(item, type) and dataclasses.is_dataclass(item):
+                object_lists.append((f.name, item))
+    return _BoundsPlan(tuple(numbers), tuple(number_lists), tuple(object_lists))
 
 
 def nulls_for_out_of_bounds(obj: Mapping[str, Any], cls: type, path: str, nulled: list[str]) -> Any:
     """``obj`` (a wire ``cls`` as a dict) with every number outside its field's bounds set to
     ``None``, each such field's path appended to ``nulled``; ``obj`` itself when all are within
     (it is never mutated). A list of numbers with one outside becomes ``None`` as a whole."""
-    out: dict[str, Any] | None = None
-    for name, kind, arg in _bounds_plan(cls):
-        value = obj.get(name)
-        if value is None:
-            continue
-        new = value
-        if kind == "number":
-            if _outside(value, arg):
-                new = None
-        elif value.__class__ is list:
-            if kind == "numbers":
-                if any(_outside(v, arg) for v in value):
-                    new = None
-            else:
-                items = [
-                    nulls_for_out_of_bounds(v, arg, f"{path}.{name}[{i}]", nulled)
-                    if isinstance(v, dict)
-                    else v
-                    for i, v in enumerate(value)
-                ]
-                if any(a is not b for a, b in zip(items, value, strict=True)):
-                    new = items
-        if new is not value:
-            if new is None:
-                nulled.append(f"{path}.{name}")
-            if out is None:
-                out = dict(obj)
-            out[name] = new
-    return obj if out is None else out
+    plan = _bounds_plan(cls)
+    get = obj.get
+    changed: dict[str, Any] = {}
+    for name, low, high in plan.numbers:
+        value: Any = get(name)
+        if isinstance(value, (int, float)) and not low <= value <= high:
+            changed[name] = None
+    for name, low, high in plan.number_lists:
+        values: Any = get(name)
+        # C-level passes over per-core figures, as the decoder's (a sum is NaN if any is NaN)
+        if values.__class__ is list and values and _NUMBER_KINDS.issuperset(map(type, values)):
+            total = sum(values)
+            if not (low <= min(values) and max(values) <= high and total == total):
+                changed[name] = None
+    for name, item_cls in plan.object_lists:
+        items = get(name)
+        if items.__class__ is list:
+            fitted = [
+                nulls_for_out_of_bounds(v, item_cls, f"{path}.{name}[{i}]", nulled)
+                if isinstance(v, dict)
+                else v
+                for i, v in enumerate(items)
+            ]
+            if any(a is not b for a, b in zip(fitted, items, strict=True)):
+                changed[name] = fitted
+    if not changed:
+        return obj
+    nulled.extend(f"{path}.{name}" for name, value in changed.items() if value is None)
+    return {**obj, **changed}
 
 
 def snapshot_within_bounds(snapshot: Snapshot) -> tuple[Snapshot, list[str]]:
     """An agent's snapshot with every out-of-bounds number as null, and the paths of those."""
     nulled: list[str] = []
     out = snapshot
-    if _outside(snapshot.get("sampled_at"), EPOCH_S):
+    sampled_at: Any = snapshot.get("sampled_at")
+    if isinstance(sampled_at, (int, float)) and not EPOCH_S.low <= sampled_at <= EPOCH_S.high:
         out = {**out, "sampled_at": None}
         nulled.append("sampled_at")
     host = snapshot.get("host")

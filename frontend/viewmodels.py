@@ -34,14 +34,13 @@ def _finite(value: object) -> float | None:
     """``value`` as a finite float, or ``None``: null, NaN, infinite, too big for a float, a
     bool or a string."""
     if isinstance(value, float):
-        return value if value - value == 0.0 else None  # NaN and infinities give NaN
+        return value + 0.0 if value - value == 0.0 else None  # NaN and infinities give NaN; -0.0 is 0
     if isinstance(value, int) and value.__class__ is not bool:
         return float(value) if -_FLOAT_MAX <= value <= _FLOAT_MAX else None
     return None
 
 
-_KI = 1024.0
-_BYTE_UNITS = tuple((1000 * _KI**power, _KI**power, unit) for power, unit in enumerate("KMGTP", start=1))
+_KI, _MI, _GI, _TI, _PI, _EI = (1024.0**power for power in range(1, 7))
 
 
 def _bytes_parts(value: float) -> tuple[str, str]:
@@ -49,8 +48,18 @@ def _bytes_parts(value: float) -> tuple[str, str]:
     size = abs(value)
     if size < 1000:
         return f"{value:.0f}", "B"
-    scale, unit = next(((s, u) for below, s, u in _BYTE_UNITS if size < below), (_KI**6, "E"))
-    scaled = value / scale
+    if size < 1000 * _KI:
+        scaled, unit = value / _KI, "K"
+    elif size < 1000 * _MI:
+        scaled, unit = value / _MI, "M"
+    elif size < 1000 * _GI:
+        scaled, unit = value / _GI, "G"
+    elif size < 1000 * _TI:
+        scaled, unit = value / _TI, "T"
+    elif size < 1000 * _PI:
+        scaled, unit = value / _PI, "P"
+    else:
+        scaled, unit = value / _EI, "E"
     return (f"{scaled:.1f}" if -9.95 < scaled < 9.95 else f"{scaled:.0f}"), unit
 
 
@@ -63,8 +72,13 @@ def fmt_bytes(value: object) -> str:
     return digits + unit
 
 
+def _bytes_parts_or_none(value: object) -> tuple[str, str] | None:
+    number = _finite(value)
+    return None if number is None else _bytes_parts(number)
+
+
 # totals (a GPU's or a host's memory) take a handful of values: format each once
-_total_text = functools.lru_cache(maxsize=1024)(fmt_bytes)
+_total_parts = functools.lru_cache(maxsize=1024)(_bytes_parts_or_none)
 
 
 def fmt_pair(first: str, second: str) -> str:
@@ -79,8 +93,17 @@ def fmt_pair(first: str, second: str) -> str:
 
 
 def fmt_used_of(used: object, total: object) -> str:
-    """Bytes in use of a total: ``45/80G``, ``812M/80G``."""
-    return fmt_pair(fmt_bytes(used), _total_text(total) if total.__class__ is int else fmt_bytes(total))
+    """Bytes in use of a total: ``45/80G``, ``812M/80G``: :func:`fmt_pair` of two
+    :func:`fmt_bytes` texts, built from their parts (one per GPU row per sample)."""
+    total_parts = _total_parts(total) if total.__class__ is int else _bytes_parts_or_none(total)
+    if total_parts is None:
+        return fmt_bytes(used)
+    used_parts = _bytes_parts_or_none(used)
+    if used_parts is None:
+        return f"{DASH}/{total_parts[0]}{total_parts[1]}"
+    if used_parts[1] == total_parts[1]:
+        return f"{used_parts[0]}/{total_parts[0]}{total_parts[1]}"
+    return f"{used_parts[0]}{used_parts[1]}/{total_parts[0]}{total_parts[1]}"
 
 
 def fmt_rate(bytes_per_s: object) -> str:
@@ -105,6 +128,16 @@ def fmt_watts(value: object) -> str:
     """``612W``."""
     number = _finite(value)
     return DASH if number is None else f"{number:.0f}W"
+
+
+def fmt_power_of(draw: object, limit: object) -> str:
+    """Power draw of a limit: ``612/700W`` (a dash for an unknown draw): :func:`fmt_pair` of two
+    :func:`fmt_watts` texts, built directly (one per GPU row per sample)."""
+    limit_w = _finite(limit)
+    if limit_w is None:
+        return fmt_watts(draw)
+    draw_w = _finite(draw)
+    return f"{DASH if draw_w is None else f'{draw_w:.0f}'}/{limit_w:.0f}W"
 
 
 def fmt_mhz(value: object) -> str:
@@ -177,11 +210,15 @@ def level(percent: float | None, warn: float = 70.0, crit: float = 90.0) -> str:
     return " c" if percent >= crit else " w" if percent >= warn else ""
 
 
-def ratio_percent(used: object, total: object) -> float | None:
-    used_f, total_f = _finite(used), _finite(total)
-    if used_f is None or not total_f:
+def ratio_percent(used: Any, total: Any) -> float | None:
+    if used is None or not total:
         return None
-    ratio = 100.0 * used_f / total_f
+    try:
+        ratio = 100.0 * used / total
+    except (TypeError, OverflowError):  # not numbers, or an int too big for a float
+        return None
+    if ratio != ratio:  # NaN: infinities on both sides
+        return None
     return 0.0 if ratio < 0 else 100.0 if ratio > 100 else ratio
 
 
@@ -346,7 +383,7 @@ def gpu_view(
     """One GPU row. Hot: the hub builds one per changed GPU per sample."""
     get = gpu.get
     error = get("error")
-    util = _finite(get("util_gpu_percent"))
+    util = get("util_gpu_percent")
     mem_used, mem_total = get("mem_used_bytes"), get("mem_total_bytes")
     mem_pct = ratio_percent(mem_used, mem_total)
     processes = get("processes")
@@ -359,7 +396,7 @@ def gpu_view(
     else:
         state = "b"
     ranked = gpu_users(processes) if processes else []
-    temp = _finite(get("temp_celsius"))
+    temp = get("temp_celsius")
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
     return GpuView(
         node_id,
@@ -370,7 +407,7 @@ def gpu_view(
         plain_meter(util),
         plain_meter(mem_pct, fmt_used_of(mem_used, mem_total)),
         *_temp_texts(temp),  # temp_text, temp_cls
-        fmt_pair(fmt_watts(get("power_draw_watts")), fmt_watts(get("power_limit_watts"))),
+        fmt_power_of(get("power_draw_watts"), get("power_limit_watts")),
         tuple(f"{user} {fmt_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
         len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
     )

@@ -444,6 +444,10 @@ def test_every_formatter_takes_any_value(formatter: Any) -> None:
             assert text == "–", (value, text)
 
 
+def test_zero_has_no_sign() -> None:
+    assert (fmt_rate(-0.0), fmt_percent(-0.0), fmt_celsius(-0.0)) == ("0B/s", "0%", "0°")
+
+
 def _is_finite_number(value: object) -> bool:
     return (
         isinstance(value, int | float)

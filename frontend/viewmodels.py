@@ -81,20 +81,9 @@ def _bytes_parts_or_none(value: object) -> tuple[str, str] | None:
 _total_parts = functools.lru_cache(maxsize=1024)(_bytes_parts_or_none)
 
 
-def fmt_pair(first: str, second: str) -> str:
-    """Two texts of one quantity as ``first/second``, the unit once when both share it:
-    ``45/80G``, ``812M/80G``, ``612/700W``, ``-/80G`` (with the dash); only ``first`` when ``second`` is a dash."""
-    if second == DASH:
-        return first
-    unit = second.lstrip("-0123456789.")
-    if unit and first.endswith(unit) and first[: -len(unit)][-1:].isdigit():
-        return f"{first[: -len(unit)]}/{second}"
-    return f"{first}/{second}"
-
-
 def fmt_used_of(used: object, total: object) -> str:
-    """Bytes in use of a total: ``45/80G``, ``812M/80G``: :func:`fmt_pair` of two
-    :func:`fmt_bytes` texts, built from their parts (one per GPU row per sample)."""
+    """Bytes in use of a total: the two :func:`fmt_bytes` texts, the unit once when they share
+    it (``45/80G``, ``812M/80G``; a dash for unknown); built from their parts (one per GPU row per sample)."""
     total_parts = _total_parts(total) if total.__class__ is int else _bytes_parts_or_none(total)
     if total_parts is None:
         return fmt_bytes(used)
@@ -131,8 +120,8 @@ def fmt_watts(value: object) -> str:
 
 
 def fmt_power_of(draw: object, limit: object) -> str:
-    """Power draw of a limit: ``612/700W`` (a dash for an unknown draw): :func:`fmt_pair` of two
-    :func:`fmt_watts` texts, built directly (one per GPU row per sample)."""
+    """Power draw of a limit: the two :func:`fmt_watts` texts, the unit once (``612/700W``, a
+    dash for an unknown draw); built directly (one per GPU row per sample)."""
     limit_w = _finite(limit)
     if limit_w is None:
         return fmt_watts(draw)

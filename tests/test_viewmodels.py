@@ -23,7 +23,6 @@ from frontend.viewmodels import (
     fmt_epoch,
     fmt_load,
     fmt_mhz,
-    fmt_pair,
     fmt_percent,
     fmt_pstate,
     fmt_rate,
@@ -497,13 +496,23 @@ def test_cards_and_node_page_build_whatever_the_numbers(value: object) -> None:
 
 
 # --------------------------------------------------------------------------- one format per quantity
+def joined(first: str, second: str) -> str:
+    """Two texts of one quantity as the card joins them: the unit once when both share it."""
+    if second == "–":
+        return first
+    unit = second.lstrip("-0123456789.")
+    if unit and first.endswith(unit) and first[: -len(unit)][-1:].isdigit():
+        return f"{first[: -len(unit)]}/{second}"
+    return f"{first}/{second}"
+
+
 @pytest.mark.parametrize(
     "scale",
     [0.0, 0.37, 1.0, 7.3, 1000.0],
     ids=lambda s: f"x{s}",
 )
 def test_the_card_and_the_node_page_show_the_same_text_for_the_same_values(scale: float) -> None:
-    """The card's texts are the node page's texts (two of one quantity joined by fmt_pair)."""
+    """The card's texts are the node page's texts (two of one quantity joined)."""
     host = {
         "cpu_percent": min(42.4 * scale, 100.0),
         "mem_total_bytes": 512 * GIB,
@@ -529,14 +538,14 @@ def test_the_card_and_the_node_page_show_the_same_text_for_the_same_values(scale
     facts = {f.label: f.text for f in detail.gpus[0].facts}
 
     assert card.cpu.text == f"CPU {page['CPU']}"
-    assert card.mem.text == f"MEM {fmt_pair(page['mem used'], page['mem total'])}"
+    assert card.mem.text == f"MEM {joined(page['mem used'], page['mem total'])}"
     assert card.net_text == f"↓{page['network receive']} ↑{page['network transmit']}"
     assert card.load_text == " ".join(page[f"load average {m} min"] for m in (1, 5, 15))
     assert card.uptime_text == page["uptime"]
     assert row.util.text == facts["GPU utilization"]
-    assert row.mem.text == fmt_pair(facts["mem used"], facts["mem total"])
+    assert row.mem.text == joined(facts["mem used"], facts["mem total"])
     assert row.temp_text == facts["temp"]
-    assert row.power_text == fmt_pair(facts["power draw"], facts["power limit"])
+    assert row.power_text == joined(facts["power draw"], facts["power limit"])
     [process] = detail.gpus[0].processes
     if process.gpu_mem_text != "0B":
         assert row.users == (f"ann {process.gpu_mem_text}",)

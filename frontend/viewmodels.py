@@ -22,24 +22,28 @@ _VENDOR_PREFIXES = ("NVIDIA ", "GeForce ", "Tesla ", "Quadro ")
 
 
 # --------------------------------------------------------------------------- formatting
-def fmt_bytes(value: float | None) -> str:
-    """Binary units, three significant digits: ``1.5 GiB``, ``812 MiB``."""
-    if value is None:
-        return "–"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{size:.0f} B"
-            return f"{size:.1f} {unit}" if abs(size) < 100 else f"{size:.0f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+# One formatter per quantity, used by the cards and the detail page alike, so a value reads
+# the same everywhere. Each takes any value a field can hold and never raises: ``None`` (not
+# supported, unknown) is a dash, and so is anything that is no finite number (the protocol
+# refuses those, but a page must never fail on one).
+DASH = "–"
+_FLOAT_MAX = 1.7976931348623157e308
 
 
-_KI, _MI, _GI, _TI = 1024.0, 1024.0**2, 1024.0**3, 1024.0**4
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or ``None``: null, NaN, infinite, too big for a float, a
+    bool or a string."""
+    if isinstance(value, float):
+        return value + 0.0 if value - value == 0.0 else None  # NaN and infinities give NaN; -0.0 is 0
+    if isinstance(value, int) and value.__class__ is not bool:
+        return float(value) if -_FLOAT_MAX <= value <= _FLOAT_MAX else None
+    return None
 
 
-def _short_parts(value: float) -> tuple[str, str]:
+_KI, _MI, _GI, _TI, _PI, _EI = (1024.0**power for power in range(1, 7))
+
+
+def _bytes_parts(value: float) -> tuple[str, str]:
     """(number, unit) with at most three significant digits; binary units."""
     size = abs(value)
     if size < 1000:
@@ -50,43 +54,113 @@ def _short_parts(value: float) -> tuple[str, str]:
         scaled, unit = value / _MI, "M"
     elif size < 1000 * _GI:
         scaled, unit = value / _GI, "G"
-    else:
+    elif size < 1000 * _TI:
         scaled, unit = value / _TI, "T"
+    elif size < 1000 * _PI:
+        scaled, unit = value / _PI, "P"
+    else:
+        scaled, unit = value / _EI, "E"
     return (f"{scaled:.1f}" if -9.95 < scaled < 9.95 else f"{scaled:.0f}"), unit
 
 
-# totals (a GPU's or a host's memory) take a handful of values: format each once
-_total_parts = functools.lru_cache(maxsize=1024)(_short_parts)
-
-
-def fmt_short_bytes(value: float | None) -> str:
+def fmt_bytes(value: object) -> str:
     """Binary units in at most four characters: ``4.5G``, ``45G``, ``812M``, ``1.2T``."""
-    if value is None:
-        return "–"
-    number, unit = _short_parts(value)
-    return number + unit
+    number = _finite(value)
+    if number is None:
+        return DASH
+    digits, unit = _bytes_parts(number)
+    return digits + unit
 
 
-def fmt_used_of(used: float | None, total: float | None) -> str:
-    """``45/80G`` (one unit when both share it), ``812M/80G``; a dash stands for unknown."""
-    if used is None or total is None:
-        return fmt_short_bytes(used) if total is None else f"–/{fmt_short_bytes(total)}"
-    used_number, used_unit = _short_parts(used)
-    total_number, total_unit = _total_parts(total)
-    if used_unit == total_unit:
-        return f"{used_number}/{total_number}{total_unit}"
-    return f"{used_number}{used_unit}/{total_number}{total_unit}"
+def _bytes_parts_or_none(value: object) -> tuple[str, str] | None:
+    number = _finite(value)
+    return None if number is None else _bytes_parts(number)
 
 
-def fmt_rate(bytes_per_s: float | None) -> str:
-    return "–" if bytes_per_s is None else fmt_bytes(bytes_per_s) + "/s"
+# totals (a GPU's or a host's memory) take a handful of values: format each once
+_total_parts = functools.lru_cache(maxsize=1024)(_bytes_parts_or_none)
 
 
-def fmt_duration(seconds: float | None) -> str:
+def fmt_used_of(used: object, total: object) -> str:
+    """Bytes in use of a total: the two :func:`fmt_bytes` texts, the unit once when they share
+    it (``45/80G``, ``812M/80G``; a dash for unknown); built from their parts (one per GPU row per sample)."""
+    total_parts = _total_parts(total) if total.__class__ is int else _bytes_parts_or_none(total)
+    if total_parts is None:
+        return fmt_bytes(used)
+    used_parts = _bytes_parts_or_none(used)
+    if used_parts is None:
+        return f"{DASH}/{total_parts[0]}{total_parts[1]}"
+    if used_parts[1] == total_parts[1]:
+        return f"{used_parts[0]}/{total_parts[0]}{total_parts[1]}"
+    return f"{used_parts[0]}{used_parts[1]}/{total_parts[0]}{total_parts[1]}"
+
+
+def fmt_rate(bytes_per_s: object) -> str:
+    """``1.5M/s``."""
+    text = fmt_bytes(bytes_per_s)
+    return text if text == DASH else text + "/s"
+
+
+def fmt_percent(value: object) -> str:
+    """``42%``."""
+    number = _finite(value)
+    return DASH if number is None else f"{number:.0f}%"
+
+
+def fmt_celsius(value: object) -> str:
+    """``71°``."""
+    number = _finite(value)
+    return DASH if number is None else f"{number:.0f}°"
+
+
+def fmt_watts(value: object) -> str:
+    """``612W``."""
+    number = _finite(value)
+    return DASH if number is None else f"{number:.0f}W"
+
+
+def fmt_power_of(draw: object, limit: object) -> str:
+    """Power draw of a limit: the two :func:`fmt_watts` texts, the unit once (``612/700W``, a
+    dash for an unknown draw); built directly (one per GPU row per sample)."""
+    limit_w = _finite(limit)
+    if limit_w is None:
+        return fmt_watts(draw)
+    draw_w = _finite(draw)
+    return f"{DASH if draw_w is None else f'{draw_w:.0f}'}/{limit_w:.0f}W"
+
+
+def fmt_mhz(value: object) -> str:
+    """``1980 MHz``."""
+    number = _finite(value)
+    return DASH if number is None else f"{number:.0f} MHz"
+
+
+def fmt_load(value: object) -> str:
+    """A load average: ``12.34``."""
+    number = _finite(value)
+    return DASH if number is None else f"{number:.2f}"
+
+
+def fmt_pstate(value: object) -> str:
+    """``P2``."""
+    number = _finite(value)
+    return DASH if number is None else f"P{number:.0f}"
+
+
+def fmt_count(value: object) -> str:
+    """Cores, users, errors, indexes: ``64``, ``1.5e+20``."""
+    if value.__class__ is int and -(2**63) <= value < 2**64:
+        return str(value)
+    number = _finite(value)
+    return DASH if number is None else f"{number:g}"
+
+
+def fmt_duration(seconds: object) -> str:
     """``45s``, ``12m``, ``3h 05m``, ``12d 4h``."""
-    if seconds is None:
-        return "–"
-    s = int(max(seconds, 0))
+    number = _finite(seconds)
+    if number is None:
+        return DASH
+    s = int(max(number, 0))
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -116,14 +190,15 @@ def fmt_clock_offset(ahead_s: float) -> str:
     return f"{fmt_ago(abs(ahead_s))} {'ahead of' if ahead_s > 0 else 'behind'} the hub"
 
 
-def fmt_percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0f}%"
-
-
-def fmt_epoch(epoch_s: float | None) -> str:
-    if epoch_s is None:
-        return "–"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch_s))
+def fmt_epoch(epoch_s: object) -> str:
+    """``2026-12-07 06:01:07 UTC``; a time the calendar cannot show is given in seconds."""
+    number = _finite(epoch_s)
+    if number is None:
+        return DASH
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(number))
+    except (OverflowError, OSError, ValueError):  # beyond the C library's years
+        return f"{number:.0f} s after 1970"
 
 
 def level(percent: float | None, warn: float = 70.0, crit: float = 90.0) -> str:
@@ -134,10 +209,15 @@ def level(percent: float | None, warn: float = 70.0, crit: float = 90.0) -> str:
     return " c" if percent >= crit else " w" if percent >= warn else ""
 
 
-def ratio_percent(used: float | None, total: float | None) -> float | None:
+def ratio_percent(used: Any, total: Any) -> float | None:
     if used is None or not total:
         return None
-    ratio = 100.0 * used / total
+    try:
+        ratio = 100.0 * used / total
+    except (TypeError, OverflowError):  # not numbers, or an int too big for a float
+        return None
+    if ratio != ratio:  # NaN: infinities on both sides
+        return None
     return 0.0 if ratio < 0 else 100.0 if ratio > 100 else ratio
 
 
@@ -178,11 +258,11 @@ class Meter(NamedTuple):
 
 
 def meter(percent: float | None, text: str | None = None) -> Meter:
-    if percent is None:
-        return Meter("–" if text is None else text, 0, " na")
+    if percent is None or percent != percent:  # unknown, or NaN (the protocol refuses it)
+        return Meter(DASH if text is None else text, 0, " na")
     p = 0 if percent < 0 else 100 if percent > 100 else round(percent)
     cls = " c" if percent >= 90 else " w" if percent >= 70 else ""
-    return Meter(f"{percent:.0f}%" if text is None else text, p, cls)
+    return Meter(fmt_percent(percent) if text is None else text, p, cls)
 
 
 def plain_meter(percent: float | None, text: str | None = None) -> Meter:
@@ -193,10 +273,10 @@ def plain_meter(percent: float | None, text: str | None = None) -> Meter:
 
 
 def _plain_meter(percent: float | None, text: str | None = None) -> Meter:
-    if percent is None:
-        return Meter("–" if text is None else text, 0, " na")
+    if percent is None or percent != percent:
+        return Meter(DASH if text is None else text, 0, " na")
     p = 0 if percent < 0 else 100 if percent > 100 else round(percent)
-    return Meter(f"{percent:.0f}%" if text is None else text, p, "")
+    return Meter(fmt_percent(percent) if text is None else text, p, "")
 
 
 _whole_percent_meter = functools.lru_cache(maxsize=512)(_plain_meter)
@@ -226,20 +306,14 @@ def host_view(node: Node, sample_late_s: float | None = None) -> HostView:
         pct = ratio_percent(disk.get("used_bytes"), disk.get("total_bytes"))
         if pct is not None and (fullest_pct is None or pct > fullest_pct):
             fullest_pct = pct
-    cpu = get("cpu_percent")
-    load_1m, load_5m, load_15m = get("load_avg_1m"), get("load_avg_5m"), get("load_avg_15m")
+    cpu = _finite(get("cpu_percent"))
     return HostView(
         node_id=node.node_id,
-        cpu=meter(cpu, "CPU –" if cpu is None else f"CPU {cpu:.0f}%"),
+        cpu=meter(cpu, f"CPU {fmt_percent(cpu)}"),
         mem=meter(ratio_percent(mem_used, mem_total), f"MEM {fmt_used_of(mem_used, mem_total)}"),
-        disk=meter(fullest_pct, "DSK –" if fullest_pct is None else f"DSK {fullest_pct:.0f}%"),
-        net_text=(
-            f"↓{fmt_short_bytes(get('net_rx_bytes_per_s'))}/s ↑{fmt_short_bytes(get('net_tx_bytes_per_s'))}/s"
-        ),
-        load_text=(
-            f"{'–' if load_1m is None else f'{load_1m:.2f}'} {'–' if load_5m is None else f'{load_5m:.2f}'}"
-            f" {'–' if load_15m is None else f'{load_15m:.2f}'}"
-        ),
+        disk=meter(fullest_pct, f"DSK {fmt_percent(fullest_pct)}"),
+        net_text=f"↓{fmt_rate(get('net_rx_bytes_per_s'))} ↑{fmt_rate(get('net_tx_bytes_per_s'))}",
+        load_text=f"{fmt_load(get('load_avg_1m'))} {fmt_load(get('load_avg_5m'))} {fmt_load(get('load_avg_15m'))}",
         uptime_text=fmt_duration(get("uptime_s")),
         late_text=None if sample_late_s is None else f"⚠ no new sample for {round(sample_late_s)} s",
     )
@@ -290,7 +364,8 @@ def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
     per_user: dict[str, int] = {}
     for proc in processes:
         user = proc.get("user") or (f"pid {proc.get('pid')}" if proc.get("pid") is not None else "unknown")
-        per_user[user] = per_user.get(user, 0) + (proc.get("gpu_mem_bytes") or 0)
+        mem = proc.get("gpu_mem_bytes")
+        per_user[user] = per_user.get(user, 0) + (mem if mem.__class__ is int else 0)
     if len(per_user) == 1:
         return list(per_user.items())
     return sorted(per_user.items(), key=lambda item: (-item[1], item[0]))
@@ -320,8 +395,6 @@ def gpu_view(
     else:
         state = "b"
     ranked = gpu_users(processes) if processes else []
-    power = get("power_draw_watts")
-    limit = get("power_limit_watts")
     temp = get("temp_celsius")
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
     return GpuView(
@@ -333,8 +406,8 @@ def gpu_view(
         plain_meter(util),
         plain_meter(mem_pct, fmt_used_of(mem_used, mem_total)),
         *_temp_texts(temp),  # temp_text, temp_cls
-        ("–" if power is None else f"{power:.0f}") + ("W" if limit is None else f"/{limit:.0f}W"),
-        tuple(f"{user} {fmt_short_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
+        fmt_power_of(get("power_draw_watts"), get("power_limit_watts")),
+        tuple(f"{user} {fmt_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
         len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
     )
 
@@ -343,8 +416,8 @@ def gpu_view(
 def _temp_texts(temp: float | None) -> tuple[str, str]:
     """(text, level class) of a GPU temperature; temperatures repeat, so each is made once."""
     if temp is None:
-        return "–", ""
-    return f"{temp:.0f}°", "" if temp < 80 else "c" if temp >= 88 else "w"
+        return DASH, ""
+    return fmt_celsius(temp), "" if temp < 80 else "c" if temp >= 88 else "w"
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +450,7 @@ def head_view(node: Node, silent_s: float = 0.0) -> HeadView:
             static.get("hostname"),
             static.get("os_name"),
             static.get("cpu_model"),
-            f"{cores} cores" if cores else None,
+            f"{fmt_count(cores)} cores" if cores else None,
             fmt_bytes(static["mem_total_bytes"]) if static.get("mem_total_bytes") else None,
         )
         if x
@@ -537,8 +610,8 @@ def summary_view(nodes: Iterable[tuple[NodeStatus, Iterable[GpuTally]]]) -> Summ
             ModelCount(model, free_by_model[model], total)
             for model, total in sorted(total_by_model.items(), key=lambda item: (-item[1], item[0]))
         ),
-        gpu_mem_used_text=fmt_short_bytes(mem_used),
-        gpu_mem_total_text=fmt_short_bytes(mem_total),
+        gpu_mem_used_text=fmt_bytes(mem_used),
+        gpu_mem_total_text=fmt_bytes(mem_total),
         gpu_mem_p=round(ratio_percent(mem_used, mem_total) or 0),
     )
 
@@ -594,33 +667,40 @@ def field_label(name: str) -> str:
     return name.replace("_", " ")
 
 
+_FORMATTERS = (  # by the unit at the end of a field's name; the first that matches
+    ("_bytes_per_s", fmt_rate),
+    ("_bytes", fmt_bytes),
+    ("_percent", fmt_percent),
+    ("_celsius", fmt_celsius),
+    ("_watts", fmt_watts),
+    ("_mhz", fmt_mhz),
+    ("_epoch_s", fmt_epoch),
+    ("_s", fmt_duration),
+)
+_FORMATTERS_BY_NAME = {
+    "pstate": fmt_pstate,
+    "load_avg_1m": fmt_load,
+    "load_avg_5m": fmt_load,
+    "load_avg_15m": fmt_load,
+}
+
+
 def field_text(name: str, value: Any) -> str:
-    """A value formatted by the unit in its field's name (``null``, not supported, is a dash)."""
+    """A value formatted by the unit in its field's name (``null``, not supported, is a dash):
+    the same formatter as the card's for the same quantity."""
     if value is None:
-        return "–"
+        return DASH
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value) if value else "none"
+        return ", ".join(field_text(name, v) for v in value) if value else "none"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
-    if name.endswith("_bytes_per_s"):
-        return fmt_rate(value)
-    if name.endswith("_bytes"):
-        return fmt_bytes(value)
-    if name.endswith("_percent"):
-        return f"{value:.1f}%"
-    if name.endswith("_celsius"):
-        return f"{value:.0f} °C"
-    if name.endswith("_watts"):
-        return f"{value:.1f} W"
-    if name.endswith("_mhz"):
-        return f"{value:.0f} MHz"
-    if name.endswith("_epoch_s"):
-        return fmt_epoch(value)
-    if name.endswith("_s"):
-        return fmt_duration(value)
-    if name == "pstate":
-        return f"P{value}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    named = _FORMATTERS_BY_NAME.get(name)
+    if named is not None:
+        return named(value)
+    for suffix, formatter in _FORMATTERS:
+        if name.endswith(suffix):
+            return formatter(value)
+    return fmt_count(value)
 
 
 def field_views(data: Mapping[str, Any], wire_type: type, skip: Iterable[str] = ()) -> tuple[FieldView, ...]:
@@ -719,7 +799,7 @@ def detail_view(
                         user=p.get("user") or "unknown",
                         command=p.get("command") or "unknown",
                         gpu_mem_text=fmt_bytes(p.get("gpu_mem_bytes")),
-                        cpu_text=field_text("cpu_percent", p.get("cpu_percent")),
+                        cpu_text=fmt_percent(p.get("cpu_percent")),
                         host_mem_text=fmt_bytes(p.get("host_mem_bytes")),
                     )
                     for p in processes

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import operator
 import re
 import types
@@ -55,6 +56,52 @@ CLOSE_BAD_DATA = 1007
 CLOSE_TOO_BIG = 1009
 
 
+class Bounds(NamedTuple):
+    """The range a numeric wire field's values must lie in (both ends included)."""
+
+    low: float
+    high: float
+
+
+# What the fields measure, and the values that can mean something (a number outside its field's
+# bounds closes the connection with 1007, like a wrong type). Every view formats any value in
+# these ranges; an unannotated number gets NUMBER.
+NUMBER = Bounds(-MAX_ABS_NUMBER, MAX_ABS_NUMBER)
+EPOCH_S = Bounds(0, 4_102_444_800)  # 1970-01-01 (a clock reset to the epoch) to 2100-01-01
+DURATION_S = Bounds(0, EPOCH_S.high)  # no longer than the epoch range
+INTERVAL_S = Bounds(0.05, 3600)
+PERCENT = Bounds(0, 100)  # a share of time or of a capacity
+FAN_PERCENT = Bounds(0, 200)  # of the fan's rated speed: NVML says it may exceed 100
+BYTES = Bounds(0, MAX_ABS_NUMBER)  # 888 PiB: more than any one host's memory or filesystem
+BYTES_PER_S = Bounds(0, MAX_ABS_NUMBER)
+COUNT = Bounds(0, MAX_ABS_NUMBER)  # events since the driver loaded (ECC errors)
+CPU_CORES = Bounds(0, 1 << 20)
+USERS = Bounds(0, 1 << 20)
+LOAD_AVG = Bounds(0, 100 * CPU_CORES.high)  # runnable tasks: far more than cores is possible
+PROCESS_CPU_PERCENT = Bounds(0, 100 * CPU_CORES.high)  # one process on many cores: above 100
+PID = Bounds(0, 2**32 - 1)  # NVML reports pids as unsigned 32-bit integers
+GPU_INDEX = Bounds(0, 999)  # as the GPU keys of a patch: at most three digits
+CELSIUS = Bounds(-273.15, 1000)
+WATTS = Bounds(0, 100_000)
+MHZ = Bounds(0, 1_000_000)
+PSTATE = Bounds(0, 15)  # P0 (fastest) to P15; NVML's "unknown" (32) goes out as null
+_BOUNDS_KEY = "bounds"
+
+
+def bounded(bounds: Bounds) -> Any:
+    """A wire dataclass field holding a number in ``bounds``; null (unknown) by default."""
+    return field(default=None, metadata={_BOUNDS_KEY: bounds})
+
+
+def field_bounds(cls: type, name: str) -> Bounds:
+    """The bounds of a numeric field of a wire dataclass (:data:`NUMBER` where none are declared)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            bounds: Bounds = f.metadata.get(_BOUNDS_KEY, NUMBER)
+            return bounds
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
 class ProtocolError(ValueError):
     """A message that breaks the protocol. ``close_code`` is the WebSocket close code to use."""
 
@@ -71,10 +118,10 @@ class HostStatic:
     os_name: str | None = None
     kernel: str | None = None
     cpu_model: str | None = None
-    cpu_cores_logical: int | None = None
-    cpu_cores_physical: int | None = None
-    mem_total_bytes: int | None = None
-    boot_time_epoch_s: float | None = None
+    cpu_cores_logical: int | None = bounded(CPU_CORES)
+    cpu_cores_physical: int | None = bounded(CPU_CORES)
+    mem_total_bytes: int | None = bounded(BYTES)
+    boot_time_epoch_s: float | None = bounded(EPOCH_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +136,11 @@ class GpuDriver:
 
 @dataclass(frozen=True, slots=True)
 class GpuStatic:
-    index: int | None = None
+    index: int | None = bounded(GPU_INDEX)
     uuid: str | None = None
     name: str | None = None
-    mem_total_bytes: int | None = None
-    power_limit_watts: float | None = None
+    mem_total_bytes: int | None = bounded(BYTES)
+    power_limit_watts: float | None = bounded(WATTS)
     pci_bus_id: str | None = None
     mig_mode: str | None = None
 
@@ -101,61 +148,61 @@ class GpuStatic:
 @dataclass(frozen=True, slots=True)
 class DiskUsage:
     mount: str | None = None
-    total_bytes: int | None = None
-    used_bytes: int | None = None
+    total_bytes: int | None = bounded(BYTES)
+    used_bytes: int | None = bounded(BYTES)
 
 
 @dataclass(frozen=True, slots=True)
 class HostSample:
-    cpu_percent: float | None = None
-    cpu_percent_per_core: list[float] | None = None
-    load_avg_1m: float | None = None
-    load_avg_5m: float | None = None
-    load_avg_15m: float | None = None
-    mem_total_bytes: int | None = None
-    mem_used_bytes: int | None = None
-    mem_available_bytes: int | None = None
-    swap_total_bytes: int | None = None
-    swap_used_bytes: int | None = None
+    cpu_percent: float | None = bounded(PERCENT)
+    cpu_percent_per_core: list[float] | None = bounded(PERCENT)  # noqa: RUF009 (a dataclasses.field)
+    load_avg_1m: float | None = bounded(LOAD_AVG)
+    load_avg_5m: float | None = bounded(LOAD_AVG)
+    load_avg_15m: float | None = bounded(LOAD_AVG)
+    mem_total_bytes: int | None = bounded(BYTES)
+    mem_used_bytes: int | None = bounded(BYTES)
+    mem_available_bytes: int | None = bounded(BYTES)
+    swap_total_bytes: int | None = bounded(BYTES)
+    swap_used_bytes: int | None = bounded(BYTES)
     disks: list[DiskUsage] | None = None
-    disk_read_bytes_per_s: float | None = None
-    disk_write_bytes_per_s: float | None = None
-    net_rx_bytes_per_s: float | None = None
-    net_tx_bytes_per_s: float | None = None
-    uptime_s: float | None = None
-    users_count: int | None = None
+    disk_read_bytes_per_s: float | None = bounded(BYTES_PER_S)
+    disk_write_bytes_per_s: float | None = bounded(BYTES_PER_S)
+    net_rx_bytes_per_s: float | None = bounded(BYTES_PER_S)
+    net_tx_bytes_per_s: float | None = bounded(BYTES_PER_S)
+    uptime_s: float | None = bounded(DURATION_S)
+    users_count: int | None = bounded(USERS)
 
 
 @dataclass(frozen=True, slots=True)
 class GpuProcess:
-    pid: int | None = None
+    pid: int | None = bounded(PID)
     user: str | None = None
     command: str | None = None
-    gpu_mem_bytes: int | None = None
-    cpu_percent: float | None = None
-    host_mem_bytes: int | None = None
+    gpu_mem_bytes: int | None = bounded(BYTES)
+    cpu_percent: float | None = bounded(PROCESS_CPU_PERCENT)
+    host_mem_bytes: int | None = bounded(BYTES)
 
 
 @dataclass(frozen=True, slots=True)
 class GpuSample:
-    index: int | None = None
+    index: int | None = bounded(GPU_INDEX)
     uuid: str | None = None
     name: str | None = None
-    util_gpu_percent: float | None = None
-    util_mem_percent: float | None = None
-    mem_used_bytes: int | None = None
-    mem_total_bytes: int | None = None
-    temp_celsius: float | None = None
-    fan_percent: float | None = None
-    power_draw_watts: float | None = None
-    power_limit_watts: float | None = None
-    clock_sm_mhz: int | None = None
-    clock_mem_mhz: int | None = None
-    pstate: int | None = None
-    enc_util_percent: float | None = None
-    dec_util_percent: float | None = None
+    util_gpu_percent: float | None = bounded(PERCENT)
+    util_mem_percent: float | None = bounded(PERCENT)
+    mem_used_bytes: int | None = bounded(BYTES)
+    mem_total_bytes: int | None = bounded(BYTES)
+    temp_celsius: float | None = bounded(CELSIUS)
+    fan_percent: float | None = bounded(FAN_PERCENT)
+    power_draw_watts: float | None = bounded(WATTS)
+    power_limit_watts: float | None = bounded(WATTS)
+    clock_sm_mhz: int | None = bounded(MHZ)
+    clock_mem_mhz: int | None = bounded(MHZ)
+    pstate: int | None = bounded(PSTATE)
+    enc_util_percent: float | None = bounded(PERCENT)
+    dec_util_percent: float | None = bounded(PERCENT)
     throttle_reasons: list[str] | None = None
-    ecc_volatile_uncorrected: int | None = None
+    ecc_volatile_uncorrected: int | None = bounded(COUNT)
     processes: list[GpuProcess] | None = None
     error: str | None = None  # set when this GPU failed (lost, unknown NVML error)
 
@@ -308,6 +355,45 @@ def _check_number(value: Any) -> float | int | None:
     raise _Invalid(f"a finite number within ±{MAX_ABS_NUMBER:g}", value)
 
 
+@functools.cache
+def _number_checker(bounds: Bounds) -> Checker:
+    """:func:`_check_number` for a field with narrower bounds."""
+    if bounds == NUMBER:
+        return _check_number
+    low, high = bounds
+
+    def check(value: Any) -> float | int | None:
+        kind = value.__class__
+        if (kind is float or kind is int) and low <= value <= high:
+            return value  # NaN fails the comparison, as do infinities
+        if value is None:
+            return None
+        if kind is not float and kind is not int:
+            raise _Invalid("a number", value)
+        raise _Invalid(f"a number from {low:.15g} to {high:.15g}", value)
+
+    return check
+
+
+@functools.cache
+def _int_checker(bounds: Bounds) -> Checker:
+    """:func:`_check_int` for a field with narrower bounds."""
+    if bounds == NUMBER:
+        return _check_int
+    low, high = bounds
+
+    def check(value: Any) -> int | None:
+        if value.__class__ is int and low <= value <= high:
+            return int(value)
+        if value is None:
+            return None
+        if value.__class__ is not int:
+            raise _Invalid("an integer", value)
+        raise _Invalid(f"an integer from {low:.15g} to {high:.15g}", value)
+
+    return check
+
+
 def _check_int(value: Any) -> int | None:
     if value.__class__ is int and -MAX_ABS_NUMBER <= value <= MAX_ABS_NUMBER:
         return int(value)
@@ -355,19 +441,20 @@ def _list_checker(item: Checker, max_items: int) -> Checker:
 _NUMBER_CLASSES = frozenset((float, int))
 
 
-def _number_list_checker(max_items: int) -> Checker:
+def _number_list_checker(max_items: int, bounds: Bounds) -> Checker:
     """A list of numbers (per-core CPU percentages: up to hundreds per message). Checked with
     C-level passes (classes, then min, max and a sum, which NaN turns into NaN); any doubt
     falls back to the item-by-item check, which also words the error."""
-    slow = _list_checker(_check_number, max_items)
+    slow = _list_checker(_number_checker(bounds), max_items)
+    low, high = bounds
 
     def check(value: Any) -> list[Any] | None:
         if (
             value.__class__ is list
             and 0 < len(value) <= max_items
             and _NUMBER_CLASSES.issuperset(map(type, value))
-            and min(value) >= -MAX_ABS_NUMBER
-            and max(value) <= MAX_ABS_NUMBER
+            and min(value) >= low
+            and max(value) <= high
             and (total := sum(value)) == total
         ):
             return value
@@ -385,12 +472,13 @@ def _required(check: Checker) -> Checker:
     return required
 
 
-def _checker_for(hint: Any) -> Checker:
-    """The checker for one annotated field type (``X | None``, ``list[X] | None``, ...)."""
+def _checker_for(hint: Any, bounds: Bounds = NUMBER) -> Checker:
+    """The checker for one annotated field type (``X | None``, ``list[X] | None``, ...);
+    ``bounds`` apply to its numbers."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _checker_for(inner)  # every checker lets None through
+        return _checker_for(inner, bounds)  # every checker lets None through
     if origin is list:
         (item_hint,) = typing.get_args(hint)
         if isinstance(item_hint, type) and dataclasses.is_dataclass(item_hint):
@@ -398,12 +486,12 @@ def _checker_for(hint: Any) -> Checker:
         if item_hint is str:
             return _list_checker(_check_str, MAX_STRING_LIST)
         if item_hint is float:
-            return _number_list_checker(MAX_NUMBER_LIST)
-        return _list_checker(_checker_for(item_hint), MAX_NUMBER_LIST)
+            return _number_list_checker(MAX_NUMBER_LIST, bounds)
+        return _list_checker(_checker_for(item_hint, bounds), MAX_NUMBER_LIST)
     if hint is float:
-        return _check_number
+        return _number_checker(bounds)
     if hint is int:
-        return _check_int
+        return _int_checker(bounds)
     if hint is str:
         return _check_str
     raise TypeError(f"no wire checker for {hint!r}")
@@ -426,7 +514,7 @@ def _object_checker(cls: type, *, partial: bool) -> Checker:
     ``null`` deletes. Complete objects get every field, missing ones as ``None``.
     """
     hints = typing.get_type_hints(cls)
-    fields = {f.name: _checker_for(hints[f.name]) for f in dataclasses.fields(cls)}
+    fields = {f.name: _checker_for(hints[f.name], field_bounds(cls, f.name)) for f in dataclasses.fields(cls)}
 
     def check(value: Any) -> dict[str, Any] | None:
         if value.__class__ is not dict:
@@ -447,6 +535,8 @@ def _object_checker(cls: type, *, partial: bool) -> Checker:
 
 _required_int = _required(_check_int)
 _required_number = _required(_check_number)
+_check_epoch = _number_checker(EPOCH_S)
+_required_interval = _required(_number_checker(INTERVAL_S))
 _host_static = _object_checker(HostStatic, partial=False)
 _gpu_driver = _object_checker(GpuDriver, partial=False)
 _gpu_static_list = _list_checker(_object_checker(GpuStatic, partial=False), MAX_GPUS)
@@ -469,7 +559,7 @@ def _check_patch(patch: Any) -> dict[str, Any]:
     for key, value in patch.items():
         try:
             if key == "sampled_at":
-                clean[key] = _check_number(value)
+                clean[key] = _check_epoch(value)
             elif key == "host":
                 clean[key] = _host_patch(value)
             elif key == "gpus":
@@ -529,24 +619,25 @@ def check_node_name(value: Any, path: str = "node") -> str:
 # included, goes through the checkers above, which accept or word the error: they stay the
 # reference, and ``tests/test_protocol_props.py`` checks that msgspec never accepts what they
 # refuse. Imported on the first decode, so agents, which only encode, never load it.
-def _fast_type(hint: Any) -> Any:
-    """The msgspec type for one annotated wire field (``X | None``, ``list[X] | None``, ...)."""
+def _fast_type(hint: Any, bounds: Bounds = NUMBER) -> Any:
+    """The msgspec type for one annotated wire field (``X | None``, ``list[X] | None``, ...);
+    ``bounds`` apply to its numbers."""
     from msgspec import Meta
 
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return typing.Optional[_fast_type(inner)]  # noqa: UP045 (a runtime type, not an annotation)
+        return typing.Optional[_fast_type(inner, bounds)]  # noqa: UP045 (a runtime type, not an annotation)
     if origin is list:
         (item_hint,) = typing.get_args(hint)
         if isinstance(item_hint, type) and dataclasses.is_dataclass(item_hint):
             return typing.Annotated[list[_fast_object(item_hint)], Meta(max_length=MAX_OBJECT_LIST)]  # type: ignore[misc]
         most = MAX_STRING_LIST if item_hint is str else MAX_NUMBER_LIST
-        return typing.Annotated[list[_fast_type(item_hint)], Meta(max_length=most)]  # type: ignore[misc]
+        return typing.Annotated[list[_fast_type(item_hint, bounds)], Meta(max_length=most)]  # type: ignore[misc]
     if hint is float:
-        return typing.Annotated[float, Meta(ge=-MAX_ABS_NUMBER, le=MAX_ABS_NUMBER)]
+        return typing.Annotated[float, Meta(ge=bounds.low, le=bounds.high)]
     if hint is int:
-        return typing.Annotated[int, Meta(ge=-int(MAX_ABS_NUMBER), le=int(MAX_ABS_NUMBER))]
+        return typing.Annotated[int, Meta(ge=math.ceil(bounds.low), le=math.floor(bounds.high))]
     if hint is str:
         return typing.Annotated[str, Meta(max_length=MAX_STRING_CHARS)]
     raise TypeError(f"no fast wire type for {hint!r}")
@@ -555,7 +646,7 @@ def _fast_type(hint: Any) -> Any:
 def _fast_object(cls: type) -> Any:
     """A wire dataclass as a TypedDict whose keys are all optional (unknown keys are dropped)."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: _fast_type(hints[f.name]) for f in dataclasses.fields(cls)}
+    fields = {f.name: _fast_type(hints[f.name], field_bounds(cls, f.name)) for f in dataclasses.fields(cls)}
     typed_dict: Any = typing.TypedDict
     return typed_dict(f"{cls.__name__}Wire", fields, total=False)
 
@@ -571,7 +662,7 @@ def _fast_delta_decoder() -> Callable[[str | bytes], Any]:
     patch = typed_dict(
         "SnapshotPatchWire",
         {
-            "sampled_at": _fast_type(float | None),
+            "sampled_at": _fast_type(float | None, EPOCH_S),
             "host": typing.Optional[_fast_object(HostSample)],  # noqa: UP045
             "gpus": typing.Optional[gpus],  # noqa: UP045
         },
@@ -636,9 +727,7 @@ def decode_with_checkers(data: str | bytes) -> Message:
                 f"protocol version {protocol} is not supported (hub speaks {PROTOCOL_VERSION})",
                 CLOSE_POLICY,
             )
-        interval = _field(obj, "interval_s", _required_number)
-        if not 0.05 <= interval <= 3600:
-            raise _Invalid("a number of seconds between 0.05 and 3600", interval).error("interval_s")
+        interval = _field(obj, "interval_s", _required_interval)
         return Hello(
             node=_field(obj, "node", _check_node_name),
             agent_version=_field(obj, "agent_version", _required(_check_str)),
@@ -649,6 +738,102 @@ def decode_with_checkers(data: str | bytes) -> Message:
             protocol=protocol,
         )
     raise ProtocolError(f"unknown message type {kind!r}", CLOSE_POLICY)
+
+
+# --------------------------------------------------------------------------- bounds on the agent
+# An agent sends null (unknown) for a reading outside its field's bounds: one odd reading (a
+# clock stepped back under the uptime, a driver's garbage) then shows as unknown on the wall,
+# where sending it would get the connection closed, again on every reconnect.
+_NUMBER_KINDS = frozenset((int, float))
+
+
+class _BoundsPlan(NamedTuple):
+    """The fields of a wire dataclass that hold numbers, with their bounds (low, high)."""
+
+    numbers: tuple[tuple[str, float, float], ...]
+    number_lists: tuple[tuple[str, float, float], ...]
+    object_lists: tuple[tuple[str, type], ...]
+
+
+@functools.cache
+def _bounds_plan(cls: type) -> _BoundsPlan:
+    hints = typing.get_type_hints(cls)
+    numbers, number_lists, object_lists = [], [], []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (Union, types.UnionType):
+            (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        low, high = field_bounds(cls, f.name)
+        if hint in _NUMBER_KINDS:
+            numbers.append((f.name, low, high))
+        elif typing.get_origin(hint) is list:
+            (item,) = typing.get_args(hint)
+            if item in _NUMBER_KINDS:
+                number_lists.append((f.name, low, high))
+            elif isinstance(item, type) and dataclasses.is_dataclass(item):
+                object_lists.append((f.name, item))
+    return _BoundsPlan(tuple(numbers), tuple(number_lists), tuple(object_lists))
+
+
+def nulls_for_out_of_bounds(obj: Mapping[str, Any], cls: type, path: str, nulled: list[str]) -> Any:
+    """``obj`` (a wire ``cls`` as a dict) with every number outside its field's bounds set to
+    ``None``, each such field's path appended to ``nulled``; ``obj`` itself when all are within
+    (it is never mutated). A list of numbers with one outside becomes ``None`` as a whole."""
+    plan = _bounds_plan(cls)
+    get = obj.get
+    changed: dict[str, Any] = {}
+    for name, low, high in plan.numbers:
+        value: Any = get(name)
+        if isinstance(value, (int, float)) and not low <= value <= high:
+            changed[name] = None
+    for name, low, high in plan.number_lists:
+        values: Any = get(name)
+        # C-level passes over per-core figures, as the decoder's (a sum is NaN if any is NaN)
+        if values.__class__ is list and values and _NUMBER_KINDS.issuperset(map(type, values)):
+            total = sum(values)
+            if not (low <= min(values) and max(values) <= high and total == total):
+                changed[name] = None
+    for name, item_cls in plan.object_lists:
+        items = get(name)
+        if items.__class__ is list:
+            fitted = [
+                nulls_for_out_of_bounds(v, item_cls, f"{path}.{name}[{i}]", nulled)
+                if isinstance(v, dict)
+                else v
+                for i, v in enumerate(items)
+            ]
+            if any(a is not b for a, b in zip(fitted, items, strict=True)):
+                changed[name] = fitted
+    if not changed:
+        return obj
+    nulled.extend(f"{path}.{name}" for name, value in changed.items() if value is None)
+    return {**obj, **changed}
+
+
+def snapshot_within_bounds(snapshot: Snapshot) -> tuple[Snapshot, list[str]]:
+    """An agent's snapshot with every out-of-bounds number as null, and the paths of those."""
+    nulled: list[str] = []
+    out = snapshot
+    sampled_at: Any = snapshot.get("sampled_at")
+    if isinstance(sampled_at, (int, float)) and not EPOCH_S.low <= sampled_at <= EPOCH_S.high:
+        out = {**out, "sampled_at": None}
+        nulled.append("sampled_at")
+    host = snapshot.get("host")
+    if isinstance(host, dict):
+        fitted_host = nulls_for_out_of_bounds(host, HostSample, "host", nulled)
+        if fitted_host is not host:
+            out = {**out, "host": fitted_host}
+    gpus = snapshot.get("gpus")
+    if isinstance(gpus, dict):
+        fitted_gpus = {
+            index: nulls_for_out_of_bounds(gpu, GpuSample, f"gpus.{index}", nulled)
+            if isinstance(gpu, dict)
+            else gpu
+            for index, gpu in gpus.items()
+        }
+        if any(fitted_gpus[i] is not gpus[i] for i in gpus):
+            out = {**out, "gpus": fitted_gpus}
+    return out, nulled
 
 
 # --------------------------------------------------------------------------- merge patch

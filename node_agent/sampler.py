@@ -20,7 +20,17 @@ from typing import Any, Protocol
 
 from node_agent import __version__
 from node_agent.host import HostCollector
-from node_agent.protocol import GpuDriver, GpuStatic, Hello, Snapshot, make_patch, to_wire
+from node_agent.protocol import (
+    GpuDriver,
+    GpuStatic,
+    Hello,
+    HostStatic,
+    Snapshot,
+    make_patch,
+    nulls_for_out_of_bounds,
+    snapshot_within_bounds,
+    to_wire,
+)
 
 log = logging.getLogger("sers.agent")
 
@@ -40,6 +50,7 @@ class Sampler:
     def __init__(self, host: HostCollector, gpus: GpuSource) -> None:
         self._host = host
         self._gpus = gpus
+        self._out_of_bounds: set[str] = set()  # fields already warned about
 
     @property
     def static_generation(self) -> int:
@@ -47,22 +58,40 @@ class Sampler:
         return self._gpus.static_generation
 
     def hello(self, node: str, interval_s: float) -> Hello:
+        nulled: list[str] = []
+        host = nulls_for_out_of_bounds(to_wire(self._host.static()), HostStatic, "host", nulled)
+        gpus = [
+            nulls_for_out_of_bounds(gpu, GpuStatic, f"gpus[{i}]", nulled)
+            for i, gpu in enumerate(to_wire(self._gpus.static()))
+        ]
+        self._warn_out_of_bounds(nulled)
         return Hello(
             node=node,
             agent_version=__version__,
             interval_s=interval_s,
-            host=to_wire(self._host.static()),
+            host=host,
             gpu_driver=to_wire(self._gpus.driver()),
-            gpus=to_wire(self._gpus.static()),
+            gpus=gpus,
         )
 
     def snapshot(self) -> Snapshot:
         sampled_at = round(time.time(), 3)
-        return {
-            "sampled_at": sampled_at,
-            "host": self._host.sample_wire(),
-            "gpus": self._gpus.sample_wire(),
-        }
+        snapshot, nulled = snapshot_within_bounds(
+            {
+                "sampled_at": sampled_at,
+                "host": self._host.sample_wire(),
+                "gpus": self._gpus.sample_wire(),
+            }
+        )
+        self._warn_out_of_bounds(nulled)
+        return snapshot
+
+    def _warn_out_of_bounds(self, nulled: list[str]) -> None:
+        """Once per field: a reading the hub would refuse is sent as unknown (null)."""
+        for path in nulled:
+            if path not in self._out_of_bounds:
+                self._out_of_bounds.add(path)
+                log.warning("%s: a reading outside the protocol's bounds; sent as unknown", path)
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Shuts the GPU collector down, unless a hung call holds it: then gives up after

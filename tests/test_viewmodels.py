@@ -3,6 +3,8 @@ the detail page's every-field listing. Pure: nodes come from a real registry on 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import fields
 from typing import Any
 
@@ -15,9 +17,17 @@ from frontend.viewmodels import (
     field_text,
     fmt_ago,
     fmt_bytes,
+    fmt_celsius,
+    fmt_count,
     fmt_duration,
-    fmt_short_bytes,
+    fmt_epoch,
+    fmt_load,
+    fmt_mhz,
+    fmt_percent,
+    fmt_pstate,
+    fmt_rate,
     fmt_used_of,
+    fmt_watts,
     gpu_is_free,
     gpu_tally,
     gpu_view,
@@ -32,7 +42,16 @@ from frontend.viewmodels import (
 )
 from hub.clock import ManualClock
 from hub.registry import Naming, Node, NodeRegistry, NodeStatus
-from node_agent.protocol import GpuSample, Hello, HostSample, HostStatic
+from node_agent.protocol import (
+    DiskUsage,
+    GpuDriver,
+    GpuProcess,
+    GpuSample,
+    GpuStatic,
+    Hello,
+    HostSample,
+    HostStatic,
+)
 
 GIB = 1024**3
 NAN = float("nan")
@@ -90,8 +109,8 @@ def make_node(
         (1.2 * 1024**4, "1.2T"),
     ],
 )
-def test_short_bytes_fit_four_characters(value: float | None, short: str) -> None:
-    assert fmt_short_bytes(value) == short
+def test_bytes_fit_four_characters(value: float | None, short: str) -> None:
+    assert fmt_bytes(value) == short
     assert len(short) <= 4
 
 
@@ -103,7 +122,6 @@ def test_used_of_shares_the_unit_when_it_can() -> None:
 
 
 def test_long_formats() -> None:
-    assert fmt_bytes(1536 * 1024**2) == "1.5 GiB"
     assert fmt_bytes(None) == "–"
     assert [fmt_duration(s) for s in (5, 125, 3 * 3600 + 5 * 60, 12 * 86400 + 4 * 3600)] == [
         "5s",
@@ -160,7 +178,7 @@ def test_gpu_row_texts() -> None:
     assert (view.temp_text, view.temp_cls) == ("85°", "w")
     assert view.power_text == "612/700W"
     bare = gpu_view("n1", "0", {"name": "T4"}, 10, 5)
-    assert (bare.util.text, bare.mem.text, bare.temp_text, bare.power_text) == ("–", "–", "–", "–W")
+    assert (bare.util.text, bare.mem.text, bare.temp_text, bare.power_text) == ("–", "–", "–", "–")
 
 
 def test_users_ranked_by_gpu_memory_with_more_count() -> None:
@@ -288,10 +306,12 @@ def test_spark_view_is_right_aligned_and_fixed_width() -> None:
 def test_field_labels_and_texts_follow_units_in_names() -> None:
     assert field_label("mem_used_bytes") == "mem used"
     assert field_label("net_rx_bytes_per_s") == "network receive"
-    assert field_text("mem_used_bytes", 1536 * 1024**2) == "1.5 GiB"
-    assert field_text("net_rx_bytes_per_s", 2048) == "2.0 KiB/s"
-    assert field_text("temp_celsius", 71.6) == "72 °C"
-    assert field_text("power_draw_watts", 250) == "250.0 W"
+    assert field_text("mem_used_bytes", 1536 * 1024**2) == "1.5G"
+    assert field_text("net_rx_bytes_per_s", 2048) == "2.0K/s"
+    assert field_text("temp_celsius", 71.6) == "72°"
+    assert field_text("power_draw_watts", 250) == "250W"
+    assert field_text("util_gpu_percent", 97.4) == "97%"
+    assert field_text("load_avg_5m", 12.345) == "12.35"
     assert field_text("clock_sm_mhz", 1980) == "1980 MHz"
     assert field_text("boot_time_epoch_s", 0) == "1970-01-01 00:00:00 UTC"
     assert field_text("uptime_s", 3700) == "1h 01m"
@@ -344,8 +364,8 @@ def test_detail_view_lists_every_reported_field() -> None:
     assert facts["PCI bus id"] == "0000:18:00.0" and facts["throttle reasons"] == "thermal"
     assert list(facts).count("PCI bus id") == 1
     assert [(p.pid, p.user, p.command, p.gpu_mem_text) for p in g.processes] == [
-        ("12", "unknown", "unknown", "3.0 GiB"),
-        ("11", "ann", "python", "1.0 GiB"),
+        ("12", "unknown", "unknown", "3.0G"),
+        ("11", "ann", "python", "1.0G"),
     ]
     assert g.state == "b" and g.history.main.startswith("M")
     assert view.host_history.main.count(",") == 2
@@ -370,3 +390,162 @@ def test_a_row_is_free_exactly_when_gpu_is_free_says_so() -> None:
     ]
     for g in cases:
         assert (gpu_view("n", "0", g, 10, 5).state == "f") == gpu_is_free(g, 10, 5), g
+
+
+# --------------------------------------------------------------------------- any value renders
+# Numbers the protocol refuses too: a view must never be the part that fails.
+EXTREMES: tuple[object, ...] = (
+    0,
+    -0.0,
+    1,
+    -1,
+    0.5,
+    5e-324,
+    10**18,
+    -(10**18),
+    1e18,
+    -1e18,
+    1.7e308,
+    -1.7e308,
+    10**400,
+    -(10**400),
+    math.inf,
+    -math.inf,
+    NAN,
+    True,
+    "12",
+    None,
+)
+FORMATTERS = (
+    fmt_bytes,
+    fmt_rate,
+    fmt_percent,
+    fmt_celsius,
+    fmt_watts,
+    fmt_mhz,
+    fmt_load,
+    fmt_pstate,
+    fmt_count,
+    fmt_duration,
+    fmt_epoch,
+)
+WIRE_TYPES = (HostStatic, GpuDriver, GpuStatic, DiskUsage, HostSample, GpuProcess, GpuSample)
+
+
+@pytest.mark.parametrize("formatter", FORMATTERS, ids=lambda f: f.__name__)
+def test_every_formatter_takes_any_value(formatter: Any) -> None:
+    for value in EXTREMES:
+        text = formatter(value)
+        assert isinstance(text, str) and text, (value, text)
+        if _is_finite_number(value):
+            assert text != "–", (value, "a finite number is shown")
+        else:
+            assert text == "–", (value, text)
+
+
+def test_zero_has_no_sign() -> None:
+    assert (fmt_rate(-0.0), fmt_percent(-0.0), fmt_celsius(-0.0)) == ("0B/s", "0%", "0°")
+
+
+def _is_finite_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (isinstance(value, float) or abs(value) < 1e308)
+        and math.isfinite(value)
+    )
+
+
+def test_every_field_of_every_wire_type_formats_any_value() -> None:
+    for cls in WIRE_TYPES:
+        for f in fields(cls):
+            for value in EXTREMES:
+                assert isinstance(field_text(f.name, value), str), (cls.__name__, f.name, value)
+                assert isinstance(field_text(f.name, [value, value]), str), (cls.__name__, f.name, value)
+
+
+@pytest.mark.parametrize("value", [v for v in EXTREMES if not isinstance(v, str)], ids=repr)
+def test_cards_and_node_page_build_whatever_the_numbers(value: object) -> None:
+    """Every numeric field of the host, its disks, a GPU and its process set to one value."""
+
+    def numbers(cls: type) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            if "float" in str(f.type) or "int" in str(f.type):
+                out[f.name] = [value, value] if "list" in str(f.type) else value
+        return out
+
+    host = numbers(HostSample) | {"disks": [{"mount": "/", **numbers(DiskUsage)}]}
+    gpu_state = numbers(GpuSample) | {"name": "H100", "processes": [{"user": "ann", **numbers(GpuProcess)}]}
+    registry, _, node = make_node(
+        {"sampled_at": value, "host": host, "gpus": {"0": gpu_state}},
+        hello_gpus=[{"name": "H100", **numbers(GpuStatic), "index": 0}],
+    )
+    assert node.hello is not None
+    registry.nodes["n1"].hello = dataclasses.replace(
+        node.hello, host={"hostname": "h", **numbers(HostStatic)}
+    )
+    view = host_view(node)
+    assert view.cpu.text.startswith("CPU ") and 0 <= view.mem.p <= 100
+    row = gpu_view("n1", "0", gpu_state, 10, 5)
+    assert 0 <= row.util.p <= 100 and 0 <= row.mem.p <= 100
+    detail = detail_view(node, {"cpu": [1.0]}, 15, 0.0, 10, 5)
+    assert len(detail.gpus) == 1 and all(f.text for f in detail.host_sample)
+    assert head_view(node).detail
+    summary_view([(NodeStatus.LIVE, [gpu_tally(gpu_state, row.state)])])
+
+
+# --------------------------------------------------------------------------- one format per quantity
+def joined(first: str, second: str) -> str:
+    """Two texts of one quantity as the card joins them: the unit once when both share it."""
+    if second == "–":
+        return first
+    unit = second.lstrip("-0123456789.")
+    if unit and first.endswith(unit) and first[: -len(unit)][-1:].isdigit():
+        return f"{first[: -len(unit)]}/{second}"
+    return f"{first}/{second}"
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [0.0, 0.37, 1.0, 7.3, 1000.0],
+    ids=lambda s: f"x{s}",
+)
+def test_the_card_and_the_node_page_show_the_same_text_for_the_same_values(scale: float) -> None:
+    """The card's texts are the node page's texts (two of one quantity joined)."""
+    host = {
+        "cpu_percent": min(42.4 * scale, 100.0),
+        "mem_total_bytes": 512 * GIB,
+        "mem_used_bytes": round(100 * GIB * scale) % (512 * GIB),
+        "net_rx_bytes_per_s": 1.5 * 1024**2 * scale,
+        "net_tx_bytes_per_s": 300 * 1024 * scale,
+        "load_avg_1m": 1.5 * scale,
+        "load_avg_5m": 12.345 * scale,
+        "load_avg_15m": 0.004 * scale,
+        "uptime_s": 90061 * scale,
+    }
+    sample = gpu(
+        util_gpu_percent=min(97.4 * scale, 100.0),
+        mem_used_bytes=round(45.3 * GIB * scale) % (80 * GIB),
+        temp_celsius=84.6 * scale,
+        power_draw_watts=612.5 * scale,
+        processes=[{"pid": 7, "user": "ann", "gpu_mem_bytes": round(45.3 * GIB * scale) % (80 * GIB)}],
+    )
+    _, _, node = make_node({"sampled_at": 1.0, "host": host, "gpus": {"0": sample}})
+    card, row = host_view(node), gpu_view("n1", "0", sample, 10, 5)
+    detail = detail_view(node, {}, 15, 0.0, 10, 5)
+    page = {f.label: f.text for f in detail.host_sample}
+    facts = {f.label: f.text for f in detail.gpus[0].facts}
+
+    assert card.cpu.text == f"CPU {page['CPU']}"
+    assert card.mem.text == f"MEM {joined(page['mem used'], page['mem total'])}"
+    assert card.net_text == f"↓{page['network receive']} ↑{page['network transmit']}"
+    assert card.load_text == " ".join(page[f"load average {m} min"] for m in (1, 5, 15))
+    assert card.uptime_text == page["uptime"]
+    assert row.util.text == facts["GPU utilization"]
+    assert row.mem.text == joined(facts["mem used"], facts["mem total"])
+    assert row.temp_text == facts["temp"]
+    assert row.power_text == joined(facts["power draw"], facts["power limit"])
+    [process] = detail.gpus[0].processes
+    if process.gpu_mem_text != "0B":
+        assert row.users == (f"ann {process.gpu_mem_text}",)

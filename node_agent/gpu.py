@@ -146,7 +146,9 @@ def collector_state_after(init_error: Exception, nvidia_gpus: int | None) -> str
         return GPU_COLLECTOR_DOWN
     if nvidia_gpus == 0:
         return GPU_COLLECTOR_ABSENT
-    nvml_missing = isinstance(init_error, ImportError) or type(init_error).__name__ == "NVMLError_LibraryNotFound"
+    nvml_missing = (
+        isinstance(init_error, ImportError) or type(init_error).__name__ == "NVMLError_LibraryNotFound"
+    )
     return GPU_COLLECTOR_ABSENT if nvml_missing else GPU_COLLECTOR_DOWN
 
 
@@ -340,6 +342,8 @@ class GpuCollector:
             return "NVML library not found (libnvidia-ml.so.1): no NVIDIA driver installed?"
         if kind == "NVMLError_DriverNotLoaded":
             return "NVIDIA driver not loaded"
+        if kind == "NVMLError_LibRmVersionMismatch":
+            return "NVIDIA driver and NVML library versions differ (driver upgraded without a reboot?)"
         if kind == "NVMLError_NoPermission":
             return "no permission to use NVML (/dev/nvidia*)"
         if kind.startswith("NVMLError"):

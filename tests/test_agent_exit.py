@@ -35,7 +35,7 @@ from tests.fakes import fake_env, gpu, scenario
 from tests.procs import Hub, Proc, spawn, wait_until
 
 EXIT_LIMIT_S = 2.0
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OPCODE_CLOSE = 0x8
 
 
@@ -99,7 +99,9 @@ class RawHub:
             if not self._handshake:
                 reader.read()  # until the agent hangs up
                 return
-            key = next(ln.split(b":", 1)[1].strip() for ln in lines if ln.lower().startswith(b"sec-websocket-key"))
+            key = next(
+                ln.split(b":", 1)[1].strip() for ln in lines if ln.lower().startswith(b"sec-websocket-key")
+            )
             accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
             connection.sendall(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -189,7 +191,9 @@ def test_agent_connecting_to_an_unreachable_hub_stops_quickly(procs: list[Proc],
         procs.append(agent)
 
         def connecting() -> bool:
-            return any(c.status == psutil.CONN_SYN_SENT for c in psutil.Process(agent.pid).net_connections("tcp"))
+            return any(
+                c.status == psutil.CONN_SYN_SENT for c in psutil.Process(agent.pid).net_connections("tcp")
+            )
 
         wait_until(connecting, 10, what="the agent's connection attempt to hang in SYN_SENT")
         assert_stops_quickly(agent)
@@ -235,7 +239,9 @@ def test_a_task_stuck_in_its_cleanup_is_cancelled_again() -> None:
     assert 0.2 <= took_s < 1.0
 
 
-def test_json_without_once_is_an_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_without_once_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def never_run(main: Coroutine[Any, Any, None]) -> None:
         main.close()
         raise AssertionError("the agent went on to stream, --json ignored")

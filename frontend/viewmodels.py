@@ -15,7 +15,14 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from hub.registry import Node, NodeStatus
-from node_agent.protocol import GpuDriver, GpuSample, GpuStatic, HostSample, HostStatic
+from node_agent.protocol import (
+    GPU_COLLECTOR_DOWN,
+    GpuDriver,
+    GpuSample,
+    GpuStatic,
+    HostSample,
+    HostStatic,
+)
 
 MAX_USERS_SHOWN = 2  # on a card; the detail page lists every process
 _VENDOR_PREFIXES = ("NVIDIA ", "GeForce ", "Tesla ", "Quadro ")
@@ -431,6 +438,19 @@ class HeadView:
     detail: str  # host name, OS, CPU, cores, memory: the name's tooltip
     gpus_total: int
     sort_key: str
+    gpu_collector_down: str | None = None  # why, when the node's GPUs can't be read (its badge)
+
+
+def gpu_collector_down(node: Node) -> str | None:
+    """Why ``node``'s GPU collector is down (its agent finds NVIDIA GPUs, or NVML, but NVML
+    fails: "NVIDIA driver not loaded"), or ``None``: it works, the node has no NVIDIA GPU, or
+    the node is offline (what its agent last said is history)."""
+    if node.hello is None or node.status is NodeStatus.OFFLINE:
+        return None
+    driver = node.hello.gpu_driver
+    if driver.get("collector_state") != GPU_COLLECTOR_DOWN:
+        return None
+    return str(driver.get("error") or "no reason given")
 
 
 def head_view(node: Node, silent_s: float = 0.0) -> HeadView:
@@ -465,6 +485,7 @@ def head_view(node: Node, silent_s: float = 0.0) -> HeadView:
         detail=detail,
         gpus_total=len(gpus),
         sort_key=f"{node.group is None:d}{(node.group or '').lower()}\x1f{node.display_name.lower()}\x1f{node.node_id}",
+        gpu_collector_down=gpu_collector_down(node),
     )
 
 
@@ -556,6 +577,7 @@ class SummaryView:
     gpu_mem_used_text: str
     gpu_mem_total_text: str
     gpu_mem_p: int
+    gpu_collectors_down: int = 0  # nodes not offline whose GPUs can't be read
 
 
 class GpuTally(NamedTuple):
@@ -575,9 +597,12 @@ def gpu_tally(gpu: Mapping[str, Any], state: str) -> GpuTally:
     )
 
 
-def summary_view(nodes: Iterable[tuple[NodeStatus, Iterable[GpuTally]]]) -> SummaryView:
+def summary_view(
+    nodes: Iterable[tuple[NodeStatus, Iterable[GpuTally]]], gpu_collectors_down: int = 0
+) -> SummaryView:
     """Counts over (node status, its GPUs' tallies): GPUs of offline nodes are left out; a GPU
-    is free only on a live node (its row says so: state "f")."""
+    is free only on a live node (its row says so: state "f"). ``gpu_collectors_down`` is
+    passed through (the nodes :func:`gpu_collector_down` names)."""
     status_counts: Counter[str] = Counter()
     free_by_model: Counter[str] = Counter()
     total_by_model: Counter[str] = Counter()
@@ -613,6 +638,7 @@ def summary_view(nodes: Iterable[tuple[NodeStatus, Iterable[GpuTally]]]) -> Summ
         gpu_mem_used_text=fmt_bytes(mem_used),
         gpu_mem_total_text=fmt_bytes(mem_total),
         gpu_mem_p=round(ratio_percent(mem_used, mem_total) or 0),
+        gpu_collectors_down=gpu_collectors_down,
     )
 
 
@@ -635,6 +661,7 @@ _LABELS = {
     "uuid": "UUID",
     "cuda_driver_version": "CUDA driver version",
     "nvml_version": "NVML version",
+    "collector_state": "GPU collector",
     "cpu_percent": "CPU",
     "load_avg_1m": "load average 1 min",
     "load_avg_5m": "load average 5 min",

@@ -33,7 +33,7 @@ from frontend.viewmodels import gpu_is_free
 from hub.registry import NodeRegistry, NodeStatus
 from hub.settings import GpuFreeRule
 from hub.state import HubState
-from node_agent.protocol import Hello, Snapshot
+from node_agent.protocol import GPU_COLLECTOR_DOWN, GPU_COLLECTOR_UP, Hello, Snapshot
 
 NODE_LABELS = ("node",)
 GPU_LABELS = ("node", "gpu", "uuid", "model")
@@ -228,6 +228,13 @@ class HubCollector:
         sample_age = UniqueGauge(
             "sers_node_sample_age_seconds", "Time since the node's last new sample.", labels=NODE_LABELS
         )
+        # absent for a node without NVIDIA GPUs (nothing to collect) and for agents too old to say
+        collector_up = GaugeMetricFamily(
+            "sers_gpu_collector_up",
+            "1 while the node's GPU collector (NVML) works, 0 when it is down (driver not loaded, "
+            "NVML failing) on a node with NVIDIA GPUs.",
+            labels=NODE_LABELS,
+        )
         for node in nodes:
             key = [node.node_id]
             up.add_metric(key, 1.0 if node.status is NodeStatus.LIVE else 0.0)
@@ -258,7 +265,10 @@ class HubCollector:
                 cores.add_metric(key, logical)
             if node.status is not NodeStatus.OFFLINE and node.sample_age_s is not None:
                 sample_age.add_metric(key, max(0.0, node.sample_age_s))
-        yield from (up, status, info, last_seen, cores, sample_age)
+            collector = driver.get("collector_state")
+            if node.status is not NodeStatus.OFFLINE and collector in (GPU_COLLECTOR_UP, GPU_COLLECTOR_DOWN):
+                collector_up.add_metric(key, 1.0 if collector == GPU_COLLECTOR_UP else 0.0)
+        yield from (up, status, info, last_seen, cores, sample_age, collector_up)
 
     def _host_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
         families = [UniqueGauge(g.name, g.help, labels=NODE_LABELS) for g in HOST_GAUGES]

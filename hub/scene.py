@@ -20,6 +20,7 @@ from frontend.viewmodels import (
     GpuTally,
     SummaryView,
     detail_view,
+    gpu_collector_down,
     gpu_tally,
     gpu_view,
     head_view,
@@ -127,10 +128,16 @@ class Scene:
         """The summary bar's counts, from the GPU tallies kept as rows render."""
         rendered = self._rendered
         empty: dict[str, GpuTally] = {}
+        nodes = [node for node in self._registry.nodes.values() if view_filter.matches(node)]
         return summary_view(
-            (node.status, (rendered[node_id].tallies if node_id in rendered else empty).values())
-            for node_id, node in self._registry.nodes.items()
-            if view_filter.matches(node)
+            (
+                (
+                    node.status,
+                    (rendered[node.node_id].tallies if node.node_id in rendered else empty).values(),
+                )
+                for node in nodes
+            ),
+            gpu_collectors_down=sum(1 for node in nodes if gpu_collector_down(node)),
         )
 
     def summary(self, view: SummaryView) -> str:

@@ -22,11 +22,23 @@ from node_agent.settings import AgentSettings, SettingsError, load_settings
 
 log = logging.getLogger("sers.agent")
 
+# SIGTERM (or Ctrl-C) ends the agent within 2 s, whatever it is doing: the link gets this long to
+# close (its closing handshake waits at most CLOSE_TIMEOUT_S of it; a close stuck sending to a
+# hub that stopped reading is cancelled after it), then the GPU collector this long to shut NVML
+# down (a call stuck in the driver is left behind on its daemon thread).
+LINK_STOP_S = 1.2
+GPU_STOP_S = 0.3
+
 
 def build_sampler(settings: AgentSettings) -> Sampler:
     return Sampler(
         HostCollector(settings.mounts),
-        GpuCollector(full_cmdline=settings.full_cmdline, log=log, retry_every_s=_nvml_retry_every_s()),
+        GpuCollector(
+            full_cmdline=settings.full_cmdline,
+            log=log,
+            retry_every_s=_nvml_retry_every_s(),
+            sysfs_root=settings.sysfs_root,
+        ),
     )
 
 
@@ -80,11 +92,10 @@ async def stream(settings: AgentSettings) -> None:
         await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
-        for task in tasks:
-            task.cancel()  # the link closes cleanly when cancelled: the hub sees 1000 at once
-        ended = await asyncio.gather(*tasks, return_exceptions=True)
+        # the link closes when cancelled: the hub sees 1001 (going away) at once
+        ended = await cancel_within(tasks, LINK_STOP_S)
         source.close()
-        sampler.close()
+        sampler.close(GPU_STOP_S)
     # Neither task ends by itself: if one did, exit non-zero so that the service manager restarts
     # the agent, rather than sample on with no hub (or no samples) and say nothing.
     for outcome in ended:
@@ -94,9 +105,22 @@ async def stream(settings: AgentSettings) -> None:
         raise RuntimeError("an agent task ended before the agent was stopped")
 
 
+async def cancel_within(tasks: Sequence[asyncio.Task[None]], timeout_s: float) -> list[BaseException | None]:
+    """Cancels ``tasks`` and gives them ``timeout_s`` to end; those still running then (a task
+    that waits on something in its cleanup) are cancelled once more. Returns their outcomes."""
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
+        if settings.json and not settings.once:
+            raise SettingsError("--json prints one snapshot: use it with --once")
     except SettingsError as exc:
         print(f"sers-agent: error: {exc}", file=sys.stderr)
         return 2

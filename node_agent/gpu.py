@@ -12,7 +12,9 @@ count (a hardware fault; it shows within that time).
 One policy, :meth:`_Nvml.query`, decides what an NVML error means: a field the GPU doesn't
 support (or we may not read) is ``None``; a lost GPU, or any other NVML error on a required call,
 turns that GPU's sample into an error entry while the other GPUs still report. A machine without
-the library or driver gets no GPUs and a :class:`GpuDriver` that says why.
+the library or driver gets no GPUs and a :class:`GpuDriver` that says why, and whether the GPU
+collector is down or the machine simply has no NVIDIA GPU (:func:`collector_state_after`): a GPU
+server whose driver failed to load must not look like a CPU-only node.
 
 Blocking (talks to the driver): the sampler calls it from its worker thread.
 """
@@ -24,12 +26,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
 from node_agent.periodic import Periodic
 from node_agent.procinfo import UNKNOWN, ProcessResolver, ProcInfo
-from node_agent.protocol import MAX_OBJECT_LIST, GpuDriver, GpuProcess, GpuSample, GpuStatic, to_wire
+from node_agent.protocol import (
+    GPU_COLLECTOR_ABSENT,
+    GPU_COLLECTOR_DOWN,
+    GPU_COLLECTOR_UP,
+    MAX_OBJECT_LIST,
+    GpuDriver,
+    GpuProcess,
+    GpuSample,
+    GpuStatic,
+    to_wire,
+)
 
 # Clocks event ("throttle") reason bits, stable across NVML versions (nvml.h).
 THROTTLE_REASON_BITS: tuple[tuple[int, str], ...] = (
@@ -50,6 +63,11 @@ SLOW_FIELDS_EVERY_S = 10.0
 # While NVML is down it is tried again this often: a driver loaded (or installed) after the agent
 # started shows within it, and a failed nvmlInit costs about a millisecond.
 NVML_RETRY_EVERY_S = 60.0
+
+# NVIDIA's PCI vendor id, and the PCI class of display controllers (0x0300 VGA, 0x0302 3D): a
+# GPU's function, as opposed to the audio function of a graphics card (0x0403) or an NVSwitch.
+NVIDIA_PCI_VENDOR = 0x10DE
+PCI_CLASS_DISPLAY = 0x03
 
 # (field, NVML function or None where the bindings lack it, arguments) per sampled call
 SampleCalls = tuple[tuple[str, Callable[..., Any] | None, tuple[Any, ...]], ...]
@@ -90,6 +108,48 @@ def decode_throttle_reasons(mask: int) -> list[str]:
 def cuda_version_text(version: int) -> str:
     """NVML's CUDA driver version integer (``12040``) as ``"12.4"``."""
     return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def nvidia_gpus_on_pci_bus(sysfs_root: Path) -> int | None:
+    """How many NVIDIA GPUs the PCI bus lists under ``sysfs_root`` (``/sys``), driver loaded or
+    not; ``None`` when the bus can't be read, or lists no device at all (a container or sandbox
+    that hides it): then nothing can be told from it."""
+    devices = sysfs_root / "bus" / "pci" / "devices"
+    try:
+        entries = list(devices.iterdir())
+    except OSError:
+        return None
+    if not entries:
+        return None
+    found = 0
+    for entry in entries:
+        try:
+            vendor = int((entry / "vendor").read_text(), 16)
+            pci_class = int((entry / "class").read_text(), 16)  # 0xCCSSPP: class, subclass, prog-if
+        except (OSError, ValueError):
+            continue
+        if vendor == NVIDIA_PCI_VENDOR and pci_class >> 16 == PCI_CLASS_DISPLAY:
+            found += 1
+    return found
+
+
+def collector_state_after(init_error: Exception, nvidia_gpus: int | None) -> str:
+    """The GPU collector's state when NVML failed to start with ``init_error``, given the
+    NVIDIA GPUs seen on the PCI bus (``None``: the bus can't be read).
+
+    NVIDIA GPUs on the bus: ``down``, whatever failed. None on a readable bus: ``absent``, a
+    CPU-only node (even with the driver's packages installed: there is nothing to monitor).
+    An unreadable bus: ``absent`` only when NVML itself is missing (no nvidia-ml-py, no
+    libnvidia-ml); NVML installed but failing (driver not loaded, library and driver mismatched,
+    no permission) says the machine is meant to have GPUs: ``down``."""
+    if nvidia_gpus:
+        return GPU_COLLECTOR_DOWN
+    if nvidia_gpus == 0:
+        return GPU_COLLECTOR_ABSENT
+    nvml_missing = (
+        isinstance(init_error, ImportError) or type(init_error).__name__ == "NVMLError_LibraryNotFound"
+    )
+    return GPU_COLLECTOR_ABSENT if nvml_missing else GPU_COLLECTOR_DOWN
 
 
 def _text(value: Any) -> str | None:
@@ -197,7 +257,9 @@ class _RawProcess(NamedTuple):
 class GpuCollector:
     """NVIDIA GPUs through NVML. Never raises for a missing library or driver: then
     :meth:`driver` says why and :meth:`sample` returns ``{}``, and :meth:`sample` tries NVML
-    again every ``retry_every_s`` (not without ``pynvml``: that needs a restart anyway)."""
+    again every ``retry_every_s`` (not without ``pynvml``: that needs a restart anyway).
+    ``sysfs_root`` is where sysfs is mounted: its PCI bus tells a GPU server whose NVML fails
+    from a CPU-only node."""
 
     def __init__(
         self,
@@ -206,8 +268,10 @@ class GpuCollector:
         log: logging.Logger | None = None,
         retry_every_s: float = NVML_RETRY_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
+        sysfs_root: Path = Path("/sys"),
     ) -> None:
         self._log = log or logging.getLogger(__name__)
+        self._sysfs_root = sysfs_root
         self._lock = threading.Lock()
         self._procs = ProcessResolver(full_cmdline=full_cmdline)
         self._nvml: _Nvml | None = None
@@ -219,6 +283,7 @@ class GpuCollector:
         self._all_failed_since_s: float | None = None  # when every GPU began to fail, by _clock
         self._stops = 0  # NVML stops since a GPU last answered: repeats log at DEBUG
         self.static_generation = 0  # counts changes of driver() and static(): a new hello is due
+        self._shown_driver: GpuDriver | None = None  # None until the first start was tried
         self._try_start()
         # what driver() and static() last answered (a hello): a restart that brings back the
         # same facts bumps static_generation only if the error in between may have been shown
@@ -233,9 +298,14 @@ class GpuCollector:
         except Exception as exc:  # no pynvml, no libnvidia-ml, no driver, or NVML failed
             self._shutdown()
             reason = self._describe_init_error(exc)
-            self._driver, self._gpus = GpuDriver(error=reason), []
+            on_bus = nvidia_gpus_on_pci_bus(self._sysfs_root)
+            state = collector_state_after(exc, on_bus)
+            self._driver, self._gpus = GpuDriver(error=reason, collector_state=state), []
             level = logging.DEBUG if reason == failed_before else logging.WARNING
-            self._log.log(level, "GPU monitoring disabled: %s", reason)
+            seen = f" ({on_bus} NVIDIA GPU(s) on the PCI bus)" if on_bus else ""
+            self._log.log(level, "GPU monitoring disabled: %s%s", reason, seen)
+            if self._shown_driver is not None and self._driver != self._shown_driver:
+                self.static_generation += 1  # NVML went down mid-run: the hub must hear why
             retry = not isinstance(exc, ImportError)  # pynvml can't appear without a restart
             self._retry_at_s = self._clock() + self._retry_every_s if retry else None
             return False
@@ -272,6 +342,8 @@ class GpuCollector:
             return "NVML library not found (libnvidia-ml.so.1): no NVIDIA driver installed?"
         if kind == "NVMLError_DriverNotLoaded":
             return "NVIDIA driver not loaded"
+        if kind == "NVMLError_LibRmVersionMismatch":
+            return "NVIDIA driver and NVML library versions differ (driver upgraded without a reboot?)"
         if kind == "NVMLError_NoPermission":
             return "no permission to use NVML (/dev/nvidia*)"
         if kind.startswith("NVMLError"):
@@ -297,7 +369,8 @@ class GpuCollector:
             reason,
         )
         self._shutdown()
-        self._driver, self._gpus = GpuDriver(error=f"NVML stopped answering: {reason}"), []
+        stopped = GpuDriver(error=f"NVML stopped answering: {reason}", collector_state=GPU_COLLECTOR_DOWN)
+        self._driver, self._gpus = stopped, []
         self._all_failed_since_s = None
         self._retry_at_s = self._clock()
 
@@ -316,6 +389,7 @@ class GpuCollector:
             driver_version=_text(nvml.query(probe, "driver", m.nvmlSystemGetDriverVersion)),
             cuda_driver_version=cuda_version_text(cuda) if isinstance(cuda, int) else None,
             nvml_version=_text(nvml.query(probe, "nvml", nvml.nvml_version)),
+            collector_state=GPU_COLLECTOR_UP,
         )
 
     def _read_static(self, nvml: _Nvml, index: int) -> _Gpu:

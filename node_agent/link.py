@@ -29,7 +29,11 @@ from node_agent.sampler import SampleSource
 
 log = logging.getLogger("sers.agent")
 
+CLOSE_GOING_AWAY = 1001
 CLOSE_SERVICE_RESTART = 1012
+# How long a stopping agent waits for the hub to answer its close frame before it drops the TCP
+# connection: short, because a stopping agent must be gone within 2 s (see __main__).
+CLOSE_TIMEOUT_S = 1.0
 RESTART_SPREAD_S = 5.0
 # A heartbeat goes out when no new sample came for this many intervals since the last message.
 # More than one: samples come one interval apart, give or take a few milliseconds, and a heartbeat
@@ -116,14 +120,18 @@ class HubLink:
                 open_timeout=10,
                 ping_interval=20,
                 ping_timeout=20,
-                close_timeout=2,
+                close_timeout=CLOSE_TIMEOUT_S,
                 max_size=1 << 20,
                 compression=None,
             ) as ws:
                 self._opened_at = time.monotonic()
                 log.info("connected to %s as %s", self._url, hello.node)
-                if await self._stream(ws, hello, generation):
-                    return STATIC_FACTS_CHANGED
+                try:
+                    if await self._stream(ws, hello, generation):
+                        return STATIC_FACTS_CHANGED
+                except asyncio.CancelledError:  # the agent is stopping: say so (not 1011, an error)
+                    await ws.close(CLOSE_GOING_AWAY, "agent stopping")
+                    raise
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):

@@ -124,14 +124,24 @@ class HostStatic:
     boot_time_epoch_s: float | None = bounded(EPOCH_S)
 
 
+# GpuDriver.collector_state: NVML works; NVML fails on a machine with NVIDIA GPUs (or with NVML
+# installed), ``error`` says why; no NVIDIA GPU and no working NVML, a CPU-only node.
+GPU_COLLECTOR_UP = "up"
+GPU_COLLECTOR_DOWN = "down"
+GPU_COLLECTOR_ABSENT = "absent"
+
+
 @dataclass(frozen=True, slots=True)
 class GpuDriver:
-    """NVML-wide facts. ``error`` says why there are no GPUs (no library, no driver)."""
+    """NVML-wide facts. ``error`` says why there are no GPUs (no library, no driver).
+    ``collector_state`` is one of the ``GPU_COLLECTOR_*`` values (``None`` from agents older
+    than the field, and older hubs drop it)."""
 
     driver_version: str | None = None
     cuda_driver_version: str | None = None
     nvml_version: str | None = None
     error: str | None = None
+    collector_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ class AgentSettings:
     json: bool = False
     log_level: str = "INFO"
     backoff_max_s: float = 30.0
+    sysfs_root: Path = Path("/sys")
 
 
 def default_node_name() -> str:
@@ -100,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--once", action="store_true", help="take one sample, print it and exit")
     parser.add_argument("--json", action="store_true", help="with --once: print JSON (hello and snapshot)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR [SERS_LOG_LEVEL]")
+    parser.add_argument(
+        "--sysfs-root",
+        metavar="PATH",
+        help="where sysfs is mounted (default /sys): its PCI bus tells a GPU server whose driver "
+        "failed from a CPU-only node [SERS_SYSFS_ROOT]",
+    )
     parser.add_argument("--version", action="version", version=f"sers-agent {__version__}")
     return parser
 
@@ -169,4 +176,5 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
         once=args.once,
         json=args.json,
         log_level=log_level,
+        sysfs_root=Path(pick(args.sysfs_root, "SERS_SYSFS_ROOT") or "/sys"),
     )

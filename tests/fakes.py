@@ -184,6 +184,45 @@ def legacy_bindings() -> dict[str, Any]:
     return scenario([gpu(0, "A100", clocks_event_reasons=0x8)], legacy=True)
 
 
+def library_mismatch() -> dict[str, Any]:
+    """libnvidia-ml and the loaded kernel module are of different driver versions (a driver
+    upgraded without a reboot)."""
+    return scenario([], init_error="LibRmVersionMismatch")
+
+
+# --------------------------------------------------------------------------- sysfs
+# (vendor, class) of PCI functions a GPU server's bus lists besides its GPUs
+INTEL_HOST_BRIDGE = ("0x8086", "0x060000")
+NVIDIA_GPU_AUDIO = ("0x10de", "0x040300")  # a graphics card's HDMI audio function
+NVIDIA_3D_CONTROLLER = ("0x10de", "0x030200")  # data-centre GPUs (H100, A100)
+NVIDIA_VGA_CONTROLLER = ("0x10de", "0x030000")  # cards with a display output (RTX 4090)
+
+
+def fake_sysfs(root: Path, functions: Iterable[tuple[str, str]]) -> Path:
+    """A sysfs tree under ``root`` whose PCI bus lists ``functions`` ((vendor, class) as the
+    kernel writes them, e.g. ``("0x10de", "0x030200")``), each with the two files the agent
+    reads. Returns ``root``, for ``--sysfs-root``."""
+    devices = root / "bus" / "pci" / "devices"
+    devices.mkdir(parents=True)
+    for slot, (vendor, pci_class) in enumerate(functions):
+        device = devices / f"0000:{slot + 1:02x}:00.0"
+        device.mkdir()
+        (device / "vendor").write_text(vendor + "\n")
+        (device / "class").write_text(pci_class + "\n")
+    return root
+
+
+def gpu_server_sysfs(root: Path, gpus: int) -> Path:
+    """A GPU server's bus: a host bridge, and ``gpus`` NVIDIA 3D controllers each with an audio
+    function (which is no GPU)."""
+    return fake_sysfs(root, [INTEL_HOST_BRIDGE, *[NVIDIA_3D_CONTROLLER, NVIDIA_GPU_AUDIO] * gpus])
+
+
+def cpu_only_sysfs(root: Path) -> Path:
+    """A CPU-only node's bus: no NVIDIA function at all."""
+    return fake_sysfs(root, [INTEL_HOST_BRIDGE, ("0x8086", "0x010802"), ("0x14e4", "0x020000")])
+
+
 # --------------------------------------------------------------------------- plumbing
 def write_scenario(path: Path, data: Mapping[str, Any]) -> Path:
     path.write_text(json.dumps(data), encoding="utf-8")

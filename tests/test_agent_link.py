@@ -144,15 +144,19 @@ def test_a_malformed_url_at_run_time_is_logged_and_retried(caplog: pytest.LogCap
 
 
 class QuietSocket:
-    """Stands in for a connection: records what is sent, never receives, never closes."""
+    """Stands in for a connection: records what is sent and how it was closed, never receives."""
 
     def __init__(self, news: asyncio.Event) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.closed_with: int | None = None
         self._news = news  # set at every send
 
     async def send(self, message: bytes, text: bool) -> None:
         self.sent.append(orjson.loads(message))
         self._news.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = code
 
     def __aiter__(self) -> QuietSocket:
         return self

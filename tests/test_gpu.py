@@ -20,7 +20,7 @@ from node_agent import gpu as gpu_module
 from node_agent import procinfo
 from node_agent.gpu import GpuCollector, cuda_version_text, decode_throttle_reasons
 from node_agent.procinfo import ProcessResolver, redact_cmdline
-from node_agent.protocol import GpuProcess, GpuSample, check_patch, to_wire
+from node_agent.protocol import GpuDriver, GpuProcess, GpuSample, check_patch, to_wire
 from tests import fakes
 from tests.fakes import GIB, MISSING_PIDS
 
@@ -38,6 +38,7 @@ def make_collector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         path = fakes.write_scenario(tmp_path / f"scenario{len(made)}.json", scenario)
         fake = fakes.load_fake_pynvml(path)
         monkeypatch.setitem(sys.modules, "pynvml", fake)
+        kwargs.setdefault("sysfs_root", tmp_path / "no-sysfs")  # the PCI bus can't be read
         collector = GpuCollector(**kwargs)
         made.append(collector)
         return collector, fake
@@ -483,7 +484,9 @@ def test_nvml_restarts_when_every_gpu_fails(
     assert all(s.error is None for s in samples.values()) and len(samples) == 4
     assert counts["nvmlInit"] == 1 + restart_fails_first and fake._initialised == 1
     assert (collector.driver(), collector.static()) == before
-    assert collector.static_generation == (1 if hello_while_down else 0)
+    # a new hello for each change a hello may have shown: the error in a hello taken meanwhile,
+    # and the failed restart (the collector is down until the next retry, a minute later)
+    assert collector.static_generation == hello_while_down + restart_fails_first
 
 
 def test_one_dead_gpu_among_several_keeps_nvml_running(
@@ -536,6 +539,124 @@ def test_no_pynvml_is_not_retried(monkeypatch: pytest.MonkeyPatch, caplog: pytes
         assert collector.sample() == {}
     assert len(caplog.records) == 1, "only the first failure: a restart is needed anyway"
     collector.close()
+
+
+# --------------------------------------------------------------------------- collector state
+def test_pci_bus_counts_nvidia_gpus_only(tmp_path: Path) -> None:
+    """3D and VGA controllers count; a graphics card's audio function and other vendors don't."""
+    assert gpu_module.nvidia_gpus_on_pci_bus(fakes.gpu_server_sysfs(tmp_path / "a", 3)) == 3
+    vga = fakes.fake_sysfs(tmp_path / "b", [fakes.INTEL_HOST_BRIDGE, fakes.NVIDIA_VGA_CONTROLLER])
+    assert gpu_module.nvidia_gpus_on_pci_bus(vga) == 1
+    assert gpu_module.nvidia_gpus_on_pci_bus(fakes.cpu_only_sysfs(tmp_path / "c")) == 0
+
+
+def test_pci_bus_that_tells_nothing_is_none(tmp_path: Path) -> None:
+    """No sysfs, or one that lists no device at all (a sandbox hiding it): no evidence either
+    way. A device whose files can't be read is skipped, not a failure."""
+    assert gpu_module.nvidia_gpus_on_pci_bus(tmp_path / "missing") is None
+    assert gpu_module.nvidia_gpus_on_pci_bus(fakes.fake_sysfs(tmp_path / "empty", [])) is None
+    odd = fakes.gpu_server_sysfs(tmp_path / "odd", 1)
+    (odd / "bus/pci/devices/0000:01:00.0/vendor").write_text("garbage\n")  # the host bridge
+    (odd / "bus/pci/devices/0000:02:00.0/class").unlink()  # the GPU
+    assert gpu_module.nvidia_gpus_on_pci_bus(odd) == 0
+
+
+BUSES: dict[str, Callable[[Path], Path]] = {
+    "gpu server": lambda root: fakes.gpu_server_sysfs(root, 2),
+    "cpu-only": fakes.cpu_only_sysfs,
+    "unreadable": lambda root: root / "missing",
+}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "bus", "state", "reason"),
+    [
+        # NVIDIA GPUs on the bus: down, whatever failed
+        (fakes.driver_not_loaded(), "gpu server", "down", "NVIDIA driver not loaded"),
+        (fakes.no_library(), "gpu server", "down", "NVML library not found"),
+        (fakes.library_mismatch(), "gpu server", "down", "versions differ"),
+        # NVML installed but failing, the bus unreadable: meant to have GPUs, down
+        (fakes.driver_not_loaded(), "unreadable", "down", "NVIDIA driver not loaded"),
+        (fakes.library_mismatch(), "unreadable", "down", "versions differ"),
+        # no NVML: a CPU-only node
+        (fakes.no_library(), "unreadable", "absent", "NVML library not found"),
+        (fakes.no_library(), "cpu-only", "absent", "NVML library not found"),
+        # the driver's packages on a machine without an NVIDIA GPU: nothing to monitor
+        (fakes.driver_not_loaded(), "cpu-only", "absent", "NVIDIA driver not loaded"),
+        # NVML works: up, whatever the bus says
+        (fakes.mixed_models(), "cpu-only", "up", None),
+        (fakes.mixed_models(), "gpu server", "up", None),
+    ],
+)
+def test_collector_state_tells_a_broken_gpu_server_from_a_cpu_only_node(
+    make_collector: MakeCollector,
+    tmp_path: Path,
+    scenario: dict[str, Any],
+    bus: str,
+    state: str,
+    reason: str | None,
+) -> None:
+    collector, _ = make_collector(scenario, sysfs_root=BUSES[bus](tmp_path / "sys"))
+    driver = collector.driver()
+    assert driver.collector_state == state
+    if reason is None:
+        assert driver.error is None
+    else:
+        assert driver.error is not None and reason in driver.error
+
+
+@pytest.mark.parametrize(
+    ("bus", "state"), [("gpu server", "down"), ("cpu-only", "absent"), ("unreadable", "absent")]
+)
+def test_no_pynvml_is_down_only_with_nvidia_gpus_on_the_bus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bus: str, state: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml → ImportError
+    collector = GpuCollector(sysfs_root=BUSES[bus](tmp_path / "sys"))
+    assert collector.driver() == GpuDriver(
+        error="nvidia-ml-py (pynvml) is not installed", collector_state=state
+    )
+    collector.close()
+
+
+def test_gpus_on_the_bus_are_named_in_the_log(
+    make_collector: MakeCollector, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        make_collector(fakes.driver_not_loaded(), sysfs_root=fakes.gpu_server_sysfs(tmp_path / "sys", 8))
+    assert [r.getMessage() for r in caplog.records] == [
+        "GPU monitoring disabled: NVIDIA driver not loaded (8 NVIDIA GPU(s) on the PCI bus)"
+    ]
+
+
+def test_nvml_lost_for_good_mid_run_sends_a_hello_saying_down(
+    make_collector: MakeCollector, tmp_path: Path
+) -> None:
+    """The driver is unloaded under a running agent: every GPU fails, NVML is stopped, and it
+    can't start again. Until then the GPU rows said why; now the hub must hear that the
+    collector is down (else the node would look CPU-only); once, not at every retry."""
+    now_s = [1000.0]
+    collector, fake = make_collector(
+        fakes.mixed_models(),
+        retry_every_s=60.0,
+        clock=lambda: now_s[0],
+        sysfs_root=fakes.gpu_server_sysfs(tmp_path / "sys", 4),
+    )
+    assert collector.driver().collector_state == "up"
+    collector.static()  # a hello went out
+    for gpu in fake._scenario["gpus"]:
+        gpu["errors"] = {"*": "Unknown"}
+    fake._scenario["init_error"] = "DriverNotLoaded"
+    collector.sample()
+    now_s[0] += 60.0
+    collector.sample()  # every GPU failed for a minute: NVML stopped
+    assert collector.sample() == {} and collector.static_generation == 1, "the restart failed"
+    assert collector.driver() == GpuDriver(error="NVIDIA driver not loaded", collector_state="down")
+    assert collector.static() == []
+    for _ in range(3):
+        now_s[0] += 61.0
+        assert collector.sample() == {}
+    assert collector.static_generation == 1, "the same failure again needs no new hello"
 
 
 def test_close_shuts_nvml_down_once(make_collector: MakeCollector) -> None:

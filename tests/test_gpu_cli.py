@@ -60,6 +60,7 @@ def test_mixed_models(tmp_path: Path) -> None:
         "cuda_driver_version": "12.4",
         "nvml_version": "12.550.54.15",
         "error": None,
+        "collector_state": "up",
     }
     assert [g["name"] for g in hello["gpus"]] == [
         "NVIDIA H100 80GB HBM3",
@@ -165,15 +166,21 @@ def test_legacy_bindings(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("scenario", "reason"),
+    ("scenario", "reason", "gpus_on_bus", "state"),
     [
-        (fakes.no_library(), "NVML library not found"),
-        (fakes.driver_not_loaded(), "NVIDIA driver not loaded"),
-        (fakes.no_pynvml(), "nvidia-ml-py (pynvml) is not installed"),
+        (fakes.no_library(), "NVML library not found", 0, "absent"),
+        (fakes.driver_not_loaded(), "NVIDIA driver not loaded", 2, "down"),
+        (fakes.no_pynvml(), "nvidia-ml-py (pynvml) is not installed", 0, "absent"),
+        (fakes.no_pynvml(), "nvidia-ml-py (pynvml) is not installed", 1, "down"),
     ],
 )
-def test_no_gpus_available(tmp_path: Path, scenario: dict[str, Any], reason: str) -> None:
-    doc = run_once(tmp_path, scenario)
+def test_no_gpus_available(
+    tmp_path: Path, scenario: dict[str, Any], reason: str, gpus_on_bus: int, state: str
+) -> None:
+    """``--sysfs-root`` names the sysfs whose PCI bus tells a broken GPU server from a CPU-only node."""
+    sysfs = fakes.gpu_server_sysfs(tmp_path / "sys", gpus_on_bus)
+    doc = run_once(tmp_path, scenario, "--sysfs-root", str(sysfs))
+    assert doc["hello"]["gpu_driver"]["collector_state"] == state
     assert reason in doc["hello"]["gpu_driver"]["error"]
     assert doc["hello"]["gpus"] == []
     assert doc["snapshot"]["gpus"] == {}

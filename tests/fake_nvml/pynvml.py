@@ -57,6 +57,7 @@ _ERROR_CODES = {
     "FunctionNotFound": (13, "Function Not Found"),
     "GpuIsLost": (15, "GPU is lost"),
     "ResetRequired": (16, "GPU requires restart"),
+    "LibRmVersionMismatch": (18, "RM has detected an NVML/RM version mismatch."),
     "Unknown": (999, "Unknown Error"),
 }
 

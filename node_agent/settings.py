@@ -12,6 +12,7 @@ import posixpath
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri

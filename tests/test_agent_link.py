@@ -219,6 +219,7 @@ def test_changed_static_facts_reconnect_at_once_with_a_new_hello(monkeypatch: py
 
     asyncio.run(scenario())
     assert len(sockets) == 2, "one reconnect, and only one"
+    assert [ws.closed_with for ws in sockets] == [None, 1001], "going away when the agent stops"
     assert [ws.sent[0]["agent_version"] for ws in sockets] == ["gen0", "gen1"]
     assert sockets[1].sent[1]["patch"] == TickingSource.latest, "the new connection starts whole"
 

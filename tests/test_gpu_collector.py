@@ -103,14 +103,15 @@ def hello(node: str, **gpu_driver: Any) -> Hello:
     return Hello(node=node, agent_version="1", interval_s=1.0, gpu_driver=gpu_driver)
 
 
-def test_offline_nodes_and_older_agents_raise_nothing() -> None:
+def test_offline_nodes_older_agents_and_cpu_only_nodes_raise_nothing() -> None:
     """What an offline node's agent last said is history; an agent older than the field says
-    nothing about its collector (neither up nor down)."""
+    nothing about its collector (neither up nor down); a CPU-only node has none."""
     clock = ManualClock()
     registry = NodeRegistry(clock=clock)
     registry.hello(hello("down", error="NVIDIA driver not loaded", collector_state="down"))
     registry.hello(hello("gone", error="NVIDIA driver not loaded", collector_state="down"))
     registry.hello(hello("older", error="NVIDIA driver not loaded"))
+    registry.hello(hello("cpuonly", error="NVML library not found", collector_state="absent"))
     registry.disconnect("gone", registry.nodes["gone"].connection)
 
     views = {node_id: head_view(node) for node_id, node in registry.nodes.items()}
@@ -118,7 +119,10 @@ def test_offline_nodes_and_older_agents_raise_nothing() -> None:
         "down": "NVIDIA driver not loaded",
         "gone": None,
         "older": None,
+        "cpuonly": None,
     }
+    gpu_wall = ViewFilter(gpu_only=True)  # ?gpus=1: a GPU server whose driver failed stays on it
+    assert [n for n, node in registry.nodes.items() if gpu_wall.matches(node)] == ["down", "gone"]
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
     assert scene.summary_view(ViewFilter()).gpu_collectors_down == 1
     text = exposition(read_nodes(registry), GpuFreeRule(), viewers=0).decode()

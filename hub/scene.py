@@ -31,6 +31,7 @@ from frontend.viewmodels import (
 from hub.history import History, sample_values
 from hub.registry import Node, NodeChange, NodeRegistry, sort_key
 from hub.settings import GpuFreeRule
+from node_agent.protocol import GPU_COLLECTOR_DOWN
 
 DEFAULT_HISTORY_S = 900.0
 
@@ -61,7 +62,18 @@ class ViewFilter:
             return False
         if self.names and node.node_id not in self.names and node.display_name not in self.names:
             return False
-        return not (self.gpu_only and not (node.state.get("gpus") or (node.hello and node.hello.gpus)))
+        return not (self.gpu_only and not _has_gpus(node))
+
+
+def _has_gpus(node: Node) -> bool:
+    """GPUs reported, or a GPU collector that is down: a GPU server whose driver failed to load
+    reports none, and must stay on a GPU-only wall."""
+    if node.state.get("gpus"):
+        return True
+    hello = node.hello
+    return hello is not None and bool(
+        hello.gpus or hello.gpu_driver.get("collector_state") == GPU_COLLECTOR_DOWN
+    )
 
 
 class Scene:

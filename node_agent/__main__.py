@@ -16,7 +16,7 @@ import orjson
 from node_agent.gpu import NVML_RETRY_EVERY_S, GpuCollector
 from node_agent.host import HostCollector
 from node_agent.link import Backoff, HubLink
-from node_agent.protocol import to_wire
+from node_agent.protocol import GPU_COLLECTOR_DOWN, to_wire
 from node_agent.sampler import Sampler, SampleSource
 from node_agent.settings import AgentSettings, SettingsError, load_settings
 
@@ -62,6 +62,8 @@ def print_once(settings: AgentSettings) -> None:
         return
     host = snapshot["host"]
     print(f"{settings.node_name}  cpu {host.get('cpu_percent')}%  load {host.get('load_avg_1m')}")
+    if hello.gpu_driver.get("collector_state") == GPU_COLLECTOR_DOWN:
+        print(f"  GPU collector down: {hello.gpu_driver.get('error')}")
     for index, gpu in snapshot["gpus"].items():
         print(
             f"  gpu{index} {gpu.get('name')}  util {gpu.get('util_gpu_percent')}%  error {gpu.get('error')}"

@@ -130,7 +130,10 @@ class HubLink:
                     if await self._stream(ws, hello, generation):
                         return STATIC_FACTS_CHANGED
                 except asyncio.CancelledError:  # the agent is stopping: say so (not 1011, an error)
-                    await ws.close(CLOSE_GOING_AWAY, "agent stopping")
+                    try:
+                        await ws.close(CLOSE_GOING_AWAY, "agent stopping")
+                    except Exception as exc:  # nothing may keep the cancellation from ending the link
+                        log.debug("closing the connection failed: %r", exc)
                     raise
         except InvalidStatus as exc:
             status = exc.response.status_code

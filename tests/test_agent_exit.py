@@ -55,6 +55,7 @@ def assert_stops_quickly(agent: Proc) -> float:
         raise AssertionError(f"the agent did not exit within 10 s of SIGTERM:\n{agent.log()}") from None
     took_s = time.monotonic() - started
     assert code == 0, f"exit code {code}:\n{agent.log()}"
+    print(f"exited {took_s:.2f} s after SIGTERM")
     assert took_s < EXIT_LIMIT_S, f"the agent took {took_s:.2f} s to exit after SIGTERM:\n{agent.log()}"
     return took_s
 

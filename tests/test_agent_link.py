@@ -219,6 +219,7 @@ def test_changed_static_facts_reconnect_at_once_with_a_new_hello(monkeypatch: py
 
     asyncio.run(scenario())
     assert len(sockets) == 2, "one reconnect, and only one"
+    assert [ws.closed_with for ws in sockets] == [None, 1001], "going away when the agent stops"
     assert [ws.sent[0]["agent_version"] for ws in sockets] == ["gen0", "gen1"]
     assert sockets[1].sent[1]["patch"] == TickingSource.latest, "the new connection starts whole"
 
@@ -298,3 +299,10 @@ def test_an_empty_token_falls_back_to_the_token_file(tmp_path: Path) -> None:
     assert load_settings(["--token", ""], env={"SERS_TOKEN_FILE": str(token_file)}).token == "s3cret"
     assert load_settings([], env={"SERS_TOKEN": "t0ken", "SERS_TOKEN_FILE": str(token_file)}).token == "t0ken"
     assert load_settings([], env={"SERS_TOKEN": ""}).token is None
+
+
+def test_the_sysfs_root_comes_from_the_flag_or_the_environment() -> None:
+    assert load_settings([], env={}).sysfs_root == Path("/sys")
+    assert load_settings([], env={"SERS_SYSFS_ROOT": "/host/sys"}).sysfs_root == Path("/host/sys")
+    flag = load_settings(["--sysfs-root", "/mnt/sys"], env={"SERS_SYSFS_ROOT": "/host/sys"})
+    assert flag.sysfs_root == Path("/mnt/sys")

@@ -187,3 +187,20 @@ def test_no_gpus_available(
     assert doc["snapshot"]["host"]["mem_total_bytes"] > 0  # the host still reports
     assert doc["stderr"].count(reason) == 1  # logged once, as a warning
     assert "WARNING" in doc["stderr"]
+
+
+def test_plain_once_says_the_gpu_collector_is_down(tmp_path: Path) -> None:
+    path = fakes.write_scenario(tmp_path / "scenario.json", fakes.driver_not_loaded())
+    env = {k: v for k, v in fakes.fake_env(path).items() if not k.startswith("SERS_")}
+    env[fakes.ENV_VAR] = str(path)
+    sysfs = fakes.gpu_server_sysfs(tmp_path / "sys", 2)
+    result = subprocess.run(
+        [sys.executable, "-m", "node_agent", "--once", "--name", "cli-test", "--sysfs-root", str(sysfs)],
+        cwd=fakes.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+        text=True,
+    )
+    assert result.stdout.splitlines()[1] == "  GPU collector down: NVIDIA driver not loaded"

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from hub.registry import Liveness, Naming
 from node_agent import __version__
 from node_agent.given import env_value, given, read_token_file
+from node_agent.protocol import MAX_STRING_CHARS
 
 
 class SettingsError(ValueError):
@@ -117,11 +118,30 @@ def _dataclass_from(cls: Any, raw: Any, key: str) -> Any:
 
 
 def _node_tokens(raw: Any, key: str) -> dict[str, str]:
-    return {str(k): _convert(f"{key}.{k}", str, v) for k, v in _table(raw, key).items()}
+    """Per-node tokens. An empty one is an error, not "no token": read either way it would
+    change who may connect (the node locked out, or let in on the shared token or none)."""
+    tokens = {str(k): _convert(f"{key}.{k}", str, v) for k, v in _table(raw, key).items()}
+    for node, token in tokens.items():
+        if not token.strip():
+            raise SettingsError(f"{key}.{node}: an empty token; give the node a token or remove the line")
+    return tokens
 
 
 def _names(raw: Any, key: str) -> dict[str, Naming]:
-    return {str(k): _dataclass_from(Naming, v, f"{key}.{k}") for k, v in _table(raw, key).items()}
+    """Display names and groups: an empty or blank text is no name or no group (as an empty
+    setting is no setting), and one past the protocol's string limit is an error (the hub
+    remembers these texts in its state file, which holds them to that limit)."""
+    names = {}
+    for node, table in _table(raw, key).items():
+        naming: Naming = _dataclass_from(Naming, table, f"{key}.{node}")
+        texts = {}
+        for name in ("display_name", "group"):
+            text = getattr(naming, name)
+            if text is not None and len(text) > MAX_STRING_CHARS:
+                raise SettingsError(f"{key}.{node}.{name}: longer than {MAX_STRING_CHARS} characters")
+            texts[name] = text if text and text.strip() else None
+        names[str(node)] = Naming(**texts)
+    return names
 
 
 def _liveness(raw: Any, key: str) -> Liveness:

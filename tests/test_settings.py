@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from hub.__main__ import warn_if_open
+from hub.registry import Naming
 from hub.settings import (
     HubSettings,
     SettingsError,
@@ -23,6 +24,7 @@ from hub.settings import (
     settings_reference,
 )
 from node_agent import settings as agent_settings
+from node_agent.protocol import MAX_STRING_CHARS
 from tests.procs import REPO, base_env
 
 # Three distinct values per flag-and-env setting: for the TOML file, the environment, the flag.
@@ -157,6 +159,26 @@ def test_toml_tables_still_load(tmp_path: Path) -> None:
     assert settings.liveness.stale_after_intervals == 2.0
     assert settings.gpu_free.max_util_percent == 20.0
     assert settings.names["gpu07"].group == "A100 room"
+
+
+def test_toml_names_and_node_tokens_with_empty_or_long_texts(tmp_path: Path) -> None:
+    """An empty group or display name is none (not a group called "", sorted before every
+    named one); an empty node token is an error, since either reading of it changes who may
+    connect; a name past the protocol's string limit is refused, as the state file would
+    refuse it when the hub reads the name back."""
+    config = config_file(
+        tmp_path, '[names."gpu07"]\ngroup = ""\ndisplay_name = " "\n[names."gpu08"]\ngroup = "A"\n'
+    )
+    settings = load_settings(["--config", config], env=NO_STATE_ENV)
+    assert settings.names["gpu07"] == Naming(display_name=None, group=None)
+    assert settings.names["gpu08"] == Naming(display_name=None, group="A")
+    for blank in ('""', '"  "'):
+        config = config_file(tmp_path, f'agent_token = "t"\n[node_tokens]\ngpu07 = {blank}\n')
+        with pytest.raises(SettingsError, match=r"^node_tokens\.gpu07: an empty token"):
+            load_settings(["--config", config], env=NO_STATE_ENV)
+    config = config_file(tmp_path, f'[names."gpu07"]\ndisplay_name = "{"x" * (MAX_STRING_CHARS + 1)}"\n')
+    with pytest.raises(SettingsError, match=rf"^names\.gpu07\.display_name: longer than {MAX_STRING_CHARS}"):
+        load_settings(["--config", config], env=NO_STATE_ENV)
 
 
 # --------------------------------------------------------------------------- the state file

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -450,12 +451,21 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
     return _checked(replace(HubSettings(), **values))
 
 
+_ROOT_PATH_RE = re.compile(r"(/[A-Za-z0-9\-._~%!$&'()*+,;=:@]+)+")
+
+
 def _checked(settings: HubSettings) -> HubSettings:
     if not 0 < settings.port < 65536:
         raise SettingsError(f"port: must be 1..65535, got {settings.port}")
     root = settings.root_path.rstrip("/")
     if root and not root.startswith("/"):
         raise SettingsError(f"root_path: must start with '/', got {settings.root_path!r}")
+    if root and not _ROOT_PATH_RE.fullmatch(root):
+        # pages put it in <base href>: "//host" there is another site, "\\" a slash to browsers
+        raise SettingsError(
+            f"root_path: a path such as /monitor (segments of letters, digits and -._~%!$&'()*+,;=:@ "
+            f"between single slashes), got {settings.root_path!r}"
+        )
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"log_level: unknown level {settings.log_level!r}")
     for name in (

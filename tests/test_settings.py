@@ -161,6 +161,23 @@ def test_toml_tables_still_load(tmp_path: Path) -> None:
     assert settings.names["gpu07"].group == "A100 room"
 
 
+@pytest.mark.parametrize(
+    "root_path", ["//evil.example", "/mon//x", "/\\evil.example", "/mon?x", "/mon#x", "/a b", '/"x']
+)
+def test_root_path_that_would_not_stay_on_the_hub_is_refused(root_path: str) -> None:
+    """The pages put the root path in ``<base href>``: ``//evil.example/`` there loads the
+    script and styles from another site, ``/\\`` reads as ``//``, ``?`` and ``#`` end the path."""
+    with pytest.raises(SettingsError, match=r"^root_path: a path such as /monitor"):
+        load_settings(["--root-path", root_path], env=NO_STATE_ENV)
+
+
+@pytest.mark.parametrize(
+    ("root_path", "kept"), [("/monitor/", "/monitor"), ("/a/b-c_d.e~%41", "/a/b-c_d.e~%41"), ("/", "")]
+)
+def test_root_path_of_plain_segments_is_kept(root_path: str, kept: str) -> None:
+    assert load_settings(["--root-path", root_path], env=NO_STATE_ENV).root_path == kept
+
+
 def test_toml_names_and_node_tokens_with_empty_or_long_texts(tmp_path: Path) -> None:
     """An empty group or display name is none (not a group called "", sorted before every
     named one); an empty node token is an error, since either reading of it changes who may

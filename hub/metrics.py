@@ -318,7 +318,8 @@ class HubCollector:
             gpus = node.state.get("gpus")
             if not isinstance(gpus, dict):
                 continue
-            static = {str(g.get("index")): g for g in (node.hello.gpus if node.hello else [])}
+            hello_gpus = node.hello.gpus if node.hello else []
+            static = {str(g["index"]): g for g in hello_gpus if g.get("index") is not None}
             for index, gpu in gpus.items():
                 if not isinstance(gpu, dict):
                     continue

@@ -16,6 +16,7 @@ or key it is about.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import sys
@@ -176,6 +177,9 @@ def default_state_db(env: Mapping[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------- the settings
+DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1"
+
+
 @dataclass(frozen=True, slots=True)
 class HubSettings:
     host: str = setting(
@@ -233,7 +237,7 @@ class HubSettings:
         metavar="ORIGINS",
     )
     forwarded_allow_ips: str = setting(
-        "127.0.0.1",
+        DEFAULT_FORWARDED_ALLOW_IPS,
         "str",
         "proxies whose X-Forwarded-* headers are believed (comma-separated addresses or networks)",
         metavar="IPS",
@@ -454,6 +458,28 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
 _ROOT_PATH_RE = re.compile(r"(/[A-Za-z0-9\-._~%!$&'()*+,;=:@]+)+")
 
 
+def _proxy_addresses(raw: str) -> str:
+    """``forwarded_allow_ips`` as uvicorn takes it, checked: uvicorn believes anything it cannot
+    parse as an address or network to be a literal peer name (one no TCP peer has), and ``*``
+    only alone, so a typo or ``*,10.0.0.1`` would quietly trust no proxy. No items (``,``) is
+    the default, as for the other lists."""
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if not items:
+        return DEFAULT_FORWARDED_ALLOW_IPS
+    if "*" in items:
+        if len(items) > 1:
+            raise SettingsError(f"forwarded_allow_ips: '*' (every peer) stands alone, got {raw!r}")
+        return "*"
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"forwarded_allow_ips: {item!r} is not an IP address or network (such as 10.0.0.0/8)"
+            ) from None
+    return ",".join(items)
+
+
 def _checked(settings: HubSettings) -> HubSettings:
     if not 0 < settings.port < 65536:
         raise SettingsError(f"port: must be 1..65535, got {settings.port}")
@@ -485,6 +511,7 @@ def _checked(settings: HubSettings) -> HubSettings:
             raise SettingsError(f"trusted_hosts: {pattern!r} must be a host name, '*.domain' or '*'")
     return replace(
         settings,
+        forwarded_allow_ips=_proxy_addresses(settings.forwarded_allow_ips),
         root_path=root,
         log_level=settings.log_level.upper(),
         agent_token=settings.agent_token or None,

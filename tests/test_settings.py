@@ -5,6 +5,7 @@ not given, so it never switches off a token set further down."""
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,40 @@ def test_root_path_that_would_not_stay_on_the_hub_is_refused(root_path: str) -> 
 )
 def test_root_path_of_plain_segments_is_kept(root_path: str, kept: str) -> None:
     assert load_settings(["--root-path", root_path], env=NO_STATE_ENV).root_path == kept
+
+
+@pytest.mark.parametrize(
+    ("given_ips", "kept"),
+    [
+        (",", "127.0.0.1"),
+        (" , ", "127.0.0.1"),
+        ("10.0.0.1, ,10.1.0.0/16,", "10.0.0.1,10.1.0.0/16"),
+        ("*", "*"),
+        ("::1, fd00::/8", "::1,fd00::/8"),
+    ],
+)
+def test_forwarded_allow_ips_without_items_is_the_default_and_items_are_kept(
+    given_ips: str, kept: str
+) -> None:
+    settings = load_settings([], env={**NO_STATE_ENV, "SERS_FORWARDED_ALLOW_IPS": given_ips})
+    assert settings.forwarded_allow_ips == kept
+
+
+@pytest.mark.parametrize(
+    ("given_ips", "problem"),
+    [
+        ("10.0.0.l", "'10.0.0.l' is not an IP address"),
+        ("proxy.lab", "'proxy.lab' is not"),
+        ("*,10.0.0.1", "'*'"),
+    ],
+)
+def test_forwarded_allow_ips_that_uvicorn_would_quietly_never_match_are_refused(
+    given_ips: str, problem: str
+) -> None:
+    """uvicorn takes what is not an address as a literal peer name, and ``*`` only alone: each
+    of these would trust no proxy at all, without a word."""
+    with pytest.raises(SettingsError, match=rf"^forwarded_allow_ips: {re.escape(problem)}"):
+        load_settings(["--forwarded-allow-ips", given_ips], env=NO_STATE_ENV)
 
 
 def test_toml_names_and_node_tokens_with_empty_or_long_texts(tmp_path: Path) -> None:

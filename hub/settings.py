@@ -509,6 +509,14 @@ def _checked(settings: HubSettings) -> HubSettings:
             pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")
         ):
             raise SettingsError(f"trusted_hosts: {pattern!r} must be a host name, '*.domain' or '*'")
+    from hub.security import normalize_origin  # hub.security builds on these settings
+
+    for origin in settings.allowed_origins:
+        if origin != "*" and normalize_origin(origin) is None:
+            # the origin check would never match it: the wall it names would get 403s
+            raise SettingsError(
+                f"allowed_origins: {origin!r} is not an origin such as https://wall.lab or http://10.0.0.5:8080"
+            )
     return replace(
         settings,
         forwarded_allow_ips=_proxy_addresses(settings.forwarded_allow_ips),

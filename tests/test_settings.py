@@ -213,6 +213,15 @@ def test_forwarded_allow_ips_that_uvicorn_would_quietly_never_match_are_refused(
         load_settings(["--forwarded-allow-ips", given_ips], env=NO_STATE_ENV)
 
 
+@pytest.mark.parametrize("origin", ["wall.lab", "https://wall.lab/page", "ftp://wall.lab", "https://"])
+def test_allowed_origins_that_no_browser_sends_are_refused(origin: str) -> None:
+    """An origin the check can never match would leave the wall it names with 403s."""
+    with pytest.raises(SettingsError, match=rf"^allowed_origins: {re.escape(repr(origin))} is not an origin"):
+        load_settings(["--allowed-origins", f"https://ok.lab,{origin}"], env=NO_STATE_ENV)
+    kept = load_settings(["--allowed-origins", "https://ok.lab, http://10.0.0.5:8080/,*"], env=NO_STATE_ENV)
+    assert kept.allowed_origins == ("https://ok.lab", "http://10.0.0.5:8080/", "*")
+
+
 def test_toml_names_and_node_tokens_with_empty_or_long_texts(tmp_path: Path) -> None:
     """An empty group or display name is none (not a group called "", sorted before every
     named one); an empty node token is an error, since either reading of it changes who may

@@ -142,6 +142,10 @@ def _names(raw: Any, key: str) -> dict[str, Naming]:
             if text is not None and len(text) > MAX_STRING_CHARS:
                 raise SettingsError(f"{key}.{node}.{name}: longer than {MAX_STRING_CHARS} characters")
             texts[name] = text if text and text.strip() else None
+        if naming.group and "," in naming.group:
+            raise SettingsError(
+                f"{key}.{node}.group: no ',' in a group (the wall's ?group= filter splits there)"
+            )
         names[str(node)] = Naming(**texts)
     return names
 

@@ -237,6 +237,9 @@ def test_toml_names_and_node_tokens_with_empty_or_long_texts(tmp_path: Path) -> 
         config = config_file(tmp_path, f'agent_token = "t"\n[node_tokens]\ngpu07 = {blank}\n')
         with pytest.raises(SettingsError, match=r"^node_tokens\.gpu07: an empty token"):
             load_settings(["--config", config], env=NO_STATE_ENV)
+    config = config_file(tmp_path, '[names."gpu07"]\ngroup = "Room A, B"\n')
+    with pytest.raises(SettingsError, match=r"^names\.gpu07\.group: no ','"):
+        load_settings(["--config", config], env=NO_STATE_ENV)
     config = config_file(tmp_path, f'[names."gpu07"]\ndisplay_name = "{"x" * (MAX_STRING_CHARS + 1)}"\n')
     with pytest.raises(SettingsError, match=rf"^names\.gpu07\.display_name: longer than {MAX_STRING_CHARS}"):
         load_settings(["--config", config], env=NO_STATE_ENV)

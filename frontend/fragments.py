@@ -5,7 +5,7 @@ lab), and a Jinja2 template costs several times more than an f-string here (auto
 attribute lookups per expression), so these three are plain functions. Everything else (card
 shell, summary, pages) is a template. The rule that keeps this safe: every string that comes
 from an agent (node id, GPU name, user names, error text) goes through :func:`_e`,
-:func:`_e_id` or the cached element ids (HTML-escaped, quotes included). What is placed as it is: integers, the fixed
+:func:`_e_id` or the cached element ids (HTML-escaped, quotes included; :func:`visible`). What is placed as it is: integers, the fixed
 class names and SVG path data that this module and the view models compute, and the view
 models' number texts (``*_text`` fields and meter texts: numbers the protocol has already
 checked to be numbers, formatted with numeric format specs and fixed units; escaping them
@@ -24,15 +24,41 @@ from html import escape as _escape
 from frontend.element_ids import element_id
 from frontend.viewmodels import GpuView, HostView, Meter, SparkView
 
+# Characters that change how the text around them is shown without being seen themselves:
+# bidi embeddings, overrides, isolates and marks (a GPU name ending in U+202E would show the
+# summary's "3/8 free" after it as "8/3"), zero-width spaces and joiners that make "alice" and
+# "alice\u200b" two users who look alike, and control characters. Agent text shows each as
+# ``<U+202E>``: visible, and inert.
+_UNSEEN = (
+    *range(0x00, 0x09),
+    0x0B,
+    0x0C,
+    *range(0x0E, 0x20),
+    *range(0x7F, 0xA0),
+    0xAD,
+    0x061C,
+    0x180E,
+    *range(0x200B, 0x2010),
+    *range(0x202A, 0x202F),
+    *range(0x2060, 0x2070),
+    0xFEFF,
+)
+_SHOW_UNSEEN = {code: f"<U+{code:04X}>" for code in _UNSEEN}
+
+
+def visible(text: str) -> str:
+    """``text`` with each character that changes its neighbours' look unseen spelled out."""
+    return text.translate(_SHOW_UNSEEN)
+
 
 def _e(text: str) -> str:
-    return _escape(text, quote=True)
+    return _escape(visible(text), quote=True)
 
 
 @functools.lru_cache(maxsize=8192)
 def _e_id(text: str) -> str:
     """Escaped GPU indexes, model names and user lists, which repeat (cached)."""
-    return _escape(text, quote=True)
+    return _escape(visible(text), quote=True)
 
 
 @functools.lru_cache(maxsize=8192)

@@ -18,14 +18,23 @@ from jinja2 import Environment, PackageLoader, Template
 from markupsafe import Markup
 
 from frontend.element_ids import element_id
-from frontend.fragments import gpu_html, host_html, spark_html
+from frontend.fragments import gpu_html, host_html, spark_html, visible
 from frontend.viewmodels import DetailView, GpuView, HeadView, HostView, SparkView, SummaryView
+
+
+def _finalize(value: Any) -> Any:
+    """Every ``{{ }}`` of the templates: text (not our own ``Markup``) with its unseen
+    characters spelled out, as in the fragments (:func:`frontend.fragments.visible`)."""
+    if value.__class__ is str:
+        return visible(value)
+    return value
 
 
 def build_environment() -> Environment:
     return Environment(
         loader=PackageLoader("frontend", "templates"),
         autoescape=True,
+        finalize=_finalize,
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,

@@ -803,7 +803,8 @@ def detail_view(
     points = held or 1
     chart: dict[str, int] = {"points": points, "step": max(1, 720 // points), "height": 48}
     live = node.reporting
-    statics = {str(g.get("index")): g for g in (hello.gpus if hello else [])}
+    # a GPU's facts without an index (the protocol lets it be null) belong to no GPU row
+    statics = {str(g["index"]): g for g in (hello.gpus if hello else []) if g.get("index") is not None}
     gpus = node.state.get("gpus") or {}
     gpu_views = []
     for index in sorted(gpus.keys() | statics.keys(), key=lambda i: (len(i), i)):

@@ -9,7 +9,8 @@ connection, with a close code that says why (see ``docs/security.md``):
 - 1007: malformed JSON, wrong types, non-finite or huge numbers, over-long strings and lists;
 - 1008: policy: no hello first, a second hello, unknown message types, more messages per second
   than ``agent_max_messages_per_s`` (or 3 per announced interval, if more), a token bound to another node, too many nodes, or a newer
-  connection for the same node (the newer one wins); also a delta that is valid by itself but
+  connection for the same node (the newer one wins), more than :data:`HELLOS_PER_MINUTE`
+  connections a minute for one node name; also a delta that is valid by itself but
   would take the node's merged state over a limit (more than ``MAX_GPUS`` GPUs, or more than
   ``MAX_STATE_BYTES`` as JSON): the node keeps its previous state;
 - 1003: binary frames.
@@ -67,11 +68,11 @@ def token_owner(settings: HubSettings, token: str | None) -> tuple[bool, str | N
 
 
 class RateLimit:
-    """A token bucket: ``rate`` messages per second, bursts of ``2 * rate``."""
+    """A token bucket: ``rate`` messages per second, bursts of ``burst`` (``2 * rate``)."""
 
-    def __init__(self, rate_per_s: float) -> None:
+    def __init__(self, rate_per_s: float, burst: float | None = None) -> None:
         self._rate = rate_per_s
-        self._capacity = 2 * rate_per_s
+        self._capacity = burst if burst is not None else 2 * rate_per_s
         self._tokens = self._capacity
         self._at = time.monotonic()
 
@@ -86,6 +87,22 @@ class RateLimit:
 
 
 AGENT_PATH = "/ws/agent"
+
+HELLOS_PER_MINUTE = 20
+"""Connections one node name may open per minute (bursts as large): an agent backs off between
+reconnects, while a client in a connect-and-hello loop would have every hello render the card
+anew and log two lines."""
+
+
+def _hello_allowed(hub: HubState, node: str) -> bool:
+    limits = hub.hello_limits
+    limit = limits.get(node)
+    if limit is None:
+        if len(limits) >= hub.settings.max_nodes:  # only names the registry holds are kept
+            for gone in [name for name in limits if name not in hub.registry.nodes]:
+                del limits[gone]
+        limit = limits[node] = RateLimit(HELLOS_PER_MINUTE / 60, burst=HELLOS_PER_MINUTE)
+    return limit.allow()
 
 
 class AgentRoute:
@@ -127,6 +144,16 @@ async def agent_endpoint(websocket: WebSocket, hub: HubState, failures: FailureL
         _check_hello(hub, hello, bound_node)
     except (ProtocolError, WebSocketDisconnect, TimeoutError) as exc:
         await _close(websocket, exc, node=None, address=address)
+        return
+    if not _hello_allowed(hub, hello.node):
+        failures.refused(
+            address or "unknown", f"node {hello.node}: over {HELLOS_PER_MINUTE} connections a minute"
+        )
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                websocket.close(CLOSE_POLICY, f"over {HELLOS_PER_MINUTE} connections a minute for this node"),
+                CLOSE_TIMEOUT_S,
+            )
         return
     connection, change = hub.registry.hello(hello, address)
     hub.fanout.note(change)

@@ -40,7 +40,11 @@ def build_state(settings: HubSettings, clock: Clock) -> HubState:
 def create_app(settings: HubSettings | None = None, clock: Clock | None = None) -> Starlette:
     settings = settings or HubSettings()
     state = build_state(settings, clock or SystemClock())
-    store = StoreSync(settings.state_db, state.registry, settings.names) if settings.state_db else None
+    store = (
+        StoreSync(settings.state_db, state.registry, settings.names, max_nodes=settings.max_nodes)
+        if settings.state_db
+        else None
+    )
     failures = FailureLog()
 
     @contextlib.asynccontextmanager

@@ -58,6 +58,10 @@ class Batch:
         return payload
 
 
+MAX_VIEW_FILTERS = 100
+"""Different filters in use at once. The hub builds each tick's message, each summary bar and
+each full state once per filter (a wall of screens shares them), so filters made up per
+connection (``?node=x1``, ``?node=x2``...) would each cost a pass over the nodes, every tick."""
 MAX_SHARED_BATCHES = 20  # a viewer up to 2 s behind still gets every batch
 RESYNC_EVERY_S = 2.0  # how often viewers that fell further behind get a fresh full state
 
@@ -173,6 +177,11 @@ class Fanout:
             html = '<main id="nodes" class="grid">' + "".join(cards) + "</main>" + summary
             cached = self._full_states[view_filter] = html.encode()
         return cached
+
+    def takes(self, view_filter: ViewFilter) -> bool:
+        """Whether a viewer with ``view_filter`` may join (:data:`MAX_VIEW_FILTERS`)."""
+        in_use = {viewer.filter for viewer in self.viewers}
+        return view_filter in in_use or len(in_use) < MAX_VIEW_FILTERS
 
     def add_viewer(self, viewer: Viewer) -> None:
         viewer.start_with(self.full_state(viewer.filter))

@@ -22,11 +22,17 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from node_agent.protocol import MAX_GPUS
+
 BUCKET_S = 5.0
 CARD_GROUP = 4  # buckets per card point: 20 s
 CARD_POINTS = 30  # card points: 10 minutes
 NAN = float("nan")
 _GAP = 255  # a ring byte that holds no value (percents are stored x2: 0..200)
+MAX_SERIES = 2 + 2 * MAX_GPUS
+"""Series one node keeps: ``cpu``, ``mem`` and two per GPU of a state at its limit. GPU indexes
+run to 999, so an agent that reports other GPUs sample after sample would otherwise add rows
+without end; past this many, a new series takes the row of the oldest one the sample lacks."""
 
 
 def _stored(value: float) -> int:
@@ -101,16 +107,27 @@ class NodeHistory:
                 continue
             slot = slots.get(key)
             if slot is None:
-                slot = self._add_series(key)
+                slot = self._add_series(key, values)
             sums[slot] += value
             counts[slot] += 1
         return group_changed
 
-    def _add_series(self, key: str) -> int:
-        slot = self._slots[key] = len(self._slots)
-        self._rows += bytes([_GAP]) * self._capacity
-        self._sums.append(0.0)
-        self._counts.append(0)
+    def _add_series(self, key: str, values: Mapping[str, float | None]) -> int:
+        slots = self._slots
+        if len(slots) < MAX_SERIES:
+            slot = slots[key] = len(slots)
+            self._rows += bytes([_GAP]) * self._capacity
+            self._sums.append(0.0)
+            self._counts.append(0)
+            return slot
+        # a sample holds at most MAX_SERIES series, ``key`` among them: some row is not its
+        # (the oldest such series is the first in the dict, which keeps insertion order)
+        gone = next(old for old in slots if old not in values)
+        slot = slots[key] = slots.pop(gone)
+        start = slot * self._capacity
+        self._rows[start : start + self._capacity] = bytes([_GAP]) * self._capacity
+        self._sums[slot] = 0.0
+        self._counts[slot] = 0
         return slot
 
     def _close(self, skipped: int) -> None:

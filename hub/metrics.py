@@ -328,7 +328,8 @@ class HubCollector:
             gpus = node.state.get("gpus")
             if not isinstance(gpus, dict):
                 continue
-            static = {str(g.get("index")): g for g in (node.hello.gpus if node.hello else [])}
+            hello_gpus = node.hello.gpus if node.hello else []
+            static = {str(g["index"]): g for g in hello_gpus if g.get("index") is not None}
             for index, gpu in gpus.items():
                 if not isinstance(gpu, dict):
                     continue
@@ -390,10 +391,28 @@ def _body(nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int, com
     return gzip.compress(text, compresslevel=1) if compress else text
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header takes gzip (RFC 9110 12.5.3): named, or ``*`` when
+    gzip is not named, with a ``q`` above 0 (``gzip;q=0`` refuses it)."""
+    weights = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, number = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(number)
+                except ValueError:
+                    weight = 0.0
+        weights[coding.lower()] = weight
+    return weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0))) > 0
+
+
 async def metrics(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     nodes = read_nodes(hub.registry)
-    compress = "gzip" in request.headers.get("accept-encoding", "")
+    compress = accepts_gzip(request.headers.get("accept-encoding", ""))
     body = await asyncio.to_thread(_body, nodes, hub.settings.gpu_free, len(hub.fanout.viewers), compress)
     headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
     if compress:

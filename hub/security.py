@@ -60,14 +60,24 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
+MAX_TRACKED_SOURCES = 10_000
+
+
 class FailureLog:
-    """Logs a refused login at most once per source per ``every_s``, counting the rest."""
+    """Logs a refused login at most once per source per ``every_s``, counting the rest.
+
+    It tracks at most :data:`MAX_TRACKED_SOURCES` sources (an IPv6 network offers endless
+    addresses): past that, within one window, refusals from further sources are counted
+    together and logged once per window."""
 
     def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._every_s = every_s
         self._clock = clock
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._prune_due = 0.0  # sources outside the window are forgotten at most once per window
+        self._untracked = 0  # refusals from sources past the limit, since the last such log line
+        self._untracked_logged = -float("inf")
 
     def refused(self, source: str, what: str) -> bool:
         """Records one refusal; logs it unless ``source`` was logged recently. Returns whether it logged."""
@@ -76,13 +86,33 @@ class FailureLog:
         if last is not None and now - last < self._every_s:
             self._suppressed[source] = self._suppressed.get(source, 0) + 1
             return False
-        if len(self._last) > 10_000:  # many sources: forget the ones outside the window
-            self._last = {s: t for s, t in self._last.items() if now - t < self._every_s}
-            self._suppressed = {s: n for s, n in self._suppressed.items() if s in self._last}
+        if last is None and len(self._last) >= MAX_TRACKED_SOURCES:
+            if now >= self._prune_due:
+                self._prune_due = now + self._every_s
+                self._last = {s: t for s, t in self._last.items() if now - t < self._every_s}
+                self._suppressed = {s: n for s, n in self._suppressed.items() if s in self._last}
+            if len(self._last) >= MAX_TRACKED_SOURCES:
+                return self._refused_untracked(source, what, now)
         self._last[source] = now
         more = self._suppressed.pop(source, 0)
         extra = f" ({more} more from this source in the last {self._every_s:.0f} s)" if more else ""
         log.warning("refused %s from %s%s", what, source, extra)
+        return True
+
+    def _refused_untracked(self, source: str, what: str, now: float) -> bool:
+        self._untracked += 1
+        if now - self._untracked_logged < self._every_s:
+            return False
+        self._untracked_logged = now
+        log.warning(
+            "refused %s from %s (sources past the %d tracked per %.0f s: %d refusal(s) since the last such line)",
+            what,
+            source,
+            MAX_TRACKED_SOURCES,
+            self._every_s,
+            self._untracked,
+        )
+        self._untracked = 0
         return True
 
 

@@ -16,7 +16,9 @@ or key it is about.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +29,7 @@ from typing import Any, Literal
 from hub.registry import Liveness, Naming
 from node_agent import __version__
 from node_agent.given import env_value, given, read_token_file
+from node_agent.protocol import MAX_STRING_CHARS
 
 
 class SettingsError(ValueError):
@@ -117,11 +120,34 @@ def _dataclass_from(cls: Any, raw: Any, key: str) -> Any:
 
 
 def _node_tokens(raw: Any, key: str) -> dict[str, str]:
-    return {str(k): _convert(f"{key}.{k}", str, v) for k, v in _table(raw, key).items()}
+    """Per-node tokens. An empty one is an error, not "no token": read either way it would
+    change who may connect (the node locked out, or let in on the shared token or none)."""
+    tokens = {str(k): _convert(f"{key}.{k}", str, v) for k, v in _table(raw, key).items()}
+    for node, token in tokens.items():
+        if not token.strip():
+            raise SettingsError(f"{key}.{node}: an empty token; give the node a token or remove the line")
+    return tokens
 
 
 def _names(raw: Any, key: str) -> dict[str, Naming]:
-    return {str(k): _dataclass_from(Naming, v, f"{key}.{k}") for k, v in _table(raw, key).items()}
+    """Display names and groups: an empty or blank text is no name or no group (as an empty
+    setting is no setting), and one past the protocol's string limit is an error (the hub
+    remembers these texts in its state file, which holds them to that limit)."""
+    names = {}
+    for node, table in _table(raw, key).items():
+        naming: Naming = _dataclass_from(Naming, table, f"{key}.{node}")
+        texts = {}
+        for name in ("display_name", "group"):
+            text = getattr(naming, name)
+            if text is not None and len(text) > MAX_STRING_CHARS:
+                raise SettingsError(f"{key}.{node}.{name}: longer than {MAX_STRING_CHARS} characters")
+            texts[name] = text if text and text.strip() else None
+        if naming.group and "," in naming.group:
+            raise SettingsError(
+                f"{key}.{node}.group: no ',' in a group (the wall's ?group= filter splits there)"
+            )
+        names[str(node)] = Naming(**texts)
+    return names
 
 
 def _liveness(raw: Any, key: str) -> Liveness:
@@ -155,6 +181,9 @@ def default_state_db(env: Mapping[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------- the settings
+DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1"
+
+
 @dataclass(frozen=True, slots=True)
 class HubSettings:
     host: str = setting(
@@ -212,7 +241,7 @@ class HubSettings:
         metavar="ORIGINS",
     )
     forwarded_allow_ips: str = setting(
-        "127.0.0.1",
+        DEFAULT_FORWARDED_ALLOW_IPS,
         "str",
         "proxies whose X-Forwarded-* headers are believed (comma-separated addresses or networks)",
         metavar="IPS",
@@ -430,12 +459,43 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
     return _checked(replace(HubSettings(), **values))
 
 
+_ROOT_PATH_RE = re.compile(r"(/[A-Za-z0-9\-._~%!$&'()*+,;=:@]+)+")
+
+
+def _proxy_addresses(raw: str) -> str:
+    """``forwarded_allow_ips`` as uvicorn takes it, checked: uvicorn believes anything it cannot
+    parse as an address or network to be a literal peer name (one no TCP peer has), and ``*``
+    only alone, so a typo or ``*,10.0.0.1`` would quietly trust no proxy. No items (``,``) is
+    the default, as for the other lists."""
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if not items:
+        return DEFAULT_FORWARDED_ALLOW_IPS
+    if "*" in items:
+        if len(items) > 1:
+            raise SettingsError(f"forwarded_allow_ips: '*' (every peer) stands alone, got {raw!r}")
+        return "*"
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"forwarded_allow_ips: {item!r} is not an IP address or network (such as 10.0.0.0/8)"
+            ) from None
+    return ",".join(items)
+
+
 def _checked(settings: HubSettings) -> HubSettings:
     if not 0 < settings.port < 65536:
         raise SettingsError(f"port: must be 1..65535, got {settings.port}")
     root = settings.root_path.rstrip("/")
     if root and not root.startswith("/"):
         raise SettingsError(f"root_path: must start with '/', got {settings.root_path!r}")
+    if root and not _ROOT_PATH_RE.fullmatch(root):
+        # pages put it in <base href>: "//host" there is another site, "\\" a slash to browsers
+        raise SettingsError(
+            f"root_path: a path such as /monitor (segments of letters, digits and -._~%!$&'()*+,;=:@ "
+            f"between single slashes), got {settings.root_path!r}"
+        )
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"log_level: unknown level {settings.log_level!r}")
     for name in (
@@ -453,8 +513,17 @@ def _checked(settings: HubSettings) -> HubSettings:
             pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")
         ):
             raise SettingsError(f"trusted_hosts: {pattern!r} must be a host name, '*.domain' or '*'")
+    from hub.security import normalize_origin  # hub.security builds on these settings
+
+    for origin in settings.allowed_origins:
+        if origin != "*" and normalize_origin(origin) is None:
+            # the origin check would never match it: the wall it names would get 403s
+            raise SettingsError(
+                f"allowed_origins: {origin!r} is not an origin such as https://wall.lab or http://10.0.0.5:8080"
+            )
     return replace(
         settings,
+        forwarded_allow_ips=_proxy_addresses(settings.forwarded_allow_ips),
         root_path=root,
         log_level=settings.log_level.upper(),
         agent_token=settings.agent_token or None,

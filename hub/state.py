@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket
 
@@ -11,6 +12,9 @@ from hub.fanout import Fanout
 from hub.registry import NodeRegistry
 from hub.scene import Scene
 from hub.settings import HubSettings
+
+if TYPE_CHECKING:
+    from hub.agent_ws import RateLimit
 
 
 @dataclass(slots=True)
@@ -21,3 +25,4 @@ class HubState:
     scene: Scene
     fanout: Fanout
     agent_sockets: dict[str, tuple[int, WebSocket]] = field(default_factory=dict)
+    hello_limits: dict[str, RateLimit] = field(default_factory=dict)  # per node name

@@ -44,7 +44,17 @@ from starlette.responses import JSONResponse, Response
 from hub.registry import Naming, Node, NodeRegistry, NodeStatus
 from hub.security import admin_denial
 from hub.state import HubState
-from node_agent.protocol import Hello, ProtocolError, Snapshot, check_node_name, check_patch, decode, encode
+from node_agent.protocol import (
+    MAX_STATE_BYTES,
+    MAX_STRING_CHARS,
+    Hello,
+    ProtocolError,
+    Snapshot,
+    check_node_name,
+    check_patch,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("sers.hub")
 
@@ -343,6 +353,11 @@ class NodeStore:
         return _Transaction(self._db)
 
 
+# the texts of a row that the hub shows or logs: a node's names and address come from the
+# protocol or the settings, and are held to the protocol's string limit there too
+_NAME_COLUMNS = ("display_name", "node_group", "address")
+
+
 def _stored_node(
     node_id: object,
     display_name: object,
@@ -363,6 +378,8 @@ def _stored_node(
     ):
         if not (isinstance(value, str) or (optional and value is None)):
             raise ValueError(f"{column}: expected text, got {type(value).__name__}")
+        if column in _NAME_COLUMNS and isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+            raise ValueError(f"{column}: {len(value)} characters, over the limit of {MAX_STRING_CHARS}")
     assert isinstance(display_name, str) and isinstance(hello_json, str) and isinstance(state_json, str)
     try:
         hello = decode(hello_json)
@@ -375,6 +392,9 @@ def _stored_node(
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"state_json: not JSON: {exc}") from None
     state = check_patch(state_obj, "state_json")
+    state_bytes = len(orjson.dumps(state))
+    if state_bytes > MAX_STATE_BYTES:  # each field within its limits, the whole past the node's
+        raise ValueError(f"state_json: {state_bytes} bytes as JSON, over the limit of {MAX_STATE_BYTES}")
     if isinstance(last_seen, bool) or not isinstance(last_seen, int | float) or not math.isfinite(last_seen):
         raise ValueError(f"last_seen_epoch_s: expected a number of seconds, got {last_seen!r:.40}")
     return StoredNode(
@@ -435,10 +455,12 @@ class StoreSync:
         names: Mapping[str, Naming],
         refresh_every_s: float = REFRESH_EVERY_S,
         reopen_every_s: float = REOPEN_EVERY_S,
+        max_nodes: int | None = None,
     ) -> None:
         self._path = path
         self._registry = registry
         self._names = names
+        self._max_nodes = max_nodes
         self._refresh_every_s = refresh_every_s
         self._reopen_every_s = reopen_every_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sers-store")
@@ -467,9 +489,21 @@ class StoreSync:
             return 0
         self._store = store
         self._written = {}  # a file opened again (after it was deleted) gets every node
-        for item in stored:
+        over = 0
+        for item in sorted(stored, key=lambda item: -item.last_seen_epoch_s):
+            if item.node_id not in self._registry.nodes and not self._has_room():
+                over += 1
+                continue
             self._restore(item)
         self._log_skipped(skipped, len(stored) + len(skipped))
+        if over:
+            log.warning(
+                "state file %s: %d of its nodes, the least recently seen, not remembered: the hub "
+                "holds max_nodes=%d",
+                self._path,
+                over,
+                self._max_nodes,
+            )
         if not store.created and store.mode & stat.S_IROTH:
             log.warning(
                 "the state file %s is readable by every user (mode %04o) and holds user and process "
@@ -479,9 +513,9 @@ class StoreSync:
                 self._path,
             )
         again = " again" if self._open_problem is not None else ""
-        log.info("state file %s usable%s: remembered %d node(s)", self._path, again, len(stored))
+        log.info("state file %s usable%s: remembered %d node(s)", self._path, again, len(stored) - over)
         self._open_problem = None
-        return len(stored)
+        return len(stored) - over
 
     def _cannot_open(self, reason: str) -> None:
         if reason != self._open_problem:
@@ -493,6 +527,9 @@ class StoreSync:
             )
             self._open_problem = reason
         self._next_open_mono = time.monotonic() + self._reopen_every_s
+
+    def _has_room(self) -> bool:
+        return self._max_nodes is None or len(self._registry.nodes) < self._max_nodes
 
     def _restore(self, item: StoredNode) -> None:
         naming = self._names.get(item.node_id) or self._names.get(item.address or "") or Naming()

@@ -1,5 +1,8 @@
 """``/ws/view``: one browser. It gets the full state, then rendered changes; it never sends.
 
+At most :data:`~hub.fanout.MAX_VIEW_FILTERS` different filters (kiosk URL options) are in use
+at once: a viewer with a new one past that is closed with 1008 and the refusal logged.
+
 A viewer that sends a message anyway is not a browser running the hub's page: it is closed with
 1008 (policy) and the refusal logged (at most once per source per minute).
 
@@ -19,7 +22,7 @@ from starlette.responses import PlainTextResponse
 from starlette.status import WS_1000_NORMAL_CLOSURE
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from hub.fanout import Viewer
+from hub.fanout import MAX_VIEW_FILTERS, Viewer
 from hub.pages import view_filter_from
 from hub.security import FailureLog, OriginPolicy, client_address
 from hub.state import HubState
@@ -39,11 +42,16 @@ async def view_endpoint(websocket: WebSocket) -> None:
         await websocket.send_denial_response(PlainTextResponse("origin not allowed\n", 403))
         return
     await websocket.accept()
-    viewer = Viewer(
-        websocket.send_bytes,
-        view_filter_from(websocket.query_params),
-        hub.settings.viewer_send_timeout_s,
-    )
+    view_filter = view_filter_from(websocket.query_params)
+    if not hub.fanout.takes(view_filter):
+        failures.refused(client_address(websocket.scope), "a viewer with one filter too many")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                websocket.close(CLOSE_POLICY, f"over {MAX_VIEW_FILTERS} different filters in use"),
+                CLOSE_TIMEOUT_S,
+            )
+        return
+    viewer = Viewer(websocket.send_bytes, view_filter, hub.settings.viewer_send_timeout_s)
     hub.fanout.add_viewer(viewer)
     sender = asyncio.create_task(viewer.run())
     reader = asyncio.create_task(_drain(websocket))

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from node_agent.protocol import MAX_STRING_CHARS
 from tests import fakes, wsclients
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.procs import Hub, Proc, free_port, start_agent, wait_until
@@ -25,7 +26,7 @@ XSS_NAME = "<script>window.__xss=1</script>"
 XSS_GROUP = '<img src=x onerror="window.__xss=2">'
 XSS_GPU = '"><img src=x onerror="window.__xss=3">'
 XSS_COMMAND = "<u>cmd</u>&lt;"  # a process name is at most 15 bytes (the kernel's comm)
-LONG_NAME = "W" * 300
+LONG_NAME = "W" * MAX_STRING_CHARS  # the longest display name the settings take
 TIMEOUT_MS = 20_000
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
@@ -67,7 +68,7 @@ def named_process(comm: str, log: Path) -> Proc:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     """A hub naming four nodes, and their agents: alpha (8 GPUs, a process with a hostile
-    name), beta (a lost GPU), gamma (no GPUs, a 300-character display name), xss (hostile
+    name), beta (a lost GPU), gamma (no GPUs, a 256-character display name), xss (hostile
     display name, group and GPU name)."""
     tmp = tmp_path_factory.mktemp("lab")
     config = tmp / "hub.toml"

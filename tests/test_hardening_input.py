@@ -17,6 +17,7 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from hub.agent_ws import HELLOS_PER_MINUTE
 from node_agent.protocol import (
     MAX_GPUS,
     MAX_MESSAGE_BYTES,
@@ -183,6 +184,31 @@ def test_newer_connection_for_the_same_node_wins(hub: Hub) -> None:
     assert hub.status("twin") == "live"  # the older one's close did not take the node offline
     newer.close()
     wait_until(lambda: hub.status("twin") == "offline", 5, what="twin offline after the newer one left")
+    assert_unaffected(hub)
+
+
+def test_a_node_name_reconnecting_in_a_loop_is_closed_with_1008(hub: Hub) -> None:
+    """Each hello renders the card anew and logs two lines: a client that connects, says hello
+    and leaves in a loop gets HELLOS_PER_MINUTE connections for that name, then 1008 (logged
+    once), while other names connect as usual."""
+    for _ in range(HELLOS_PER_MINUTE):
+        ws = open_agent(hub)
+        ws.send(hello("flappy"))
+        ws.send(delta(1, snapshot(5.0)))
+        ws.close()
+    looping = open_agent(hub)
+    looping.send(hello("flappy"))
+    assert close_code(looping) == (1008, f"over {HELLOS_PER_MINUTE} connections a minute for this node")
+    wait_until(
+        lambda: log_has(hub, f"node flappy: over {HELLOS_PER_MINUTE} connections a minute from 127.0.0.1"),
+        5,
+        what="log line",
+    )
+    other = open_agent(hub)
+    other.send(hello("calm"))
+    other.send(delta(1, snapshot(5.0)))
+    wait_until(lambda: hub.status("calm") == "live", 5, what="another name to connect")
+    other.close()
     assert_unaffected(hub)
 
 

@@ -8,11 +8,11 @@ import pytest
 
 from frontend.render import Renderer
 from hub.clock import ManualClock
-from hub.history import BUCKET_S, CARD_GROUP, CARD_POINTS, History, NodeHistory, sample_values
+from hub.history import BUCKET_S, CARD_GROUP, CARD_POINTS, MAX_SERIES, History, NodeHistory, sample_values
 from hub.registry import NodeRegistry
 from hub.scene import Scene
 from hub.settings import GpuFreeRule
-from node_agent.protocol import Delta, Hello
+from node_agent.protocol import MAX_GPUS, Delta, Hello
 
 GIB = 1024**3
 
@@ -159,3 +159,25 @@ def test_history_advances_whatever_the_agents_clock_says(wrong_s: float) -> None
     assert len(after) - during == 12, "a bucket every 5 s after the correction too"
     assert not any(math.isnan(p) for p in after[1:]), "no gaps: every bucket holds samples"
     assert max(after) < 50, "each bucket holds the mean of its own 5 samples, not of everything"
+
+
+def test_a_node_that_reports_ever_new_gpu_indexes_keeps_a_bounded_history() -> None:
+    """GPU indexes run to 999: an agent that reports other GPUs sample after sample must not add
+    rows to its node's history without end. The GPUs of the newest sample keep their series."""
+    history = NodeHistory("n1", capacity=180)
+    t0 = aligned_start(history)
+    for step in range(1000 // 8):
+        indexes = range(step * 8, step * 8 + 8)  # eight GPUs per sample, never the same twice
+        sample: dict[str, float | None] = {"cpu": 10.0, "mem": 20.0}
+        for index in indexes:
+            sample[f"u{index}"] = float(index % 100)
+            sample[f"m{index}"] = 50.0
+        history.record(t0 + step * BUCKET_S, sample)
+    history.record(t0 + 1000 // 8 * BUCKET_S, {"cpu": 10.0})  # closes the last sample's bucket
+    assert len(history.series) == MAX_SERIES == 2 + 2 * MAX_GPUS
+    assert len(history._rows) == MAX_SERIES * 180
+    assert history.points("cpu") == [10.0] * (1000 // 8)
+    for index in range(992, 1000):
+        points = history.points(f"u{index}")
+        assert points[-1] == float(index % 100)
+        assert all(is_nan(v) for v in points[:-1]), "a row taken over starts as gaps"

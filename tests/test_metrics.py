@@ -138,6 +138,29 @@ def test_metrics_carry_node_gpu_and_user_values(
     assert samples(zipped).keys() == found.keys()
 
 
+def test_gzip_only_for_clients_that_take_it(hub: Hub) -> None:
+    """``Accept-Encoding`` is read as RFC 9110 says: ``gzip;q=0`` refuses gzip, so that client
+    gets plain text, and a valid exposition either way."""
+    for accept, zipped in (
+        ("gzip", True),
+        ("GZIP", True),
+        ("br, gzip;q=0.5", True),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("gzip;q=0, identity", False),
+        ("*;q=0", False),
+        ("br", False),
+        ("identity", False),
+    ):
+        request = urllib.request.Request(hub.url + "/metrics", headers={"Accept-Encoding": accept})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            encoding = response.headers.get("Content-Encoding")
+        assert (encoding == "gzip") is zipped, accept
+        text = (gzip.decompress(raw) if zipped else raw).decode()
+        assert "sers_hub_viewers" in samples(text), accept
+
+
 def test_offline_node_keeps_status_and_drops_readings(hub: Hub, procs: list[Proc]) -> None:
     agent = start_fake_gpu_agent(hub, "m2", fakes.scenario([fakes.gpu(0)]))
     procs.append(agent)

@@ -306,6 +306,49 @@ def test_names_and_facts_in_cards_summary_and_pages_are_text(payload: str) -> No
     assert parsed.all_text.count(payload) >= 8, "host facts, GPU facts, the process, the disk, the driver"
 
 
+UNSEEN = "\u202e\u2066\u200b\u200f\ufeff\x1b\x00"
+
+
+def test_characters_that_change_how_text_looks_are_spelled_out() -> None:
+    """Agent text with bidi overrides, isolates and marks, zero-width characters and control
+    characters: unescaped, a GPU name ending in U+202E shows the summary's "3/8" after it as
+    "8/3", and "alice\u200b" passes for "alice". Every page and fragment shows them as
+    ``<U+202E>`` and holds none of them, in text or attributes."""
+    payload = "A100" + UNSEEN + "x"
+    shown = "A100<U+202E><U+2066><U+200B><U+200F><U+FEFF><U+001B><U+0000>x"
+    registry, clock, _ = lab_node(naming=Naming(payload, payload))
+    node = registry.nodes["gpu07"]
+    node.hello = Hello(
+        node="gpu07",
+        agent_version=payload,
+        interval_s=1.0,
+        host={"hostname": payload, "os_name": payload, "cpu_model": payload, "kernel": payload},
+        gpu_driver={"driver_version": payload, "error": payload},
+        gpus=[{"index": 0, "name": payload, "uuid": payload, "pci_bus_id": payload}],
+    )
+    node.state["gpus"]["0"] = gpu(
+        name=payload,
+        throttle_reasons=[payload],
+        processes=[{"pid": 1, "user": payload, "command": payload, "gpu_mem_bytes": GIB}],
+    )
+    node.state["gpus"]["1"] = gpu(error=payload)
+    node.state["host"]["disks"] = [{"mount": payload, "used_bytes": 1, "total_bytes": 2}]
+    renderer = Renderer()
+    scene = Scene(registry, renderer, GpuFreeRule(), clock.wall)
+    rendered = {
+        "card": scene.card(node),
+        "summary": scene.summary(scene.summary_view(ViewFilter())),
+        "node page": renderer.node_page(scene.detail(node), root_path="", now_epoch_s=1.0, back_query=""),
+    }
+    for where, html in rendered.items():
+        parsed = Parsed(html)
+        for text in [parsed.all_text, *parsed.attr_values()]:
+            assert not set(text) & set(UNSEEN), f"{where}: {text!r}"
+        assert "<U+202E>" in parsed.all_text, where
+    assert Parsed(rendered["card"]).all_text.count(shown) >= 4, "display name, group, user, error"
+    assert Parsed(rendered["node page"]).all_text.count(shown) >= 8
+
+
 def test_page_escapes_the_reflected_query() -> None:
     html = Renderer().page(
         root_path="",

@@ -5,6 +5,7 @@ not given, so it never switches off a token set further down."""
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from hub.__main__ import warn_if_open
+from hub.registry import Naming
 from hub.settings import (
     HubSettings,
     SettingsError,
@@ -23,6 +25,7 @@ from hub.settings import (
     settings_reference,
 )
 from node_agent import settings as agent_settings
+from node_agent.protocol import MAX_STRING_CHARS
 from tests.procs import REPO, base_env
 
 # Three distinct values per flag-and-env setting: for the TOML file, the environment, the flag.
@@ -157,6 +160,89 @@ def test_toml_tables_still_load(tmp_path: Path) -> None:
     assert settings.liveness.stale_after_intervals == 2.0
     assert settings.gpu_free.max_util_percent == 20.0
     assert settings.names["gpu07"].group == "A100 room"
+
+
+@pytest.mark.parametrize(
+    "root_path", ["//evil.example", "/mon//x", "/\\evil.example", "/mon?x", "/mon#x", "/a b", '/"x']
+)
+def test_root_path_that_would_not_stay_on_the_hub_is_refused(root_path: str) -> None:
+    """The pages put the root path in ``<base href>``: ``//evil.example/`` there loads the
+    script and styles from another site, ``/\\`` reads as ``//``, ``?`` and ``#`` end the path."""
+    with pytest.raises(SettingsError, match=r"^root_path: a path such as /monitor"):
+        load_settings(["--root-path", root_path], env=NO_STATE_ENV)
+
+
+@pytest.mark.parametrize(
+    ("root_path", "kept"), [("/monitor/", "/monitor"), ("/a/b-c_d.e~%41", "/a/b-c_d.e~%41"), ("/", "")]
+)
+def test_root_path_of_plain_segments_is_kept(root_path: str, kept: str) -> None:
+    assert load_settings(["--root-path", root_path], env=NO_STATE_ENV).root_path == kept
+
+
+@pytest.mark.parametrize(
+    ("given_ips", "kept"),
+    [
+        (",", "127.0.0.1"),
+        (" , ", "127.0.0.1"),
+        ("10.0.0.1, ,10.1.0.0/16,", "10.0.0.1,10.1.0.0/16"),
+        ("*", "*"),
+        ("::1, fd00::/8", "::1,fd00::/8"),
+    ],
+)
+def test_forwarded_allow_ips_without_items_is_the_default_and_items_are_kept(
+    given_ips: str, kept: str
+) -> None:
+    settings = load_settings([], env={**NO_STATE_ENV, "SERS_FORWARDED_ALLOW_IPS": given_ips})
+    assert settings.forwarded_allow_ips == kept
+
+
+@pytest.mark.parametrize(
+    ("given_ips", "problem"),
+    [
+        ("10.0.0.l", "'10.0.0.l' is not an IP address"),
+        ("proxy.lab", "'proxy.lab' is not"),
+        ("*,10.0.0.1", "'*'"),
+    ],
+)
+def test_forwarded_allow_ips_that_uvicorn_would_quietly_never_match_are_refused(
+    given_ips: str, problem: str
+) -> None:
+    """uvicorn takes what is not an address as a literal peer name, and ``*`` only alone: each
+    of these would trust no proxy at all, without a word."""
+    with pytest.raises(SettingsError, match=rf"^forwarded_allow_ips: {re.escape(problem)}"):
+        load_settings(["--forwarded-allow-ips", given_ips], env=NO_STATE_ENV)
+
+
+@pytest.mark.parametrize("origin", ["wall.lab", "https://wall.lab/page", "ftp://wall.lab", "https://"])
+def test_allowed_origins_that_no_browser_sends_are_refused(origin: str) -> None:
+    """An origin the check can never match would leave the wall it names with 403s."""
+    with pytest.raises(SettingsError, match=rf"^allowed_origins: {re.escape(repr(origin))} is not an origin"):
+        load_settings(["--allowed-origins", f"https://ok.lab,{origin}"], env=NO_STATE_ENV)
+    kept = load_settings(["--allowed-origins", "https://ok.lab, http://10.0.0.5:8080/,*"], env=NO_STATE_ENV)
+    assert kept.allowed_origins == ("https://ok.lab", "http://10.0.0.5:8080/", "*")
+
+
+def test_toml_names_and_node_tokens_with_empty_or_long_texts(tmp_path: Path) -> None:
+    """An empty group or display name is none (not a group called "", sorted before every
+    named one); an empty node token is an error, since either reading of it changes who may
+    connect; a name past the protocol's string limit is refused, as the state file would
+    refuse it when the hub reads the name back."""
+    config = config_file(
+        tmp_path, '[names."gpu07"]\ngroup = ""\ndisplay_name = " "\n[names."gpu08"]\ngroup = "A"\n'
+    )
+    settings = load_settings(["--config", config], env=NO_STATE_ENV)
+    assert settings.names["gpu07"] == Naming(display_name=None, group=None)
+    assert settings.names["gpu08"] == Naming(display_name=None, group="A")
+    for blank in ('""', '"  "'):
+        config = config_file(tmp_path, f'agent_token = "t"\n[node_tokens]\ngpu07 = {blank}\n')
+        with pytest.raises(SettingsError, match=r"^node_tokens\.gpu07: an empty token"):
+            load_settings(["--config", config], env=NO_STATE_ENV)
+    config = config_file(tmp_path, '[names."gpu07"]\ngroup = "Room A, B"\n')
+    with pytest.raises(SettingsError, match=r"^names\.gpu07\.group: no ','"):
+        load_settings(["--config", config], env=NO_STATE_ENV)
+    config = config_file(tmp_path, f'[names."gpu07"]\ndisplay_name = "{"x" * (MAX_STRING_CHARS + 1)}"\n')
+    with pytest.raises(SettingsError, match=rf"^names\.gpu07\.display_name: longer than {MAX_STRING_CHARS}"):
+        load_settings(["--config", config], env=NO_STATE_ENV)
 
 
 # --------------------------------------------------------------------------- the state file

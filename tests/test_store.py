@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from hub.clock import ManualClock
@@ -30,7 +31,7 @@ from hub.store import (
     StoreSync,
     forget_offline,
 )
-from node_agent.protocol import Hello
+from node_agent.protocol import MAX_GPUS, MAX_OBJECT_LIST, MAX_STATE_BYTES, MAX_STRING_CHARS, Hello
 
 # --------------------------------------------------------------------------- helpers
 
@@ -283,6 +284,61 @@ def test_rows_it_cannot_read_are_skipped_and_logged(tmp_path: Path, caplog: pyte
     assert "skipped node 'textseen'" in lines[0] and "sers-hub forget textseen --state-db" in lines[0]
     assert "skipped 2 more of its 8 nodes" in lines[-1]
     assert all("\n" not in line for line in lines)
+
+
+def test_rows_past_the_limits_of_a_live_node_are_skipped(tmp_path: Path) -> None:
+    """A row can hold what no agent could have made the hub write: names and an address
+    longer than a wire string, or a state whose every field is within its limits but whose
+    whole is far over a node's (64 GPUs of 128 processes each: megabytes on every page)."""
+    path = hub_file(tmp_path / "state.sqlite3", "good")
+    hello_json = '{"type":"hello","protocol":1,"node":"%s","agent_version":"t","interval_s":1.0}'
+    process = {"pid": 1, "user": "u" * MAX_STRING_CHARS, "command": "c" * MAX_STRING_CHARS}
+    huge_state = {"gpus": {str(i): {"processes": [process] * MAX_OBJECT_LIST} for i in range(MAX_GPUS)}}
+    long_text = "x" * (MAX_STRING_CHARS + 1)
+    rows: list[tuple[object, ...]] = [
+        ("longname", long_text, None, None, hello_json % "longname", "{}", 1.0),
+        ("longgroup", "G", long_text, None, hello_json % "longgroup", "{}", 1.0),
+        ("longaddress", "A", None, long_text, hello_json % "longaddress", "{}", 1.0),
+        ("hugestate", "H", None, None, hello_json % "hugestate", orjson.dumps(huge_state).decode(), 1.0),
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, 0)", rows)
+        db.commit()
+    store = NodeStore(str(path))
+    nodes, skipped = store.load()
+    store.close()
+    assert [n.node_id for n in nodes] == ["good"]
+    assert [(row.node_id, row.reason.split(":")[0]) for row in skipped] == [
+        ("longname", "display_name"),
+        ("longgroup", "node_group"),
+        ("longaddress", "address"),
+        ("hugestate", "state_json"),
+    ]
+    assert f"over the limit of {MAX_STATE_BYTES}" in skipped[-1].reason
+
+
+def test_a_file_with_more_nodes_than_max_nodes_fills_the_hub_to_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The most recently seen nodes are remembered, up to ``max_nodes`` with the live ones."""
+    path = tmp_path / "state.sqlite3"
+    store = NodeStore(str(path))
+    store.save([stored(f"n{i}", last_seen_epoch_s=1000.0 + i) for i in range(10)])
+    store.close()
+    reg = registry()
+    reg.hello(hello("live1"))
+    sync = StoreSync(str(path), reg, {}, max_nodes=4)
+
+    async def scenario() -> int:
+        remembered = await sync.open()
+        await sync.close()
+        return remembered
+
+    with caplog.at_level(logging.INFO, logger="sers.hub"):
+        assert asyncio.run(scenario()) == 3
+    assert set(reg.nodes) == {"live1", "n9", "n8", "n7"}
+    [line] = errors(caplog)
+    assert "7 of its nodes, the least recently seen, not remembered" in line and "max_nodes=4" in line
 
 
 # --------------------------------------------------------------------------- at runtime

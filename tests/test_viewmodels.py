@@ -321,6 +321,18 @@ def test_field_labels_and_texts_follow_units_in_names() -> None:
     assert field_text("fan_percent", None) == "–"
 
 
+def test_detail_view_has_no_gpu_for_facts_without_an_index() -> None:
+    """The hello's GPU facts may leave ``index`` null: they name no GPU, not a "GPU None"
+    (whose panel id, ``gpu-None``, no GPU index can have)."""
+    _, _, node = make_node(
+        {"sampled_at": 1.0, "gpus": {"0": gpu(index=0)}},
+        hello_gpus=[{"index": None, "name": "Mystery", "uuid": "GPU-x"}, {"index": 0, "uuid": "GPU-0"}],
+    )
+    view = detail_view(node, {}, 5.0, 0.0, 10, 5)
+    assert [g.index for g in view.gpus] == ["0"]
+    assert {f.label: f.text for f in view.gpus[0].facts}["UUID"] == "GPU-0"
+
+
 def test_detail_view_lists_every_reported_field() -> None:
     static_gpu = {
         "index": 0,

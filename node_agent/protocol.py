@@ -352,17 +352,28 @@ class _Invalid(Exception):
         return ProtocolError(f"{where}: expected {self.expected}, got {shown}")
 
 
+def _number_check(low: float, high: float, expected: str) -> Checker:
+    """A checker of numbers from ``low`` to ``high`` for a float field. An integer passes where
+    it does as a float (``10**18 + 1`` is ``1e18``), as msgspec reads it on the fast path."""
+
+    def check(value: Any) -> float | int | None:
+        kind = value.__class__  # exact classes: bool, a subclass of int, is not a number here
+        if (kind is float or kind is int) and low <= value <= high:
+            return value  # NaN fails the comparison, as do infinities
+        if value is None:
+            return None
+        if kind is int and value.bit_length() < 1024 and low <= float(value) <= high:
+            return float(value)
+        if kind is not float and kind is not int:
+            raise _Invalid("a number", value)
+        raise _Invalid(expected, value)
+
+    return check
+
+
 # Every field of the wire types may be null, so the base checkers pass ``None`` through (one
 # call per value, no wrapper); :func:`_required` guards the few fields that must be present.
-def _check_number(value: Any) -> float | int | None:
-    kind = value.__class__  # exact classes: bool, a subclass of int, is not a number here
-    if (kind is float or kind is int) and -MAX_ABS_NUMBER <= value <= MAX_ABS_NUMBER:
-        return value  # NaN fails the comparison, as do infinities
-    if value is None:
-        return None
-    if kind is not float and kind is not int:
-        raise _Invalid("a number", value)
-    raise _Invalid(f"a finite number within ±{MAX_ABS_NUMBER:g}", value)
+_check_number = _number_check(-MAX_ABS_NUMBER, MAX_ABS_NUMBER, f"a finite number within ±{MAX_ABS_NUMBER:g}")
 
 
 @functools.cache
@@ -371,18 +382,7 @@ def _number_checker(bounds: Bounds) -> Checker:
     if bounds == NUMBER:
         return _check_number
     low, high = bounds
-
-    def check(value: Any) -> float | int | None:
-        kind = value.__class__
-        if (kind is float or kind is int) and low <= value <= high:
-            return value  # NaN fails the comparison, as do infinities
-        if value is None:
-            return None
-        if kind is not float and kind is not int:
-            raise _Invalid("a number", value)
-        raise _Invalid(f"a number from {low:.15g} to {high:.15g}", value)
-
-    return check
+    return _number_check(low, high, f"a number from {low:.15g} to {high:.15g}")
 
 
 @functools.cache

@@ -56,7 +56,7 @@ def hello(node: str = "n1", host: dict[str, Any] | None = None) -> Hello:
 
 def test_a_hello_connects_and_says_whether_the_facts_changed() -> None:
     registry, clock, seen = make()
-    connection, _ = registry.hello(hello(host={"hostname": "a"}), "10.0.0.1")
+    registry.hello(hello(host={"hostname": "a"}), "10.0.0.1")
     [connected, live] = seen
     assert connected == NodeConnected("n1", hello(host={"hostname": "a"}), "10.0.0.1", True, clock.wall())
     assert live == StatusChanged("n1", NodeStatus.OFFLINE, NodeStatus.LIVE, StatusCause.HELLO, clock.wall())

@@ -210,7 +210,7 @@ def test_gpus_show_once_the_driver_loads_after_the_agent_started(
     write_atomically(
         nvml_scenario, scenario([gpu(0), gpu(1)], init_error="DriverNotLoaded", live_reload=True)
     )
-    env = {**fake_env(nvml_scenario), "_SERS_TEST_NVML_RETRY_S": "0.5"}  # test-only: not a minute
+    env = {**fake_env(nvml_scenario), "SERS_NVML_RETRY_S": "0.5"}  # not a minute
     agent = start_agent(hub, "late-driver", interval_s=0.5, env=env)
     procs.append(agent)
     hub.wait_status("late-driver", "live")

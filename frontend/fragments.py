@@ -23,6 +23,7 @@ from html import escape as _escape
 
 from frontend.element_ids import element_id
 from frontend.viewmodels import GpuView, HostView, Meter, SparkView
+from hub.domain.gpus import GpuState
 
 
 def _e(text: str) -> str:
@@ -62,7 +63,12 @@ def host_html(h: HostView) -> str:
     )
 
 
-_USERS_FALLBACK = {"f": "✓ free", "b": "● busy", "o": "–", "e": "–"}
+_USERS_FALLBACK = {
+    GpuState.FREE: "✓ free",
+    GpuState.BUSY: "● busy",
+    GpuState.NOT_CURRENT: "–",
+    GpuState.FAULT: "–",
+}
 
 
 def gpu_html(g: GpuView) -> str:

@@ -716,11 +716,20 @@ class ProcessView:
     host_mem_text: str
 
 
+GPU_STATE_TEXT = {
+    GpuState.FREE: "✓ free",
+    GpuState.BUSY: "● busy",
+    GpuState.FAULT: "✖ error",
+    GpuState.NOT_CURRENT: "○ node not live",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class GpuDetailView:
     index: str
     name: str
     state: GpuState
+    state_text: str
     error: str | None
     facts: tuple[FieldView, ...]
     processes: tuple[ProcessView, ...]
@@ -781,6 +790,7 @@ def detail_view(
                 index=index,
                 name=str(merged.get("name") or "GPU"),
                 state=state,
+                state_text=GPU_STATE_TEXT[state],
                 error=sample.get("error"),
                 facts=field_views(merged, GpuSample, skip=("index", "name", "processes", "error"))
                 + field_views(static, GpuStatic, skip=_GPU_SAMPLE_FIELDS),

@@ -1,4 +1,11 @@
-"""``create_app``: the hub's Starlette application, its state and its background tasks."""
+"""``create_app``: the hub's Starlette application, its state and its background tasks.
+
+Endpoints: the routes below, plus ``/ws/agent`` (:data:`hub.agent_ws.AGENT_PATH`), which
+:class:`hub.agent_ws.AgentRoute` serves from the middleware stack, right after the proxy and Host
+checks and before the page headers and the view token: an agent connection stays open for days,
+and there it holds no router or page middleware frames. Its refusals (a missing or wrong token)
+happen before the WebSocket is accepted.
+"""
 
 from __future__ import annotations
 
@@ -74,6 +81,7 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             WebSocketRoute("/ws/view", view_endpoint),
+            # /ws/agent: AgentRoute in middleware() below (see the module's docstring)
             Mount("/static", StaticFiles(packages=[("frontend", "static")]), name="static"),
         ],
         lifespan=lifespan,

@@ -218,9 +218,6 @@ class NodeRegistry:
                 changes.append(change)
         return changes
 
-    def offline_after_s(self, node: Node) -> float:
-        return self._liveness.offline_after_s(node.interval_s)
-
     def sample_age_s(self, node: Node) -> float:
         """Seconds since the node's last new sample (grows while heartbeats alone arrive)."""
         return self._clock.monotonic() - node.last_sample_mono

@@ -105,7 +105,7 @@ class NodeRegistry:
         node.connection = self._connections
         self._seen(node)
         node.last_sample_mono = node.last_seen_mono
-        node.sample_late = False
+        was_late, node.sample_late = node.sample_late, False
         old_status, node.status = node.status, NodeStatus.LIVE
         facts_changed = previous is None or (
             previous.host != hello.host
@@ -114,6 +114,8 @@ class NodeRegistry:
         )
         events = self.events
         events.publish(NodeConnected(node.node_id, hello, address, facts_changed, node.last_seen_wall))
+        if was_late:
+            events.publish(SampleLate(node.node_id, False, node.last_seen_mono))
         if old_status is not NodeStatus.LIVE:
             events.publish(
                 StatusChanged(

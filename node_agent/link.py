@@ -15,6 +15,7 @@ then the link ends the connection and opens a new one at once, which starts with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -145,7 +146,9 @@ class HubLink:
                     if await self._stream(ws, hello, generation):
                         return LinkEnd(EndKind.FACTS_CHANGED, "static facts changed; sending a new hello")
                 except asyncio.CancelledError:  # the agent is stopping: say so (not 1011, an error)
-                    await ws.close(CloseCode.GOING_AWAY, "agent stopping")
+                    # a close that fails must not swallow the cancellation: the agent would never stop
+                    with contextlib.suppress(Exception):
+                        await ws.close(CloseCode.GOING_AWAY, "agent stopping")
                     raise
         except InvalidStatus as exc:
             status = exc.response.status_code

@@ -158,3 +158,14 @@ def test_a_failing_subscriber_costs_the_others_nothing(caplog: Any) -> None:
     bus.subscribe(NodeRemoved, seen.append)
     bus.publish(NodeRemoved("n1"))
     assert seen == [NodeRemoved("n1")] and "handling NodeRemoved failed" in caplog.text
+
+
+def test_a_hello_ends_a_late_spell() -> None:
+    registry, clock, seen = make((SampleLate,))
+    connection, _ = registry.hello(hello())
+    for _ in range(4):
+        clock.advance(1.0)
+        registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={}))
+        registry.sweep()
+    registry.hello(hello())
+    assert [event.late for event in seen] == [True, False]

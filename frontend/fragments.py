@@ -63,6 +63,8 @@ def host_html(h: HostView) -> str:
     )
 
 
+# A GPU row's classes per state, made once: formatting an Enum member costs ~100 ns on Python 3.11
+_ROW_CLASS = {state: f"g {state.value}" for state in GpuState}
 _USERS_FALLBACK = {
     GpuState.FREE: "✓ free",
     GpuState.BUSY: "● busy",
@@ -75,7 +77,7 @@ def gpu_html(g: GpuView) -> str:
     """``<div id="gpu-<i>-<node>" class="g <state>">``: index, model, utilization and
     memory bars, temperature, power draw/limit, users (or the error)."""
     index = _e_id(g.gpu_index)
-    head = f'<div id="{_gpu_id(g.node_id, g.gpu_index)}" class="g {g.state}"><b>{index}</b><i>{_e_id(g.name)}</i>'
+    head = f'<div id="{_gpu_id(g.node_id, g.gpu_index)}" class="{_ROW_CLASS[g.state]}"><b>{index}</b><i>{_e_id(g.name)}</i>'
     if g.error:
         return f'{head}<span class="er">✖ {_e(g.error)}</span></div>'
     temp = f'<em class="{g.temp_cls}">' if g.temp_cls else "<em>"

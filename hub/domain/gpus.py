@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any
 
 
 class GpuState(StrEnum):
@@ -92,11 +92,6 @@ def gpu_is_free(gpu: Mapping[str, Any], rule: GpuFreeRule, node_reporting: bool 
     return gpu_state(gpu, rule, node_reporting) is GpuState.FREE
 
 
-class UserTotal(NamedTuple):
-    processes: int
-    gpu_mem_bytes: float | None  # ``None`` when none of the user's processes reports memory
-
-
 UNKNOWN_USER = "unknown"
 
 
@@ -106,17 +101,19 @@ def _unknown_user(process: Mapping[str, Any]) -> str:
 
 def user_totals(
     processes: Iterable[Mapping[str, Any]], unknown: Callable[[Mapping[str, Any]], str] = _unknown_user
-) -> dict[str, UserTotal]:
-    """Process count and summed GPU memory per user. A process without a user is counted under
-    ``unknown(process)`` (:data:`UNKNOWN_USER` by default; the cards name it by its pid)."""
-    totals: dict[str, UserTotal] = {}
+) -> dict[str, tuple[int, float | None]]:
+    """(process count, summed GPU memory in bytes) per user; the memory is ``None`` when none of
+    the user's processes reports it. A process without a user is counted under
+    ``unknown(process)`` (:data:`UNKNOWN_USER` by default; the cards name it by its pid). Hot:
+    the cards call it per busy GPU row, hence plain tuples."""
+    counts: dict[str, int] = {}
+    mems: dict[str, float] = {}
     for proc in processes:
         user = proc.get("user")
-        if not (user and isinstance(user, str)):
+        if not user or user.__class__ is not str:
             user = unknown(proc)
+        counts[user] = counts.get(user, 0) + 1
         mem = proc.get("gpu_mem_bytes")
-        count, mem_bytes = totals.get(user, (0, None))
-        if (mem.__class__ is int or mem.__class__ is float) and mem - mem == 0:  # finite numbers
-            mem_bytes = (mem_bytes or 0) + mem
-        totals[user] = UserTotal(count + 1, mem_bytes)
-    return totals
+        if mem.__class__ is int or (mem.__class__ is float and mem - mem == 0):  # finite numbers
+            mems[user] = mems.get(user, 0) + mem
+    return {user: (count, mems.get(user)) for user, count in counts.items()}

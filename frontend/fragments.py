@@ -23,6 +23,7 @@ from html import escape as _escape
 
 from frontend.element_ids import element_id
 from frontend.viewmodels import GpuView, HostView, Meter, SparkView
+from hub.domain.gpus import GpuState
 
 # Characters that change how the text around them is shown without being seen themselves:
 # bidi embeddings, overrides, isolates and marks (a GPU name ending in U+202E would show the
@@ -88,14 +89,21 @@ def host_html(h: HostView) -> str:
     )
 
 
-_USERS_FALLBACK = {"f": "✓ free", "b": "● busy", "o": "–", "e": "–"}
+# A GPU row's classes per state, made once: formatting an Enum member costs ~100 ns on Python 3.11
+_ROW_CLASS = {state: f"g {state.value}" for state in GpuState}
+_USERS_FALLBACK = {
+    GpuState.FREE: "✓ free",
+    GpuState.BUSY: "● busy",
+    GpuState.NOT_CURRENT: "–",
+    GpuState.FAULT: "–",
+}
 
 
 def gpu_html(g: GpuView) -> str:
     """``<div id="gpu-<i>-<node>" class="g <state>">``: index, model, utilization and
     memory bars, temperature, power draw/limit, users (or the error)."""
     index = _e_id(g.gpu_index)
-    head = f'<div id="{_gpu_id(g.node_id, g.gpu_index)}" class="g {g.state}"><b>{index}</b><i>{_e_id(g.name)}</i>'
+    head = f'<div id="{_gpu_id(g.node_id, g.gpu_index)}" class="{_ROW_CLASS[g.state]}"><b>{index}</b><i>{_e_id(g.name)}</i>'
     if g.error:
         return f'{head}<span class="er">✖ {_e(g.error)}</span></div>'
     temp = f'<em class="{g.temp_cls}">' if g.temp_cls else "<em>"

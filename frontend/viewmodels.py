@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
-from hub.registry import Node, NodeStatus
+from hub.domain.gpus import GpuFreeRule, GpuState, ratio_percent, user_totals
+from hub.domain.nodes import Node, NodeStatus
 from node_agent.protocol import (
     GPU_COLLECTOR_DOWN,
     GpuDriver,
@@ -25,6 +26,9 @@ from node_agent.protocol import (
 )
 
 MAX_USERS_SHOWN = 2  # on a card; the detail page lists every process
+# The states as module globals: a member lookup on an Enum class costs ~100 ns on Python 3.11,
+# and the GPU row and the summary bar test them per GPU.
+_FREE, _BUSY, _FAULT, _NOT_CURRENT = GpuState.FREE, GpuState.BUSY, GpuState.FAULT, GpuState.NOT_CURRENT
 _VENDOR_PREFIXES = ("NVIDIA ", "GeForce ", "Tesla ", "Quadro ")
 
 
@@ -216,18 +220,6 @@ def level(percent: float | None, warn: float = 70.0, crit: float = 90.0) -> str:
     return " c" if percent >= crit else " w" if percent >= warn else ""
 
 
-def ratio_percent(used: Any, total: Any) -> float | None:
-    if used is None or not total:
-        return None
-    try:
-        ratio = 100.0 * used / total
-    except (TypeError, OverflowError):  # not numbers, or an int too big for a float
-        return None
-    if ratio != ratio:  # NaN: infinities on both sides
-        return None
-    return 0.0 if ratio < 0 else 100.0 if ratio > 100 else ratio
-
-
 @functools.lru_cache(maxsize=256)
 def short_gpu_name(name: str | None) -> str:
     """The model without the vendor: ``NVIDIA A100-SXM4-80GB`` → ``A100-SXM4-80GB``."""
@@ -330,7 +322,7 @@ class GpuView(NamedTuple):
     node_id: str
     gpu_index: str  # not `index`: a NamedTuple has an index() method
     name: str  # tiny: what fits the row
-    state: str  # "f" free, "b" busy, "e" error, "o" its node is not live
+    state: GpuState
     error: str | None
     util: Meter
     mem: Meter
@@ -341,49 +333,24 @@ class GpuView(NamedTuple):
     more_users: int
 
 
-def gpu_is_free(gpu: Mapping[str, Any], max_util_percent: float, max_mem_percent: float) -> bool:
-    """No error, no processes, and utilization and memory in use at most the thresholds."""
-    if gpu.get("error"):
-        return False
-    mem_pct = ratio_percent(gpu.get("mem_used_bytes"), gpu.get("mem_total_bytes"))
-    return _idle(
-        gpu.get("processes"), gpu.get("util_gpu_percent"), mem_pct, max_util_percent, max_mem_percent
-    )
+def _by_pid(process: Mapping[str, Any]) -> str:
+    pid = process.get("pid")
+    return "unknown" if pid is None else f"pid {pid}"
 
 
-def _idle(
-    processes: object,
-    util: float | None,
-    mem_pct: float | None,
-    max_util_percent: float,
-    max_mem_percent: float,
-) -> bool:
-    """The free rule's test, on values a caller has already read (a GPU row reads them anyway)."""
-    return (
-        not processes
-        and (util is None or util <= max_util_percent)
-        and (mem_pct is None or mem_pct <= max_mem_percent)
-    )
-
-
-def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
+def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, float]]:
     """(user, GPU memory in bytes) per user, most memory first; unknown users by pid."""
-    per_user: dict[str, int] = {}
-    for proc in processes:
-        user = proc.get("user") or (f"pid {proc.get('pid')}" if proc.get("pid") is not None else "unknown")
-        mem = proc.get("gpu_mem_bytes")
-        per_user[user] = per_user.get(user, 0) + (mem if mem.__class__ is int else 0)
+    per_user = [(user, mem or 0) for user, (_, mem) in user_totals(processes, _by_pid).items()]
     if len(per_user) == 1:
-        return list(per_user.items())
-    return sorted(per_user.items(), key=lambda item: (-item[1], item[0]))
+        return per_user
+    return sorted(per_user, key=lambda item: (-item[1], item[0]))
 
 
 def gpu_view(
     node_id: str,
     index: str,
     gpu: Mapping[str, Any],
-    max_util_percent: float,
-    max_mem_percent: float,
+    rule: GpuFreeRule,
     node_live: bool = True,
 ) -> GpuView:
     """One GPU row. Hot: the hub builds one per changed GPU per sample."""
@@ -393,14 +360,15 @@ def gpu_view(
     mem_used, mem_total = get("mem_used_bytes"), get("mem_total_bytes")
     mem_pct = ratio_percent(mem_used, mem_total)
     processes = get("processes")
+    # hub.domain.gpus.gpu_state, on the values this row reads anyway
     if error:
-        state = "e"
+        state = _FAULT
     elif not node_live:
-        state = "o"
-    elif _idle(processes, util, mem_pct, max_util_percent, max_mem_percent):
-        state = "f"  # the rule of gpu_is_free
+        state = _NOT_CURRENT
+    elif rule.allows(processes, util, mem_pct):
+        state = _FREE
     else:
-        state = "b"
+        state = _BUSY
     ranked = gpu_users(processes) if processes else []
     temp = get("temp_celsius")
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
@@ -585,12 +553,12 @@ class GpuTally(NamedTuple):
     whenever it renders the row, so the summary never walks every GPU's raw state."""
 
     model: str
-    state: str  # as in GpuView: "f" free, "b" busy, "e" error, "o" its node is not live
+    state: GpuState
     mem_used_bytes: int
     mem_total_bytes: int
 
 
-def gpu_tally(gpu: Mapping[str, Any], state: str) -> GpuTally:
+def gpu_tally(gpu: Mapping[str, Any], state: GpuState) -> GpuTally:
     get = gpu.get  # positional below: one per rendered GPU row
     return GpuTally(
         short_gpu_name(get("name")), state, get("mem_used_bytes") or 0, get("mem_total_bytes") or 0
@@ -601,9 +569,9 @@ def summary_view(
     nodes: Iterable[tuple[NodeStatus, Iterable[GpuTally]]], gpu_collectors_down: int = 0
 ) -> SummaryView:
     """Counts over (node status, its GPUs' tallies): GPUs of offline nodes are left out; a GPU
-    is free only on a live node (its row says so: state "f"). ``gpu_collectors_down`` is
+    is free only on a reporting node (its row's state says so). ``gpu_collectors_down`` is
     passed through (the nodes :func:`gpu_collector_down` names)."""
-    status_counts: Counter[str] = Counter()
+    status_counts: Counter[NodeStatus] = Counter()
     free_by_model: Counter[str] = Counter()
     total_by_model: Counter[str] = Counter()
     errors = 0
@@ -611,7 +579,7 @@ def summary_view(
     mem_used = 0
     mem_total = 0
     for status, tallies in nodes:
-        status_counts[status.value] += 1
+        status_counts[status] += 1
         if status is NodeStatus.OFFLINE:
             offline_gpus += sum(1 for _ in tallies)
             continue
@@ -619,14 +587,14 @@ def summary_view(
             total_by_model[tally.model] += 1
             mem_used += tally.mem_used_bytes
             mem_total += tally.mem_total_bytes
-            if tally.state == "e":
+            if tally.state is _FAULT:
                 errors += 1
-            elif tally.state == "f":
+            elif tally.state is _FREE:
                 free_by_model[tally.model] += 1
     return SummaryView(
-        live=status_counts["live"],
-        stale=status_counts["stale"],
-        offline=status_counts["offline"],
+        live=status_counts[NodeStatus.LIVE],
+        stale=status_counts[NodeStatus.STALE],
+        offline=status_counts[NodeStatus.OFFLINE],
         gpus_free=sum(free_by_model.values()),
         gpus_total=sum(total_by_model.values()),
         gpus_error=errors,
@@ -751,11 +719,20 @@ class ProcessView:
     host_mem_text: str
 
 
+GPU_STATE_TEXT = {
+    GpuState.FREE: "✓ free",
+    GpuState.BUSY: "● busy",
+    GpuState.FAULT: "✖ error",
+    GpuState.NOT_CURRENT: "○ node not live",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class GpuDetailView:
     index: str
     name: str
-    state: str
+    state: GpuState
+    state_text: str
     error: str | None
     facts: tuple[FieldView, ...]
     processes: tuple[ProcessView, ...]
@@ -794,8 +771,7 @@ def detail_view(
     history: HistoryPoints,
     bucket_s: float,
     silent_s: float,
-    max_util_percent: float,
-    max_mem_percent: float,
+    rule: GpuFreeRule,
 ) -> DetailView:
     hello = node.hello
     host: Mapping[str, Any] = node.state.get("host") or {}
@@ -811,13 +787,14 @@ def detail_view(
         sample = gpus.get(index) or {}
         static = statics.get(index) or {}
         merged = {**static, **{k: v for k, v in sample.items() if v is not None}}
-        state = gpu_view(node.node_id, index, merged, max_util_percent, max_mem_percent, live).state
+        state = gpu_view(node.node_id, index, merged, rule, live).state
         processes = sorted(sample.get("processes") or [], key=lambda p: -(p.get("gpu_mem_bytes") or 0))
         gpu_views.append(
             GpuDetailView(
                 index=index,
                 name=str(merged.get("name") or "GPU"),
                 state=state,
+                state_text=GPU_STATE_TEXT[state],
                 error=sample.get("error"),
                 facts=field_views(merged, GpuSample, skip=("index", "name", "processes", "error"))
                 + field_views(static, GpuStatic, skip=_GPU_SAMPLE_FIELDS),

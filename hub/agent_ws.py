@@ -28,13 +28,17 @@ from typing import Any
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.frames import CloseCode
 
 from hub.security import FailureLog, bearer_token, route_path, tokens_equal
 from hub.settings import HubSettings
 from hub.state import HubState
 from node_agent.protocol import (
+    CLOSE_BAD_DATA,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED_DATA,
     MAX_MESSAGE_BYTES,
     Delta,
     Hello,
@@ -46,8 +50,6 @@ log = logging.getLogger("sers.hub")
 
 HELLO_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_INTERNAL_ERROR = 1011
 
 
 def token_owner(settings: HubSettings, token: str | None) -> tuple[bool, str | None]:
@@ -221,7 +223,7 @@ async def _receive_hello(websocket: WebSocket) -> Hello:
     message = await asyncio.wait_for(websocket.receive(), HELLO_TIMEOUT_S)
     if message["type"] == "websocket.disconnect":
         _log_transport_close(message, None, websocket.client.host if websocket.client else None)
-        raise WebSocketDisconnect(message.get("code", 1000))
+        raise WebSocketDisconnect(message.get("code", CloseCode.NORMAL_CLOSURE))
     text = message.get("text")
     if text is None:
         raise ProtocolError("binary frames are not part of the protocol", CLOSE_UNSUPPORTED_DATA)
@@ -236,7 +238,7 @@ def _log_transport_close(message: Mapping[str, Any], node: str | None, address: 
     code = message.get("code")
     if code == CLOSE_TOO_BIG:
         reason = f"a message over {MAX_MESSAGE_BYTES} bytes"
-    elif code == 1007:
+    elif code == CLOSE_BAD_DATA:
         reason = "a text frame that is not UTF-8"
     else:
         return

@@ -1,4 +1,11 @@
-"""``create_app``: the hub's Starlette application, its state and its background tasks."""
+"""``create_app``: the hub's Starlette application, its state and its background tasks.
+
+Endpoints: the routes below, plus ``/ws/agent`` (:data:`hub.agent_ws.AGENT_PATH`), which
+:class:`hub.agent_ws.AgentRoute` serves from the middleware stack, right after the proxy and Host
+checks and before the page headers and the view token: an agent connection stays open for days,
+and there it holds no router or page middleware frames. Its refusals (a missing or wrong token)
+happen before the WebSocket is accepted.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +22,14 @@ from starlette.staticfiles import StaticFiles
 from frontend.render import Renderer
 from hub.agent_ws import AgentRoute
 from hub.clock import SystemClock
+from hub.domain.events import SampleLate, StatusChanged
+from hub.domain.nodes import Clock
 from hub.fanout import Fanout, stop_task
 from hub.history import History
-from hub.liveness import run_sweeps
+from hub.liveness import log_sample_late, log_status_change, run_sweeps
 from hub.metrics import metrics
 from hub.pages import api_nodes, healthz, node_page, page
-from hub.registry import Clock, NodeRegistry
+from hub.registry import NodeRegistry
 from hub.scene import Scene
 from hub.security import FailureLog, OriginPolicy, ProxyTrust, SecurityHeaders, ViewAuth, admin_token
 from hub.settings import HubSettings
@@ -30,7 +39,9 @@ from hub.view_ws import view_endpoint
 
 
 def build_state(settings: HubSettings, clock: Clock) -> HubState:
-    registry = NodeRegistry(clock, settings.liveness, dict(settings.names))
+    registry = NodeRegistry(clock, settings.liveness, dict(settings.names), settings.gpu_free)
+    registry.events.subscribe(StatusChanged, log_status_change)
+    registry.events.subscribe(SampleLate, log_sample_late)
     renderer = Renderer()
     scene = Scene(registry, renderer, settings.gpu_free, clock.wall, History(settings.history_s))
     fanout = Fanout(registry, scene, settings.viewer_max_rate_hz)
@@ -74,6 +85,7 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             WebSocketRoute("/ws/view", view_endpoint),
+            # /ws/agent: AgentRoute in middleware() below (see the module's docstring)
             Mount("/static", StaticFiles(packages=[("frontend", "static")]), name="static"),
         ],
         lifespan=lifespan,

@@ -1,10 +1,13 @@
-"""The liveness sweep: a few times a second, silent nodes turn stale, then offline."""
+"""The liveness sweep and log: a few times a second, silent nodes turn stale, then offline (the
+rule: :class:`hub.domain.nodes.Liveness`, applied by :meth:`NodeRegistry.sweep`), and each
+status change is logged (:func:`log_status_change`, a subscriber to the registry's events)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from hub.domain.events import SampleLate, StatusCause, StatusChanged
 from hub.fanout import Fanout
 from hub.registry import NodeRegistry
 
@@ -17,7 +20,16 @@ async def run_sweeps(registry: NodeRegistry, fanout: Fanout, every_s: float = SW
     while True:
         await asyncio.sleep(every_s)
         for change in registry.sweep():
-            node = registry.nodes.get(change.node_id)
-            if change.card and node is not None:
-                log.info("node %s is now %s", change.node_id, node.status.value)
             fanout.note(change)
+
+
+def log_status_change(event: StatusChanged) -> None:
+    """Logs the sweep's verdicts: a silent node turning stale or offline. (Connections and
+    goodbyes are logged where the connection is handled.)"""
+    if event.cause is StatusCause.SILENCE:
+        log.info("node %s is now %s", event.node_id, event.new.value)
+
+
+def log_sample_late(event: SampleLate) -> None:
+    if event.late:
+        log.info("node %s: heartbeats arrive but no new samples", event.node_id)

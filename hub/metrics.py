@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +29,14 @@ from prometheus_client.samples import Timestamp
 from starlette.requests import Request
 from starlette.responses import Response
 
-from frontend.viewmodels import gpu_is_free
-from hub.registry import NodeRegistry, NodeStatus
-from hub.settings import GpuFreeRule
+from hub.domain.gpus import GpuFreeRule, gpu_is_free, user_totals
+from hub.domain.nodes import NodeStatus
+from hub.registry import NodeRegistry
 from hub.state import HubState
 from node_agent.protocol import GPU_COLLECTOR_DOWN, GPU_COLLECTOR_UP, Hello, Snapshot
 
 NODE_LABELS = ("node",)
 GPU_LABELS = ("node", "gpu", "uuid", "model")
-UNKNOWN_USER = "unknown"
 # The classic text format: what generate_latest writes for names like ours, and what every
 # Prometheus version reads.
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
@@ -344,7 +343,7 @@ class HubCollector:
                 gpu_up.add_metric(labels, 0.0 if failed else 1.0)
                 if failed:
                     continue
-                is_free = node.reporting and gpu_is_free(gpu, rule.max_util_percent, rule.max_mem_percent)
+                is_free = gpu_is_free(gpu, rule, node.reporting)
                 free.add_metric(labels, 1.0 if is_free else 0.0)
                 for gauge, family in zip(GPU_GAUGES, families, strict=True):
                     value = _number(gpu.get(gauge.field))
@@ -352,25 +351,12 @@ class HubCollector:
                         family.add_metric(labels, value * gauge.scale)
                 procs = [p for p in gpu.get("processes") or [] if isinstance(p, dict)]
                 processes.add_metric(labels, float(len(procs)))
-                for user, (count, mem_bytes) in _per_user(procs).items():
+                for user, (count, mem_bytes) in user_totals(procs).items():
                     user_procs.add_metric([*labels, user], float(count))
                     if mem_bytes is not None:
                         user_mem.add_metric([*labels, user], mem_bytes)
         yield from families
         yield from (gpu_up, free, processes, user_mem, user_procs)
-
-
-def _per_user(processes: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, float | None]]:
-    """Process count and summed GPU memory per user; memory ``None`` when no process reports it."""
-    totals: dict[str, tuple[int, float | None]] = {}
-    for proc in processes:
-        user = _text(proc.get("user")) or UNKNOWN_USER
-        count, mem_bytes = totals.get(user, (0, None))
-        used = _number(proc.get("gpu_mem_bytes"))
-        if used is not None:
-            mem_bytes = (mem_bytes or 0.0) + used
-        totals[user] = (count + 1, mem_bytes)
-    return totals
 
 
 def exposition(nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int) -> bytes:

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from hub.registry import Node
+from hub.domain.nodes import Node
 from hub.scene import ViewFilter
 from hub.state import HubState
 

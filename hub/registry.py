@@ -1,7 +1,13 @@
 """Node states: the latest merged snapshot of every node and its liveness. Pure, no I/O.
 
-Every mutation returns a :class:`NodeChange` (or ``None`` when nothing visible changed), which
-says exactly which parts of the node's card must be rendered again.
+The registry is where the agents' messages become the hub's picture: a hello connects a node,
+deltas merge into its state, and :meth:`NodeRegistry.sweep` marks silent nodes stale and then
+offline (the thresholds: :class:`hub.domain.nodes.Liveness`). Each change is published as a
+domain event (:mod:`hub.domain.events`) on the registry's bus, for the store, the liveness log
+and any later subscriber. Each mutation also returns a :class:`NodeChange` (or ``None`` when
+nothing visible changed) for the presenter (:mod:`hub.scene`, through :mod:`hub.fanout`): which
+parts of the node's card must be rendered again. It is the presenter's view of the same events,
+handed back directly because it is needed on every message.
 
 The decoder holds each message to the protocol's limits; :meth:`NodeRegistry.delta` holds the
 merged state to them too, since small deltas could otherwise grow it without end. In the
@@ -14,12 +20,22 @@ message that carried it. What remains is the GPU count and the total size
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple
 
 import orjson
 
+from hub.domain.events import (
+    EventBus,
+    GpuStateChanged,
+    NodeConnected,
+    NodeRemoved,
+    SampleApplied,
+    SampleLate,
+    StatusCause,
+    StatusChanged,
+)
+from hub.domain.gpus import GpuFreeRule, GpuState, gpu_state
+from hub.domain.nodes import Clock, Liveness, Naming, Node, NodeStatus, sort_key
 from node_agent.protocol import (
     CLOSE_POLICY,
     MAX_GPUS,
@@ -31,64 +47,12 @@ from node_agent.protocol import (
     merge_patch,
 )
 
+__all__ = ["Clock", "Liveness", "Naming", "Node", "NodeChange", "NodeRegistry", "NodeStatus", "sort_key"]
+
 # A merge grows the state's JSON by at most what the patch holds, and a patch's value takes at
 # most this many bytes per character of the message that carried it (``1e15``: 18 bytes from 4
-# characters; a non-ASCII character: up to 4 bytes): see :meth:`NodeRegistry._check_limits`.
+# characters; a non-ASCII character: up to 4 bytes): see :func:`_checked_size`.
 STATE_BYTES_PER_MESSAGE_CHAR = 5
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-    def wall(self) -> float: ...
-
-
-class NodeStatus(StrEnum):
-    LIVE = "live"
-    STALE = "stale"  # heartbeats are late
-    OFFLINE = "offline"  # heartbeats stopped long enough, or the agent said goodbye
-
-
-@dataclass(frozen=True, slots=True)
-class Liveness:
-    """When a silent node turns stale and offline, in multiples of its sampling interval."""
-
-    stale_after_intervals: float = 3.0
-    offline_after_intervals: float = 8.0
-    min_offline_after_s: float = 3.0  # fast intervals still get a few seconds of grace
-
-
-@dataclass(frozen=True, slots=True)
-class Naming:
-    """Display name and group for a node, looked up by node name, then by address."""
-
-    display_name: str | None = None
-    group: str | None = None
-
-
-@dataclass(slots=True)
-class Node:
-    node_id: str
-    display_name: str
-    group: str | None
-    interval_s: float = 1.0
-    hello: Hello | None = None
-    state: Snapshot = field(default_factory=dict)
-    state_bytes_max: int = 2  # at least the size of ``state`` as JSON (``{}`` at first)
-    status: NodeStatus = NodeStatus.OFFLINE
-    address: str | None = None
-    connection: int = 0  # id of the connection that currently speaks for this node
-    last_seen_mono: float = 0.0
-    last_seen_wall: float = 0.0
-    last_sample_mono: float = 0.0  # when a patch with a new ``sampled_at`` arrived
-    samples: int = 0  # patches with a new ``sampled_at`` so far: the history records each once
-    clock_ahead_s: float = 0.0  # the agent's wall clock minus the hub's, at its last message
-    sample_late: bool = False  # heartbeats arrive but samples do not (a hung collector)
-    version: int = 0  # bumped on every visible change
-
-    @property
-    def reporting(self) -> bool:
-        """Live with fresh samples: only then do its GPU rows show what is true now."""
-        return self.status is NodeStatus.LIVE and not self.sample_late
 
 
 class NodeChange(NamedTuple):
@@ -108,12 +72,18 @@ class NodeRegistry:
         clock: Clock,
         liveness: Liveness | None = None,
         names: dict[str, Naming] | None = None,
+        gpu_free: GpuFreeRule | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self._clock = clock
         self._liveness = liveness or Liveness()
         self._names = names or {}
+        self._gpu_free = gpu_free or GpuFreeRule()
+        self.events = events or EventBus()
         self.nodes: dict[str, Node] = {}
         self._connections = 0
+        # per node, each GPU's state as last published; kept only while GpuStateChanged has subscribers
+        self._gpu_states: dict[str, dict[str, GpuState]] = {}
 
     # ------------------------------------------------------------------ agent side
     def hello(self, hello: Hello, address: str | None = None) -> tuple[int, NodeChange]:
@@ -123,6 +93,7 @@ class NodeRegistry:
         if node is None:
             node = Node(hello.node, display_name=hello.node, group=None)
             self.nodes[hello.node] = node
+        previous = node.hello
         node.display_name = naming.display_name or hello.node
         node.group = naming.group
         node.hello = hello
@@ -134,9 +105,23 @@ class NodeRegistry:
         node.connection = self._connections
         self._seen(node)
         node.last_sample_mono = node.last_seen_mono
-        node.sample_late = False
-        node.status = NodeStatus.LIVE
-        node.version += 1
+        was_late, node.sample_late = node.sample_late, False
+        old_status, node.status = node.status, NodeStatus.LIVE
+        facts_changed = previous is None or (
+            previous.host != hello.host
+            or previous.gpus != hello.gpus
+            or previous.gpu_driver != hello.gpu_driver
+        )
+        events = self.events
+        events.publish(NodeConnected(node.node_id, hello, address, facts_changed, node.last_seen_wall))
+        if was_late:
+            events.publish(SampleLate(node.node_id, False, node.last_seen_mono))
+        if old_status is not NodeStatus.LIVE:
+            events.publish(
+                StatusChanged(
+                    node.node_id, old_status, NodeStatus.LIVE, StatusCause.HELLO, node.last_seen_wall
+                )
+            )
         return node.connection, NodeChange(node.node_id, card=True)
 
     def delta(
@@ -158,29 +143,40 @@ class NodeRegistry:
         self._seen(node)
         node.clock_ahead_s = delta.ts - node.last_seen_wall
         was_live = node.status is NodeStatus.LIVE
-        node.status = NodeStatus.LIVE
+        if not was_live:
+            old_status, node.status = node.status, NodeStatus.LIVE
+            self.events.publish(
+                StatusChanged(node_id, old_status, NodeStatus.LIVE, StatusCause.MESSAGE, node.last_seen_wall)
+            )
         if not patch:
             if was_live:
                 return None
-            node.version += 1
+            self._publish_gpu_states(node, None)
             return NodeChange(node_id, card=True)
         old_gpus = node.state.get("gpus") or {}
         node.state = merged
         was_late = node.sample_late
-        if "sampled_at" in patch:
+        new_sample = "sampled_at" in patch
+        if new_sample:
             node.last_sample_mono = node.last_seen_mono
             node.samples += 1
             node.sample_late = False
-        node.version += 1
         gpus_patch = patch.get("gpus")
+        changed_gpus = frozenset(gpus_patch) if isinstance(gpus_patch, dict) else frozenset()
+        events = self.events
+        if was_late and not node.sample_late:
+            events.publish(SampleLate(node_id, False, node.last_seen_mono))
+        if events.wants(SampleApplied):
+            events.publish(
+                SampleApplied(node_id, merged, "host" in patch, changed_gpus, new_sample, node.last_seen_mono)
+            )
         new_gpus = node.state.get("gpus") or {}
         if not was_live or was_late != node.sample_late or old_gpus.keys() != new_gpus.keys():
+            self._publish_gpu_states(node, None)
             return NodeChange(node_id, card=True)
-        return NodeChange(
-            node_id,
-            host="host" in patch,
-            gpus=frozenset(gpus_patch) if isinstance(gpus_patch, dict) else frozenset(),
-        )
+        if changed_gpus and events.wants(GpuStateChanged):
+            self._publish_gpu_states(node, changed_gpus)
+        return NodeChange(node_id, host="host" in patch, gpus=changed_gpus)
 
     def disconnect(self, node_id: str, connection: int) -> NodeChange | None:
         """The agent's connection ended. A clean goodbye turns the node offline at once."""
@@ -188,46 +184,41 @@ class NodeRegistry:
         if node is None or node.connection != connection:
             return None  # a newer connection already owns this node
         node.connection = 0
-        return self._set_status(node, NodeStatus.OFFLINE)
+        return self._set_status(node, NodeStatus.OFFLINE, StatusCause.GOODBYE)
 
     def remove(self, node_id: str) -> NodeChange | None:
         if self.nodes.pop(node_id, None) is None:
             return None
+        self._gpu_states.pop(node_id, None)
+        self.events.publish(NodeRemoved(node_id))
         return NodeChange(node_id, removed=True)
 
     # ------------------------------------------------------------------ liveness
     def sweep(self) -> list[NodeChange]:
-        """Marks silent nodes stale or offline. Call it a few times per second."""
+        """Marks silent nodes stale or offline, and live nodes whose samples stopped late (the
+        rule: :class:`~hub.domain.nodes.Liveness`). Call it a few times per second."""
         now = self._clock.monotonic()
+        liveness = self._liveness
         changes = []
         for node in self.nodes.values():
             if node.status is NodeStatus.OFFLINE:
                 continue
-            late_after_s = self._liveness.stale_after_intervals * node.interval_s
-            silent_s = now - node.last_seen_mono
-            if silent_s >= self.offline_after_s(node):
-                target = NodeStatus.OFFLINE
-            elif silent_s >= late_after_s:
-                target = NodeStatus.STALE
-            else:
-                if now - node.last_sample_mono >= late_after_s:
+            target = liveness.status_after(now - node.last_seen_mono, node.interval_s)
+            if target is NodeStatus.LIVE:
+                if now - node.last_sample_mono >= liveness.late_after_s(node.interval_s):
                     # heartbeats flow but samples don't: show how late, every sweep; the first
                     # time, the whole card (its GPU rows no longer show the truth)
                     became_late = not node.sample_late
                     node.sample_late = True
-                    node.version += 1
+                    if became_late:
+                        self.events.publish(SampleLate(node.node_id, True, now))
+                        self._publish_gpu_states(node, None)
                     changes.append(NodeChange(node.node_id, card=became_late, host=not became_late))
                 continue
-            change = self._set_status(node, target)
+            change = self._set_status(node, target, StatusCause.SILENCE)
             if change is not None:
                 changes.append(change)
         return changes
-
-    def offline_after_s(self, node: Node) -> float:
-        return max(
-            self._liveness.offline_after_intervals * node.interval_s,
-            self._liveness.min_offline_after_s,
-        )
 
     def sample_age_s(self, node: Node) -> float:
         """Seconds since the node's last new sample (grows while heartbeats alone arrive)."""
@@ -241,12 +232,34 @@ class NodeRegistry:
         node.last_seen_mono = self._clock.monotonic()
         node.last_seen_wall = self._clock.wall()
 
-    def _set_status(self, node: Node, status: NodeStatus) -> NodeChange | None:
+    def _set_status(self, node: Node, status: NodeStatus, cause: StatusCause) -> NodeChange | None:
         if node.status is status:
             return None
-        node.status = status
-        node.version += 1
+        old, node.status = node.status, status
+        self.events.publish(StatusChanged(node.node_id, old, status, cause, node.last_seen_wall))
+        self._publish_gpu_states(node, None)
         return NodeChange(node.node_id, card=True)
+
+    def _publish_gpu_states(self, node: Node, indexes: frozenset[str] | None) -> None:
+        """Publishes a :class:`GpuStateChanged` for each GPU (of ``indexes``, or all) whose
+        state changed; does nothing while nobody subscribes."""
+        if not self.events.wants(GpuStateChanged):
+            return
+        known = self._gpu_states.setdefault(node.node_id, {})
+        gpus = node.state.get("gpus") or {}
+        reporting = node.reporting
+        now = node.last_seen_mono
+        for index in (known.keys() | gpus.keys()) if indexes is None else indexes:
+            gpu = gpus.get(index)
+            old = known.get(index)
+            new = None if gpu is None else gpu_state(gpu, self._gpu_free, reporting)
+            if new is old:
+                continue
+            if new is None:
+                del known[index]
+            else:
+                known[index] = new
+            self.events.publish(GpuStateChanged(node.node_id, index, old, new, gpu or {}, now))
 
     def ordered(self) -> list[Node]:
         """Nodes in display order: by group (ungrouped last), then display name."""
@@ -285,8 +298,3 @@ def _checked_size(node: Node, merged: Snapshot, message_chars: int | None) -> in
             CLOSE_POLICY,
         )
     return size
-
-
-def sort_key(node: Node) -> tuple[Any, ...]:
-    # as the browser orders cards it inserts (HeadView.sort_key): case-insensitively
-    return (node.group is None, (node.group or "").lower(), node.display_name.lower(), node.node_id)

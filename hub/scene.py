@@ -28,9 +28,10 @@ from frontend.viewmodels import (
     spark_view,
     summary_view,
 )
+from hub.domain.gpus import GpuFreeRule
+from hub.domain.nodes import Node, sort_key
 from hub.history import History, sample_values
-from hub.registry import Node, NodeChange, NodeRegistry, sort_key
-from hub.settings import GpuFreeRule
+from hub.registry import NodeChange, NodeRegistry
 from node_agent.protocol import GPU_COLLECTOR_DOWN
 
 DEFAULT_HISTORY_S = 900.0
@@ -163,15 +164,7 @@ class Scene:
         """Everything about one node, with its whole history (the detail page)."""
         history = self.history.node(node.node_id)
         points = {key: history.points(key) for key in history.series}
-        rule = self._gpu_free
-        return detail_view(
-            node,
-            points,
-            history.bucket_s,
-            self._registry.silent_s(node),
-            rule.max_util_percent,
-            rule.max_mem_percent,
-        )
+        return detail_view(node, points, history.bucket_s, self._registry.silent_s(node), self._gpu_free)
 
     # ------------------------------------------------------------------ history
     def _record(self, node: Node) -> bool:
@@ -208,8 +201,7 @@ class Scene:
         self, rendered: RenderedNode, node_id: str, index: str, gpu: dict[str, Any], live: bool
     ) -> str:
         """The row's HTML; also refreshes the GPU's tally for the summary bar."""
-        rule = self._gpu_free
-        view = gpu_view(node_id, index, gpu, rule.max_util_percent, rule.max_mem_percent, live)
+        view = gpu_view(node_id, index, gpu, self._gpu_free, live)
         rendered.tallies[index] = gpu_tally(gpu, view.state)
         return self._renderer.gpu(view)
 

@@ -26,7 +26,8 @@ from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from hub.registry import Liveness, Naming
+from hub.domain.gpus import GpuFreeRule
+from hub.domain.nodes import Liveness, Naming
 from node_agent import __version__
 from node_agent.given import env_value, given, read_token_file
 from node_agent.protocol import MAX_STRING_CHARS
@@ -34,14 +35,6 @@ from node_agent.protocol import MAX_STRING_CHARS
 
 class SettingsError(ValueError):
     """A setting with a bad value; the message names the key."""
-
-
-@dataclass(frozen=True, slots=True)
-class GpuFreeRule:
-    """A GPU counts as free with no processes and utilization and memory under these."""
-
-    max_util_percent: float = 10.0
-    max_mem_percent: float = 5.0
 
 
 Kind = Literal["str", "int", "float", "list", "table"]

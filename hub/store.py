@@ -2,9 +2,9 @@
 
 One row per node: name, display name, group, address, the last hello (static facts), the last
 state and the wall time it was last seen. :class:`StoreSync` mirrors the registry into the file
-from a background task: a node is written after its hello, when its status changes (a
-disconnect included), when its naming changes and otherwise at most every
-:data:`REFRESH_EVERY_S` while it stays connected. All SQLite calls run on the store's own
+from a background task: it subscribes to the registry's events, and a node is written after its
+hello (which sets its naming) and when its status changes (a disconnect included); every
+:data:`REFRESH_EVERY_S` the nodes heard from since their last write are written again. All SQLite calls run on the store's own
 thread, never on the event loop. On startup the remembered nodes come back as offline with their
 "last seen" time.
 
@@ -41,7 +41,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from hub.registry import Naming, Node, NodeRegistry, NodeStatus
+from hub.domain.events import NodeConnected, NodeRemoved, StatusChanged
+from hub.domain.nodes import Naming, Node, NodeStatus
+from hub.registry import NodeRegistry
 from hub.security import admin_denial
 from hub.state import HubState
 from node_agent.protocol import (
@@ -430,17 +432,6 @@ class _Transaction:
             self._db.execute("ROLLBACK")
 
 
-@dataclass(frozen=True, slots=True)
-class _Written:
-    """What the file holds for one node, to tell whether it is due again."""
-
-    hello: Hello
-    status: NodeStatus
-    display_name: str
-    group: str | None
-    last_seen_epoch_s: float
-
-
 class StoreSync:
     """Mirrors the registry into a :class:`NodeStore` from the event loop, in batches, off-loop.
 
@@ -465,10 +456,23 @@ class StoreSync:
         self._reopen_every_s = reopen_every_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sers-store")
         self._store: NodeStore | None = None
-        self._written: dict[str, _Written] = {}
+        self._dirty: set[str] = set()  # nodes to write at the next flush
+        self._written: dict[str, float] = {}  # node id -> the last-seen time the file holds
+        self._refresh_at_mono = 0.0
         self._next_open_mono = 0.0
         self._open_problem: str | None = None  # why the file could not be opened, as last logged
         self._write_problem: str | None = None  # why writing fails, as logged when it started
+        events = registry.events
+        events.subscribe(NodeConnected, self._mark)
+        events.subscribe(StatusChanged, self._mark)
+        events.subscribe(NodeRemoved, self._removed)
+
+    def _mark(self, event: NodeConnected | StatusChanged) -> None:
+        self._dirty.add(event.node_id)
+
+    def _removed(self, event: NodeRemoved) -> None:
+        self._dirty.discard(event.node_id)
+        self._written.pop(event.node_id, None)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -488,13 +492,15 @@ class StoreSync:
             self._cannot_open(str(exc))
             return 0
         self._store = store
-        self._written = {}  # a file opened again (after it was deleted) gets every node
+        self._written = {}
         over = 0
         for item in sorted(stored, key=lambda item: -item.last_seen_epoch_s):
             if item.node_id not in self._registry.nodes and not self._has_room():
                 over += 1
                 continue
             self._restore(item)
+        # a file opened again (after it was deleted) gets every node
+        self._dirty.update(node_id for node_id in self._registry.nodes if node_id not in self._written)
         self._log_skipped(skipped, len(stored) + len(skipped))
         if over:
             log.warning(
@@ -546,7 +552,7 @@ class StoreSync:
         )
         self._registry.restore(node)
         if self._registry.nodes.get(item.node_id) is node:
-            self._written[item.node_id] = self._snapshot_of(node)
+            self._written[item.node_id] = node.last_seen_wall
 
     def _log_skipped(self, skipped: list[SkippedRow], total: int) -> None:
         for row in skipped[:SKIPPED_LOGGED]:
@@ -577,19 +583,40 @@ class StoreSync:
                 await self.flush()
 
     async def flush(self, final: bool = False) -> int:
-        """Writes the nodes that are due (every changed one when ``final``); returns how many."""
+        """Writes the nodes that are due (every one heard from since its last write when
+        ``final``); returns how many."""
         if self._store is None:
             return 0
-        due = [node for node in self._registry.nodes.values() if self._is_due(node, final)]
-        if not due:
+        nodes = self._registry.nodes
+        due_ids = self._dirty
+        now = time.monotonic()
+        if final or now >= self._refresh_at_mono:
+            self._refresh_at_mono = now + self._refresh_every_s
+            written_at = self._written.get
+            due_ids = due_ids | {
+                node_id
+                for node_id, node in nodes.items()
+                if node.last_seen_wall > written_at(node_id, -math.inf)
+            }
+        # taken before the write: whatever changes while it runs is marked for the next flush
+        self._dirty = set()
+        rows = []
+        for node_id in due_ids:
+            node = nodes.get(node_id)
+            if node is not None and node.hello is not None:
+                rows.append(
+                    StoredNode(
+                        node_id,
+                        node.display_name,
+                        node.group,
+                        node.address,
+                        node.hello,
+                        node.state,
+                        node.last_seen_wall,
+                    )
+                )
+        if not rows:
             return 0
-        # taken before the write: whatever changes while it runs is due at the next flush
-        written = {node.node_id: self._snapshot_of(node) for node in due}
-        rows = [
-            StoredNode(n.node_id, n.display_name, n.group, n.address, w.hello, n.state, w.last_seen_epoch_s)
-            for n in due
-            for w in (written[n.node_id],)
-        ]
         try:
             await self._call(self._store.save, rows)
         except StoreGone as exc:
@@ -597,6 +624,7 @@ class StoreSync:
             await self._drop_store()
             return 0
         except (sqlite3.Error, OSError) as exc:
+            self._dirty.update(row.node_id for row in rows)
             if self._write_problem is None:
                 reason = (
                     describe_sqlite_error(self._path, exc) if isinstance(exc, sqlite3.Error) else str(exc)
@@ -607,9 +635,9 @@ class StoreSync:
         if self._write_problem is not None:
             log.info("state file %s: writing works again", self._path)
             self._write_problem = None
-        for node_id, snapshot in written.items():
-            if node_id in self._registry.nodes:  # not forgotten meanwhile
-                self._written[node_id] = snapshot
+        for row in rows:
+            if row.node_id in nodes:  # not forgotten meanwhile
+                self._written[row.node_id] = row.last_seen_epoch_s
         return len(rows)
 
     async def forget(self, node_id: str) -> bool:
@@ -638,27 +666,6 @@ class StoreSync:
                 await self._call(store.close)
             except sqlite3.Error as exc:
                 log.warning("closing the state file %s: %s", self._path, exc)
-
-    def _is_due(self, node: Node, final: bool) -> bool:
-        if node.hello is None:
-            return False
-        written = self._written.get(node.node_id)
-        if written is None:
-            return True
-        if (
-            written.hello is not node.hello
-            or written.status is not node.status
-            or written.display_name != node.display_name
-            or written.group != node.group
-        ):
-            return True
-        age_s = node.last_seen_wall - written.last_seen_epoch_s
-        return age_s > 0 if final else age_s >= self._refresh_every_s
-
-    @staticmethod
-    def _snapshot_of(node: Node) -> _Written:
-        assert node.hello is not None
-        return _Written(node.hello, node.status, node.display_name, node.group, node.last_seen_wall)
 
 
 def forget_offline(path: str, node_id: str) -> bool:

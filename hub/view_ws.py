@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 
 from starlette.responses import PlainTextResponse
-from starlette.status import WS_1000_NORMAL_CLOSURE
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.frames import CloseCode
 
 from hub.fanout import MAX_VIEW_FILTERS, Viewer
 from hub.pages import view_filter_from
@@ -55,7 +55,7 @@ async def view_endpoint(websocket: WebSocket) -> None:
     hub.fanout.add_viewer(viewer)
     sender = asyncio.create_task(viewer.run())
     reader = asyncio.create_task(_drain(websocket))
-    code, reason = WS_1000_NORMAL_CLOSURE, ""
+    code, reason = CloseCode.NORMAL_CLOSURE, ""
     try:
         done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
         if sender in done:  # the viewer fell too far behind, or its socket failed

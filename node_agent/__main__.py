@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from node_agent.gpu import NVML_RETRY_EVERY_S, GpuCollector
+from node_agent.gpu import GpuCollector
 from node_agent.host import HostCollector
 from node_agent.link import Backoff, HubLink
 from node_agent.protocol import GPU_COLLECTOR_DOWN, to_wire
@@ -36,16 +35,10 @@ def build_sampler(settings: AgentSettings) -> Sampler:
         GpuCollector(
             full_cmdline=settings.full_cmdline,
             log=log,
-            retry_every_s=_nvml_retry_every_s(),
+            retry_every_s=settings.nvml_retry_s,
             sysfs_root=settings.sysfs_root,
         ),
     )
-
-
-def _nvml_retry_every_s() -> float:
-    """:data:`NVML_RETRY_EVERY_S`; the undocumented ``_SERS_TEST_NVML_RETRY_S`` is for tests only
-    (end-to-end tests can't wait a minute for a retry)."""
-    return float(os.environ.get("_SERS_TEST_NVML_RETRY_S") or NVML_RETRY_EVERY_S)
 
 
 def print_once(settings: AgentSettings) -> None:

@@ -20,17 +20,18 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import CloseCode
 
 from node_agent.protocol import MAX_MESSAGE_BYTES, Delta, Hello, Snapshot, encode, make_patch
 from node_agent.sampler import SampleSource
 
 log = logging.getLogger("sers.agent")
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_SERVICE_RESTART = 1012
 # How long a stopping agent waits for the hub to answer its close frame before it drops the TCP
 # connection: short, because a stopping agent must be gone within 2 s (see __main__).
 CLOSE_TIMEOUT_S = 1.0
@@ -57,15 +58,29 @@ class Backoff:
 # is no success) was healthy: the next failure starts the backoff anew.
 HEALTHY_CONNECTION_S = 10.0
 
-# Why a connection ended when the static facts changed: no failure, so reconnected without delay.
-STATIC_FACTS_CHANGED = "static facts changed; sending a new hello"
+
+class EndKind(Enum):
+    """Why a connection to the hub ended, as far as the reconnect delay cares."""
+
+    FACTS_CHANGED = "facts changed"  # no failure: reconnect at once with a new hello
+    REFUSED = "refused"  # HTTP 401/403: a wrong token will not fix itself
+    RESTARTING = "restarting"  # the hub closed with 1012
+    FAILED = "failed"  # closed, unreachable, or anything else: exponential backoff
+    ENDED = "ended"
 
 
-def reconnect_delay_s(reason: str, failures: int, backoff: Backoff, rng: random.Random) -> float:
-    """How long to wait after a connection that ended for ``reason`` (see ``_connect_once``)."""
-    if reason.startswith("refused"):  # a wrong token will not fix itself: wait long
+class LinkEnd(NamedTuple):
+    kind: EndKind
+    text: str  # one readable line for the log
+
+
+def reconnect_delay_s(end: LinkEnd, failures: int, backoff: Backoff, rng: random.Random) -> float:
+    """How long to wait after a connection that ended as ``end`` (see ``_connect_once``)."""
+    if end.kind is EndKind.FACTS_CHANGED:
+        return 0.0
+    if end.kind is EndKind.REFUSED:  # a wrong token will not fix itself: wait long
         return max(backoff.delay_s(failures, rng), backoff.cap_s * rng.uniform(0.5, 1.0))
-    if reason.startswith("hub is restarting"):
+    if end.kind is EndKind.RESTARTING:
         # every agent got 1012 in the same instant: spread the reconnects out
         return rng.uniform(backoff.base_s / 2, RESTART_SPREAD_S)
     return backoff.delay_s(failures, rng)
@@ -96,19 +111,19 @@ class HubLink:
         """Connects again after every end, whatever ended it; only cancellation ends this."""
         failures = 0
         while True:
-            reason = await self._connect_once()
-            if reason == STATIC_FACTS_CHANGED:
-                log.info("%s", reason)
+            end = await self._connect_once()
+            if end.kind is EndKind.FACTS_CHANGED:
+                log.info("%s", end.text)
                 continue
             if self._opened_at is not None and time.monotonic() - self._opened_at >= HEALTHY_CONNECTION_S:
                 failures = 0
-            delay = reconnect_delay_s(reason, failures, self._backoff, self._rng)
+            delay = reconnect_delay_s(end, failures, self._backoff, self._rng)
             failures += 1
-            log.warning("%s; reconnecting in %.2f s", reason, delay)
+            log.warning("%s; reconnecting in %.2f s", end.text, delay)
             await asyncio.sleep(delay)
 
-    async def _connect_once(self) -> str:
-        """One connection's life. Returns why it ended, as one readable line."""
+    async def _connect_once(self) -> LinkEnd:
+        """One connection's life. Returns why it ended."""
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
         self._opened_at = None
         generation = self._static_generation()  # before the hello: a change between resends it
@@ -128,30 +143,33 @@ class HubLink:
                 log.info("connected to %s as %s", self._url, hello.node)
                 try:
                     if await self._stream(ws, hello, generation):
-                        return STATIC_FACTS_CHANGED
+                        return LinkEnd(EndKind.FACTS_CHANGED, "static facts changed; sending a new hello")
                 except asyncio.CancelledError:  # the agent is stopping: say so (not 1011, an error)
                     try:
-                        await ws.close(CLOSE_GOING_AWAY, "agent stopping")
+                        await ws.close(CloseCode.GOING_AWAY, "agent stopping")
                     except Exception as exc:  # nothing may keep the cancellation from ending the link
                         log.debug("closing the connection failed: %r", exc)
                     raise
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
-                return f"refused by the hub (HTTP {status}): check the token for node {hello.node!r}"
-            return f"hub answered HTTP {status} at {self._url}"
+                return LinkEnd(
+                    EndKind.REFUSED,
+                    f"refused by the hub (HTTP {status}): check the token for node {hello.node!r}",
+                )
+            return LinkEnd(EndKind.FAILED, f"hub answered HTTP {status} at {self._url}")
         except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1006
+            code = exc.rcvd.code if exc.rcvd else CloseCode.ABNORMAL_CLOSURE
             why = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else "no reason given"
-            if code == CLOSE_SERVICE_RESTART:
-                return "hub is restarting (1012)"
-            return f"hub closed the connection ({code}: {why})"
+            if code == CloseCode.SERVICE_RESTART:
+                return LinkEnd(EndKind.RESTARTING, f"hub is restarting ({CloseCode.SERVICE_RESTART:d})")
+            return LinkEnd(EndKind.FAILED, f"hub closed the connection ({code:d}: {why})")
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            return f"hub unreachable at {self._url}: {exc}"
+            return LinkEnd(EndKind.FAILED, f"hub unreachable at {self._url}: {exc}")
         except Exception as exc:  # a bug or a bad URL must not end the link silently: retry, loudly
             log.exception("link to %s failed unexpectedly", self._url)
-            return f"unexpected error: {exc!r}"
-        return "connection ended"
+            return LinkEnd(EndKind.FAILED, f"unexpected error: {exc!r}")
+        return LinkEnd(EndKind.ENDED, "connection ended")
 
     async def _stream(self, ws: ClientConnection, hello: Hello, generation: int) -> bool:
         """Hello, then one delta per new snapshot and a heartbeat when none came in time.

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union
 
 import orjson
+from websockets.frames import CloseCode
 
 PROTOCOL_VERSION = 1
 
@@ -51,9 +52,13 @@ MAX_STATE_BYTES = MAX_MESSAGE_BYTES
 MAX_ABS_NUMBER = 1e18
 NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
-CLOSE_POLICY = 1008
-CLOSE_BAD_DATA = 1007
-CLOSE_TOO_BIG = 1009
+# The close codes that say why a connection was refused (every module takes them from here or
+# from websockets' CloseCode itself; see docs/security.md).
+CLOSE_POLICY = CloseCode.POLICY_VIOLATION  # 1008
+CLOSE_BAD_DATA = CloseCode.INVALID_DATA  # 1007
+CLOSE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG  # 1009
+CLOSE_UNSUPPORTED_DATA = CloseCode.UNSUPPORTED_DATA  # 1003: binary frames
+CLOSE_INTERNAL_ERROR = CloseCode.INTERNAL_ERROR  # 1011
 
 
 class Bounds(NamedTuple):

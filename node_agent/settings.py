@@ -19,7 +19,7 @@ from websockets.uri import parse_uri
 
 from node_agent import __version__
 from node_agent.given import env_value, given, read_token_file
-from node_agent.protocol import NODE_NAME_RE
+from node_agent.protocol import INTERVAL_S, NODE_NAME_RE, Bounds
 
 
 class SettingsError(ValueError):
@@ -27,6 +27,9 @@ class SettingsError(ValueError):
 
 
 DEFAULT_HUB_URL = "ws://127.0.0.1:8000/ws/agent"
+# The agent samples at most ten times a second (each sample reads /proc and NVML); the protocol
+# (INTERVAL_S) accepts faster senders, such as the benchmarks' simulated agents.
+AGENT_INTERVAL_S = Bounds(0.1, INTERVAL_S.high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class AgentSettings:
     log_level: str = "INFO"
     backoff_max_s: float = 30.0
     sysfs_root: Path = Path("/sys")
+    nvml_retry_s: float = 60.0  # how often a failed NVML is tried again (gpu.NVML_RETRY_EVERY_S)
 
 
 def default_node_name() -> str:
@@ -108,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where sysfs is mounted (default /sys): its PCI bus tells a GPU server whose driver "
         "failed from a CPU-only node [SERS_SYSFS_ROOT]",
     )
+    parser.add_argument(
+        "--nvml-retry",
+        metavar="SECONDS",
+        help="how often to try NVML again while it fails, e.g. after a driver reload (default 60) "
+        "[SERS_NVML_RETRY_S]",
+    )
     parser.add_argument("--version", action="version", version=f"sers-agent {__version__}")
     return parser
 
@@ -138,6 +148,18 @@ def _token(token: str | None, token_file: str | None, file_label: str) -> str | 
         raise SettingsError(f"{file_label}: {exc}") from None
 
 
+def _seconds(raw: str | None, label: str, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{label}: expected seconds, got {raw!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise SettingsError(f"{label}: must be between 0.1 and 3600 s, got {value}")
+    return value
+
+
 def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.environ) -> AgentSettings:
     args = build_parser().parse_args(argv)
 
@@ -158,8 +180,14 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
         interval = float(interval_raw)
     except ValueError:
         raise SettingsError(f"--interval / SERS_INTERVAL: expected seconds, got {interval_raw!r}") from None
-    if not 0.1 <= interval <= 3600:
-        raise SettingsError(f"--interval / SERS_INTERVAL: must be between 0.1 and 3600 s, got {interval}")
+    if not AGENT_INTERVAL_S.low <= interval <= AGENT_INTERVAL_S.high:
+        raise SettingsError(
+            f"--interval / SERS_INTERVAL: must be between {AGENT_INTERVAL_S.low:g} and "
+            f"{AGENT_INTERVAL_S.high:g} s, got {interval}"
+        )
+    nvml_retry = _seconds(
+        pick(args.nvml_retry, "SERS_NVML_RETRY_S"), "--nvml-retry / SERS_NVML_RETRY_S", 60.0
+    )
     mounts = unique_mounts(args.mount or env.get("SERS_MOUNTS", "/").split(","))
     full_cmdline = (
         args.full_cmdline if args.full_cmdline is not None else _truthy(env.get("SERS_FULL_CMDLINE", ""))
@@ -178,4 +206,5 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
         json=args.json,
         log_level=log_level,
         sysfs_root=Path(pick(args.sysfs_root, "SERS_SYSFS_ROOT") or "/sys"),
+        nvml_retry_s=nvml_retry,
     )

@@ -64,7 +64,7 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
 def start(hub: Hub, name: str, scenario: dict[str, Any], sysfs: Path) -> Proc:
     path = hub.tmp / f"{name}-nvml.json"
     write_atomically(path, scenario)
-    env = {**fakes.fake_env(path, base={}), "_SERS_TEST_NVML_RETRY_S": "0.5"}  # test-only: not a minute
+    env = {**fakes.fake_env(path, base={}), "SERS_NVML_RETRY_S": "0.5"}  # not a minute
     return start_agent(hub, name, "--sysfs-root", str(sysfs), interval_s=0.5, env=env)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from node_agent.link import RESTART_SPREAD_S, Backoff, reconnect_delay_s
+from node_agent.link import RESTART_SPREAD_S, Backoff, EndKind, LinkEnd, reconnect_delay_s
 from tests.fakes import fake_env, gpu, scenario
 from tests.procs import Hub, Proc, start_agent, wait_until
 from tests.wsclients import close_code, delta, hello, open_agent, open_viewer, recv_text, snapshot
@@ -141,7 +141,9 @@ def test_hub_sigterm_closes_with_1012_and_agents_come_back_spread_out(hub: Hub, 
 def test_reconnects_after_a_restart_are_spread_over_seconds() -> None:
     """200 agents, each with its own random source, all told 1012 at the same instant."""
     delays = [
-        reconnect_delay_s("hub is restarting (1012)", 0, Backoff(), random.Random(seed))
+        reconnect_delay_s(
+            LinkEnd(EndKind.RESTARTING, "hub is restarting (1012)"), 0, Backoff(), random.Random(seed)
+        )
         for seed in range(200)
     ]
     assert min(delays) >= 0.5 and max(delays) <= RESTART_SPREAD_S
@@ -149,7 +151,9 @@ def test_reconnects_after_a_restart_are_spread_over_seconds() -> None:
     busiest_second = max(sum(1 for d in delays if start <= d < start + 1) for start in range(6))
     assert busiest_second < 0.35 * len(delays), "not all in the same second"
     refused = [
-        reconnect_delay_s("refused by the hub (HTTP 403): ...", 0, Backoff(), random.Random(s))
+        reconnect_delay_s(
+            LinkEnd(EndKind.REFUSED, "refused by the hub (HTTP 403): ..."), 0, Backoff(), random.Random(s)
+        )
         for s in range(50)
     ]
     assert min(refused) >= 15, "a refused token waits long"
@@ -206,7 +210,7 @@ def test_gpus_show_once_the_driver_loads_after_the_agent_started(
     write_atomically(
         nvml_scenario, scenario([gpu(0), gpu(1)], init_error="DriverNotLoaded", live_reload=True)
     )
-    env = {**fake_env(nvml_scenario), "_SERS_TEST_NVML_RETRY_S": "0.5"}  # test-only: not a minute
+    env = {**fake_env(nvml_scenario), "SERS_NVML_RETRY_S": "0.5"}  # not a minute
     agent = start_agent(hub, "late-driver", interval_s=0.5, env=env)
     procs.append(agent)
     hub.wait_status("late-driver", "live")

@@ -35,6 +35,8 @@ PAYLOADS = (
     "W" * 300,
 )
 
+RULE = GpuFreeRule(max_util_percent=10, max_mem_percent=5)
+
 
 class Parsed(HTMLParser):
     """Tags, attributes and text of a fragment, as a browser would see them."""
@@ -165,7 +167,7 @@ def test_template_contexts_are_pinned(template: str, context: set[str]) -> None:
 
 # --------------------------------------------------------------------------- fragment shape and size
 def test_gpu_row_is_small_and_complete() -> None:
-    html = Renderer().gpu(gpu_view("gpu07", "3", gpu(), 10, 5))
+    html = Renderer().gpu(gpu_view("gpu07", "3", gpu(), RULE))
     assert html == (
         '<div id="gpu-3-gpu07" class="g b"><b>3</b><i>H100</i><u class="p97">97%</u>'
         '<u class="p78">62/80G</u><em>71°</em><em>612/700W</em><span class="us">grace 62G</span></div>'
@@ -175,16 +177,16 @@ def test_gpu_row_is_small_and_complete() -> None:
 
 def test_gpu_row_states_in_words() -> None:
     renderer = Renderer()
-    free = renderer.gpu(gpu_view("n", "0", gpu(util_gpu_percent=0.0, mem_used_bytes=0, processes=[]), 10, 5))
+    free = renderer.gpu(gpu_view("n", "0", gpu(util_gpu_percent=0.0, mem_used_bytes=0, processes=[]), RULE))
     assert 'class="g f"' in free and "✓ free" in free
-    busy = renderer.gpu(gpu_view("n", "0", gpu(processes=[]), 10, 5))
+    busy = renderer.gpu(gpu_view("n", "0", gpu(processes=[]), RULE))
     assert 'class="g b"' in busy and "● busy" in busy
-    lost = renderer.gpu(gpu_view("n", "0", {"name": "A100", "error": "GPU is lost"}, 10, 5))
+    lost = renderer.gpu(gpu_view("n", "0", {"name": "A100", "error": "GPU is lost"}, RULE))
     assert 'class="g e"' in lost and "✖ GPU is lost" in lost
-    gone = renderer.gpu(gpu_view("n", "0", gpu(processes=[]), 10, 5, node_live=False))
+    gone = renderer.gpu(gpu_view("n", "0", gpu(processes=[]), RULE, node_live=False))
     assert 'class="g o"' in gone and "free" not in gone
     many = [{"pid": i, "user": f"u{i}", "gpu_mem_bytes": GIB * (i + 1)} for i in range(5)]
-    crowded = renderer.gpu(gpu_view("n", "0", gpu(processes=many), 10, 5))
+    crowded = renderer.gpu(gpu_view("n", "0", gpu(processes=many), RULE))
     assert ">u4 5.0G, u3 4.0G</span>" in crowded and '<span class="mo">+3 more</span>' in crowded
 
 
@@ -230,11 +232,11 @@ def test_agent_strings_in_fragments_are_text(payload: str) -> None:
         processes=[{"pid": 1, "user": payload, "command": payload, "gpu_mem_bytes": GIB}] * 3
         + [{"pid": 2, "user": payload + "2", "gpu_mem_bytes": 2 * GIB}],
     )
-    row = renderer.gpu(gpu_view("n1", "0", hostile, 10, 5))
+    row = renderer.gpu(gpu_view("n1", "0", hostile, RULE))
     parsed = assert_inert(row, {"div", "b", "i", "u", "em", "span"})
     assert payload[:8] in parsed.all_text
     assert payload + "2 2.0G" in parsed.all_text, "the whole user name arrives, as text"
-    error = renderer.gpu(gpu_view("n1", "0", {"error": payload}, 10, 5))
+    error = renderer.gpu(gpu_view("n1", "0", {"error": payload}, RULE))
     assert f"✖ {payload}" in assert_inert(error, {"div", "b", "i", "span"}).all_text
 
 
@@ -470,7 +472,7 @@ def test_view_filter_by_group_name_and_gpus() -> None:
     view = scene.summary_view(ViewFilter(groups=frozenset({"nlp"})))
     assert (view.live, view.gpus_total) == (1, 0)
     assert head_view(nodes["a"]).display_name == "Alpha"
-    assert detail_view(nodes["c"], {}, 5.0, 0.0, 10, 5).gpus == ()
+    assert detail_view(nodes["c"], {}, 5.0, 0.0, RULE).gpus == ()
 
 
 # --------------------------------------------------------------------------- what the page says

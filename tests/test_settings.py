@@ -359,3 +359,14 @@ def test_agent_empty_token_file_is_an_error(tmp_path: Path) -> None:
         agent_settings.load_settings(["--token-file", str(empty)], env={})
     with pytest.raises(agent_settings.SettingsError, match=r"^SERS_TOKEN_FILE: .* is empty"):
         agent_settings.load_settings([], env={"SERS_TOKEN_FILE": str(empty)})
+
+
+def test_agent_nvml_retry_is_a_setting() -> None:
+    load = agent_settings.load_settings
+    assert load([], env={}).nvml_retry_s == 60.0
+    assert load([], env={"SERS_NVML_RETRY_S": "0.5"}).nvml_retry_s == 0.5
+    assert load(["--nvml-retry", "5"], env={"SERS_NVML_RETRY_S": "0.5"}).nvml_retry_s == 5.0
+    with pytest.raises(
+        agent_settings.SettingsError, match="--nvml-retry / SERS_NVML_RETRY_S: must be between"
+    ):
+        load(["--nvml-retry", "0"], env={})

@@ -158,7 +158,8 @@ def test_the_size_bound_holds_for_the_widest_values() -> None:
 
 
 class RecordingSocket:
-    """Stands in for the hub's end: records each message sent, never receives, never closes."""
+    """Stands in for the hub's end: records each message sent, never receives; the agent's close
+    (when the test stops it) is accepted."""
 
     def __init__(self, wanted: int, done: asyncio.Event) -> None:
         self.sent: list[dict[str, Any]] = []
@@ -169,6 +170,9 @@ class RecordingSocket:
         self.sent.append(orjson.loads(message))
         if len(self.sent) >= self._wanted:
             self._done.set()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        pass
 
     def __aiter__(self) -> RecordingSocket:
         return self

@@ -19,9 +19,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from starlette.testclient import TestClient
 
+from hub.app import create_app
 from hub.clock import ManualClock
 from hub.registry import Liveness, NodeRegistry, NodeStatus
+from hub.settings import HubSettings
 from hub.store import (
     APPLICATION_ID,
     SKIPPED_LOGGED,
@@ -31,7 +34,7 @@ from hub.store import (
     StoreSync,
     forget_offline,
 )
-from node_agent.protocol import MAX_GPUS, MAX_OBJECT_LIST, MAX_STATE_BYTES, MAX_STRING_CHARS, Hello
+from node_agent.protocol import MAX_GPUS, MAX_OBJECT_LIST, MAX_STATE_BYTES, MAX_STRING_CHARS, Delta, Hello
 
 # --------------------------------------------------------------------------- helpers
 
@@ -476,3 +479,45 @@ def test_an_existing_files_mode_is_kept_and_world_readable_is_warned(
     [line] = errors(caplog)
     assert "readable by every user (mode 0644)" in line and f"chmod 600 {path}" in line
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+# --------------------------------------------------------------------------- events and HTTP
+def test_the_store_writes_what_the_events_name_and_nothing_else(tmp_path: Path) -> None:
+    """A node is written after its hello and after a status change; a node that merely sends
+    samples waits for the periodic refresh."""
+    path = tmp_path / "state.sqlite3"
+    reg = registry()
+    sync = StoreSync(str(path), reg, {}, refresh_every_s=3600)
+
+    async def scenario() -> list[int]:
+        await sync.open()
+        connection, _ = reg.hello(hello("n1"))
+        written = [await sync.flush()]
+        reg.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0}))
+        written.append(await sync.flush())
+        reg.disconnect("n1", connection)
+        written.append(await sync.flush())
+        written.append(await sync.flush(final=True))
+        await sync.close()
+        return written
+
+    assert asyncio.run(scenario()) == [1, 0, 1, 0]
+
+
+def test_forgetting_a_node_over_http_removes_it_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    settings = HubSettings(state_db=str(path), admin_token="admin-token-1", trusted_hosts=("*",))
+    with TestClient(create_app(settings, ManualClock())) as client:
+        hub = client.app.state.hub  # type: ignore[attr-defined]
+        connection, _ = hub.registry.hello(hello("gone1"))
+        asyncio.run(client.app.state.store.flush())  # type: ignore[attr-defined]
+        assert NodeStore(str(path)).node_ids() == ["gone1"]
+        assert client.delete("/api/v1/nodes/gone1").status_code == 401
+        assert client.delete("/api/v1/nodes/gone1", headers=ADMIN).status_code == 409, "still connected"
+        hub.registry.disconnect("gone1", connection)
+        assert client.delete("/api/v1/nodes/gone1", headers=ADMIN).json() == {"forgotten": "gone1"}
+        assert client.delete("/api/v1/nodes/gone1", headers=ADMIN).status_code == 404
+    assert NodeStore(str(path)).node_ids() == []
+
+
+ADMIN = {"Authorization": "Bearer admin-token-1"}

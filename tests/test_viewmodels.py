@@ -28,7 +28,6 @@ from frontend.viewmodels import (
     fmt_rate,
     fmt_used_of,
     fmt_watts,
-    gpu_is_free,
     gpu_tally,
     gpu_view,
     head_view,
@@ -41,6 +40,7 @@ from frontend.viewmodels import (
     tiny_gpu_name,
 )
 from hub.clock import ManualClock
+from hub.domain.gpus import GpuFreeRule, gpu_is_free
 from hub.registry import Naming, Node, NodeRegistry, NodeStatus
 from node_agent.protocol import (
     DiskUsage,
@@ -55,6 +55,8 @@ from node_agent.protocol import (
 
 GIB = 1024**3
 NAN = float("nan")
+
+RULE = GpuFreeRule(max_util_percent=10, max_mem_percent=5)
 
 
 def gpu(**overrides: Any) -> dict[str, Any]:
@@ -152,16 +154,16 @@ def test_meter_levels_and_clamping() -> None:
 
 # --------------------------------------------------------------------------- GPU rows
 def test_free_busy_error_and_not_live() -> None:
-    assert gpu_view("n1", "0", gpu(), 10, 5).state == "f"
-    assert gpu_view("n1", "0", gpu(util_gpu_percent=50.0), 10, 5).state == "b"
-    assert gpu_view("n1", "0", gpu(mem_used_bytes=40 * GIB), 10, 5).state == "b", "memory held = busy"
+    assert gpu_view("n1", "0", gpu(), RULE).state == "f"
+    assert gpu_view("n1", "0", gpu(util_gpu_percent=50.0), RULE).state == "b"
+    assert gpu_view("n1", "0", gpu(mem_used_bytes=40 * GIB), RULE).state == "b", "memory held = busy"
     with_proc = gpu(processes=[{"pid": 7, "user": "ann", "gpu_mem_bytes": GIB}])
-    assert gpu_view("n1", "0", with_proc, 10, 5).state == "b", "a process = busy, however idle"
+    assert gpu_view("n1", "0", with_proc, RULE).state == "b", "a process = busy, however idle"
     lost = gpu(error="GPU is lost")
-    assert gpu_view("n1", "0", lost, 10, 5).state == "e"
-    assert gpu_view("n1", "0", lost, 10, 5, node_live=False).state == "e", "a fault stays a fault"
-    assert gpu_view("n1", "0", gpu(), 10, 5, node_live=False).state == "o", "never 'free' when not live"
-    assert gpu_is_free(gpu(util_gpu_percent=None, mem_used_bytes=None), 10, 5), "unknown is not busy"
+    assert gpu_view("n1", "0", lost, RULE).state == "e"
+    assert gpu_view("n1", "0", lost, RULE, node_live=False).state == "e", "a fault stays a fault"
+    assert gpu_view("n1", "0", gpu(), RULE, node_live=False).state == "o", "never 'free' when not live"
+    assert gpu_is_free(gpu(util_gpu_percent=None, mem_used_bytes=None), RULE), "unknown is not busy"
 
 
 def test_gpu_row_texts() -> None:
@@ -169,15 +171,14 @@ def test_gpu_row_texts() -> None:
         "n1",
         "3",
         gpu(util_gpu_percent=97.4, mem_used_bytes=45 * GIB, temp_celsius=84.6, power_draw_watts=612.5),
-        10,
-        5,
+        RULE,
     )
     assert view.gpu_index == "3" and view.name == "H100"
     assert view.util == ("97%", 97, ""), "GPU meters carry no warning level: busy is good"
     assert view.mem.text == "45/80G" and view.mem.p == 56
     assert (view.temp_text, view.temp_cls) == ("85°", "w")
     assert view.power_text == "612/700W"
-    bare = gpu_view("n1", "0", {"name": "T4"}, 10, 5)
+    bare = gpu_view("n1", "0", {"name": "T4"}, RULE)
     assert (bare.util.text, bare.mem.text, bare.temp_text, bare.power_text) == ("–", "–", "–", "–")
 
 
@@ -189,7 +190,7 @@ def test_users_ranked_by_gpu_memory_with_more_count() -> None:
         {"pid": 4, "user": None, "gpu_mem_bytes": 1 * GIB},  # unknown user: shown by pid
         {"pid": 5, "user": "cy", "gpu_mem_bytes": None},
     ]
-    view = gpu_view("n1", "0", gpu(processes=procs), 10, 5)
+    view = gpu_view("n1", "0", gpu(processes=procs), RULE)
     assert view.users == ("bob 11G", "ann 10G")
     assert MAX_USERS_SHOWN == 2 and view.more_users == 2
 
@@ -268,7 +269,7 @@ def test_summary_counts_free_gpus_of_live_nodes_only() -> None:
         (
             node.status,
             [
-                gpu_tally(g, gpu_view(n, i, g, 10, 5, node.status is NodeStatus.LIVE).state)
+                gpu_tally(g, gpu_view(n, i, g, RULE, node.status is NodeStatus.LIVE).state)
                 for i, g in gpus.items()
             ],
         )
@@ -328,7 +329,7 @@ def test_detail_view_has_no_gpu_for_facts_without_an_index() -> None:
         {"sampled_at": 1.0, "gpus": {"0": gpu(index=0)}},
         hello_gpus=[{"index": None, "name": "Mystery", "uuid": "GPU-x"}, {"index": 0, "uuid": "GPU-0"}],
     )
-    view = detail_view(node, {}, 5.0, 0.0, 10, 5)
+    view = detail_view(node, {}, 5.0, 0.0, RULE)
     assert [g.index for g in view.gpus] == ["0"]
     assert {f.label: f.text for f in view.gpus[0].facts}["UUID"] == "GPU-0"
 
@@ -360,7 +361,7 @@ def test_detail_view_lists_every_reported_field() -> None:
         },
         hello_gpus=[static_gpu],
     )
-    view = detail_view(node, {"cpu": [1.0, 2.0], "u0": [50.0]}, 5.0, 0.0, 10, 5)
+    view = detail_view(node, {"cpu": [1.0, 2.0], "u0": [50.0]}, 5.0, 0.0, RULE)
     assert [f.label for f in view.host_static] == [field_label(f.name) for f in fields(HostStatic)]
     sample_labels = {f.label for f in view.host_sample}
     assert all(
@@ -401,7 +402,7 @@ def test_a_row_is_free_exactly_when_gpu_is_free_says_so() -> None:
         gpu(util_gpu_percent=None, mem_used_bytes=None),
     ]
     for g in cases:
-        assert (gpu_view("n", "0", g, 10, 5).state == "f") == gpu_is_free(g, 10, 5), g
+        assert (gpu_view("n", "0", g, RULE).state == "f") == gpu_is_free(g, RULE), g
 
 
 # --------------------------------------------------------------------------- any value renders
@@ -499,9 +500,9 @@ def test_cards_and_node_page_build_whatever_the_numbers(value: object) -> None:
     )
     view = host_view(node)
     assert view.cpu.text.startswith("CPU ") and 0 <= view.mem.p <= 100
-    row = gpu_view("n1", "0", gpu_state, 10, 5)
+    row = gpu_view("n1", "0", gpu_state, RULE)
     assert 0 <= row.util.p <= 100 and 0 <= row.mem.p <= 100
-    detail = detail_view(node, {"cpu": [1.0]}, 15, 0.0, 10, 5)
+    detail = detail_view(node, {"cpu": [1.0]}, 15, 0.0, RULE)
     assert len(detail.gpus) == 1 and all(f.text for f in detail.host_sample)
     assert head_view(node).detail
     summary_view([(NodeStatus.LIVE, [gpu_tally(gpu_state, row.state)])])
@@ -544,8 +545,8 @@ def test_the_card_and_the_node_page_show_the_same_text_for_the_same_values(scale
         processes=[{"pid": 7, "user": "ann", "gpu_mem_bytes": round(45.3 * GIB * scale) % (80 * GIB)}],
     )
     _, _, node = make_node({"sampled_at": 1.0, "host": host, "gpus": {"0": sample}})
-    card, row = host_view(node), gpu_view("n1", "0", sample, 10, 5)
-    detail = detail_view(node, {}, 15, 0.0, 10, 5)
+    card, row = host_view(node), gpu_view("n1", "0", sample, RULE)
+    detail = detail_view(node, {}, 15, 0.0, RULE)
     page = {f.label: f.text for f in detail.host_sample}
     facts = {f.label: f.text for f in detail.gpus[0].facts}
 

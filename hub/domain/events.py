@@ -1,0 +1,115 @@
+"""What happened to a node or a GPU, as typed events, and the small in-process bus that
+delivers them.
+
+:class:`hub.registry.NodeRegistry` publishes an event for every change it makes; subscribers
+(the store, the liveness log, and later alerts, usage accounting and idle-holder tracking) get
+everything they need in the event and never reach back into the registry. Events are
+NamedTuples (cheap to build: a delta arrives thousands of times a second), and the registry
+builds the per-sample ones (:class:`SampleApplied`, :class:`GpuStateChanged`) only while
+someone subscribes to them (:meth:`EventBus.wants`).
+
+Handlers run synchronously, in order of subscription, on the event loop: they must be quick
+and must not block; one that raises is logged and the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from typing import Any, NamedTuple, TypeVar
+
+from hub.domain.gpus import GpuState
+from hub.domain.nodes import NodeStatus
+from node_agent.protocol import Hello, Snapshot
+
+log = logging.getLogger("sers.hub")
+
+
+class NodeConnected(NamedTuple):
+    """An agent said hello; its connection now speaks for the node."""
+
+    node_id: str
+    hello: Hello
+    address: str | None
+    facts_changed: bool  # the static facts (host, GPUs, driver) differ from the last hello's
+    at_wall_s: float
+
+
+class StatusCause(StrEnum):
+    HELLO = "hello"  # the agent (re)connected
+    MESSAGE = "message"  # a message after silence
+    SILENCE = "silence"  # the liveness sweep: heartbeats late or stopped
+    GOODBYE = "goodbye"  # the agent's connection ended
+
+
+class StatusChanged(NamedTuple):
+    """Live, stale or offline, and why."""
+
+    node_id: str
+    old: NodeStatus
+    new: NodeStatus
+    cause: StatusCause
+    last_seen_wall_s: float  # when the hub last heard from the node
+
+
+class SampleApplied(NamedTuple):
+    """A delta merged into the node's state. ``state`` is the merged snapshot (never mutated
+    afterwards: a subscriber may keep it); ``new_sample`` is true when it carried a new
+    ``sampled_at`` (heartbeats carry none)."""
+
+    node_id: str
+    state: Snapshot
+    host: bool  # the host part changed
+    gpus: frozenset[str]  # indexes of the GPUs that changed
+    new_sample: bool
+    at_mono_s: float
+
+
+class SampleLate(NamedTuple):
+    """Heartbeats arrive but samples do not (a hung collector), or samples resumed."""
+
+    node_id: str
+    late: bool
+    at_mono_s: float
+
+
+class GpuStateChanged(NamedTuple):
+    """A GPU turned free, busy, faulted or not current (``old`` is ``None`` for a GPU seen for
+    the first time, ``new`` is ``None`` for one that disappeared). ``gpu`` is its sample."""
+
+    node_id: str
+    gpu_index: str  # not `index`: a NamedTuple has an index() method
+    old: GpuState | None
+    new: GpuState | None
+    gpu: Mapping[str, Any]
+    at_mono_s: float
+
+
+class NodeRemoved(NamedTuple):
+    """The node was forgotten (``DELETE /api/v1/nodes/{id}``)."""
+
+    node_id: str
+
+
+Event = NodeConnected | StatusChanged | SampleApplied | SampleLate | GpuStateChanged | NodeRemoved
+E = TypeVar("E", NodeConnected, StatusChanged, SampleApplied, SampleLate, GpuStateChanged, NodeRemoved)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._handlers: dict[type, list[Callable[[Any], None]]] = {}
+
+    def subscribe(self, kind: type[E], handler: Callable[[E], None]) -> None:
+        self._handlers.setdefault(kind, []).append(handler)
+
+    def wants(self, kind: type) -> bool:
+        """Whether anyone subscribes to ``kind``: publishers skip building events nobody reads."""
+        return kind in self._handlers
+
+    def publish(self, event: Event) -> None:
+        for handler in self._handlers.get(type(event), ()):
+            try:
+                handler(event)
+            except Exception:  # one subscriber's bug must not cost the others, or the agent
+                log.exception("handling %s failed", type(event).__name__)

@@ -1,0 +1,171 @@
+"""The registry's domain events (hub/domain/events.py): what each mutation publishes, and that
+the per-sample events cost nothing while nobody subscribes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.clock import ManualClock
+from hub.domain.events import (
+    EventBus,
+    GpuStateChanged,
+    NodeConnected,
+    NodeRemoved,
+    SampleApplied,
+    SampleLate,
+    StatusCause,
+    StatusChanged,
+)
+from hub.domain.gpus import GpuFreeRule, GpuState
+from hub.domain.nodes import Liveness, NodeStatus
+from hub.registry import NodeRegistry
+from node_agent.protocol import Delta, Hello
+
+GIB = 1024**3
+ALL_KINDS = (NodeConnected, StatusChanged, SampleApplied, SampleLate, GpuStateChanged, NodeRemoved)
+
+
+def recorded(bus: EventBus, kinds: tuple[type, ...] = ALL_KINDS) -> list[Any]:
+    seen: list[Any] = []
+    for kind in kinds:
+        bus.subscribe(kind, seen.append)
+    return seen
+
+
+def make(kinds: tuple[type, ...] = ALL_KINDS) -> tuple[NodeRegistry, ManualClock, list[Any]]:
+    clock = ManualClock()
+    registry = NodeRegistry(
+        clock, Liveness(stale_after_intervals=3, offline_after_intervals=8), gpu_free=GpuFreeRule()
+    )
+    return registry, clock, recorded(registry.events, kinds)
+
+
+def gpu(util: float = 0.0, processes: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "util_gpu_percent": util,
+        "mem_used_bytes": 0,
+        "mem_total_bytes": 80 * GIB,
+        "processes": processes or [],
+        **extra,
+    }
+
+
+def hello(node: str = "n1", host: dict[str, Any] | None = None) -> Hello:
+    return Hello(node=node, agent_version="t", interval_s=1.0, host=host or {})
+
+
+def test_a_hello_connects_and_says_whether_the_facts_changed() -> None:
+    registry, clock, seen = make()
+    registry.hello(hello(host={"hostname": "a"}), "10.0.0.1")
+    [connected, live] = seen
+    assert connected == NodeConnected("n1", hello(host={"hostname": "a"}), "10.0.0.1", True, clock.wall())
+    assert live == StatusChanged("n1", NodeStatus.OFFLINE, NodeStatus.LIVE, StatusCause.HELLO, clock.wall())
+    seen.clear()
+    registry.hello(hello(host={"hostname": "a"}), "10.0.0.1")
+    assert [type(e) for e in seen] == [NodeConnected] and not seen[0].facts_changed, "already live"
+    seen.clear()
+    registry.hello(hello(host={"hostname": "b"}), "10.0.0.1")
+    assert seen[0].facts_changed
+
+
+def test_silence_goodbye_and_return_are_status_changes_with_their_cause() -> None:
+    registry, clock, seen = make((StatusChanged,))
+    connection, _ = registry.hello(hello())
+    seen.clear()
+    clock.advance(3.1)
+    registry.sweep()
+    clock.advance(5.0)
+    registry.sweep()
+    registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={}))
+    registry.disconnect("n1", connection)
+    assert [(e.old, e.new, e.cause) for e in seen] == [
+        (NodeStatus.LIVE, NodeStatus.STALE, StatusCause.SILENCE),
+        (NodeStatus.STALE, NodeStatus.OFFLINE, StatusCause.SILENCE),
+        (NodeStatus.OFFLINE, NodeStatus.LIVE, StatusCause.MESSAGE),
+        (NodeStatus.LIVE, NodeStatus.OFFLINE, StatusCause.GOODBYE),
+    ]
+
+
+def test_gpu_states_change_with_samples_status_and_late_samples() -> None:
+    registry, clock, seen = make((GpuStateChanged, SampleLate))
+    connection, _ = registry.hello(hello())
+    registry.delta(
+        "n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "gpus": {"0": gpu(), "1": gpu()}})
+    )
+    assert sorted((e.gpu_index, e.old, e.new) for e in seen) == [
+        ("0", None, GpuState.FREE),
+        ("1", None, GpuState.FREE),
+    ]
+    seen.clear()
+    busy = {"gpus": {"1": {"util_gpu_percent": 90.0}}, "sampled_at": 2.0}
+    registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch=busy))
+    [event] = seen
+    assert (event.node_id, event.gpu_index, event.old, event.new) == ("n1", "1", GpuState.FREE, GpuState.BUSY)
+    assert event.gpu["util_gpu_percent"] == 90.0, "the event carries the GPU's sample"
+    seen.clear()
+    registry.delta("n1", connection, Delta(seq=3, ts=0.0, patch={"gpus": {"1": {"util_gpu_percent": 95.0}}}))
+    assert seen == [], "still busy: nothing happened"
+    for _ in range(4):  # heartbeats without samples: the GPUs' rows no longer show the present
+        clock.advance(1.0)
+        registry.delta("n1", connection, Delta(seq=4, ts=0.0, patch={}))
+        registry.sweep()
+    assert seen[0][:2] == ("n1", True), "late after 3 intervals without a new sample"
+    assert {(e.gpu_index, e.new) for e in seen[1:]} == {
+        ("0", GpuState.NOT_CURRENT),
+        ("1", GpuState.NOT_CURRENT),
+    }
+    seen.clear()
+    registry.delta(
+        "n1", connection, Delta(seq=5, ts=0.0, patch={"sampled_at": 9.0, "gpus": {"0": {"error": "lost"}}})
+    )
+    assert seen[0] == SampleLate("n1", False, clock.monotonic())
+    assert {(e.gpu_index, e.new) for e in seen[1:]} == {("0", GpuState.FAULT), ("1", GpuState.BUSY)}
+
+
+def test_samples_and_removal() -> None:
+    registry, clock, seen = make((SampleApplied, NodeRemoved))
+    connection, _ = registry.hello(hello())
+    registry.delta(
+        "n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "host": {"cpu_percent": 5.0}})
+    )
+    registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch={"gpus": {"0": gpu()}}))
+    first, second = seen
+    assert first == SampleApplied("n1", first.state, True, frozenset(), True, clock.monotonic())
+    assert first.state == {"sampled_at": 1.0, "host": {"cpu_percent": 5.0}}, "the snapshot as merged then"
+    assert (second.host, second.gpus, second.new_sample) == (False, frozenset({"0"}), False)
+    registry.disconnect("n1", connection)
+    registry.remove("n1")
+    assert seen[-1] == NodeRemoved("n1")
+
+
+def test_per_sample_events_are_not_built_without_subscribers() -> None:
+    registry, _, seen = make((StatusChanged,))
+    connection, _ = registry.hello(hello())
+    registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "gpus": {"0": gpu()}}))
+    assert not registry.events.wants(SampleApplied) and not registry.events.wants(GpuStateChanged)
+    assert registry._gpu_states == {}, "no GPU states kept for nobody"
+    assert [type(e) for e in seen] == [StatusChanged]
+
+
+def test_a_failing_subscriber_costs_the_others_nothing(caplog: Any) -> None:
+    bus = EventBus()
+    seen: list[Any] = []
+
+    def broken(event: NodeRemoved) -> None:
+        raise RuntimeError("a bug")
+
+    bus.subscribe(NodeRemoved, broken)
+    bus.subscribe(NodeRemoved, seen.append)
+    bus.publish(NodeRemoved("n1"))
+    assert seen == [NodeRemoved("n1")] and "handling NodeRemoved failed" in caplog.text
+
+
+def test_a_hello_ends_a_late_spell() -> None:
+    registry, clock, seen = make((SampleLate,))
+    connection, _ = registry.hello(hello())
+    for _ in range(4):
+        clock.advance(1.0)
+        registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={}))
+        registry.sweep()
+    registry.hello(hello())
+    assert [event.late for event in seen] == [True, False]

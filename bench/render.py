@@ -3,7 +3,8 @@
 Drives the hub's own pieces in-process: a :class:`NodeRegistry` fed real encoded-then-decoded
 hellos and deltas from simulated nodes (:mod:`bench.simnode`), and :class:`Scene.render_change`
 called the way the fan-out calls it: each change as it arrives, right after its message is
-decoded and merged. Only rendering is timed.
+decoded and merged, from the registry's events (:func:`hub.scene.subscribe_changes`). Rendering
+is timed, and separately the merge with its events (``us_per_message_merge``).
 
     python -m bench.render [--nodes 200] [--rounds 20] [--parts] [--tiny]
 
@@ -24,7 +25,7 @@ from bench.simnode import SimNode
 from frontend.render import Renderer
 from hub.clock import ManualClock
 from hub.registry import NodeRegistry
-from hub.scene import Scene
+from hub.scene import NodeChange, Scene, subscribe_changes
 from hub.settings import GpuFreeRule
 from node_agent.protocol import Delta, Hello, decode
 
@@ -84,23 +85,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = NodeRegistry(clock)
     scene = (PartTimedScene if args.parts else Scene)(registry, Renderer(), GpuFreeRule(), clock.wall)
     sims = [SimNode(f"gpu{i:04d}", seed=i, busy_fraction=args.busy_fraction) for i in range(args.nodes)]
+    changes: list[NodeChange] = []  # what the fan-out would render, from the registry's events
+    subscribe_changes(registry.events, changes.append)
     connections: dict[str, int] = {}
     card_us: list[float] = []
     card_bytes: list[int] = []
     for sim in sims:
         hello = decode(sim.hello_frame())
         assert isinstance(hello, Hello)
-        connections[sim.name], _ = registry.hello(hello, "10.0.0.1")
+        connections[sim.name] = registry.hello(hello, "10.0.0.1")
         first = decode(sim.next_delta(clock.wall()))
         assert isinstance(first, Delta)
-        change = registry.delta(sim.name, connections[sim.name], first)
-        assert change is not None and change.card
+        changes.clear()
+        registry.delta(sim.name, connections[sim.name], first)
+        [change] = changes
+        assert change.card
         started = time.perf_counter()
         out = scene.render_change(change)
         card_us.append((time.perf_counter() - started) * 1e6)
         card_bytes.append(sum(len(html.encode()) for html in out.values()))
 
     per_node_us: list[float] = []
+    merge_us: list[float] = []
     per_node_bytes: list[int] = []
     host_bytes: list[int] = []
     gpu_bytes: list[int] = []
@@ -115,8 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, frame in frames:
             delta = decode(frame)
             assert isinstance(delta, Delta)
-            change = registry.delta(name, connections[name], delta)
-            assert change is not None
+            changes.clear()
+            started = time.perf_counter()
+            registry.delta(name, connections[name], delta)
+            merge_us.append((time.perf_counter() - started) * 1e6)
+            [change] = changes
             started = time.perf_counter()
             out = scene.render_change(change)
             per_node_us.append((time.perf_counter() - started) * 1e6)
@@ -137,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fig.add("host_fragment_bytes", statistics.fmean(host_bytes), "B", digits=0)
     if gpu_bytes:
         fig.add("gpu_row_bytes", statistics.fmean(gpu_bytes), "B", digits=0)
+    fig.add("us_per_message_merge", statistics.fmean(merge_us), "µs")
     fig.add("us_per_fragment", sum(per_node_us) / max(fragments, 1), "µs")
     fig.add("us_per_whole_card", statistics.fmean(card_us), "µs")
     fig.add("bytes_per_whole_card", statistics.fmean(card_bytes), "B", digits=0)

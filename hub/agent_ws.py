@@ -157,8 +157,7 @@ async def agent_endpoint(websocket: WebSocket, hub: HubState, failures: FailureL
                 CLOSE_TIMEOUT_S,
             )
         return
-    connection, change = hub.registry.hello(hello, address)
-    hub.fanout.note(change)
+    connection = hub.registry.hello(hello, address)
     older = hub.agent_sockets.get(hello.node)
     hub.agent_sockets[hello.node] = (connection, websocket)
     if older is not None:
@@ -189,7 +188,7 @@ async def agent_endpoint(websocket: WebSocket, hub: HubState, failures: FailureL
             decoded = decode(text)
             if not isinstance(decoded, Delta):
                 raise ProtocolError("a second hello on the same connection", CLOSE_POLICY)
-            hub.fanout.note(hub.registry.delta(hello.node, connection, decoded, len(text)))
+            hub.registry.delta(hello.node, connection, decoded, len(text))
     except ProtocolError as exc:
         await _close(websocket, exc, node=hello.node, address=address)
     except WebSocketDisconnect:
@@ -203,7 +202,7 @@ async def agent_endpoint(websocket: WebSocket, hub: HubState, failures: FailureL
         current = hub.agent_sockets.get(hello.node)
         if current is not None and current[0] == connection:
             del hub.agent_sockets[hello.node]
-        hub.fanout.note(hub.registry.disconnect(hello.node, connection))
+        hub.registry.disconnect(hello.node, connection)
         log.info("node %s disconnected", hello.node)
 
 

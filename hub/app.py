@@ -63,7 +63,7 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
         if store is not None:
             await store.open()  # remembered nodes come back as offline
         tasks = [
-            asyncio.create_task(run_sweeps(state.registry, state.fanout)),
+            asyncio.create_task(run_sweeps(state.registry)),
             asyncio.create_task(state.fanout.run()),
         ]
         if store is not None:

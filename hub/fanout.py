@@ -1,6 +1,7 @@
 """Pushing changes to browsers: render once per change, then fan out latest-wins per viewer.
 
-Each node change is rendered as it arrives (the scene renders only the parts it touched), and
+The fan-out subscribes to the registry's events (:func:`hub.scene.subscribe_changes`). Each
+node change is rendered as it arrives (the scene renders only the parts it touched), and
 the rendered parts are collected, the newest per element, until a fixed tick (``max_rate_hz``,
 10 by default) sends them: the same bytes to every viewer. Rendering on arrival spreads that
 work over the tick instead of doing it all at once on the tick, where every update of the tick
@@ -22,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from frontend.viewmodels import SummaryView
-from hub.registry import NodeChange, NodeRegistry
-from hub.scene import Scene, ViewFilter
+from hub.registry import NodeRegistry
+from hub.scene import NodeChange, Scene, ViewFilter, subscribe_changes
 
 log = logging.getLogger("sers.hub")
 
@@ -147,14 +148,13 @@ class Fanout:
         self._summary_due_at = 0.0
         self._full_states: dict[ViewFilter, bytes] = {}  # valid until the next tick sends parts
         self._resync_at = 0.0
+        subscribe_changes(registry.events, self.note)
 
     # ------------------------------------------------------------------ input
-    def note(self, change: NodeChange | None) -> None:
+    def note(self, change: NodeChange) -> None:
         """Renders a node change now; its parts go out with the next tick. A whole card (or a
         removal) replaces the node's parts rendered before it in the same tick; later parts
         are applied over it, the newest per element."""
-        if change is None:
-            return
         try:
             parts = self._scene.render_change(change)
         except Exception:  # one bad render must not cost the agent its connection

@@ -8,7 +8,6 @@ import asyncio
 import logging
 
 from hub.domain.events import SampleLate, StatusCause, StatusChanged
-from hub.fanout import Fanout
 from hub.registry import NodeRegistry
 
 log = logging.getLogger("sers.hub")
@@ -16,11 +15,10 @@ log = logging.getLogger("sers.hub")
 SWEEP_EVERY_S = 0.5
 
 
-async def run_sweeps(registry: NodeRegistry, fanout: Fanout, every_s: float = SWEEP_EVERY_S) -> None:
+async def run_sweeps(registry: NodeRegistry, every_s: float = SWEEP_EVERY_S) -> None:
     while True:
         await asyncio.sleep(every_s)
-        for change in registry.sweep():
-            fanout.note(change)
+        registry.sweep()
 
 
 def log_status_change(event: StatusChanged) -> None:

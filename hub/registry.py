@@ -3,11 +3,8 @@
 The registry is where the agents' messages become the hub's picture: a hello connects a node,
 deltas merge into its state, and :meth:`NodeRegistry.sweep` marks silent nodes stale and then
 offline (the thresholds: :class:`hub.domain.nodes.Liveness`). Each change is published as a
-domain event (:mod:`hub.domain.events`) on the registry's bus, for the store, the liveness log
-and any later subscriber. Each mutation also returns a :class:`NodeChange` (or ``None`` when
-nothing visible changed) for the presenter (:mod:`hub.scene`, through :mod:`hub.fanout`): which
-parts of the node's card must be rendered again. It is the presenter's view of the same events,
-handed back directly because it is needed on every message.
+domain event (:mod:`hub.domain.events`) on the registry's bus, for the presenter
+(:mod:`hub.fanout`, :mod:`hub.scene`), the store, the liveness log and any later subscriber.
 
 The decoder holds each message to the protocol's limits; :meth:`NodeRegistry.delta` holds the
 merged state to them too, since small deltas could otherwise grow it without end. In the
@@ -20,8 +17,6 @@ message that carried it. What remains is the GPU count and the total size
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import orjson
 
 from hub.domain.events import (
@@ -31,6 +26,7 @@ from hub.domain.events import (
     NodeRemoved,
     SampleApplied,
     SampleLate,
+    SampleStillLate,
     StatusCause,
     StatusChanged,
 )
@@ -47,23 +43,12 @@ from node_agent.protocol import (
     merge_patch,
 )
 
-__all__ = ["Clock", "Liveness", "Naming", "Node", "NodeChange", "NodeRegistry", "NodeStatus", "sort_key"]
+__all__ = ["Clock", "Liveness", "Naming", "Node", "NodeRegistry", "NodeStatus", "sort_key"]
 
 # A merge grows the state's JSON by at most what the patch holds, and a patch's value takes at
 # most this many bytes per character of the message that carried it (``1e15``: 18 bytes from 4
 # characters; a non-ASCII character: up to 4 bytes): see :func:`_checked_size`.
 STATE_BYTES_PER_MESSAGE_CHAR = 5
-
-
-class NodeChange(NamedTuple):
-    """What to render again: the whole card, or only the host part and some GPU rows. (One per
-    agent message: a NamedTuple is several times cheaper to make than a frozen dataclass.)"""
-
-    node_id: str
-    card: bool = False
-    host: bool = False
-    gpus: frozenset[str] = frozenset()
-    removed: bool = False
 
 
 class NodeRegistry:
@@ -86,7 +71,7 @@ class NodeRegistry:
         self._gpu_states: dict[str, dict[str, GpuState]] = {}
 
     # ------------------------------------------------------------------ agent side
-    def hello(self, hello: Hello, address: str | None = None) -> tuple[int, NodeChange]:
+    def hello(self, hello: Hello, address: str | None = None) -> int:
         """A (re)connecting agent. Returns the connection id that now owns the node."""
         naming = self._names.get(hello.node) or self._names.get(address or "") or Naming()
         node = self.nodes.get(hello.node)
@@ -122,11 +107,9 @@ class NodeRegistry:
                     node.node_id, old_status, NodeStatus.LIVE, StatusCause.HELLO, node.last_seen_wall
                 )
             )
-        return node.connection, NodeChange(node.node_id, card=True)
+        return node.connection
 
-    def delta(
-        self, node_id: str, connection: int, delta: Delta, message_chars: int | None = None
-    ) -> NodeChange | None:
+    def delta(self, node_id: str, connection: int, delta: Delta, message_chars: int | None = None) -> None:
         """Applies a delta from the connection that owns the node; others are ignored.
 
         ``message_chars``, the length of the message that carried the delta, lets the size
@@ -135,24 +118,26 @@ class NodeRegistry:
         """
         node = self.nodes.get(node_id)
         if node is None or node.connection != connection:
-            return None
+            return
         patch = delta.patch
         if patch:
             merged = merge_patch(node.state, patch)
             node.state_bytes_max = _checked_size(node, merged, message_chars)
         self._seen(node)
         node.clock_ahead_s = delta.ts - node.last_seen_wall
-        was_live = node.status is NodeStatus.LIVE
-        if not was_live:
-            old_status, node.status = node.status, NodeStatus.LIVE
-            self.events.publish(
-                StatusChanged(node_id, old_status, NodeStatus.LIVE, StatusCause.MESSAGE, node.last_seen_wall)
-            )
+        old_status = node.status
+        was_live = old_status is NodeStatus.LIVE
+        node.status = NodeStatus.LIVE
+        events = self.events
         if not patch:
-            if was_live:
-                return None
-            self._publish_gpu_states(node, None)
-            return NodeChange(node_id, card=True)
+            if not was_live:
+                events.publish(
+                    StatusChanged(
+                        node_id, old_status, NodeStatus.LIVE, StatusCause.MESSAGE, node.last_seen_wall
+                    )
+                )
+                self._publish_gpu_states(node, None)
+            return
         old_gpus = node.state.get("gpus") or {}
         node.state = merged
         was_late = node.sample_late
@@ -163,62 +148,73 @@ class NodeRegistry:
             node.sample_late = False
         gpus_patch = patch.get("gpus")
         changed_gpus = frozenset(gpus_patch) if isinstance(gpus_patch, dict) else frozenset()
-        events = self.events
-        if was_late and not node.sample_late:
+        new_gpus = node.state.get("gpus") or {}
+        gpu_set_changed = old_gpus.keys() != new_gpus.keys()
+        late_ended = was_late and not node.sample_late
+        # the status first, once the state is merged: a subscriber sees the node as it now is
+        if not was_live:
+            events.publish(
+                StatusChanged(node_id, old_status, NodeStatus.LIVE, StatusCause.MESSAGE, node.last_seen_wall)
+            )
+        if late_ended:
             events.publish(SampleLate(node_id, False, node.last_seen_mono))
         if events.wants(SampleApplied):
             events.publish(
-                SampleApplied(node_id, merged, "host" in patch, changed_gpus, new_sample, node.last_seen_mono)
+                SampleApplied(
+                    node_id,
+                    merged,
+                    "host" in patch,
+                    changed_gpus,
+                    new_sample,
+                    gpu_set_changed,
+                    late_ended,
+                    not was_live,
+                    node.last_seen_mono,
+                )
             )
-        new_gpus = node.state.get("gpus") or {}
-        if not was_live or was_late != node.sample_late or old_gpus.keys() != new_gpus.keys():
+        if not was_live or late_ended or gpu_set_changed:
             self._publish_gpu_states(node, None)
-            return NodeChange(node_id, card=True)
-        if changed_gpus and events.wants(GpuStateChanged):
+        elif changed_gpus and events.wants(GpuStateChanged):
             self._publish_gpu_states(node, changed_gpus)
-        return NodeChange(node_id, host="host" in patch, gpus=changed_gpus)
 
-    def disconnect(self, node_id: str, connection: int) -> NodeChange | None:
+    def disconnect(self, node_id: str, connection: int) -> None:
         """The agent's connection ended. A clean goodbye turns the node offline at once."""
         node = self.nodes.get(node_id)
         if node is None or node.connection != connection:
-            return None  # a newer connection already owns this node
+            return  # a newer connection already owns this node
         node.connection = 0
-        return self._set_status(node, NodeStatus.OFFLINE, StatusCause.GOODBYE)
+        self._set_status(node, NodeStatus.OFFLINE, StatusCause.GOODBYE)
 
-    def remove(self, node_id: str) -> NodeChange | None:
+    def remove(self, node_id: str) -> bool:
+        """Forgets the node; False when it was not known."""
         if self.nodes.pop(node_id, None) is None:
-            return None
+            return False
         self._gpu_states.pop(node_id, None)
         self.events.publish(NodeRemoved(node_id))
-        return NodeChange(node_id, removed=True)
+        return True
 
     # ------------------------------------------------------------------ liveness
-    def sweep(self) -> list[NodeChange]:
+    def sweep(self) -> None:
         """Marks silent nodes stale or offline, and live nodes whose samples stopped late (the
         rule: :class:`~hub.domain.nodes.Liveness`). Call it a few times per second."""
         now = self._clock.monotonic()
         liveness = self._liveness
-        changes = []
         for node in self.nodes.values():
             if node.status is NodeStatus.OFFLINE:
                 continue
             target = liveness.status_after(now - node.last_seen_mono, node.interval_s)
             if target is NodeStatus.LIVE:
                 if now - node.last_sample_mono >= liveness.late_after_s(node.interval_s):
-                    # heartbeats flow but samples don't: show how late, every sweep; the first
-                    # time, the whole card (its GPU rows no longer show the truth)
-                    became_late = not node.sample_late
-                    node.sample_late = True
-                    if became_late:
+                    # heartbeats flow but samples don't: SampleLate the first time, then
+                    # SampleStillLate on every sweep (how late it is grows)
+                    if node.sample_late:
+                        self.events.publish(SampleStillLate(node.node_id, now - node.last_sample_mono, now))
+                    else:
+                        node.sample_late = True
                         self.events.publish(SampleLate(node.node_id, True, now))
                         self._publish_gpu_states(node, None)
-                    changes.append(NodeChange(node.node_id, card=became_late, host=not became_late))
                 continue
-            change = self._set_status(node, target, StatusCause.SILENCE)
-            if change is not None:
-                changes.append(change)
-        return changes
+            self._set_status(node, target, StatusCause.SILENCE)
 
     def sample_age_s(self, node: Node) -> float:
         """Seconds since the node's last new sample (grows while heartbeats alone arrive)."""
@@ -232,13 +228,12 @@ class NodeRegistry:
         node.last_seen_mono = self._clock.monotonic()
         node.last_seen_wall = self._clock.wall()
 
-    def _set_status(self, node: Node, status: NodeStatus, cause: StatusCause) -> NodeChange | None:
+    def _set_status(self, node: Node, status: NodeStatus, cause: StatusCause) -> None:
         if node.status is status:
-            return None
+            return
         old, node.status = node.status, status
         self.events.publish(StatusChanged(node.node_id, old, status, cause, node.last_seen_wall))
         self._publish_gpu_states(node, None)
-        return NodeChange(node.node_id, card=True)
 
     def _publish_gpu_states(self, node: Node, indexes: frozenset[str] | None) -> None:
         """Publishes a :class:`GpuStateChanged` for each GPU (of ``indexes``, or all) whose

@@ -5,13 +5,17 @@ part, one row per GPU and the sparklines (CPU, and one per GPU). A delta that to
 host or one GPU renders only that part, and a GPU row is pushed only when its HTML changed.
 Sparklines show closed history buckets, so they are pushed only when a bucket group closes
 (every 20 s per node, staggered). Status changes and hellos render the whole card.
+
+:func:`subscribe_changes` is where the presenter learns what to render: it turns the registry's
+events (:mod:`hub.domain.events`) into :class:`NodeChange`, one per agent message or sweep
+verdict that changed what a card shows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from frontend.element_ids import element_id
 from frontend.render import Renderer
@@ -28,13 +32,67 @@ from frontend.viewmodels import (
     spark_view,
     summary_view,
 )
+from hub.domain.events import (
+    EventBus,
+    NodeConnected,
+    NodeRemoved,
+    SampleApplied,
+    SampleLate,
+    SampleStillLate,
+    StatusCause,
+    StatusChanged,
+)
 from hub.domain.gpus import GpuFreeRule
 from hub.domain.nodes import Node, sort_key
 from hub.history import History, sample_values
-from hub.registry import NodeChange, NodeRegistry
+from hub.registry import NodeRegistry
 from node_agent.protocol import GPU_COLLECTOR_DOWN
 
 DEFAULT_HISTORY_S = 900.0
+
+
+class NodeChange(NamedTuple):
+    """What to render again: the whole card, or only the host part and some GPU rows. (One per
+    agent message: a NamedTuple is several times cheaper to make than a frozen dataclass.)"""
+
+    node_id: str
+    card: bool = False
+    host: bool = False
+    gpus: frozenset[str] = frozenset()
+    removed: bool = False
+
+
+def subscribe_changes(events: EventBus, note: Callable[[NodeChange], None]) -> None:
+    """Calls ``note`` with what to render again for each event that changes what a card shows.
+
+    One registry mutation may publish several events; exactly one of them asks for a render:
+    a hello's :class:`NodeConnected` (not its :class:`StatusChanged` or :class:`SampleLate`), a
+    delta's :class:`StatusChanged` when the node came back, else its :class:`SampleApplied`
+    (whose ``came_live`` says the card was rendered already)."""
+
+    def status_changed(event: StatusChanged) -> None:
+        if event.cause is not StatusCause.HELLO:
+            note(NodeChange(event.node_id, card=True))
+
+    def sample_applied(event: SampleApplied) -> None:
+        if event.came_live:
+            return
+        if event.gpu_set_changed or event.late_ended:
+            note(NodeChange(event.node_id, card=True))  # rows come or go, or regain their colours
+        else:
+            note(NodeChange(event.node_id, host=event.host, gpus=event.gpus))
+
+    def sample_late(event: SampleLate) -> None:
+        if event.late:  # the GPU rows no longer show the truth; the end of it is a SampleApplied's
+            note(NodeChange(event.node_id, card=True))
+
+    events.subscribe(NodeConnected, lambda event: note(NodeChange(event.node_id, card=True)))
+    events.subscribe(StatusChanged, status_changed)
+    events.subscribe(SampleApplied, sample_applied)
+    events.subscribe(SampleLate, sample_late)
+    # how late: the host part counts it on every sweep
+    events.subscribe(SampleStillLate, lambda event: note(NodeChange(event.node_id, host=True)))
+    events.subscribe(NodeRemoved, lambda event: note(NodeChange(event.node_id, removed=True)))
 
 
 @dataclass(slots=True)

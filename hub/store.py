@@ -696,11 +696,10 @@ async def forget_node(request: Request) -> Response:
         return JSONResponse(
             {"error": f"node {node_id!r} is connected; stop its agent first"}, status_code=409
         )
-    change = hub.registry.remove(node_id)  # first, so that no later flush writes it back
-    hub.fanout.note(change)
+    known = hub.registry.remove(node_id)  # first, so that no later flush writes it back
     sync: StoreSync | None = request.app.state.store
     in_file = await sync.forget(node_id) if sync is not None else False
-    if change is None and not in_file:
+    if not known and not in_file:
         return JSONResponse({"error": f"no node {node_id!r}"}, status_code=404)
     log.info("forgot node %s (asked by %s)", node_id, request.client.host if request.client else "?")
     return JSONResponse({"forgotten": node_id})

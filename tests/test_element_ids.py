@@ -17,10 +17,11 @@ from frontend.element_ids import PART_ID_PATTERN, element_id, node_of_part
 from frontend.render import Renderer
 from hub.clock import ManualClock
 from hub.history import BUCKET_S, CARD_GROUP
-from hub.registry import NodeChange, NodeRegistry
-from hub.scene import Scene, ViewFilter
+from hub.registry import NodeRegistry
+from hub.scene import NodeChange, Scene, ViewFilter
 from hub.settings import GpuFreeRule
 from node_agent.protocol import NODE_NAME_RE, Delta, Hello
+from tests.rendered import Rendered
 
 APP_JS = Path(__file__).resolve().parent.parent / "frontend" / "static" / "app.js"
 GIB = 1024**3
@@ -115,18 +116,19 @@ def lab(names: list[str]) -> tuple[Scene, list[tuple[str, dict[str, str]]]]:
     clock = ManualClock()
     registry = NodeRegistry(clock)
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    rendered = Rendered(registry)
     connections = {}
     pushed: list[tuple[str, dict[str, str]]] = []
     for name in names:
-        connections[name], change = registry.hello(Hello(node=name, agent_version="t", interval_s=1.0))
-        change = registry.delta(name, connections[name], Delta(1, 0.0, sample(clock, 0)))
+        connections[name] = registry.hello(Hello(node=name, agent_version="t", interval_s=1.0))
+        registry.delta(name, connections[name], Delta(1, 0.0, sample(clock, 0)))
+        rendered.take()
         pushed.append((name, scene.render_change(NodeChange(name, card=True))))
     for step in (1, 2):
         clock.advance(GROUP_S)
         for name in names:
-            change = registry.delta(name, connections[name], Delta(1 + step, 0.0, sample(clock, step)))
-            assert change is not None
-            pushed.append((name, scene.render_change(change)))
+            registry.delta(name, connections[name], Delta(1 + step, 0.0, sample(clock, step)))
+            pushed.append((name, scene.render_change(rendered.one())))
     return scene, pushed
 
 

@@ -13,6 +13,7 @@ from hub.domain.events import (
     NodeRemoved,
     SampleApplied,
     SampleLate,
+    SampleStillLate,
     StatusCause,
     StatusChanged,
 )
@@ -22,7 +23,15 @@ from hub.registry import NodeRegistry
 from node_agent.protocol import Delta, Hello
 
 GIB = 1024**3
-ALL_KINDS = (NodeConnected, StatusChanged, SampleApplied, SampleLate, GpuStateChanged, NodeRemoved)
+ALL_KINDS = (
+    NodeConnected,
+    StatusChanged,
+    SampleApplied,
+    SampleLate,
+    SampleStillLate,
+    GpuStateChanged,
+    NodeRemoved,
+)
 
 
 def recorded(bus: EventBus, kinds: tuple[type, ...] = ALL_KINDS) -> list[Any]:
@@ -70,7 +79,7 @@ def test_a_hello_connects_and_says_whether_the_facts_changed() -> None:
 
 def test_silence_goodbye_and_return_are_status_changes_with_their_cause() -> None:
     registry, clock, seen = make((StatusChanged,))
-    connection, _ = registry.hello(hello())
+    connection = registry.hello(hello())
     seen.clear()
     clock.advance(3.1)
     registry.sweep()
@@ -88,7 +97,7 @@ def test_silence_goodbye_and_return_are_status_changes_with_their_cause() -> Non
 
 def test_gpu_states_change_with_samples_status_and_late_samples() -> None:
     registry, clock, seen = make((GpuStateChanged, SampleLate))
-    connection, _ = registry.hello(hello())
+    connection = registry.hello(hello())
     registry.delta(
         "n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "gpus": {"0": gpu(), "1": gpu()}})
     )
@@ -124,15 +133,19 @@ def test_gpu_states_change_with_samples_status_and_late_samples() -> None:
 
 def test_samples_and_removal() -> None:
     registry, clock, seen = make((SampleApplied, NodeRemoved))
-    connection, _ = registry.hello(hello())
+    connection = registry.hello(hello())
     registry.delta(
         "n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "host": {"cpu_percent": 5.0}})
     )
     registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch={"gpus": {"0": gpu()}}))
-    first, second = seen
-    assert first == SampleApplied("n1", first.state, True, frozenset(), True, clock.monotonic())
+    registry.delta("n1", connection, Delta(seq=3, ts=0.0, patch={"gpus": {"0": {"util_gpu_percent": 9.0}}}))
+    first, second, third = seen
+    assert first == SampleApplied(
+        "n1", first.state, True, frozenset(), True, False, False, False, clock.monotonic()
+    )
     assert first.state == {"sampled_at": 1.0, "host": {"cpu_percent": 5.0}}, "the snapshot as merged then"
     assert (second.host, second.gpus, second.new_sample) == (False, frozenset({"0"}), False)
+    assert second.gpu_set_changed and not third.gpu_set_changed, "a GPU appeared, then only changed"
     registry.disconnect("n1", connection)
     registry.remove("n1")
     assert seen[-1] == NodeRemoved("n1")
@@ -140,7 +153,7 @@ def test_samples_and_removal() -> None:
 
 def test_per_sample_events_are_not_built_without_subscribers() -> None:
     registry, _, seen = make((StatusChanged,))
-    connection, _ = registry.hello(hello())
+    connection = registry.hello(hello())
     registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "gpus": {"0": gpu()}}))
     assert not registry.events.wants(SampleApplied) and not registry.events.wants(GpuStateChanged)
     assert registry._gpu_states == {}, "no GPU states kept for nobody"
@@ -162,10 +175,47 @@ def test_a_failing_subscriber_costs_the_others_nothing(caplog: Any) -> None:
 
 def test_a_hello_ends_a_late_spell() -> None:
     registry, clock, seen = make((SampleLate,))
-    connection, _ = registry.hello(hello())
+    connection = registry.hello(hello())
     for _ in range(4):
         clock.advance(1.0)
         registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={}))
         registry.sweep()
     registry.hello(hello())
     assert [event.late for event in seen] == [True, False]
+
+
+def test_samples_late_then_still_late_then_resumed() -> None:
+    registry, clock, seen = make((SampleLate, SampleStillLate, SampleApplied))
+    connection = registry.hello(hello())
+    registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0}))
+    sampled_at = clock.monotonic()
+    seen.clear()
+    for _ in range(5):
+        clock.advance(1.0)
+        registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch={}))  # heartbeats publish nothing
+        registry.sweep()
+    assert seen == [
+        SampleLate("n1", True, sampled_at + 3.0),
+        SampleStillLate("n1", 4.0, sampled_at + 4.0),
+        SampleStillLate("n1", 5.0, sampled_at + 5.0),
+    ]
+    seen.clear()
+    registry.delta("n1", connection, Delta(seq=3, ts=0.0, patch={"sampled_at": 7.0}))
+    late, applied = seen
+    assert late == SampleLate("n1", False, clock.monotonic())
+    assert applied.late_ended and applied.new_sample and not applied.came_live
+
+
+def test_a_message_after_silence_publishes_its_status_change_with_the_merged_state() -> None:
+    registry, clock, seen = make((StatusChanged, SampleApplied))
+    connection = registry.hello(hello())
+    clock.advance(3.1)
+    registry.sweep()
+    seen.clear()
+    states: list[Any] = []
+    registry.events.subscribe(StatusChanged, lambda event: states.append(dict(registry.nodes["n1"].state)))
+    registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"host": {"cpu_percent": 5.0}}))
+    live, applied = seen
+    assert (live.old, live.new, live.cause) == (NodeStatus.STALE, NodeStatus.LIVE, StatusCause.MESSAGE)
+    assert states == [{"host": {"cpu_percent": 5.0}}], "published once the delta is merged"
+    assert applied.came_live and not applied.late_ended

@@ -29,8 +29,7 @@ class Lab:
         for sim in self.sims:
             hello = decode(sim.hello_frame())
             assert isinstance(hello, Hello)
-            self.connections[sim.name], change = self.registry.hello(hello)
-            self.fanout.note(change)
+            self.connections[sim.name] = self.registry.hello(hello)
         self.tick()
 
     def tick(self) -> None:
@@ -39,7 +38,7 @@ class Lab:
         for sim in self.sims:
             delta = decode(sim.next_delta(self.clock.wall()))
             assert isinstance(delta, Delta)
-            self.fanout.note(self.registry.delta(sim.name, self.connections[sim.name], delta))
+            self.registry.delta(sim.name, self.connections[sim.name], delta)
         self.fanout.flush()
 
 
@@ -185,7 +184,7 @@ def test_two_samples_in_one_tick_send_the_newest_part_once_and_a_card_supersedes
             lab.clock.advance(0.04)
             delta = decode(sim.next_delta(lab.clock.wall()))
             assert isinstance(delta, Delta)
-            lab.fanout.note(lab.registry.delta(sim.name, lab.connections[sim.name], delta))
+            lab.registry.delta(sim.name, lab.connections[sim.name], delta)
         newest_host = lab.scene.card(lab.registry.nodes[sim.name]).split('id="host-gpu0"')[1][:200]
         lab.fanout.flush()
         await settle()
@@ -195,8 +194,8 @@ def test_two_samples_in_one_tick_send_the_newest_part_once_and_a_card_supersedes
         # a whole card (the agent disconnects) replaces the tick's parts rendered before it
         delta = decode(sim.next_delta(lab.clock.wall() + 0.5))
         assert isinstance(delta, Delta)
-        lab.fanout.note(lab.registry.delta(sim.name, lab.connections[sim.name], delta))
-        lab.fanout.note(lab.registry.disconnect(sim.name, lab.connections[sim.name]))
+        lab.registry.delta(sim.name, lab.connections[sim.name], delta)
+        lab.registry.disconnect(sim.name, lab.connections[sim.name])
         lab.fanout.flush()
         await settle()
         batch = browser.received[-1]

@@ -13,6 +13,7 @@ from hub.registry import NodeRegistry
 from hub.scene import Scene
 from hub.settings import GpuFreeRule
 from node_agent.protocol import MAX_GPUS, Delta, Hello
+from tests.rendered import Rendered
 
 GIB = 1024**3
 
@@ -121,16 +122,21 @@ def test_sample_values_from_a_snapshot() -> None:
 
 
 def feed(
-    registry: NodeRegistry, scene: Scene, clock: ManualClock, connection: int, seconds: int, ahead_s: float
+    registry: NodeRegistry,
+    scene: Scene,
+    rendered: Rendered,
+    clock: ManualClock,
+    connection: int,
+    seconds: int,
+    ahead_s: float,
 ) -> None:
     """One sample a second for ``seconds``, stamped by an agent whose clock is ``ahead_s`` off."""
     for second in range(seconds):
         clock.advance(1.0)
         agent_now = clock.wall() + ahead_s
         patch = {"sampled_at": agent_now, "host": {"cpu_percent": float(second % 50)}}
-        change = registry.delta("n1", connection, Delta(second, agent_now, patch))
-        assert change is not None
-        scene.render_change(change)
+        registry.delta("n1", connection, Delta(second, agent_now, patch))
+        scene.render_change(rendered.one())
 
 
 @pytest.mark.parametrize("wrong_s", [2 * 3600.0, -30 * 86400.0], ids=["2-h-ahead", "a-month-behind"])
@@ -140,10 +146,11 @@ def test_history_advances_whatever_the_agents_clock_says(wrong_s: float) -> None
     clock = ManualClock()
     registry = NodeRegistry(clock)
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
-    connection, change = registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
-    scene.render_change(change)
+    rendered = Rendered(registry)
+    connection = registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
+    scene.render_change(rendered.one())
     history = scene.history.node("n1")
-    feed(registry, scene, clock, connection, 60, ahead_s=wrong_s)
+    feed(registry, scene, rendered, clock, connection, 60, ahead_s=wrong_s)
     assert registry.nodes["n1"].clock_ahead_s == pytest.approx(wrong_s)
     shown = {f.label: f.text for f in scene.detail(registry.nodes["n1"]).agent}
     assert shown["agent clock"] == (
@@ -151,7 +158,7 @@ def test_history_advances_whatever_the_agents_clock_says(wrong_s: float) -> None
     )
     during = len(history.points("cpu"))
     assert 11 <= during <= 12
-    feed(registry, scene, clock, connection, 60, ahead_s=0.0)  # the clock is corrected
+    feed(registry, scene, rendered, clock, connection, 60, ahead_s=0.0)  # the clock is corrected
     assert registry.nodes["n1"].clock_ahead_s == pytest.approx(0.0)
     shown = {f.label: f.text for f in scene.detail(registry.nodes["n1"]).agent}
     assert shown["agent clock"] == "in step with the hub"

@@ -253,7 +253,7 @@ def test_a_gpu_is_free_only_on_a_node_that_reports_now() -> None:
         "mem_total_bytes": GIB,
         "processes": [],
     }
-    connection, _ = registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
+    connection = registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
     registry.delta("n1", connection, Delta(1, 0.0, {"sampled_at": 1.0, "gpus": {"0": idle}}))
 
     def free() -> float:
@@ -279,7 +279,7 @@ def test_no_series_appears_twice_whatever_the_node_state_repeats() -> None:
     hello = Hello(
         node="dup", agent_version="t", interval_s=1.0, gpus=[{"index": 0, **twin}, {"index": 0, **twin}]
     )
-    connection, _ = registry.hello(hello)
+    connection = registry.hello(hello)
     root = {"mount": "/", "total_bytes": 100, "used_bytes": 10}
     procs = [
         {"pid": 1, "user": "alice", "gpu_mem_bytes": GIB},

@@ -2,15 +2,18 @@ from __future__ import annotations
 
 from hub.clock import ManualClock
 from hub.registry import Liveness, Naming, Node, NodeRegistry, NodeStatus
+from hub.scene import NodeChange
 from node_agent.protocol import Delta, Hello
+from tests.rendered import Rendered
 
 
-def make(interval_s: float = 1.0) -> tuple[NodeRegistry, ManualClock, int]:
+def make(interval_s: float = 1.0) -> tuple[NodeRegistry, ManualClock, int, Rendered]:
     clock = ManualClock()
     registry = NodeRegistry(clock, Liveness(stale_after_intervals=3, offline_after_intervals=8))
-    connection, change = registry.hello(Hello(node="n1", agent_version="t", interval_s=interval_s))
-    assert change.card
-    return registry, clock, connection
+    rendered = Rendered(registry)
+    connection = registry.hello(Hello(node="n1", agent_version="t", interval_s=interval_s))
+    assert rendered.take() == [NodeChange("n1", card=True)]
+    return registry, clock, connection, rendered
 
 
 def beat(registry: NodeRegistry, connection: int, patch: dict | None = None) -> None:  # type: ignore[type-arg]
@@ -18,33 +21,40 @@ def beat(registry: NodeRegistry, connection: int, patch: dict | None = None) -> 
 
 
 def test_live_then_stale_then_offline_then_live_again() -> None:
-    registry, clock, connection = make()
+    registry, clock, connection, rendered = make()
     node = registry.nodes["n1"]
     assert node.status is NodeStatus.LIVE
     clock.advance(2.9)
-    assert registry.sweep() == [] and node.status is NodeStatus.LIVE
+    registry.sweep()
+    assert rendered.take() == [] and node.status is NodeStatus.LIVE
     clock.advance(0.2)  # 3.1 s of silence at a 1 s interval: late
-    [change] = registry.sweep()
+    registry.sweep()
+    [change] = rendered.take()
     assert change.card and node.status is NodeStatus.STALE
-    assert registry.sweep() == [], "no repeated change while still stale"
+    registry.sweep()
+    assert rendered.take() == [], "no repeated change while still stale"
     clock.advance(5.0)  # 8.1 s: gone
-    [change] = registry.sweep()
-    assert node.status is NodeStatus.OFFLINE
+    registry.sweep()
+    [change] = rendered.take()
+    assert change.card and node.status is NodeStatus.OFFLINE
     beat(registry, connection)
     assert node.status is NodeStatus.LIVE
+    assert rendered.take() == [NodeChange("n1", card=True)]
 
 
 def test_heartbeats_keep_a_node_live() -> None:
-    registry, clock, connection = make()
+    registry, clock, connection, rendered = make()
     for second in range(20):
         clock.advance(1.0)
         beat(registry, connection, {"sampled_at": float(second)})
-        assert registry.sweep() == []
+        rendered.take()
+        registry.sweep()
+        assert rendered.take() == []
     assert registry.nodes["n1"].status is NodeStatus.LIVE
 
 
 def test_offline_time_scales_with_the_interval_but_has_a_floor() -> None:
-    registry, clock, _ = make(interval_s=0.1)
+    registry, clock, _, _ = make(interval_s=0.1)
     clock.advance(2.9)
     registry.sweep()
     assert registry.nodes["n1"].status is NodeStatus.STALE
@@ -54,25 +64,28 @@ def test_offline_time_scales_with_the_interval_but_has_a_floor() -> None:
 
 
 def test_clean_disconnect_is_offline_at_once() -> None:
-    registry, _, connection = make()
-    change = registry.disconnect("n1", connection)
-    assert change is not None and change.card
+    registry, _, connection, rendered = make()
+    registry.disconnect("n1", connection)
+    assert rendered.take() == [NodeChange("n1", card=True)]
     assert registry.nodes["n1"].status is NodeStatus.OFFLINE
 
 
 def test_newer_connection_owns_the_node() -> None:
-    registry, _, old = make()
-    new, _ = registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
-    assert registry.delta("n1", old, Delta(1, 0.0, {"host": {"cpu_percent": 5.0}})) is None
-    assert registry.disconnect("n1", old) is None, "the old connection ending does not take the node offline"
+    registry, _, old, rendered = make()
+    new = registry.hello(Hello(node="n1", agent_version="t", interval_s=1.0))
+    rendered.take()
+    registry.delta("n1", old, Delta(1, 0.0, {"host": {"cpu_percent": 5.0}}))
+    assert rendered.take() == [] and "host" not in registry.nodes["n1"].state
+    registry.disconnect("n1", old)
+    assert rendered.take() == [], "the old connection ending does not take the node offline"
     assert registry.nodes["n1"].status is NodeStatus.LIVE
-    change = registry.delta("n1", new, Delta(1, 0.0, {"host": {"cpu_percent": 5.0}}))
-    assert change is not None and change.host
+    registry.delta("n1", new, Delta(1, 0.0, {"host": {"cpu_percent": 5.0}}))
+    assert rendered.take() == [NodeChange("n1", host=True)]
 
 
 def test_delta_changes_name_the_parts_to_render() -> None:
-    registry, _, connection = make()
-    first = registry.delta(
+    registry, _, connection, rendered = make()
+    registry.delta(
         "n1",
         connection,
         Delta(
@@ -85,15 +98,17 @@ def test_delta_changes_name_the_parts_to_render() -> None:
             },
         ),
     )
-    assert first is not None and first.card, "new GPUs need the whole card"
-    second = registry.delta("n1", connection, Delta(2, 0.0, {"gpus": {"1": {"util_gpu_percent": 50.0}}}))
-    assert second is not None and not second.card and not second.host and second.gpus == {"1"}
+    assert rendered.take() == [NodeChange("n1", card=True)], "new GPUs need the whole card"
+    registry.delta("n1", connection, Delta(2, 0.0, {"gpus": {"1": {"util_gpu_percent": 50.0}}}))
+    assert rendered.take() == [NodeChange("n1", gpus=frozenset({"1"}))]
     assert registry.nodes["n1"].state["gpus"]["1"] == {"util_gpu_percent": 50.0}
     assert registry.nodes["n1"].state["host"] == {"cpu_percent": 1.0}
+    registry.delta("n1", connection, Delta(3, 0.0, {"gpus": {"1": None}}))
+    assert rendered.take() == [NodeChange("n1", card=True)], "a GPU gone: the whole card"
 
 
 def test_hung_collector_shows_as_sample_late_while_heartbeats_flow() -> None:
-    registry, clock, connection = make()
+    registry, clock, connection, _ = make()
     beat(registry, connection, {"sampled_at": 1.0, "host": {"cpu_percent": 1.0}})
     for _ in range(4):
         clock.advance(1.0)
@@ -107,18 +122,38 @@ def test_hung_collector_shows_as_sample_late_while_heartbeats_flow() -> None:
 
 def test_a_node_turning_sample_late_and_back_gets_its_whole_card_rendered() -> None:
     """Its GPU rows stop (and start again) showing what is true now, not only its host line."""
-    registry, clock, connection = make()
+    registry, clock, connection, rendered = make()
     beat(registry, connection, {"sampled_at": 1.0, "gpus": {"0": {"util_gpu_percent": 0.0}}})
+    rendered.take()
     changes = []
     for _ in range(5):
         clock.advance(1.0)
         beat(registry, connection)  # heartbeats only
-        changes += registry.sweep()
+        registry.sweep()
+        changes += rendered.take()
     node = registry.nodes["n1"]
     assert node.sample_late and not node.reporting
-    assert [c.card for c in changes] == [True, False, False], "the card once, then the host line's age"
-    change = registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch={"sampled_at": 6.0}))
-    assert change is not None and change.card and node.reporting
+    assert changes == [
+        NodeChange("n1", card=True),
+        NodeChange("n1", host=True),
+        NodeChange("n1", host=True),
+    ], "the card once, then the host line's age"
+    registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch={"sampled_at": 6.0}))
+    assert rendered.take() == [NodeChange("n1", card=True)] and node.reporting
+
+
+def test_a_stale_node_coming_back_is_rendered_once_whole() -> None:
+    """A message after silence: one whole card, with the message's data, whether it carries a
+    sample or is a heartbeat."""
+    for patch in ({"sampled_at": 9.0, "host": {"cpu_percent": 7.0}}, {}):
+        registry, clock, connection, rendered = make()
+        clock.advance(3.1)
+        registry.sweep()
+        assert registry.nodes["n1"].status is NodeStatus.STALE
+        rendered.take()
+        beat(registry, connection, patch)
+        assert rendered.take() == [NodeChange("n1", card=True)]
+        assert registry.nodes["n1"].status is NodeStatus.LIVE
 
 
 def test_names_map_by_node_name_or_address() -> None:

@@ -21,10 +21,11 @@ from frontend.viewmodels import (
 from hub.clock import ManualClock
 from hub.history import BUCKET_S, CARD_GROUP, History
 from hub.pages import filter_text, view_filter_from
-from hub.registry import Naming, Node, NodeChange, NodeRegistry, NodeStatus
-from hub.scene import Scene, ViewFilter
+from hub.registry import Naming, Node, NodeRegistry, NodeStatus
+from hub.scene import NodeChange, Scene, ViewFilter
 from hub.settings import GpuFreeRule
 from node_agent.protocol import Delta, Hello
+from tests.rendered import Rendered
 
 GIB = 1024**3
 PAYLOADS = (
@@ -117,7 +118,7 @@ def lab_node(
 ) -> tuple[NodeRegistry, ManualClock, int]:
     clock = ManualClock()
     registry = NodeRegistry(clock, names={name: naming} if naming else None)
-    connection, _ = registry.hello(
+    connection = registry.hello(
         Hello(node=name, agent_version="t", interval_s=1.0, host={"hostname": name, "os_name": "Debian"})
     )
     registry.delta(
@@ -379,20 +380,20 @@ def test_page_escapes_the_reflected_query() -> None:
 def test_a_change_renders_only_its_parts_and_skips_unchanged_rows() -> None:
     registry, clock, connection = lab_node(gpus=2)
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    rendered = Rendered(registry)
     first = scene.render_change(NodeChange("gpu07", card=True))
     assert list(first) == ["node-gpu07"]
     clock.advance(1.0)
-    change = registry.delta(
+    registry.delta(
         "gpu07",
         connection,
         Delta(2, 0.0, {"host": {"cpu_percent": 46.0}, "gpus": {"1": {"util_gpu_percent": 50.0}}}),
     )
-    assert change is not None
-    assert list(scene.render_change(change)) == ["host-gpu07", "gpu-1-gpu07"]
-    change = registry.delta("gpu07", connection, Delta(3, 0.0, {"gpus": {"1": {"power_draw_watts": 612.4}}}))
-    assert change is not None and scene.render_change(change) == {}, "same text: nothing to send"
+    assert list(scene.render_change(rendered.one())) == ["host-gpu07", "gpu-1-gpu07"]
+    registry.delta("gpu07", connection, Delta(3, 0.0, {"gpus": {"1": {"power_draw_watts": 612.4}}}))
+    assert scene.render_change(rendered.one()) == {}, "same text: nothing to send"
     registry.remove("gpu07")
-    removal = scene.render_change(NodeChange("gpu07", removed=True))
+    removal = scene.render_change(rendered.one())
     assert removal == {"node-gpu07": '<template id="node-gpu07" data-remove></template>'}
     assert "gpu07" not in scene.history.nodes
 
@@ -401,14 +402,14 @@ def test_sparklines_are_pushed_when_a_history_group_closes() -> None:
     registry, clock, connection = lab_node(gpus=2)
     history = History(900)
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall, history)
+    rendered = Rendered(registry)
     scene.render_change(NodeChange("gpu07", card=True))
     pushed_at = []
     for second in range(1, 61):
         clock.advance(1.0)
         patch = {"sampled_at": clock.wall(), "host": {"cpu_percent": float(second % 7)}}
-        change = registry.delta("gpu07", connection, Delta(second, clock.wall(), patch))
-        assert change is not None
-        out = scene.render_change(change)
+        registry.delta("gpu07", connection, Delta(second, clock.wall(), patch))
+        out = scene.render_change(rendered.one())
         if "spark-cpu-gpu07" in out:
             assert {"spark-gpu-0-gpu07", "spark-gpu-1-gpu07"} <= out.keys()
             pushed_at.append(second)
@@ -421,8 +422,9 @@ def test_sparklines_are_pushed_when_a_history_group_closes() -> None:
 def test_offline_card_marks_rows_not_live() -> None:
     registry, clock, connection = lab_node(gpus=1)
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
-    change = registry.disconnect("gpu07", connection)
-    assert change is not None
+    rendered = Rendered(registry)
+    registry.disconnect("gpu07", connection)
+    change = rendered.one()
     clock.advance(125)
     card = scene.render_change(change)["node-gpu07"]
     assert 'data-status="offline"' in card and "last seen 2 min ago" in card
@@ -439,19 +441,22 @@ def test_a_node_whose_samples_stopped_shows_no_gpu_as_free() -> None:
         Delta(2, 0.0, {"gpus": {"0": gpu(util_gpu_percent=0.0, mem_used_bytes=0, processes=[])}}),
     )
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
+    rendered = Rendered(registry)
     scene.render_change(NodeChange("gpu07", card=True))
     assert scene.summary_view(ViewFilter()).gpus_free == 1
     cards = []
     for _ in range(4):
         clock.advance(1.0)
         registry.delta("gpu07", connection, Delta(3, 0.0, {}))  # a heartbeat
-        cards += [scene.render_change(c) for c in registry.sweep() if c.card]
+        registry.sweep()
+        cards += [scene.render_change(c) for c in rendered.take() if c.card]
     [card] = cards
     assert 'class="g o"' in card["node-gpu07"] and "✓ free" not in card["node-gpu07"]
     assert "no new sample" in card["node-gpu07"]
     assert scene.summary_view(ViewFilter()).gpus_free == 0
-    change = registry.delta("gpu07", connection, Delta(4, 0.0, {"sampled_at": clock.wall()}))
-    assert change is not None and change.card
+    registry.delta("gpu07", connection, Delta(4, 0.0, {"sampled_at": clock.wall()}))
+    change = rendered.one()
+    assert change.card
     assert "✓ free" in scene.render_change(change)["node-gpu07"]
     assert scene.summary_view(ViewFilter()).gpus_free == 1
 
@@ -509,9 +514,9 @@ def test_a_lab_without_gpus_says_no_gpus_in_the_top_bar() -> None:
 def test_gpus_of_offline_nodes_are_not_called_no_gpus() -> None:
     registry, clock, connection = lab_node(gpus=2)
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall)
-    change = registry.disconnect("gpu07", connection)
-    assert change is not None
-    scene.render_change(change)
+    rendered = Rendered(registry)
+    registry.disconnect("gpu07", connection)
+    scene.render_change(rendered.one())
     summary = Parsed(scene.summary(scene.summary_view(ViewFilter()))).all_text
     assert "no live GPUs (2 on offline nodes)" in summary and "0/0" not in summary
 
@@ -519,6 +524,7 @@ def test_gpus_of_offline_nodes_are_not_called_no_gpus() -> None:
 def test_the_node_pages_history_caption_says_how_far_back_its_charts_reach() -> None:
     registry, clock, connection = lab_node(gpus=1)
     scene = Scene(registry, Renderer(), GpuFreeRule(), clock.wall, History(900))
+    rendered = Rendered(registry)
     node = registry.nodes["gpu07"]
 
     def captions() -> list[str]:
@@ -528,9 +534,8 @@ def test_the_node_pages_history_caption_says_how_far_back_its_charts_reach() -> 
     assert captions() == ["no history yet"] * 2, "the host chart and the GPU's"
     for second in range(1, 121):  # two minutes of samples
         clock.advance(1.0)
-        change = registry.delta("gpu07", connection, Delta(1 + second, 0.0, {"sampled_at": clock.wall()}))
-        assert change is not None
-        scene.render_change(change)
+        registry.delta("gpu07", connection, Delta(1 + second, 0.0, {"sampled_at": clock.wall()}))
+        scene.render_change(rendered.one())
     assert captions() == ["−2 min"] * 2, "not the 15 minutes the history could hold"
 
 

@@ -38,7 +38,7 @@ from node_agent.protocol import (
 
 def connected(node: str = "n1") -> tuple[NodeRegistry, int]:
     registry = NodeRegistry(ManualClock())
-    connection, _ = registry.hello(Hello(node=node, agent_version="t", interval_s=1.0))
+    connection = registry.hello(Hello(node=node, agent_version="t", interval_s=1.0))
     return registry, connection
 
 
@@ -87,9 +87,10 @@ def test_processes_spread_over_gpus_stop_at_the_size_limit_and_keep_the_state() 
 def test_heartbeats_and_other_connections_are_not_checked_against_the_state() -> None:
     registry, connection = connected()
     send(registry, connection, {"gpus": {str(i): {"name": "x"} for i in range(MAX_GPUS)}})
-    assert registry.delta("n1", connection, Delta(2, 0.0, {})) is None, "a heartbeat of a live node"
+    registry.delta("n1", connection, Delta(2, 0.0, {}))  # a heartbeat of a live node: not refused
     stale = connection + 1000  # not the connection that owns the node: ignored, never refused
-    assert registry.delta("n1", stale, Delta(3, 0.0, {"gpus": {str(MAX_GPUS): {}}})) is None
+    registry.delta("n1", stale, Delta(3, 0.0, {"gpus": {str(MAX_GPUS): {}}}))
+    assert len(registry.nodes["n1"].state["gpus"]) == MAX_GPUS, "the other connection's delta was not merged"
 
 
 # Values that take the most bytes in the state per character of their message: big floats

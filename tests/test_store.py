@@ -491,7 +491,7 @@ def test_the_store_writes_what_the_events_name_and_nothing_else(tmp_path: Path) 
 
     async def scenario() -> list[int]:
         await sync.open()
-        connection, _ = reg.hello(hello("n1"))
+        connection = reg.hello(hello("n1"))
         written = [await sync.flush()]
         reg.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0}))
         written.append(await sync.flush())
@@ -509,7 +509,7 @@ def test_forgetting_a_node_over_http_removes_it_from_the_file(tmp_path: Path) ->
     settings = HubSettings(state_db=str(path), admin_token="admin-token-1", trusted_hosts=("*",))
     with TestClient(create_app(settings, ManualClock())) as client:
         hub = client.app.state.hub  # type: ignore[attr-defined]
-        connection, _ = hub.registry.hello(hello("gone1"))
+        connection = hub.registry.hello(hello("gone1"))
         asyncio.run(client.app.state.store.flush())  # type: ignore[attr-defined]
         assert NodeStore(str(path)).node_ids() == ["gone1"]
         assert client.delete("/api/v1/nodes/gone1").status_code == 401

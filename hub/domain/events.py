@@ -2,7 +2,8 @@
 delivers them.
 
 :class:`hub.registry.NodeRegistry` publishes an event for every change it makes; subscribers
-(the store, the liveness log, and later alerts, usage accounting and idle-holder tracking) get
+(the presenter, the store, the liveness log, and later alerts, usage accounting and idle-holder
+tracking) get
 everything they need in the event and never reach back into the registry. Events are
 NamedTuples (cheap to build: a delta arrives thousands of times a second), and the registry
 builds the per-sample ones (:class:`SampleApplied`, :class:`GpuStateChanged`) only while
@@ -56,13 +57,18 @@ class StatusChanged(NamedTuple):
 class SampleApplied(NamedTuple):
     """A delta merged into the node's state. ``state`` is the merged snapshot (never mutated
     afterwards: a subscriber may keep it); ``new_sample`` is true when it carried a new
-    ``sampled_at`` (heartbeats carry none)."""
+    ``sampled_at`` (heartbeats carry none). The events of the same delta that
+    ``late_ended`` and ``came_live`` stand for (:class:`SampleLate`, :class:`StatusChanged`)
+    are published before it."""
 
     node_id: str
     state: Snapshot
     host: bool  # the host part changed
     gpus: frozenset[str]  # indexes of the GPUs that changed
     new_sample: bool
+    gpu_set_changed: bool  # GPUs appeared or disappeared
+    late_ended: bool  # the first new sample after a late spell
+    came_live: bool  # the node was stale or offline before this delta
     at_mono_s: float
 
 
@@ -71,6 +77,15 @@ class SampleLate(NamedTuple):
 
     node_id: str
     late: bool
+    at_mono_s: float
+
+
+class SampleStillLate(NamedTuple):
+    """Published on every liveness sweep while a node's samples stay late (after its
+    :class:`SampleLate`): how late they are now."""
+
+    node_id: str
+    sample_age_s: float  # since the last new sample
     at_mono_s: float
 
 
@@ -92,8 +107,25 @@ class NodeRemoved(NamedTuple):
     node_id: str
 
 
-Event = NodeConnected | StatusChanged | SampleApplied | SampleLate | GpuStateChanged | NodeRemoved
-E = TypeVar("E", NodeConnected, StatusChanged, SampleApplied, SampleLate, GpuStateChanged, NodeRemoved)
+Event = (
+    NodeConnected
+    | StatusChanged
+    | SampleApplied
+    | SampleLate
+    | SampleStillLate
+    | GpuStateChanged
+    | NodeRemoved
+)
+E = TypeVar(
+    "E",
+    NodeConnected,
+    StatusChanged,
+    SampleApplied,
+    SampleLate,
+    SampleStillLate,
+    GpuStateChanged,
+    NodeRemoved,
+)
 
 
 class EventBus:

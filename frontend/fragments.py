@@ -63,6 +63,8 @@ def host_html(h: HostView) -> str:
 
 
 _USERS_FALLBACK = {"f": "✓ free", "b": "● busy", "o": "–", "e": "–"}
+# A health badge's sign: unlike a lost GPU's "✖" and an offline node's dimmed row.
+_HEALTH_SIGN = {"warning": "⚠", "fault": "⛔"}
 
 
 def gpu_html(g: GpuView) -> str:
@@ -74,6 +76,8 @@ def gpu_html(g: GpuView) -> str:
         return f'{head}<span class="er">✖ {_e(g.error)}</span></div>'
     temp = f'<em class="{g.temp_cls}">' if g.temp_cls else "<em>"
     users = _e_id(", ".join(g.users)) if g.users else _USERS_FALLBACK[g.state]
+    if g.health_words:  # in words, before the users: a warning or a fault, never colour alone
+        users = f'<mark class="hb {g.health[0]}">{_HEALTH_SIGN[g.health]} {_e(g.health_words)}</mark>{users}'
     more = f'<span class="mo">+{g.more_users} more</span>' if g.more_users else ""
     return (
         f"{head}{_meter(g.util)}{_meter(g.mem)}{temp}{g.temp_text}</em><em>{g.power_text}</em>"

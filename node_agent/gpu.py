@@ -7,8 +7,8 @@ mid-run) it is shut down and started again. :attr:`GpuCollector.static_generatio
 times the static facts changed (a new hello is due). Each sample reads only the values that
 change; those that change rarely are read only every :data:`SLOW_FIELDS_EVERY_S` seconds: the
 enforced power limit (an admin or a power capping policy sets it) and the memory and link health
-(ECC counts, retired pages, remapped rows, PCIe replays and throughput; a hardware fault shows
-within that time), NVLink every :data:`NVLINK_EVERY_S`, and which MIG instances a GPU has.
+(ECC counts, retired pages, remapped rows, the PCIe link, its replays and throughput; a hardware
+fault shows within that time), NVLink every :data:`NVLINK_EVERY_S`, and which MIG instances a GPU has.
 
 Xid errors arrive as NVML events, on a thread of their own (:class:`_XidWatcher`) that blocks in
 ``nvmlEventSetWait_v2`` and never delays a sample; each sample copies what it recorded.
@@ -71,7 +71,7 @@ THROTTLE_REASON_BITS: tuple[tuple[int, str], ...] = (
 # hold each sample of 8 GPUs for a third of a second.
 SLOW_FIELDS_EVERY_S = 10.0
 # NVLink state and error counters: up to 18 links of 5 calls per GPU, and they change rarely.
-NVLINK_EVERY_S = 30.0
+NVLINK_EVERY_S = 60.0
 # The Xid thread waits this long for an event per call: how soon it notices that NVML stops.
 XID_WAIT_MS = 500
 # After an unexpected error of the event wait, the Xid thread waits this long before the next.
@@ -835,8 +835,6 @@ class GpuCollector:
             "enc_util_percent": None if raw.enc is None else float(raw.enc[0]),
             "dec_util_percent": None if raw.dec is None else float(raw.dec[0]),
             "throttle_reasons": None if reasons is None else decode_throttle_reasons(reasons),
-            "pcie_link_gen": _int(raw.pcie_gen),
-            "pcie_link_width_lanes": _int(raw.pcie_width),
             **gpu.health.get(now_s),
             **gpu.nvlink.get(now_s),
         }
@@ -893,6 +891,9 @@ def _read_health(nvml: _Nvml, gpu: _Gpu) -> dict[str, Any]:
     rx_kb = query(gpu, "pcie_throughput", nvml.pcie_throughput, handle, nvml.pcie_rx)
     tx_kb = query(gpu, "pcie_throughput", nvml.pcie_throughput, handle, nvml.pcie_tx)
     return {  # each ECC count a key of its own: a GPU may count volatile errors but not aggregate
+        # the link as it runs now (a GPU lowers its generation when idle: shown within the period)
+        "pcie_link_gen": _int(query(gpu, "pcie_gen", nvml.pcie_gen, handle)),
+        "pcie_link_width_lanes": _int(query(gpu, "pcie_width", nvml.pcie_width, handle)),
         "ecc_volatile_uncorrected": _int(query(gpu, "ecc_vu", ecc, handle, uncorrected, volatile)),
         "ecc_volatile_corrected": _int(query(gpu, "ecc_vc", ecc, handle, corrected, volatile)),
         "ecc_aggregate_uncorrected": _int(query(gpu, "ecc_au", ecc, handle, uncorrected, aggregate)),
@@ -967,8 +968,6 @@ class _Readings(NamedTuple):
     clock_mem: Any
     compute_procs: Any
     graphics_procs: Any
-    pcie_gen: Any
-    pcie_width: Any
 
 
 def sample_calls(nvml: _Nvml, handle: Any) -> SampleCalls:
@@ -989,8 +988,6 @@ def sample_calls(nvml: _Nvml, handle: Any) -> SampleCalls:
         ("clock_mem", m.nvmlDeviceGetClockInfo, (handle, nvml.clock_mem)),
         ("compute_procs", m.nvmlDeviceGetComputeRunningProcesses, (handle,)),
         ("graphics_procs", m.nvmlDeviceGetGraphicsRunningProcesses, (handle,)),
-        ("pcie_gen", nvml.pcie_gen, (handle,)),
-        ("pcie_width", nvml.pcie_width, (handle,)),
     )
 
 

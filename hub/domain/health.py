@@ -143,14 +143,24 @@ def gpu_health(sample: Mapping[str, Any], static: Mapping[str, Any] | None, now_
     return Health(findings[0].level, tuple(findings))
 
 
+def _seconds(value: Any) -> float | None:
+    """An epoch time as a float; ``None`` for one that isn't a usable number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def _xid_findings(sample: Mapping[str, Any], now_epoch_s: float) -> list[Finding]:
     events = sample.get("xid_events") or ()
     if not events and sample.get("xid_last_code") is not None:
         events = ({"code": sample["xid_last_code"], "epoch_s": sample.get("xid_last_epoch_s")},)
     shown: dict[int, Level] = {}
     for event in reversed(events):  # newest first: one finding per code
-        code, at = event.get("code"), event.get("epoch_s")
-        if code is None or code in shown:
+        code, at = event.get("code"), _seconds(event.get("epoch_s"))
+        if not isinstance(code, int) or code in shown:
             continue
         level = xid_info(code).level
         window = XID_FAULT_SHOWN_S if level is Level.FAULT else XID_WARNING_SHOWN_S

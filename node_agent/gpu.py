@@ -72,8 +72,13 @@ THROTTLE_REASON_BITS: tuple[tuple[int, str], ...] = (
 SLOW_FIELDS_EVERY_S = 10.0
 # NVLink state and error counters: up to 18 links of 5 calls per GPU, and they change rarely.
 NVLINK_EVERY_S = 60.0
-# The Xid thread waits this long for an event per call: how soon it notices that NVML stops.
-XID_WAIT_MS = 500
+# The Xid thread waits this long for an event per call. Each wait that ends empty wakes the
+# thread (about 0.1 ms of CPU in a VM): 5 s keeps that to 0.02 ms a second. An NVML restart
+# waits for the thread to leave NVML (up to this long); an exiting agent waits only
+# XID_CLOSE_WAIT_S and shuts NVML down under it (NVML is thread-safe: the wait then fails, and
+# the thread, told to stop, ends).
+XID_WAIT_MS = 5000
+XID_CLOSE_WAIT_S = 0.2
 # After an unexpected error of the event wait, the Xid thread waits this long before the next.
 XID_RETRY_S = 5.0
 
@@ -445,6 +450,8 @@ class _XidWatcher:
             except nvml.timeout:
                 continue
             except Exception as exc:  # NVML trouble (a lost GPU, a driver going away): wait, retry
+                if self._stop.is_set():
+                    break  # NVML was shut down under the wait
                 if not warned:
                     warned = True
                     self._log.warning("waiting for Xid events failed: %s", exc)
@@ -456,14 +463,17 @@ class _XidWatcher:
                 except Exception:  # a bug: this event is lost, the watching goes on
                     self._log.exception("recording an Xid event failed")
 
-    def stop(self) -> None:
+    def stop(self, join_s: float) -> bool:
+        """Asks the thread to stop and waits up to ``join_s`` for it; whether it ended (then
+        the event set is freed; else the thread still waits inside NVML)."""
         self._stop.set()
         thread = self._thread
         if thread is not None:
-            thread.join(XID_WAIT_MS / 1000.0 + 0.5)
-            if thread.is_alive():  # stuck in the driver: leave the set, the process is ending
-                return
+            thread.join(join_s)
+            if thread.is_alive():
+                return False
         self._free()
+        return True
 
     def _free(self) -> None:
         event_set, self._set = self._set, None
@@ -597,10 +607,10 @@ class GpuCollector:
             return f"NVML init failed: {exc}"
         return f"NVML init failed: {kind}: {exc}"
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, xid_join_s: float = XID_WAIT_MS / 1000.0 + 0.5) -> None:
         watcher, self._xid_watcher = self._xid_watcher, None
-        if watcher is not None:
-            watcher.stop()  # before NVML goes: the thread is inside it
+        if watcher is not None and not watcher.stop(xid_join_s):
+            self._log.debug("shutting NVML down while the Xid thread waits in it")
         nvml, self._nvml = self._nvml, None
         if nvml is None:
             return
@@ -627,7 +637,7 @@ class GpuCollector:
     def close(self) -> None:
         with self._lock:
             self._retry_at_s = None
-            self._shutdown()
+            self._shutdown(XID_CLOSE_WAIT_S)  # the agent is exiting: no wait for the Xid thread
             self._procs.close()
 
     # ----------------------------------------------------------------- static facts

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from hub.domain.gpus import GpuFreeRule, GpuState, ratio_percent, user_totals
+from hub.domain.health import Level, gpu_health, xid_words
 from hub.domain.nodes import Node, NodeStatus
 from node_agent.protocol import (
     GPU_COLLECTOR_DOWN,
@@ -331,6 +332,8 @@ class GpuView(NamedTuple):
     power_text: str
     users: tuple[str, ...]  # "alice 12G", most GPU memory first
     more_users: int
+    health: Level = Level.OK  # hub.domain.health: ok, warning, fault
+    health_words: str = ""  # the worst finding: "Xid 79: fell off the bus: drain the node"
 
 
 def _by_pid(process: Mapping[str, Any]) -> str:
@@ -352,8 +355,11 @@ def gpu_view(
     gpu: Mapping[str, Any],
     rule: GpuFreeRule,
     node_live: bool = True,
+    static: Mapping[str, Any] | None = None,
+    now_epoch_s: float | None = None,
 ) -> GpuView:
-    """One GPU row. Hot: the hub builds one per changed GPU per sample."""
+    """One GPU row. Hot: the hub builds one per changed GPU per sample. ``static`` is the GPU's
+    hello facts (its maximum PCIe link); ``now_epoch_s`` (default: now) how old its Xids are."""
     get = gpu.get
     error = get("error")
     util = get("util_gpu_percent")
@@ -371,6 +377,7 @@ def gpu_view(
         state = _BUSY
     ranked = gpu_users(processes) if processes else []
     temp = get("temp_celsius")
+    health = gpu_health(gpu, static, time.time() if now_epoch_s is None else now_epoch_s)
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
     return GpuView(
         node_id,
@@ -384,6 +391,8 @@ def gpu_view(
         fmt_power_of(get("power_draw_watts"), get("power_limit_watts")),
         tuple(f"{user} {fmt_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
         len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
+        health.level,
+        health.words,
     )
 
 
@@ -546,6 +555,9 @@ class SummaryView:
     gpu_mem_total_text: str
     gpu_mem_p: int
     gpu_collectors_down: int = 0  # nodes not offline whose GPUs can't be read
+    gpus_warning: int = 0  # GPUs whose health is a warning (hub/domain/health.py)
+    gpus_health_fault: int = 0  # GPUs whose health is a fault (a lost GPU is gpus_error)
+    slices: tuple[ModelCount, ...] = ()  # MIG slices free / total by profile
 
 
 class GpuTally(NamedTuple):
@@ -556,12 +568,21 @@ class GpuTally(NamedTuple):
     state: GpuState
     mem_used_bytes: int
     mem_total_bytes: int
+    health: Level = Level.OK  # as in GpuView
+    slices: tuple[tuple[str, bool], ...] = ()  # MIG slices: (profile, free)
 
 
-def gpu_tally(gpu: Mapping[str, Any], state: GpuState) -> GpuTally:
+def gpu_tally(
+    gpu: Mapping[str, Any], state: GpuState, health: Level = Level.OK, slices: Iterable[SliceView] = ()
+) -> GpuTally:
     get = gpu.get  # positional below: one per rendered GPU row
     return GpuTally(
-        short_gpu_name(get("name")), state, get("mem_used_bytes") or 0, get("mem_total_bytes") or 0
+        short_gpu_name(get("name")),
+        state,
+        get("mem_used_bytes") or 0,
+        get("mem_total_bytes") or 0,
+        health,
+        tuple((s.profile, s.state is _FREE and state is not _NOT_CURRENT) for s in slices),
     )
 
 
@@ -574,7 +595,9 @@ def summary_view(
     status_counts: Counter[NodeStatus] = Counter()
     free_by_model: Counter[str] = Counter()
     total_by_model: Counter[str] = Counter()
-    errors = 0
+    errors = warnings = health_faults = 0
+    free_slices: Counter[str] = Counter()
+    total_slices: Counter[str] = Counter()
     offline_gpus = 0
     mem_used = 0
     mem_total = 0
@@ -591,6 +614,11 @@ def summary_view(
                 errors += 1
             elif tally.state is _FREE:
                 free_by_model[tally.model] += 1
+            warnings += tally.health is Level.WARNING
+            health_faults += tally.health is Level.FAULT
+            for profile, free in tally.slices:
+                total_slices[profile] += 1
+                free_slices[profile] += free
     return SummaryView(
         live=status_counts[NodeStatus.LIVE],
         stale=status_counts[NodeStatus.STALE],
@@ -607,6 +635,12 @@ def summary_view(
         gpu_mem_total_text=fmt_bytes(mem_total),
         gpu_mem_p=round(ratio_percent(mem_used, mem_total) or 0),
         gpu_collectors_down=gpu_collectors_down,
+        gpus_warning=warnings,
+        gpus_health_fault=health_faults,
+        slices=tuple(
+            ModelCount(profile, free_slices[profile], total)
+            for profile, total in sorted(total_slices.items())
+        ),
     )
 
 
@@ -737,6 +771,86 @@ class GpuDetailView:
     facts: tuple[FieldView, ...]
     processes: tuple[ProcessView, ...]
     history: SparkView
+    health: Level = Level.OK
+    findings: tuple[str, ...] = ()  # every finding's words, the worst first
+    xids: tuple[XidView, ...] = ()  # the Xid events the agent sent, newest first
+    xid_count_text: str = ""  # "3 since the agent started" (null: events unsupported)
+    slices: tuple[SliceView, ...] = ()  # MIG instances
+
+
+@dataclass(frozen=True, slots=True)
+class XidView:
+    when: str
+    words: str
+    where: str  # the MIG slice's uuid, or "whole GPU"
+
+
+@dataclass(frozen=True, slots=True)
+class SliceView:
+    uuid: str
+    profile: str
+    instance: str  # "GI 1 / CI 0"
+    state: GpuState  # free or busy, by the GPU free rule
+    mem_text: str
+    util_text: str
+    processes: tuple[ProcessView, ...]
+
+
+def _process_views(processes: Iterable[Mapping[str, Any]]) -> tuple[ProcessView, ...]:
+    ranked = sorted(processes, key=lambda p: -(p.get("gpu_mem_bytes") or 0))
+    return tuple(
+        ProcessView(
+            pid="?" if p.get("pid") is None else str(p["pid"]),
+            user=p.get("user") or "unknown",
+            command=p.get("command") or "unknown",
+            gpu_mem_text=fmt_bytes(p.get("gpu_mem_bytes")),
+            cpu_text=fmt_percent(p.get("cpu_percent")),
+            host_mem_text=fmt_bytes(p.get("host_mem_bytes")),
+        )
+        for p in ranked
+    )
+
+
+def slice_views(gpu: Mapping[str, Any], rule: GpuFreeRule) -> tuple[SliceView, ...]:
+    """A GPU's MIG slices, each free or busy by the GPU free rule."""
+    out = []
+    for mig in gpu.get("mig_slices") or ():
+        used, total = mig.get("mem_used_bytes"), mig.get("mem_total_bytes")
+        free = rule.allows(mig.get("processes"), mig.get("util_gpu_percent"), ratio_percent(used, total))
+        out.append(
+            SliceView(
+                uuid=str(mig.get("uuid") or "?"),
+                profile=str(mig.get("profile") or "?"),
+                instance=f"GI {_or_dash(mig.get('gpu_instance_id'))} / CI {_or_dash(mig.get('compute_instance_id'))}",
+                state=_FREE if free else _BUSY,
+                mem_text=fmt_used_of(used, total),
+                util_text=fmt_percent(mig.get("util_gpu_percent")),
+                processes=_process_views(mig.get("processes") or ()),
+            )
+        )
+    return tuple(out)
+
+
+def _or_dash(value: object) -> str:
+    return DASH if value is None else str(value)
+
+
+def xid_views(gpu: Mapping[str, Any]) -> tuple[XidView, ...]:
+    return tuple(
+        XidView(
+            when=fmt_epoch(event.get("epoch_s")),
+            words=xid_words(int(event["code"])) if event.get("code") is not None else "Xid ?",
+            where=str(
+                event.get("mig_uuid")
+                or (
+                    f"GPU instance {event['gpu_instance_id']}"
+                    if event.get("gpu_instance_id") is not None
+                    else "whole GPU"
+                )
+            ),
+        )
+        for event in reversed(gpu.get("xid_events") or ())
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -788,7 +902,8 @@ def detail_view(
         static = statics.get(index) or {}
         merged = {**static, **{k: v for k, v in sample.items() if v is not None}}
         state = gpu_view(node.node_id, index, merged, rule, live).state
-        processes = sorted(sample.get("processes") or [], key=lambda p: -(p.get("gpu_mem_bytes") or 0))
+        health = gpu_health(sample, static, time.time())
+        xid_count = sample.get("xid_count")
         gpu_views.append(
             GpuDetailView(
                 index=index,
@@ -798,17 +913,7 @@ def detail_view(
                 error=sample.get("error"),
                 facts=field_views(merged, GpuSample, skip=("index", "name", "processes", "error"))
                 + field_views(static, GpuStatic, skip=_GPU_SAMPLE_FIELDS),
-                processes=tuple(
-                    ProcessView(
-                        pid="?" if p.get("pid") is None else str(p["pid"]),
-                        user=p.get("user") or "unknown",
-                        command=p.get("command") or "unknown",
-                        gpu_mem_text=fmt_bytes(p.get("gpu_mem_bytes")),
-                        cpu_text=fmt_percent(p.get("cpu_percent")),
-                        host_mem_text=fmt_bytes(p.get("host_mem_bytes")),
-                    )
-                    for p in processes
-                ),
+                processes=_process_views(sample.get("processes") or ()),
                 history=spark_view(
                     f"hist-gpu-{index}",
                     history.get(f"u{index}", ()),
@@ -816,6 +921,13 @@ def detail_view(
                     f"GPU {index}: utilization (solid) and memory in use (dashed)",
                     **chart,
                 ),
+                health=health.level,
+                findings=tuple(f.words for f in health.findings),
+                xids=xid_views(sample),
+                xid_count_text="events not supported"
+                if xid_count is None
+                else f"{xid_count} since the agent started",
+                slices=slice_views(sample, rule),
             )
         )
     disks = tuple(

@@ -27,12 +27,15 @@ import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from node_agent.protocol import MAX_STRING_CHARS
+from node_agent.protocol import MAX_STRING_CHARS, SLURM_JOB_ID
 
 # /proc/<pid>/cgroup is a line per hierarchy (a dozen on cgroup v1); more is not a cgroup file.
 CGROUP_FILE_MAX_BYTES = 64 * 1024
 # A container's config.v2.json holds its environment and labels: tens of KiB, rarely more.
 CONFIG_FILE_MAX_BYTES = 4 * 1024 * 1024
+# Names remembered (containers, pods); past this the memory is cleared: a node runs far fewer
+# at once, and a cleared name costs one read at its next new process.
+NAMES_KEPT_MAX = 4096
 
 _ID = r"[0-9a-f]{64}"
 # systemd-driver scopes; the conmon scopes (libpod-conmon-…, crio-conmon-…) hold the runtime's
@@ -41,8 +44,10 @@ _SCOPE = re.compile(rf"(docker|libpod|cri-containerd|crio)-({_ID})\.scope")
 _RUNTIME_OF_SCOPE = {"docker": "docker", "libpod": "podman", "cri-containerd": "containerd", "crio": "cri-o"}
 _BARE_ID = re.compile(_ID)
 _LIBPOD_CGROUPFS = re.compile(rf"libpod-({_ID})")
+# pod<uid> (cgroupfs), kubepods-pod<uid>.slice (Guaranteed) or kubepods-<qos>-pod<uid>.slice
+# (systemd: the uid's dashes written as underscores)
 _POD_UID = re.compile(
-    r"(?:kubepods-[a-z]+-)?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?"
+    r"(?:kubepods-(?:[a-z]+-)?)?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?"
 )
 _SLURM_JOB = re.compile(r"job_([0-9]{1,10})")
 _SLURM_STEP = re.compile(r"step_([A-Za-z0-9_.-]{1,64})")
@@ -98,7 +103,11 @@ def _parse_path(path: str) -> Attribution:
         if in_kubepods and pod_uid is None and (pod := _POD_UID.fullmatch(part)):
             pod_uid = pod.group(1).replace("_", "-")
         if in_slurm:
-            if job_id is None and (job := _SLURM_JOB.fullmatch(part)):
+            if (
+                job_id is None
+                and (job := _SLURM_JOB.fullmatch(part))
+                and int(job.group(1)) <= SLURM_JOB_ID.high
+            ):
                 job_id = int(job.group(1))
             elif job_id is not None and step is None and (step_match := _SLURM_STEP.fullmatch(part)):
                 step = step_match.group(1)
@@ -173,6 +182,8 @@ class AttributionReader:
             elif runtime == "podman":
                 name = self._podman_name(container_id)
             if name is not None:
+                if len(self._container_names) >= NAMES_KEPT_MAX:
+                    self._container_names.clear()
                 self._container_names[container_id] = name
         return name
 
@@ -211,6 +222,8 @@ class AttributionReader:
         for entry in entries:
             match = _POD_LOG_DIR.fullmatch(entry)
             if match and match.group(3) == pod_uid:
+                if len(self._pods) >= NAMES_KEPT_MAX:
+                    self._pods.clear()
                 pod = self._pods[pod_uid] = (match.group(1), match.group(2))
                 return pod
         return None

@@ -366,16 +366,51 @@ def _idle(
     )
 
 
+def process_holder(proc: Mapping[str, Any], *, short: bool = False) -> str | None:
+    """What a GPU process runs in (``None``: bare, or not known): ``job 81234`` (``job 81234
+    step 0`` unless ``short``), ``pod research/bert``, ``docker alice-llama``, or the first 12
+    digits of a container id when its name isn't known."""
+    job = proc.get("slurm_job_id")
+    if job is not None:
+        step = proc.get("slurm_step")
+        return f"job {job}" if short or not step else f"job {job} step {step}"
+    pod = proc.get("pod_name")
+    if pod:
+        namespace = proc.get("pod_namespace")
+        return f"pod {pod}" if short or not namespace else f"pod {namespace}/{pod}"
+    container = proc.get("container_name") or (str(proc.get("container_id") or "")[:12] or None)
+    if container is None:
+        uid = proc.get("pod_uid")
+        return f"pod {str(uid)[:8]}" if uid else None
+    return container if short else f"{proc.get('container_runtime') or 'container'} {container}"
+
+
 def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
-    """(user, GPU memory in bytes) per user, most memory first; unknown users by pid."""
+    """(user, GPU memory in bytes) per user, most memory first; unknown users by pid. A user
+    whose processes all run in one job or container is named with it: ``alice (job 81234)``."""
     per_user: dict[str, int] = {}
+    holders: dict[str, str | None] = {}  # the user's one job or container; None: none, or several
     for proc in processes:
         user = proc.get("user") or (f"pid {proc.get('pid')}" if proc.get("pid") is not None else "unknown")
         mem = proc.get("gpu_mem_bytes")
+        holder = process_holder(proc, short=True)
+        holders[user] = holder if user not in per_user or holders[user] == holder else None
         per_user[user] = per_user.get(user, 0) + (mem if mem.__class__ is int else 0)
-    if len(per_user) == 1:
-        return list(per_user.items())
-    return sorted(per_user.items(), key=lambda item: (-item[1], item[0]))
+    ranked = list(per_user.items())
+    if len(per_user) > 1:
+        ranked.sort(key=lambda item: (-item[1], item[0]))
+    return [(f"{user} ({holders[user]})" if holders[user] else user, mem) for user, mem in ranked]
+
+
+def fmt_age(started_epoch_s: object, now_epoch_s: object) -> str:
+    """How long a process has run: ``3 d 4 h``, ``2 h 05 min``, ``12 s``; a dash when unknown."""
+    started, now = _finite(started_epoch_s), _finite(now_epoch_s)
+    if started is None or now is None:
+        return DASH
+    s = int(max(now - started, 0))
+    if s >= 86400:
+        return f"{s // 86400} d {s % 86400 // 3600} h"
+    return fmt_ago(s)
 
 
 def gpu_view(
@@ -749,6 +784,9 @@ class ProcessView:
     gpu_mem_text: str
     cpu_text: str
     host_mem_text: str
+    holder: str  # its job, pod or container (a dash: none known)
+    age_text: str  # since it started, by the agent's clock ("3 d 4 h")
+    started_text: str  # when it started
 
 
 @dataclass(frozen=True, slots=True)
@@ -829,6 +867,9 @@ def detail_view(
                         gpu_mem_text=fmt_bytes(p.get("gpu_mem_bytes")),
                         cpu_text=fmt_percent(p.get("cpu_percent")),
                         host_mem_text=fmt_bytes(p.get("host_mem_bytes")),
+                        holder=process_holder(p) or DASH,
+                        age_text=fmt_age(p.get("started_epoch_s"), node.state.get("sampled_at")),
+                        started_text=fmt_epoch(p.get("started_epoch_s")),
                     )
                     for p in processes
                 ),

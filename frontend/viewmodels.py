@@ -25,6 +25,7 @@ from node_agent.protocol import (
 )
 
 MAX_USERS_SHOWN = 2  # on a card; the detail page lists every process
+UNSEEN_HOLDER = "unseen process"  # in a card's user list: GPU memory that no listed process holds
 _VENDOR_PREFIXES = ("NVIDIA ", "GeForce ", "Tesla ", "Quadro ")
 
 
@@ -437,6 +438,9 @@ def gpu_view(
     else:
         state = "b"
     ranked = gpu_users(processes) if processes else []
+    unseen = get("unseen_mem_bytes")
+    if unseen and unseen.__class__ is int:  # memory no listed process holds (the agent's rule)
+        ranked = sorted([*ranked, (UNSEEN_HOLDER, unseen)], key=lambda item: -item[1])
     temp = get("temp_celsius")
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
     return GpuView(
@@ -690,6 +694,7 @@ _LABELS = {
     "enc_util_percent": "encoder utilization",
     "dec_util_percent": "decoder utilization",
     "ecc_volatile_uncorrected": "ECC errors (volatile, uncorrected)",
+    "unseen_mem_bytes": "memory held by unseen processes",
     "pstate": "performance state",
     "mig_mode": "MIG mode",
     "pci_bus_id": "PCI bus id",

@@ -1,9 +1,11 @@
-"""Who owns a GPU process: host pid → user, command, CPU % and host memory.
+"""Who owns a GPU process: host pid → user, command, start time, container or job, CPU % and
+host memory.
 
-Only the pids NVML reports are looked up, never the whole process table. A process's user and
-command (and container or job, :mod:`node_agent.attribution`) are resolved once, when its pid first shows up; after that each sample reads one
-file, ``/proc/<pid>/stat`` (kept open, :class:`~node_agent.procfs.ProcFile`), for the CPU time and
-resident memory, and its start time tells a reused pid from the process that had it before.
+Only the pids NVML reports are looked up, never the whole process table. A process's user,
+command and container or job (:mod:`node_agent.attribution`) are read once, when its pid first
+shows up; after that each sample reads one file, ``/proc/<pid>/stat`` (kept open,
+:class:`~node_agent.procfs.ProcFile`), for the CPU time and resident memory, and its start time
+tells a reused pid from the process that had it before.
 CPU % is measured since the previous sample. Pids that are no longer reported are dropped.
 Blocking (reads ``/proc``): call from the sampler's worker thread.
 """

@@ -36,6 +36,8 @@ POD_UID = "6a3c8e0e-1f2d-4c5b-9a8e-7d6c5b4a3f21"
         (f"0::/system.slice/docker-{ID}.scope\n", Attribution(ID, "docker")),
         (f"12:pids:/docker/{ID}\n11:memory:/docker/{ID}\n0::/\n", Attribution(ID, "docker")),
         (f"0::/docker/{ID}\n", Attribution(ID, "docker")),
+        # read from an agent in its own cgroup namespace (Docker's default on v2): relative to it
+        (f"0::/../../system.slice/docker-{ID}.scope\n", Attribution(ID, "docker")),
         # Podman: systemd (root and rootless) and cgroupfs
         (f"0::/machine.slice/libpod-{ID}.scope/container\n", Attribution(ID, "podman")),
         (

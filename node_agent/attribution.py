@@ -88,7 +88,8 @@ def _parse_path(path: str) -> Attribution:
     job_id: int | None = None
     parts = path.split("/")
     in_kubepods = any(p.startswith("kubepods") for p in parts)
-    in_slurm = any(p == "slurm" or p.startswith("slurmstepd") for p in parts)
+    # /slurm, /slurm_<node> (several slurmd on one host), /system.slice/slurmstepd.scope
+    in_slurm = any(p.startswith("slurm") for p in parts)
     previous = ""
     for part in parts:
         if container_id is None:

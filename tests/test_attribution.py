@@ -69,6 +69,10 @@ POD_UID = "6a3c8e0e-1f2d-4c5b-9a8e-7d6c5b4a3f21"
             Attribution(slurm_job_id=81234, slurm_step="batch"),
         ),
         ("0::/system.slice/slurmstepd.scope/job_5\n", Attribution(slurm_job_id=5)),
+        (
+            "4:memory:/slurm_node07/uid_1000/job_6/step_extern\n",
+            Attribution(slurm_job_id=6, slurm_step="extern"),
+        ),
         # hybrid v1 + v2: each field from the first line that has it, the v2 line first
         (f"1:name=systemd:/docker/{ID2}\n0::/system.slice/docker-{ID}.scope\n", Attribution(ID, "docker")),
         # bare processes: nothing

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import re
 import secrets
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +25,7 @@ from node_agent.attribution import AttributionReader
 from node_agent.gpu import GpuCollector
 from node_agent.protocol import GpuProcess, check_patch
 from tests import fakes
+from tests.procs import Hub, Proc, start_agent, wait_until
 
 GIB = 1024**3
 
@@ -219,3 +223,29 @@ def test_agent_cli_names_the_container(tmp_path: Path) -> None:
         "carol-vllm",
     )
     assert proc["container_runtime"] == "docker" and proc["started_epoch_s"] > 0
+
+
+def test_card_and_node_page_show_the_container_and_age(tmp_path: Path, hub: Hub, procs: list[Proc]) -> None:
+    """Done means: a process started in a Docker container shows its container, age and user
+    on the card and the node page of a real hub fed by a real agent."""
+    root = need("v2")
+    container_id = secrets.token_hex(32)
+    write_docker_config(tmp_path / "docker", container_id, "carol-vllm")
+    with process_in_cgroup(root, f"system.slice/docker-{container_id}.scope") as child:
+        env = fakes.fake_env(fakes.write_scenario(tmp_path / "agent.json", fakes.real_pids([child.pid])))
+        procs.append(start_agent(hub, "attributed", "--docker-root", str(tmp_path / "docker"), env=env))
+        hub.wait_status("attributed", "live")
+
+        def shown() -> str | None:
+            with urllib.request.urlopen(f"{hub.url}/node/attributed", timeout=5) as response:
+                page = response.read().decode()
+            return page if "docker carol-vllm" in page else None
+
+        page = wait_until(shown, 15, what="the container on the node page")
+        with urllib.request.urlopen(hub.url + "/", timeout=5) as response:
+            wall = response.read().decode()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert f"{user} (carol-vllm)" in wall, "the card names the user's container"
+    row = page[page.index("docker carol-vllm") :]
+    age = row[row.index("<td") : row.index("</td>", row.index("<td") + 1)]
+    assert re.search(r">\d+ s$", age), f"a process started seconds ago: {age!r}"

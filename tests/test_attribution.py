@@ -15,11 +15,13 @@ from typing import Any
 
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node_agent.attribution import NONE, Attribution, AttributionReader, parse_cgroup
 from node_agent.gpu import UNSEEN_MARGIN_BYTES, GpuCollector, _RawProcess, unseen_mem_bytes
 from node_agent.procinfo import ProcessResolver
-from node_agent.protocol import MAX_STRING_CHARS, GpuProcess, check_patch, to_wire
+from node_agent.protocol import MAX_STRING_CHARS, SLURM_JOB_ID, GpuProcess, check_patch, to_wire
 from tests import fakes
 
 GIB = 1024**3
@@ -322,3 +324,20 @@ def test_unseen_memory_on_the_wire(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert check_patch({"gpus": wire})["gpus"]["0"]["unseen_mem_bytes"] == 12 * GIB
     finally:
         collector.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from("0123456789abcdef:/_-.slurmjobstepdockerlibpodkubepods\n\x00é"), max_size=400
+    )
+)
+def test_any_text_parses_to_an_attribution_within_the_wire_limits(text: str) -> None:
+    found = parse_cgroup(text)
+    assert isinstance(found, Attribution)
+    for value in found:
+        assert (
+            value is None
+            or (isinstance(value, str) and len(value) <= MAX_STRING_CHARS)
+            or (isinstance(value, int) and 0 <= value <= SLURM_JOB_ID.high)
+        )

@@ -14,7 +14,8 @@ A process's cgroup path says where its runtime put it; no daemon socket is asked
   ``/system.slice/slurmstepd.scope/job_<id>/step_<step>`` (v2): the job id and step.
 
 cgroup v1 files have a line per hierarchy, v2 one ``0::`` line; the v2 line is looked at first,
-then the v1 lines in order, and each field is taken from the first line that has it. Anything
+then the v1 lines in order, and the container, the pod and the job are each taken from the first
+line that names one. Anything
 that can't be read or doesn't match is ``None``. Called once per new process (the resolver
 caches the answer by pid and start time), never per sample.
 """
@@ -122,9 +123,17 @@ def parse_cgroup(text: str) -> Attribution:
     found = NONE
     for path in _cgroup_paths(text):
         parsed = _parse_path(path)
-        if parsed != NONE:
-            merged = [a if a is not None else b for a, b in zip(found, parsed, strict=True)]
-            found = Attribution._make(merged)
+        if parsed == NONE:
+            continue
+        # a container's id and runtime, and a job's id and step, come from one line together
+        if found.container_id is None and parsed.container_id is not None:
+            found = found._replace(
+                container_id=parsed.container_id, container_runtime=parsed.container_runtime
+            )
+        if found.pod_uid is None and parsed.pod_uid is not None:
+            found = found._replace(pod_uid=parsed.pod_uid)
+        if found.slurm_job_id is None and parsed.slurm_job_id is not None:
+            found = found._replace(slurm_job_id=parsed.slurm_job_id, slurm_step=parsed.slurm_step)
     return found
 
 

@@ -75,8 +75,17 @@ POD_UID = "6a3c8e0e-1f2d-4c5b-9a8e-7d6c5b4a3f21"
             "4:memory:/slurm_node07/uid_1000/job_6/step_extern\n",
             Attribution(slurm_job_id=6, slurm_step="extern"),
         ),
-        # hybrid v1 + v2: each field from the first line that has it, the v2 line first
+        # hybrid v1 + v2: the container from the first line that names one, the v2 line first
         (f"1:name=systemd:/docker/{ID2}\n0::/system.slice/docker-{ID}.scope\n", Attribution(ID, "docker")),
+        # a container's id and runtime from the same line, never mixed across lines
+        (
+            f"0::/kubepods/besteffort/pod{POD_UID}/{ID}\n3:pids:/system.slice/docker-{ID2}.scope\n",
+            Attribution(ID, None, pod_uid=POD_UID),
+        ),
+        (
+            "0::/slurm/uid_0/job_7\n4:memory:/slurm/uid_0/job_8/step_1\n",
+            Attribution(slurm_job_id=7),
+        ),
         # bare processes: nothing
         ("0::/user.slice/user-1000.slice/session-3.scope\n", NONE),
         ("0::/\n", NONE),

@@ -215,7 +215,16 @@ def _uid(status: bytes) -> int:
 class _Entry:
     """One process being tracked: who it is, and its previous reading (``None``: none yet)."""
 
-    __slots__ = ("attribution", "command", "cpu_ticks", "read_at_s", "started_ticks", "stat_file", "user")
+    __slots__ = (
+        "attribution",
+        "command",
+        "cpu_ticks",
+        "read_at_s",
+        "started_epoch_s",
+        "started_ticks",
+        "stat_file",
+        "user",
+    )
 
     def __init__(
         self, stat_file: ProcFile, user: str | None, command: str | None, attribution: Attribution
@@ -225,6 +234,7 @@ class _Entry:
         self.command = command
         self.attribution = attribution
         self.started_ticks: int | None = None
+        self.started_epoch_s: float | None = None  # from started_ticks, once
         self.cpu_ticks: int | None = None
         self.read_at_s = 0.0
 
@@ -300,11 +310,12 @@ class ProcessResolver:
         if entry.cpu_ticks is not None and now > entry.read_at_s:
             cpu_s = (stat.cpu_ticks - entry.cpu_ticks) / _CLOCK_TICKS_PER_S
             cpu_percent = round(100.0 * cpu_s / (now - entry.read_at_s), 1)
+        if entry.started_ticks is None and self._boot_epoch_s is not None:  # the first reading
+            entry.started_epoch_s = round(self._boot_epoch_s + stat.started_ticks / _CLOCK_TICKS_PER_S, 2)
         entry.started_ticks, entry.cpu_ticks, entry.read_at_s = stat.started_ticks, stat.cpu_ticks, now
-        started = None
-        if self._boot_epoch_s is not None:
-            started = round(self._boot_epoch_s + stat.started_ticks / _CLOCK_TICKS_PER_S, 2)
-        return ProcInfo(entry.user, entry.command, cpu_percent, stat.rss_bytes, started, entry.attribution)
+        return ProcInfo(
+            entry.user, entry.command, cpu_percent, stat.rss_bytes, entry.started_epoch_s, entry.attribution
+        )
 
     def _new_entry(self, pid: int) -> _Entry | None:
         """A process seen for the first time: its user, command and attribution, once."""

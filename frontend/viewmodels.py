@@ -30,6 +30,7 @@ MAX_USERS_SHOWN = 2  # on a card; the detail page lists every process
 # The states as module globals: a member lookup on an Enum class costs ~100 ns on Python 3.11,
 # and the GPU row and the summary bar test them per GPU.
 _FREE, _BUSY, _FAULT, _NOT_CURRENT = GpuState.FREE, GpuState.BUSY, GpuState.FAULT, GpuState.NOT_CURRENT
+UNSEEN_HOLDER = "unseen process"  # in a card's user list: GPU memory that no listed process holds
 _VENDOR_PREFIXES = ("NVIDIA ", "GeForce ", "Tesla ", "Quadro ")
 
 
@@ -341,12 +342,54 @@ def _by_pid(process: Mapping[str, Any]) -> str:
     return "unknown" if pid is None else f"pid {pid}"
 
 
+def _user_of(process: Mapping[str, Any]) -> str:
+    """The name :func:`user_totals` counts a process under (an unknown user by its pid)."""
+    user = process.get("user")
+    return user if user and user.__class__ is str else _by_pid(process)
+
+
+def process_holder(proc: Mapping[str, Any], *, short: bool = False) -> str | None:
+    """What a GPU process runs in (``None``: bare, or not known): ``job 81234`` (``job 81234
+    step 0`` unless ``short``), ``pod research/bert``, ``docker alice-llama``, or the first 12
+    digits of a container id when its name isn't known."""
+    job = proc.get("slurm_job_id")
+    if job is not None:
+        step = proc.get("slurm_step")
+        return f"job {job}" if short or not step else f"job {job} step {step}"
+    pod = proc.get("pod_name")
+    if pod:
+        namespace = proc.get("pod_namespace")
+        return f"pod {pod}" if short or not namespace else f"pod {namespace}/{pod}"
+    container = proc.get("container_name") or (str(proc.get("container_id") or "")[:12] or None)
+    if container is None:
+        uid = proc.get("pod_uid")
+        return f"pod {str(uid)[:8]}" if uid else None
+    return container if short else f"{proc.get('container_runtime') or 'container'} {container}"
+
+
 def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, float]]:
-    """(user, GPU memory in bytes) per user, most memory first; unknown users by pid."""
-    per_user = [(user, mem or 0) for user, (_, mem) in user_totals(processes, _by_pid).items()]
-    if len(per_user) == 1:
-        return per_user
-    return sorted(per_user, key=lambda item: (-item[1], item[0]))
+    """(user, GPU memory in bytes) per user, most memory first; unknown users by pid. A user
+    whose processes all run in one job or container is named with it: ``alice (job 81234)``."""
+    processes = processes if isinstance(processes, list) else list(processes)  # read twice
+    holders: dict[str, str | None] = {}  # the user's one job or container; None: none, or several
+    for proc in processes:
+        user, holder = _user_of(proc), process_holder(proc, short=True)
+        holders[user] = holder if holders.get(user, holder) == holder else None
+    ranked = [(user, mem or 0) for user, (_, mem) in user_totals(processes, _by_pid).items()]
+    if len(ranked) > 1:
+        ranked.sort(key=lambda item: (-item[1], item[0]))
+    return [(f"{user} ({holders[user]})" if holders[user] else user, mem) for user, mem in ranked]
+
+
+def fmt_age(started_epoch_s: object, now_epoch_s: object) -> str:
+    """How long a process has run: ``3 d 4 h``, ``2 h 05 min``, ``12 s``; a dash when unknown."""
+    started, now = _finite(started_epoch_s), _finite(now_epoch_s)
+    if started is None or now is None:
+        return DASH
+    s = int(max(now - started, 0))
+    if s >= 86400:
+        return f"{s // 86400} d {s % 86400 // 3600} h"
+    return fmt_ago(s)
 
 
 def gpu_view(
@@ -376,6 +419,9 @@ def gpu_view(
     else:
         state = _BUSY
     ranked = gpu_users(processes) if processes else []
+    unseen = get("unseen_mem_bytes")
+    if unseen and unseen.__class__ is int:  # memory no listed process holds (the agent's rule)
+        ranked = sorted([*ranked, (UNSEEN_HOLDER, unseen)], key=lambda item: -item[1])
     temp = get("temp_celsius")
     health = gpu_health(gpu, static, time.time() if now_epoch_s is None else now_epoch_s)
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
@@ -657,6 +703,7 @@ _LABELS = {
     "enc_util_percent": "encoder utilization",
     "dec_util_percent": "decoder utilization",
     "ecc_volatile_uncorrected": "ECC errors (volatile, uncorrected)",
+    "unseen_mem_bytes": "memory held by unseen processes",
     "pstate": "performance state",
     "mig_mode": "MIG mode",
     "pci_bus_id": "PCI bus id",
@@ -751,6 +798,9 @@ class ProcessView:
     gpu_mem_text: str
     cpu_text: str
     host_mem_text: str
+    holder: str  # its job, pod or container (a dash: none known)
+    age_text: str  # since it started, by the agent's clock ("3 d 4 h")
+    started_text: str  # when it started
 
 
 GPU_STATE_TEXT = {
@@ -796,7 +846,11 @@ class SliceView:
     processes: tuple[ProcessView, ...]
 
 
-def _process_views(processes: Iterable[Mapping[str, Any]]) -> tuple[ProcessView, ...]:
+def _process_views(
+    processes: Iterable[Mapping[str, Any]], now_epoch_s: object = None
+) -> tuple[ProcessView, ...]:
+    """Most GPU memory first; ``now_epoch_s`` (the sample's time, by the agent's clock) gives
+    their ages (a dash without it)."""
     ranked = sorted(processes, key=lambda p: -(p.get("gpu_mem_bytes") or 0))
     return tuple(
         ProcessView(
@@ -806,13 +860,19 @@ def _process_views(processes: Iterable[Mapping[str, Any]]) -> tuple[ProcessView,
             gpu_mem_text=fmt_bytes(p.get("gpu_mem_bytes")),
             cpu_text=fmt_percent(p.get("cpu_percent")),
             host_mem_text=fmt_bytes(p.get("host_mem_bytes")),
+            holder=process_holder(p) or DASH,
+            age_text=fmt_age(p.get("started_epoch_s"), now_epoch_s),
+            started_text=fmt_epoch(p.get("started_epoch_s")),
         )
         for p in ranked
     )
 
 
-def slice_views(gpu: Mapping[str, Any], rule: GpuFreeRule) -> tuple[SliceView, ...]:
-    """A GPU's MIG slices, each free or busy by the GPU free rule."""
+def slice_views(
+    gpu: Mapping[str, Any], rule: GpuFreeRule, now_epoch_s: object = None
+) -> tuple[SliceView, ...]:
+    """A GPU's MIG slices, each free or busy by the GPU free rule (``now_epoch_s``: as
+    :func:`_process_views`)."""
     out = []
     for mig in gpu.get("mig_slices") or ():
         used, total = mig.get("mem_used_bytes"), mig.get("mem_total_bytes")
@@ -825,7 +885,7 @@ def slice_views(gpu: Mapping[str, Any], rule: GpuFreeRule) -> tuple[SliceView, .
                 state=_FREE if free else _BUSY,
                 mem_text=fmt_used_of(used, total),
                 util_text=fmt_percent(mig.get("util_gpu_percent")),
-                processes=_process_views(mig.get("processes") or ()),
+                processes=_process_views(mig.get("processes") or (), now_epoch_s),
             )
         )
     return tuple(out)
@@ -896,6 +956,7 @@ def detail_view(
     # a GPU's facts without an index (the protocol lets it be null) belong to no GPU row
     statics = {str(g["index"]): g for g in (hello.gpus if hello else []) if g.get("index") is not None}
     gpus = node.state.get("gpus") or {}
+    sampled_at = node.state.get("sampled_at")  # processes' ages by the agent's clock
     gpu_views = []
     for index in sorted(gpus.keys() | statics.keys(), key=lambda i: (len(i), i)):
         sample = gpus.get(index) or {}
@@ -913,7 +974,7 @@ def detail_view(
                 error=sample.get("error"),
                 facts=field_views(merged, GpuSample, skip=("index", "name", "processes", "error"))
                 + field_views(static, GpuStatic, skip=_GPU_SAMPLE_FIELDS),
-                processes=_process_views(sample.get("processes") or ()),
+                processes=_process_views(sample.get("processes") or (), sampled_at),
                 history=spark_view(
                     f"hist-gpu-{index}",
                     history.get(f"u{index}", ()),
@@ -927,7 +988,7 @@ def detail_view(
                 xid_count_text="events not supported"
                 if xid_count is None
                 else f"{xid_count} since the agent started",
-                slices=slice_views(sample, rule),
+                slices=slice_views(sample, rule, sampled_at),
             )
         )
     disks = tuple(

@@ -25,6 +25,7 @@ Blocking (talks to the driver): the sampler calls it from its worker thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from node_agent.attribution import Attribution, AttributionReader
 from node_agent.periodic import Periodic
 from node_agent.procinfo import UNKNOWN, ProcessResolver, ProcInfo
 from node_agent.protocol import (
@@ -85,6 +87,14 @@ XID_RETRY_S = 5.0
 # While NVML is down it is tried again this often: a driver loaded (or installed) after the agent
 # started shows within it, and a failed nvmlInit costs about a millisecond.
 NVML_RETRY_EVERY_S = 60.0
+
+# How much more memory NVML may say is used than the listed processes hold before the rest is
+# reported as held by an unseen process. NVML's memory info counts the driver's reservation as
+# used (a few hundred MiB on an idle A100 or H100, growing with the card's memory), and a
+# process's figure can lag its allocations by a sample: 1 GiB plus 1 % of the total keeps an
+# idle card at 0 and still shows any real model (an 80 GiB card: above 1.8 GiB).
+UNSEEN_MARGIN_BYTES = 1024**3
+UNSEEN_MARGIN_RATIO = 0.01
 
 # NVIDIA's PCI vendor id, and the PCI class of display controllers (0x0300 VGA, 0x0302 3D): a
 # GPU's function, as opposed to the audio function of a graphics card (0x0403) or an NVSwitch.
@@ -500,11 +510,13 @@ class GpuCollector:
         retry_every_s: float = NVML_RETRY_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
         sysfs_root: Path = Path("/sys"),
+        proc_root: Path = Path("/proc"),
+        attribution: AttributionReader | None = None,
     ) -> None:
         self._log = log or logging.getLogger(__name__)
         self._sysfs_root = sysfs_root
         self._lock = threading.Lock()
-        self._procs = ProcessResolver(full_cmdline=full_cmdline)
+        self._procs = ProcessResolver(full_cmdline=full_cmdline, proc_root=proc_root, attribution=attribution)
         self._nvml: _Nvml | None = None
         self._gpus: list[_Gpu] = []
         self._xids = _XidLog()
@@ -785,6 +797,9 @@ class GpuCollector:
                     reading = readings[gpu.index]
                     fields = reading.fields
                     fields["processes"] = _gpu_processes(reading.processes, infos)
+                    fields["unseen_mem_bytes"] = unseen_mem_bytes(
+                        fields["mem_used_bytes"], fields["mem_total_bytes"], reading.processes
+                    )
                     fields["error"] = None
                     if gpu.mig_devices is not None:
                         fields["mig_slices"] = [
@@ -1043,6 +1058,31 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def unseen_mem_bytes(used: int | None, total: int | None, raw: list[_RawProcess] | None) -> int | None:
+    """GPU memory in use that no listed process holds: a process in another PID namespace (the
+    agent in a container without ``--pid=host``), or left by a context that outlived its
+    process. ``0`` when within :data:`UNSEEN_MARGIN_BYTES` plus :data:`UNSEEN_MARGIN_RATIO` of
+    the total (the driver's own reservation counts as used in NVML's memory info but belongs to
+    no process); ``None`` when it can't be told (memory or processes unknown, or a process whose
+    memory NVML doesn't report, as under MIG)."""
+    if used is None or total is None or raw is None:
+        return None
+    held = 0
+    for proc in raw:
+        if proc.gpu_mem_bytes is None:
+            return None
+        held += proc.gpu_mem_bytes
+    unseen = used - held
+    return unseen if unseen > UNSEEN_MARGIN_BYTES + UNSEEN_MARGIN_RATIO * total else 0
+
+
+@functools.lru_cache(maxsize=1024)
+def _attribution_wire(attribution: Attribution) -> dict[str, Any]:
+    """A process's attribution as wire fields, made once per distinct attribution (``**``
+    copies it): a third of the cost of ``_asdict()`` for every process of every sample."""
+    return attribution._asdict()
+
+
 def _gpu_processes(raw: list[_RawProcess] | None, infos: dict[int, ProcInfo]) -> list[dict[str, Any]] | None:
     """Wire :class:`GpuProcess` dicts, largest GPU memory first (unknown last); at most the
     protocol's list limit."""
@@ -1060,6 +1100,8 @@ def _gpu_processes(raw: list[_RawProcess] | None, infos: dict[int, ProcInfo]) ->
                 "gpu_mem_bytes": proc.gpu_mem_bytes,
                 "cpu_percent": info.cpu_percent,
                 "host_mem_bytes": info.host_mem_bytes,
+                "started_epoch_s": info.started_epoch_s,
+                **_attribution_wire(info.attribution),
             }
         )
     return out

@@ -85,6 +85,7 @@ USERS = Bounds(0, 1 << 20)
 LOAD_AVG = Bounds(0, 100 * CPU_CORES.high)  # runnable tasks: far more than cores is possible
 PROCESS_CPU_PERCENT = Bounds(0, 100 * CPU_CORES.high)  # one process on many cores: above 100
 PID = Bounds(0, 2**32 - 1)  # NVML reports pids as unsigned 32-bit integers
+SLURM_JOB_ID = Bounds(0, 2**32 - 1)  # Slurm's job ids are unsigned 32-bit integers
 GPU_INDEX = Bounds(0, 999)  # as the GPU keys of a patch: at most three digits
 CELSIUS = Bounds(-273.15, 1000)
 WATTS = Bounds(0, 100_000)
@@ -211,6 +212,16 @@ class GpuProcess:
     gpu_mem_bytes: int | None = bounded(BYTES)
     cpu_percent: float | None = bounded(PROCESS_CPU_PERCENT)
     host_mem_bytes: int | None = bounded(BYTES)
+    # who the process belongs to (node_agent.attribution), each null where not known
+    started_epoch_s: float | None = bounded(EPOCH_S)
+    container_id: str | None = None  # 64 hex digits
+    container_runtime: str | None = None  # docker, podman, containerd, cri-o
+    container_name: str | None = None
+    pod_uid: str | None = None
+    pod_namespace: str | None = None
+    pod_name: str | None = None
+    slurm_job_id: int | None = bounded(SLURM_JOB_ID)
+    slurm_step: str | None = None  # "0", "batch", "extern", ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +302,9 @@ class GpuSample:
     xid_events: list[XidEvent] | None = None  # the newest MAX_XID_EVENTS, oldest first
     mig_slices: list[MigSlice] | None = None  # on a GPU in MIG mode: its instances
     processes: list[GpuProcess] | None = None
+    # memory in use beyond what the listed processes hold (past a margin for the driver's own
+    # reservation): a process this agent can't see; 0 when none, null when it can't be told
+    unseen_mem_bytes: int | None = bounded(BYTES)
     error: str | None = None  # set when this GPU failed (lost, unknown NVML error)
 
 

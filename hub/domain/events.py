@@ -5,7 +5,8 @@ delivers them.
 (the store, the liveness log, and later alerts, usage accounting and idle-holder tracking) get
 everything they need in the event and never reach back into the registry. Events are
 NamedTuples (cheap to build: a delta arrives thousands of times a second), and the registry
-builds the per-sample ones (:class:`SampleApplied`, :class:`GpuStateChanged`) only while
+builds the per-sample ones (:class:`SampleApplied`, :class:`GpuStateChanged`,
+:class:`GpuHealthChanged`) only while
 someone subscribes to them (:meth:`EventBus.wants`).
 
 Handlers run synchronously, in order of subscription, on the event loop: they must be quick
@@ -20,6 +21,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
 from hub.domain.gpus import GpuState
+from hub.domain.health import Level
 from hub.domain.nodes import NodeStatus
 from node_agent.protocol import Hello, Snapshot
 
@@ -86,14 +88,46 @@ class GpuStateChanged(NamedTuple):
     at_mono_s: float
 
 
+class GpuHealthChanged(NamedTuple):
+    """A GPU's health (:func:`hub.domain.health.gpu_health`) turned ok, warning or fault. ``old``
+    is ``Level.OK`` for a GPU first seen with a problem; a GPU that disappears publishes none
+    (:class:`GpuStateChanged` says so). ``findings`` are the words the wall shows, the worst
+    first (empty when ``new`` is ok)."""
+
+    node_id: str
+    gpu_index: str
+    gpu_uuid: str | None  # from the hello's facts, where the agent gave one
+    old: Level
+    new: Level
+    findings: tuple[str, ...]
+    at_mono_s: float
+
+
 class NodeRemoved(NamedTuple):
     """The node was forgotten (``DELETE /api/v1/nodes/{id}``)."""
 
     node_id: str
 
 
-Event = NodeConnected | StatusChanged | SampleApplied | SampleLate | GpuStateChanged | NodeRemoved
-E = TypeVar("E", NodeConnected, StatusChanged, SampleApplied, SampleLate, GpuStateChanged, NodeRemoved)
+Event = (
+    NodeConnected
+    | StatusChanged
+    | SampleApplied
+    | SampleLate
+    | GpuStateChanged
+    | GpuHealthChanged
+    | NodeRemoved
+)
+E = TypeVar(
+    "E",
+    NodeConnected,
+    StatusChanged,
+    SampleApplied,
+    SampleLate,
+    GpuStateChanged,
+    GpuHealthChanged,
+    NodeRemoved,
+)
 
 
 class EventBus:

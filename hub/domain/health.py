@@ -89,6 +89,29 @@ PCIE_LOAD_PERCENT = 50.0
 RETIRED_PAGES_RMA = 60
 
 
+# The sample fields :func:`gpu_health` reads: a patch without any of them leaves a GPU's health
+# as it was (but for an Xid growing old, noticed at the next such patch).
+HEALTH_FIELDS = frozenset(
+    {
+        "error",
+        "xid_events",
+        "xid_last_code",
+        "xid_last_epoch_s",
+        "remap_failed",
+        "remap_pending",
+        "retired_pages_single_bit",
+        "retired_pages_double_bit",
+        "retired_pages_pending",
+        "ecc_volatile_uncorrected",
+        "pcie_link_width_lanes",
+        "pcie_link_gen",
+        "util_gpu_percent",  # a slower PCIe link is a warning only under load
+        "nvlink_active",
+        "throttle_reasons",
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One thing wrong, with the words the wall shows (what, and what to do)."""

@@ -52,6 +52,7 @@ from node_agent.protocol import (
     GpuStatic,
     MigSlice,
     XidEvent,
+    nulls_for_out_of_bounds,
     to_wire,
 )
 
@@ -330,6 +331,9 @@ class _Gpu:
     mig_devices: Periodic[list[_MigDevice]] | None = None  # on a GPU in MIG mode
     # (GPU instance id, compute instance id) -> MIG uuid, for the Xid thread (replaced whole)
     mig_uuids: dict[tuple[int, int], str] = field(default_factory=dict)
+    # the slow fields as last put together (see GpuCollector._slow_fields), and their parts
+    slow_parts: tuple[Any, ...] = ()
+    slow_fields: dict[str, Any] = field(default_factory=dict)
 
     def failed(self, reason: str) -> GpuSample:
         return GpuSample(index=self.index, uuid=self.static.uuid, name=self.static.name, error=reason)
@@ -502,6 +506,10 @@ class GpuCollector:
     ``sysfs_root`` is where sysfs is mounted: its PCI bus tells a GPU server whose NVML fails
     from a CPU-only node."""
 
+    @property
+    def fields_checked_when_read(self) -> frozenset[str]:
+        return FIELDS_CHECKED_WHEN_READ
+
     def __init__(
         self,
         *,
@@ -520,6 +528,7 @@ class GpuCollector:
         self._nvml: _Nvml | None = None
         self._gpus: list[_Gpu] = []
         self._xids = _XidLog()
+        self._out_of_bounds: set[str] = set()  # slow fields already warned about
         self._xid_watcher: _XidWatcher | None = None
         self._driver = GpuDriver()
         self._retry_every_s = retry_every_s
@@ -842,6 +851,7 @@ class GpuCollector:
         # a GPU without a handle has an error and is not read
         assert gpu.power_limit_watts is not None and gpu.health is not None and gpu.nvlink is not None
         util, memory, pstate, reasons = raw.util, raw.memory, raw.pstate, raw.reasons
+        slow = self._slow_fields(gpu, now_s)
         fields: dict[str, Any] = {
             "index": gpu.index,
             "uuid": gpu.static.uuid,
@@ -853,21 +863,53 @@ class GpuCollector:
             "temp_celsius": _float(raw.temp),
             "fan_percent": _float(raw.fan),
             "power_draw_watts": _watts(raw.power_mw),
-            "power_limit_watts": gpu.power_limit_watts.get(now_s),
+            "power_limit_watts": slow["power_limit_watts"],  # in GpuSample's order; and below
             "clock_sm_mhz": _int(raw.clock_sm),
             "clock_mem_mhz": _int(raw.clock_mem),
             "pstate": None if pstate is None or pstate == _PSTATE_UNKNOWN else int(pstate),
             "enc_util_percent": None if raw.enc is None else float(raw.enc[0]),
             "dec_util_percent": None if raw.dec is None else float(raw.dec[0]),
             "throttle_reasons": None if reasons is None else decode_throttle_reasons(reasons),
-            **gpu.health.get(now_s),
-            **gpu.nvlink.get(now_s),
+            **slow,
         }
-        xids = self._xids.fields(gpu.index) or _NO_XIDS
-        fields["xid_count"], fields["xid_last_code"], fields["xid_last_epoch_s"], fields["xid_events"] = xids
         fields["mig_slices"] = None  # filled in with the slices' processes
         slices = [] if gpu.mig_devices is None else _read_slices(nvml, gpu, gpu.mig_devices.get(now_s))
         return _GpuReading(fields, _merged_processes(raw.compute_procs, raw.graphics_procs), slices)
+
+    def _slow_fields(self, gpu: _Gpu, now_s: float) -> dict[str, Any]:
+        """The fields read every SLOW_FIELDS_EVERY_S or NVLINK_EVERY_S, and the Xid fields (new
+        when an event comes), in one dict held to the protocol's bounds when one of its parts
+        was read again; between, the same dict (the sampler does not check
+        :data:`FIELDS_CHECKED_WHEN_READ` again, and its diff passes the same objects by)."""
+        assert gpu.power_limit_watts is not None and gpu.health is not None and gpu.nvlink is not None
+        parts = (
+            gpu.power_limit_watts.get(now_s),
+            gpu.health.get(now_s),
+            gpu.nvlink.get(now_s),
+            self._xids.fields(gpu.index) or _NO_XIDS,
+        )
+        if len(parts) == len(gpu.slow_parts) and all(
+            a is b for a, b in zip(parts, gpu.slow_parts, strict=True)
+        ):
+            return gpu.slow_fields
+        power_limit, health, nvlink, (xid_count, xid_last_code, xid_last_epoch_s, xid_events) = parts
+        slow = {
+            "power_limit_watts": power_limit,
+            **health,
+            **nvlink,
+            "xid_count": xid_count,
+            "xid_last_code": xid_last_code,
+            "xid_last_epoch_s": xid_last_epoch_s,
+            "xid_events": xid_events,
+        }
+        nulled: list[str] = []
+        slow = nulls_for_out_of_bounds(slow, GpuSample, f"gpus.{gpu.key}", nulled)
+        for path in nulled:
+            if path not in self._out_of_bounds:
+                self._out_of_bounds.add(path)
+                self._log.warning("%s: a reading outside the protocol's bounds; sent as unknown", path)
+        gpu.slow_parts, gpu.slow_fields = parts, slow
+        return slow
 
 
 _NO_XIDS = (None, None, None, None)  # a GPU whose Xid events can't be had
@@ -941,6 +983,38 @@ _NVLINK_FIELDS = (
     "nvlink_recovery_count",
     "nvlink_crc_flit_count",
     "nvlink_crc_data_count",
+)
+_HEALTH_FIELDS = (  # what _read_health returns
+    "pcie_link_gen",
+    "pcie_link_width_lanes",
+    "ecc_volatile_uncorrected",
+    "ecc_volatile_corrected",
+    "ecc_aggregate_uncorrected",
+    "ecc_aggregate_corrected",
+    "retired_pages_single_bit",
+    "retired_pages_double_bit",
+    "retired_pages_pending",
+    "remapped_rows_corrected",
+    "remapped_rows_uncorrected",
+    "remap_pending",
+    "remap_failed",
+    "pcie_rx_bytes_per_s",
+    "pcie_tx_bytes_per_s",
+    "pcie_replay_count",
+)
+# The GPU sample fields the collector holds to the protocol's bounds when it reads them (every
+# SLOW_FIELDS_EVERY_S or so): the sampler's check of every sample leaves them out.
+FIELDS_CHECKED_WHEN_READ = frozenset(
+    {
+        "power_limit_watts",
+        *_HEALTH_FIELDS,
+        "nvlink_active",
+        *_NVLINK_FIELDS,
+        "xid_count",
+        "xid_last_code",
+        "xid_last_epoch_s",
+        "xid_events",
+    }
 )
 
 

@@ -867,10 +867,12 @@ class _BoundsPlan(NamedTuple):
 
 
 @functools.cache
-def _bounds_plan(cls: type) -> _BoundsPlan:
+def _bounds_plan(cls: type, skip: frozenset[str] = frozenset()) -> _BoundsPlan:
     hints = typing.get_type_hints(cls)
     numbers, number_lists, object_lists = [], [], []
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         hint = hints[f.name]
         if typing.get_origin(hint) in (Union, types.UnionType):
             (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -886,11 +888,14 @@ def _bounds_plan(cls: type) -> _BoundsPlan:
     return _BoundsPlan(tuple(numbers), tuple(number_lists), tuple(object_lists))
 
 
-def nulls_for_out_of_bounds(obj: Mapping[str, Any], cls: type, path: str, nulled: list[str]) -> Any:
+def nulls_for_out_of_bounds(
+    obj: Mapping[str, Any], cls: type, path: str, nulled: list[str], skip: frozenset[str] = frozenset()
+) -> Any:
     """``obj`` (a wire ``cls`` as a dict) with every number outside its field's bounds set to
     ``None``, each such field's path appended to ``nulled``; ``obj`` itself when all are within
-    (it is never mutated). A list of numbers with one outside becomes ``None`` as a whole."""
-    plan = _bounds_plan(cls)
+    (it is never mutated). A list of numbers with one outside becomes ``None`` as a whole.
+    ``obj`` may hold only some of ``cls``'s fields; those in ``skip`` are not looked at."""
+    plan = _bounds_plan(cls, skip)
     get = obj.get
     changed: dict[str, Any] = {}
     for name, low, high in plan.numbers:
@@ -921,8 +926,12 @@ def nulls_for_out_of_bounds(obj: Mapping[str, Any], cls: type, path: str, nulled
     return {**obj, **changed}
 
 
-def snapshot_within_bounds(snapshot: Snapshot) -> tuple[Snapshot, list[str]]:
-    """An agent's snapshot with every out-of-bounds number as null, and the paths of those."""
+def snapshot_within_bounds(
+    snapshot: Snapshot, gpu_fields_checked: frozenset[str] = frozenset()
+) -> tuple[Snapshot, list[str]]:
+    """An agent's snapshot with every out-of-bounds number as null, and the paths of those.
+    ``gpu_fields_checked``: GPU fields the collector already held to their bounds (when it read
+    them), not looked at again."""
     nulled: list[str] = []
     out = snapshot
     sampled_at: Any = snapshot.get("sampled_at")
@@ -937,7 +946,7 @@ def snapshot_within_bounds(snapshot: Snapshot) -> tuple[Snapshot, list[str]]:
     gpus = snapshot.get("gpus")
     if isinstance(gpus, dict):
         fitted_gpus = {
-            index: nulls_for_out_of_bounds(gpu, GpuSample, f"gpus.{index}", nulled)
+            index: nulls_for_out_of_bounds(gpu, GpuSample, f"gpus.{index}", nulled, gpu_fields_checked)
             if isinstance(gpu, dict)
             else gpu
             for index, gpu in gpus.items()
@@ -989,6 +998,9 @@ def make_patch(old: Any, new: Any) -> Any:
     kept = 0  # keys of new that old has too: when all of old's, no key was removed
     for key, value in new.items():
         old_value = old.get(key, _ABSENT)
+        if value is old_value:  # the same object: a reading repeated between slow reads
+            kept += 1
+            continue
         kind = value.__class__
         if kind is old_value.__class__ and kind in _EQUAL_MEANS_UNCHANGED and value == old_value:
             kept += 1

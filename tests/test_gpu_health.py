@@ -5,6 +5,7 @@ nvidia-ml-py: every NVML name the agent uses exists there, with a signature the 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib
 import inspect
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from node_agent import gpu as gpu_module
+from node_agent import protocol
 from node_agent.gpu import GpuCollector, mig_profile
 from node_agent.protocol import MAX_XID_EVENTS, GpuSample, check_patch, to_wire
 from tests import fakes
@@ -410,3 +412,33 @@ def test_the_fakes_structures_are_the_real_ones(tmp_path: Path) -> None:
     fake.nvmlDeviceRegisterEvents(handle, fake.nvmlEventTypeXidCriticalError, event_set)
     with pytest.raises(fake.NVMLError_Timeout):
         fake.nvmlEventSetWait_v2(event_set, 10)
+
+
+# --------------------------------------------------------------------------- cost of the slow fields
+def test_slow_fields_are_held_to_bounds_when_read_and_reused_until_read_again(
+    make_collector: MakeCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [time.monotonic()]
+    collector, fake = make_collector(fakes.memory_faults(), clock=lambda: now[0])
+    first = collector.sample_wire()["3"]
+    slow = {name: first[name] for name in gpu_module.FIELDS_CHECKED_WHEN_READ}
+    assert set(slow) <= set(first) and first["ecc_volatile_corrected"] == 10
+    now[0] += 1
+    second = collector.sample_wire()["3"]
+    assert all(second[name] is value for name, value in slow.items()), "the same objects until read again"
+    fake._scenario["gpus"][3].update(ecc_corrected=int(protocol.MAX_ABS_NUMBER) * 10)
+    now[0] += gpu_module.SLOW_FIELDS_EVERY_S
+    for _ in range(2):
+        assert collector.sample_wire()["3"]["ecc_volatile_corrected"] is None, "outside its bounds: unknown"
+        now[0] += gpu_module.SLOW_FIELDS_EVERY_S
+    warned = [r for r in caplog.records if "gpus.3.ecc_volatile_corrected" in r.getMessage()]
+    assert len(warned) == 1, "warned once"
+
+
+def test_the_sampler_leaves_only_the_collectors_checked_fields_to_it() -> None:
+    checked = gpu_module.FIELDS_CHECKED_WHEN_READ
+    assert checked <= {f.name for f in dataclasses.fields(GpuSample)}
+    odd = {"index": 0, "ecc_volatile_corrected": -1, "fan_percent": 255.0}
+    snapshot, nulled = protocol.snapshot_within_bounds({"gpus": {"0": odd}}, checked)
+    assert snapshot["gpus"]["0"]["ecc_volatile_corrected"] == -1, "the collector's to check"
+    assert nulled == ["gpus.0.fan_percent"], "every other field is checked every sample"

@@ -100,15 +100,19 @@ def wait_until(predicate: object, timeout_s: float) -> bool:
     return False
 
 
-def fake_gpu_env(log_dir: Path, pids: Sequence[int]) -> dict[str, str] | None:
-    """Environment that gives the agent 8 fake H100s, or None when the fake is not there."""
+def fake_gpu_env(log_dir: Path, pids: Sequence[int], mig: bool = False) -> dict[str, str] | None:
+    """Environment that gives the agent 8 fake H100s (``mig``: 8 A100s, 4 of them in MIG mode
+    with 8 slices in all), or None when the fake is not there."""
     try:
-        from tests.fakes import eight_gpus, fake_env, write_scenario
+        from tests.fakes import eight_gpus, eight_gpus_with_mig, fake_env, write_scenario
     except ImportError:
         return None
     if not (FAKE_NVML_DIR / "pynvml.py").exists():
         return None
-    scenario = write_scenario(log_dir / "eight_gpus.json", eight_gpus(pids))
+    name, data = (
+        ("eight_gpus_with_mig", eight_gpus_with_mig(pids)) if mig else ("eight_gpus", eight_gpus(pids))
+    )
+    scenario = write_scenario(log_dir / f"{name}.json", data)
     return fake_env(scenario, child_env())
 
 
@@ -143,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="agent interval = scrape period")
     parser.add_argument("--no-peers", dest="peers", action="store_false", help="measure the agent alone")
     parser.add_argument("--tiny", action="store_true", help="a 3 s window (seconds in all)")
+    parser.add_argument("--mig", action="store_true", help="8 A100s with 8 MIG slices instead of 8 H100s")
     args = parser.parse_args(argv)
     if args.tiny:
         args.duration, args.warmup = 3.0, 3.0
@@ -165,12 +170,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not wait_until(lambda: get_json(f"http://127.0.0.1:{port}/healthz", 1), 30):
             raise RuntimeError(f"hub did not start:\n{hub.log_tail()}")
-        env = fake_gpu_env(log_dir, [os.getpid(), hub.popen.pid])
+        env = fake_gpu_env(log_dir, [os.getpid(), hub.popen.pid], mig=args.mig)
         if env is None:
             fig.note("GPUs: fake NVML not found (tests/fake_nvml): the agent runs with no GPUs")
             env = child_env()
         else:
-            fig.note("GPUs: 8 FAKE H100s (tests/fake_nvml, scenario eight_gpus), not real NVML")
+            fig.note(
+                "GPUs: 8 FAKE A100s, 8 MIG slices (tests/fake_nvml, scenario eight_gpus_with_mig), not real NVML"
+                if args.mig
+                else "GPUs: 8 FAKE H100s (tests/fake_nvml, scenario eight_gpus), not real NVML"
+            )
         agent = spawn(
             "sers-agent",
             [

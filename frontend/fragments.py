@@ -24,6 +24,7 @@ from html import escape as _escape
 from frontend.element_ids import element_id
 from frontend.viewmodels import GpuView, HostView, Meter, SparkView
 from hub.domain.gpus import GpuState
+from hub.domain.health import Level
 
 # Characters that change how the text around them is shown without being seen themselves:
 # bidi embeddings, overrides, isolates and marks (a GPU name ending in U+202E would show the
@@ -97,6 +98,8 @@ _USERS_FALLBACK = {
     GpuState.NOT_CURRENT: "–",
     GpuState.FAULT: "–",
 }
+# A health badge's sign: unlike a lost GPU's "✖" and an offline node's dimmed row.
+_HEALTH_SIGN = {Level.WARNING: "⚠", Level.FAULT: "⛔"}
 
 
 def gpu_html(g: GpuView) -> str:
@@ -108,6 +111,8 @@ def gpu_html(g: GpuView) -> str:
         return f'{head}<span class="er">✖ {_e(g.error)}</span></div>'
     temp = f'<em class="{g.temp_cls}">' if g.temp_cls else "<em>"
     users = _e_id(", ".join(g.users)) if g.users else _USERS_FALLBACK[g.state]
+    if g.health_words:  # in words, before the users: a warning or a fault, never colour alone
+        users = f'<mark class="hb {g.health[0]}">{_HEALTH_SIGN[g.health]} {_e(g.health_words)}</mark>{users}'
     more = f'<span class="mo">+{g.more_users} more</span>' if g.more_users else ""
     return (
         f"{head}{_meter(g.util)}{_meter(g.mem)}{temp}{g.temp_text}</em><em>{g.power_text}</em>"

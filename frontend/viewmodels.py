@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from hub.domain.gpus import GpuFreeRule, GpuState, ratio_percent, user_totals
+from hub.domain.health import Level, gpu_health, xid_words
 from hub.domain.nodes import Node, NodeStatus
 from node_agent.protocol import (
     GPU_COLLECTOR_DOWN,
@@ -29,6 +30,7 @@ MAX_USERS_SHOWN = 2  # on a card; the detail page lists every process
 # The states as module globals: a member lookup on an Enum class costs ~100 ns on Python 3.11,
 # and the GPU row and the summary bar test them per GPU.
 _FREE, _BUSY, _FAULT, _NOT_CURRENT = GpuState.FREE, GpuState.BUSY, GpuState.FAULT, GpuState.NOT_CURRENT
+UNSEEN_HOLDER = "unseen process"  # in a card's user list: GPU memory that no listed process holds
 _VENDOR_PREFIXES = ("NVIDIA ", "GeForce ", "Tesla ", "Quadro ")
 
 
@@ -331,6 +333,8 @@ class GpuView(NamedTuple):
     power_text: str
     users: tuple[str, ...]  # "alice 12G", most GPU memory first
     more_users: int
+    health: Level = Level.OK  # hub.domain.health: ok, warning, fault
+    health_words: str = ""  # the worst finding: "Xid 79: fell off the bus: drain the node"
 
 
 def _by_pid(process: Mapping[str, Any]) -> str:
@@ -338,12 +342,54 @@ def _by_pid(process: Mapping[str, Any]) -> str:
     return "unknown" if pid is None else f"pid {pid}"
 
 
+def _user_of(process: Mapping[str, Any]) -> str:
+    """The name :func:`user_totals` counts a process under (an unknown user by its pid)."""
+    user = process.get("user")
+    return user if user and user.__class__ is str else _by_pid(process)
+
+
+def process_holder(proc: Mapping[str, Any], *, short: bool = False) -> str | None:
+    """What a GPU process runs in (``None``: bare, or not known): ``job 81234`` (``job 81234
+    step 0`` unless ``short``), ``pod research/bert``, ``docker alice-llama``, or the first 12
+    digits of a container id when its name isn't known."""
+    job = proc.get("slurm_job_id")
+    if job is not None:
+        step = proc.get("slurm_step")
+        return f"job {job}" if short or not step else f"job {job} step {step}"
+    pod = proc.get("pod_name")
+    if pod:
+        namespace = proc.get("pod_namespace")
+        return f"pod {pod}" if short or not namespace else f"pod {namespace}/{pod}"
+    container = proc.get("container_name") or (str(proc.get("container_id") or "")[:12] or None)
+    if container is None:
+        uid = proc.get("pod_uid")
+        return f"pod {str(uid)[:8]}" if uid else None
+    return container if short else f"{proc.get('container_runtime') or 'container'} {container}"
+
+
 def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, float]]:
-    """(user, GPU memory in bytes) per user, most memory first; unknown users by pid."""
-    per_user = [(user, mem or 0) for user, (_, mem) in user_totals(processes, _by_pid).items()]
-    if len(per_user) == 1:
-        return per_user
-    return sorted(per_user, key=lambda item: (-item[1], item[0]))
+    """(user, GPU memory in bytes) per user, most memory first; unknown users by pid. A user
+    whose processes all run in one job or container is named with it: ``alice (job 81234)``."""
+    processes = processes if isinstance(processes, list) else list(processes)  # read twice
+    holders: dict[str, str | None] = {}  # the user's one job or container; None: none, or several
+    for proc in processes:
+        user, holder = _user_of(proc), process_holder(proc, short=True)
+        holders[user] = holder if holders.get(user, holder) == holder else None
+    ranked = [(user, mem or 0) for user, (_, mem) in user_totals(processes, _by_pid).items()]
+    if len(ranked) > 1:
+        ranked.sort(key=lambda item: (-item[1], item[0]))
+    return [(f"{user} ({holders[user]})" if holders[user] else user, mem) for user, mem in ranked]
+
+
+def fmt_age(started_epoch_s: object, now_epoch_s: object) -> str:
+    """How long a process has run: ``3 d 4 h``, ``2 h 05 min``, ``12 s``; a dash when unknown."""
+    started, now = _finite(started_epoch_s), _finite(now_epoch_s)
+    if started is None or now is None:
+        return DASH
+    s = int(max(now - started, 0))
+    if s >= 86400:
+        return f"{s // 86400} d {s % 86400 // 3600} h"
+    return fmt_ago(s)
 
 
 def gpu_view(
@@ -352,8 +398,11 @@ def gpu_view(
     gpu: Mapping[str, Any],
     rule: GpuFreeRule,
     node_live: bool = True,
+    static: Mapping[str, Any] | None = None,
+    now_epoch_s: float | None = None,
 ) -> GpuView:
-    """One GPU row. Hot: the hub builds one per changed GPU per sample."""
+    """One GPU row. Hot: the hub builds one per changed GPU per sample. ``static`` is the GPU's
+    hello facts (its maximum PCIe link); ``now_epoch_s`` (default: now) how old its Xids are."""
     get = gpu.get
     error = get("error")
     util = get("util_gpu_percent")
@@ -370,7 +419,11 @@ def gpu_view(
     else:
         state = _BUSY
     ranked = gpu_users(processes) if processes else []
+    unseen = get("unseen_mem_bytes")
+    if unseen and unseen.__class__ is int:  # memory no listed process holds (the agent's rule)
+        ranked = sorted([*ranked, (UNSEEN_HOLDER, unseen)], key=lambda item: -item[1])
     temp = get("temp_celsius")
+    health = gpu_health(gpu, static, time.time() if now_epoch_s is None else now_epoch_s)
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
     return GpuView(
         node_id,
@@ -384,6 +437,8 @@ def gpu_view(
         fmt_power_of(get("power_draw_watts"), get("power_limit_watts")),
         tuple(f"{user} {fmt_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
         len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
+        health.level,
+        health.words,
     )
 
 
@@ -546,6 +601,9 @@ class SummaryView:
     gpu_mem_total_text: str
     gpu_mem_p: int
     gpu_collectors_down: int = 0  # nodes not offline whose GPUs can't be read
+    gpus_warning: int = 0  # GPUs whose health is a warning (hub/domain/health.py)
+    gpus_health_fault: int = 0  # GPUs whose health is a fault (a lost GPU is gpus_error)
+    slices: tuple[ModelCount, ...] = ()  # MIG slices free / total by profile
 
 
 class GpuTally(NamedTuple):
@@ -556,12 +614,21 @@ class GpuTally(NamedTuple):
     state: GpuState
     mem_used_bytes: int
     mem_total_bytes: int
+    health: Level = Level.OK  # as in GpuView
+    slices: tuple[tuple[str, bool], ...] = ()  # MIG slices: (profile, free)
 
 
-def gpu_tally(gpu: Mapping[str, Any], state: GpuState) -> GpuTally:
+def gpu_tally(
+    gpu: Mapping[str, Any], state: GpuState, health: Level = Level.OK, slices: Iterable[SliceView] = ()
+) -> GpuTally:
     get = gpu.get  # positional below: one per rendered GPU row
     return GpuTally(
-        short_gpu_name(get("name")), state, get("mem_used_bytes") or 0, get("mem_total_bytes") or 0
+        short_gpu_name(get("name")),
+        state,
+        get("mem_used_bytes") or 0,
+        get("mem_total_bytes") or 0,
+        health,
+        tuple((s.profile, s.state is _FREE and state is not _NOT_CURRENT) for s in slices),
     )
 
 
@@ -574,7 +641,9 @@ def summary_view(
     status_counts: Counter[NodeStatus] = Counter()
     free_by_model: Counter[str] = Counter()
     total_by_model: Counter[str] = Counter()
-    errors = 0
+    errors = warnings = health_faults = 0
+    free_slices: Counter[str] = Counter()
+    total_slices: Counter[str] = Counter()
     offline_gpus = 0
     mem_used = 0
     mem_total = 0
@@ -591,6 +660,11 @@ def summary_view(
                 errors += 1
             elif tally.state is _FREE:
                 free_by_model[tally.model] += 1
+            warnings += tally.health is Level.WARNING
+            health_faults += tally.health is Level.FAULT
+            for profile, free in tally.slices:
+                total_slices[profile] += 1
+                free_slices[profile] += free
     return SummaryView(
         live=status_counts[NodeStatus.LIVE],
         stale=status_counts[NodeStatus.STALE],
@@ -607,6 +681,12 @@ def summary_view(
         gpu_mem_total_text=fmt_bytes(mem_total),
         gpu_mem_p=round(ratio_percent(mem_used, mem_total) or 0),
         gpu_collectors_down=gpu_collectors_down,
+        gpus_warning=warnings,
+        gpus_health_fault=health_faults,
+        slices=tuple(
+            ModelCount(profile, free_slices[profile], total)
+            for profile, total in sorted(total_slices.items())
+        ),
     )
 
 
@@ -623,6 +703,7 @@ _LABELS = {
     "enc_util_percent": "encoder utilization",
     "dec_util_percent": "decoder utilization",
     "ecc_volatile_uncorrected": "ECC errors (volatile, uncorrected)",
+    "unseen_mem_bytes": "memory held by unseen processes",
     "pstate": "performance state",
     "mig_mode": "MIG mode",
     "pci_bus_id": "PCI bus id",
@@ -717,6 +798,9 @@ class ProcessView:
     gpu_mem_text: str
     cpu_text: str
     host_mem_text: str
+    holder: str  # its job, pod or container (a dash: none known)
+    age_text: str  # since it started, by the agent's clock ("3 d 4 h")
+    started_text: str  # when it started
 
 
 GPU_STATE_TEXT = {
@@ -737,6 +821,96 @@ class GpuDetailView:
     facts: tuple[FieldView, ...]
     processes: tuple[ProcessView, ...]
     history: SparkView
+    health: Level = Level.OK
+    findings: tuple[str, ...] = ()  # every finding's words, the worst first
+    xids: tuple[XidView, ...] = ()  # the Xid events the agent sent, newest first
+    xid_count_text: str = ""  # "3 since the agent started" (null: events unsupported)
+    slices: tuple[SliceView, ...] = ()  # MIG instances
+
+
+@dataclass(frozen=True, slots=True)
+class XidView:
+    when: str
+    words: str
+    where: str  # the MIG slice's uuid, or "whole GPU"
+
+
+@dataclass(frozen=True, slots=True)
+class SliceView:
+    uuid: str
+    profile: str
+    instance: str  # "GI 1 / CI 0"
+    state: GpuState  # free or busy, by the GPU free rule
+    mem_text: str
+    util_text: str
+    processes: tuple[ProcessView, ...]
+
+
+def _process_views(
+    processes: Iterable[Mapping[str, Any]], now_epoch_s: object = None
+) -> tuple[ProcessView, ...]:
+    """Most GPU memory first; ``now_epoch_s`` (the sample's time, by the agent's clock) gives
+    their ages (a dash without it)."""
+    ranked = sorted(processes, key=lambda p: -(p.get("gpu_mem_bytes") or 0))
+    return tuple(
+        ProcessView(
+            pid="?" if p.get("pid") is None else str(p["pid"]),
+            user=p.get("user") or "unknown",
+            command=p.get("command") or "unknown",
+            gpu_mem_text=fmt_bytes(p.get("gpu_mem_bytes")),
+            cpu_text=fmt_percent(p.get("cpu_percent")),
+            host_mem_text=fmt_bytes(p.get("host_mem_bytes")),
+            holder=process_holder(p) or DASH,
+            age_text=fmt_age(p.get("started_epoch_s"), now_epoch_s),
+            started_text=fmt_epoch(p.get("started_epoch_s")),
+        )
+        for p in ranked
+    )
+
+
+def slice_views(
+    gpu: Mapping[str, Any], rule: GpuFreeRule, now_epoch_s: object = None
+) -> tuple[SliceView, ...]:
+    """A GPU's MIG slices, each free or busy by the GPU free rule (``now_epoch_s``: as
+    :func:`_process_views`)."""
+    out = []
+    for mig in gpu.get("mig_slices") or ():
+        used, total = mig.get("mem_used_bytes"), mig.get("mem_total_bytes")
+        free = rule.allows(mig.get("processes"), mig.get("util_gpu_percent"), ratio_percent(used, total))
+        out.append(
+            SliceView(
+                uuid=str(mig.get("uuid") or "?"),
+                profile=str(mig.get("profile") or "?"),
+                instance=f"GI {_or_dash(mig.get('gpu_instance_id'))} / CI {_or_dash(mig.get('compute_instance_id'))}",
+                state=_FREE if free else _BUSY,
+                mem_text=fmt_used_of(used, total),
+                util_text=fmt_percent(mig.get("util_gpu_percent")),
+                processes=_process_views(mig.get("processes") or (), now_epoch_s),
+            )
+        )
+    return tuple(out)
+
+
+def _or_dash(value: object) -> str:
+    return DASH if value is None else str(value)
+
+
+def xid_views(gpu: Mapping[str, Any]) -> tuple[XidView, ...]:
+    return tuple(
+        XidView(
+            when=fmt_epoch(event.get("epoch_s")),
+            words=xid_words(int(event["code"])) if event.get("code") is not None else "Xid ?",
+            where=str(
+                event.get("mig_uuid")
+                or (
+                    f"GPU instance {event['gpu_instance_id']}"
+                    if event.get("gpu_instance_id") is not None
+                    else "whole GPU"
+                )
+            ),
+        )
+        for event in reversed(gpu.get("xid_events") or ())
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -782,13 +956,15 @@ def detail_view(
     # a GPU's facts without an index (the protocol lets it be null) belong to no GPU row
     statics = {str(g["index"]): g for g in (hello.gpus if hello else []) if g.get("index") is not None}
     gpus = node.state.get("gpus") or {}
+    sampled_at = node.state.get("sampled_at")  # processes' ages by the agent's clock
     gpu_views = []
     for index in sorted(gpus.keys() | statics.keys(), key=lambda i: (len(i), i)):
         sample = gpus.get(index) or {}
         static = statics.get(index) or {}
         merged = {**static, **{k: v for k, v in sample.items() if v is not None}}
         state = gpu_view(node.node_id, index, merged, rule, live).state
-        processes = sorted(sample.get("processes") or [], key=lambda p: -(p.get("gpu_mem_bytes") or 0))
+        health = gpu_health(sample, static, time.time())
+        xid_count = sample.get("xid_count")
         gpu_views.append(
             GpuDetailView(
                 index=index,
@@ -798,17 +974,7 @@ def detail_view(
                 error=sample.get("error"),
                 facts=field_views(merged, GpuSample, skip=("index", "name", "processes", "error"))
                 + field_views(static, GpuStatic, skip=_GPU_SAMPLE_FIELDS),
-                processes=tuple(
-                    ProcessView(
-                        pid="?" if p.get("pid") is None else str(p["pid"]),
-                        user=p.get("user") or "unknown",
-                        command=p.get("command") or "unknown",
-                        gpu_mem_text=fmt_bytes(p.get("gpu_mem_bytes")),
-                        cpu_text=fmt_percent(p.get("cpu_percent")),
-                        host_mem_text=fmt_bytes(p.get("host_mem_bytes")),
-                    )
-                    for p in processes
-                ),
+                processes=_process_views(sample.get("processes") or (), sampled_at),
                 history=spark_view(
                     f"hist-gpu-{index}",
                     history.get(f"u{index}", ()),
@@ -816,6 +982,13 @@ def detail_view(
                     f"GPU {index}: utilization (solid) and memory in use (dashed)",
                     **chart,
                 ),
+                health=health.level,
+                findings=tuple(f.words for f in health.findings),
+                xids=xid_views(sample),
+                xid_count_text="events not supported"
+                if xid_count is None
+                else f"{xid_count} since the agent started",
+                slices=slice_views(sample, rule, sampled_at),
             )
         )
     disks = tuple(

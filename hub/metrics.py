@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hub.domain.gpus import GpuFreeRule, gpu_is_free, user_totals
+from hub.domain.health import Level, gpu_health
 from hub.domain.nodes import NodeStatus
 from hub.registry import NodeRegistry
 from hub.state import HubState
@@ -104,7 +106,64 @@ GPU_GAUGES = (
         "Uncorrected ECC errors since the driver loaded.",
         "ecc_volatile_uncorrected",
     ),
+    Gauge(
+        "sers_gpu_ecc_volatile_corrected_errors",
+        "Corrected ECC errors since the driver loaded.",
+        "ecc_volatile_corrected",
+    ),
+    Gauge(
+        "sers_gpu_ecc_aggregate_uncorrected_errors",
+        "Uncorrected ECC errors over the GPU's life.",
+        "ecc_aggregate_uncorrected",
+    ),
+    Gauge(
+        "sers_gpu_ecc_aggregate_corrected_errors",
+        "Corrected ECC errors over the GPU's life.",
+        "ecc_aggregate_corrected",
+    ),
+    Gauge(
+        "sers_gpu_retired_pages_single_bit",
+        "Memory pages retired for single-bit ECC errors.",
+        "retired_pages_single_bit",
+    ),
+    Gauge(
+        "sers_gpu_retired_pages_double_bit",
+        "Memory pages retired for double-bit ECC errors.",
+        "retired_pages_double_bit",
+    ),
+    Gauge(
+        "sers_gpu_remapped_rows_corrected",
+        "Memory rows remapped for corrected errors.",
+        "remapped_rows_corrected",
+    ),
+    Gauge(
+        "sers_gpu_remapped_rows_uncorrected",
+        "Memory rows remapped for uncorrected errors.",
+        "remapped_rows_uncorrected",
+    ),
+    Gauge("sers_gpu_pcie_link_generation", "Current PCIe link generation.", "pcie_link_gen"),
+    Gauge("sers_gpu_pcie_link_width_lanes", "Current PCIe link width.", "pcie_link_width_lanes"),
+    Gauge("sers_gpu_pcie_rx_bytes_per_second", "PCIe receive throughput.", "pcie_rx_bytes_per_s"),
+    Gauge("sers_gpu_pcie_tx_bytes_per_second", "PCIe transmit throughput.", "pcie_tx_bytes_per_s"),
+    Gauge("sers_gpu_pcie_replays", "PCIe replay counter.", "pcie_replay_count"),
+    Gauge("sers_gpu_xid_errors", "Xid errors since the agent started.", "xid_count"),
+    Gauge("sers_gpu_xid_last_code", "The last Xid error's code.", "xid_last_code"),
+    Gauge(
+        "sers_gpu_xid_last_timestamp_seconds", "When the last Xid error came (Unix time).", "xid_last_epoch_s"
+    ),
 )
+
+# Health flags (1 or 0) read from boolean sample fields.
+GPU_FLAGS = (
+    Gauge("sers_gpu_remap_pending", "1 when remapped memory rows wait for a GPU reset.", "remap_pending"),
+    Gauge("sers_gpu_remap_failed", "1 when a row remap failed: the GPU needs replacing.", "remap_failed"),
+    Gauge(
+        "sers_gpu_retired_pages_pending",
+        "1 when retired pages wait for a GPU reset.",
+        "retired_pages_pending",
+    ),
+)
+HEALTH_LEVELS = {Level.OK: 0.0, Level.WARNING: 1.0, Level.FAULT: 2.0}
 
 
 class UniqueGauge(GaugeMetricFamily):
@@ -302,6 +361,34 @@ class HubCollector:
 
     def _gpu_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
         families = [UniqueGauge(g.name, g.help, labels=GPU_LABELS) for g in GPU_GAUGES]
+        flags = [UniqueGauge(g.name, g.help, labels=GPU_LABELS) for g in GPU_FLAGS]
+        health = UniqueGauge(
+            "sers_gpu_health",
+            "The GPU's health: 0 ok, 1 warning, 2 fault (see the README).",
+            labels=GPU_LABELS,
+        )
+        throttle = UniqueGauge(
+            "sers_gpu_clocks_event_reason",
+            "1 for each reason NVML gives for the GPU's clocks (hw_thermal, sw_power_cap...).",
+            labels=[*GPU_LABELS, "reason"],
+        )
+        link_labels = [*GPU_LABELS, "link"]
+        nvlink_up = UniqueGauge("sers_gpu_nvlink_up", "1 when the NVLink link is active.", labels=link_labels)
+        nvlink_errors = UniqueGauge(
+            "sers_gpu_nvlink_errors",
+            "NVLink error counters, per link and kind.",
+            labels=[*link_labels, "kind"],
+        )
+        mig_labels = [*GPU_LABELS, "mig_uuid", "profile"]
+        mig_used = UniqueGauge("sers_mig_memory_used_bytes", "MIG slice memory in use.", labels=mig_labels)
+        mig_total = UniqueGauge("sers_mig_memory_total_bytes", "MIG slice memory.", labels=mig_labels)
+        mig_procs = UniqueGauge("sers_mig_processes", "Processes on the MIG slice.", labels=mig_labels)
+        mig_util = UniqueGauge(
+            "sers_mig_utilization_ratio",
+            "MIG slice utilization (0-1), where NVML gives it.",
+            labels=mig_labels,
+        )
+        now_s = time.time()
         gpu_up = UniqueGauge(
             "sers_gpu_up",
             "1 when the GPU answers NVML, 0 when it failed (lost, Xid, error).",
@@ -349,6 +436,15 @@ class HubCollector:
                     value = _number(gpu.get(gauge.field))
                     if value is not None:
                         family.add_metric(labels, value * gauge.scale)
+                for gauge, family in zip(GPU_FLAGS, flags, strict=True):
+                    flag = gpu.get(gauge.field)
+                    if isinstance(flag, bool):
+                        family.add_metric(labels, 1.0 if flag else 0.0)
+                health.add_metric(labels, HEALTH_LEVELS[gpu_health(gpu, facts, now_s).level])
+                for reason in gpu.get("throttle_reasons") or ():
+                    throttle.add_metric([*labels, _text(reason)], 1.0)
+                _add_nvlinks(gpu, labels, nvlink_up, nvlink_errors)
+                _add_mig_slices(gpu, labels, (mig_used, mig_total, mig_procs, mig_util))
                 procs = [p for p in gpu.get("processes") or [] if isinstance(p, dict)]
                 processes.add_metric(labels, float(len(procs)))
                 for user, (count, mem_bytes) in user_totals(procs).items():
@@ -357,6 +453,58 @@ class HubCollector:
                         user_mem.add_metric([*labels, user], mem_bytes)
         yield from families
         yield from (gpu_up, free, processes, user_mem, user_procs)
+        yield from (
+            *flags,
+            health,
+            throttle,
+            nvlink_up,
+            nvlink_errors,
+            mig_used,
+            mig_total,
+            mig_procs,
+            mig_util,
+        )
+
+
+_NVLINK_KINDS = {
+    "nvlink_replay_count": "replay",
+    "nvlink_recovery_count": "recovery",
+    "nvlink_crc_flit_count": "crc_flit",
+    "nvlink_crc_data_count": "crc_data",
+}
+
+
+def _add_nvlinks(
+    gpu: Mapping[str, Any], labels: list[str], up: GaugeMetricFamily, errors: GaugeMetricFamily
+) -> None:
+    active = gpu.get("nvlink_active")
+    if isinstance(active, list):
+        for link, state in enumerate(active):
+            up.add_metric([*labels, str(link)], 1.0 if state is True else 0.0)
+    for field, kind in _NVLINK_KINDS.items():
+        counts = gpu.get(field)
+        for link, count in enumerate(counts if isinstance(counts, list) else ()):
+            value = _number(count)
+            if value is not None:
+                errors.add_metric([*labels, str(link), kind], value)
+
+
+def _add_mig_slices(
+    gpu: Mapping[str, Any], labels: list[str], families: tuple[GaugeMetricFamily, ...]
+) -> None:
+    used, total, procs, util = families
+    for mig in gpu.get("mig_slices") or ():
+        if not isinstance(mig, dict) or not mig.get("uuid"):
+            continue
+        mig_labels = [*labels, _text(mig.get("uuid")), _text(mig.get("profile"))]
+        for family, value in (
+            (used, _number(mig.get("mem_used_bytes"))),
+            (total, _number(mig.get("mem_total_bytes"))),
+            (util, None if (u := _number(mig.get("util_gpu_percent"))) is None else u * 0.01),
+        ):
+            if value is not None:
+                family.add_metric(mig_labels, value)
+        procs.add_metric(mig_labels, float(len(mig.get("processes") or ())))
 
 
 def exposition(nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int) -> bytes:

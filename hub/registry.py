@@ -21,6 +21,7 @@ import orjson
 
 from hub.domain.events import (
     EventBus,
+    GpuHealthChanged,
     GpuStateChanged,
     NodeConnected,
     NodeRemoved,
@@ -31,6 +32,7 @@ from hub.domain.events import (
     StatusChanged,
 )
 from hub.domain.gpus import GpuFreeRule, GpuState, gpu_state
+from hub.domain.health import HEALTH_FIELDS, Level, gpu_health
 from hub.domain.nodes import Clock, Liveness, Naming, Node, NodeStatus, sort_key
 from node_agent.protocol import (
     CLOSE_POLICY,
@@ -69,6 +71,8 @@ class NodeRegistry:
         self._connections = 0
         # per node, each GPU's state as last published; kept only while GpuStateChanged has subscribers
         self._gpu_states: dict[str, dict[str, GpuState]] = {}
+        # per node, each GPU's health level other than ok; kept only while GpuHealthChanged has subscribers
+        self._gpu_health: dict[str, dict[str, Level]] = {}
 
     # ------------------------------------------------------------------ agent side
     def hello(self, hello: Hello, address: str | None = None) -> int:
@@ -172,6 +176,8 @@ class NodeRegistry:
                     node.last_seen_mono,
                 )
             )
+        if isinstance(gpus_patch, dict) and events.wants(GpuHealthChanged):
+            self._publish_gpu_health(node, gpus_patch)
         if not was_live or late_ended or gpu_set_changed:
             self._publish_gpu_states(node, None)
         elif changed_gpus and events.wants(GpuStateChanged):
@@ -190,6 +196,7 @@ class NodeRegistry:
         if self.nodes.pop(node_id, None) is None:
             return False
         self._gpu_states.pop(node_id, None)
+        self._gpu_health.pop(node_id, None)
         self.events.publish(NodeRemoved(node_id))
         return True
 
@@ -255,6 +262,44 @@ class NodeRegistry:
             else:
                 known[index] = new
             self.events.publish(GpuStateChanged(node.node_id, index, old, new, gpu or {}, now))
+
+    def _publish_gpu_health(self, node: Node, gpus_patch: dict[str, object]) -> None:
+        """Publishes a :class:`GpuHealthChanged` for each patched GPU whose health level
+        changed. The health is computed only for a GPU whose patch holds a field it reads
+        (:data:`~hub.domain.health.HEALTH_FIELDS`): most patches carry none."""
+        known = self._gpu_health.setdefault(node.node_id, {})
+        gpus = node.state.get("gpus") or {}
+        statics = None
+        for index, gpu_patch in gpus_patch.items():
+            if gpu_patch is None or index not in gpus:  # the GPU is gone
+                known.pop(index, None)
+                continue
+            if not isinstance(gpu_patch, dict) or HEALTH_FIELDS.isdisjoint(gpu_patch):
+                continue
+            if statics is None:
+                hello_gpus = node.hello.gpus if node.hello else []
+                statics = {str(g.get("index")): g for g in hello_gpus}
+            static = statics.get(index)
+            health = gpu_health(gpus[index], static, self._clock.wall())
+            old = known.get(index, Level.OK)
+            if health.level is old:
+                continue
+            if health.level is Level.OK:
+                del known[index]
+            else:
+                known[index] = health.level
+            uuid = static.get("uuid") if static else None
+            self.events.publish(
+                GpuHealthChanged(
+                    node.node_id,
+                    index,
+                    uuid if isinstance(uuid, str) else None,
+                    old,
+                    health.level,
+                    tuple(f.words for f in health.findings),
+                    node.last_seen_mono,
+                )
+            )
 
     def ordered(self) -> list[Node]:
         """Nodes in display order: by group (ungrouped last), then display name."""

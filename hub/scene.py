@@ -29,6 +29,7 @@ from frontend.viewmodels import (
     gpu_view,
     head_view,
     host_view,
+    slice_views,
     spark_view,
     summary_view,
 )
@@ -102,6 +103,7 @@ class RenderedNode:
     gpus: dict[str, str] = field(default_factory=dict)
     gpu_sparks: dict[str, str] = field(default_factory=dict)
     tallies: dict[str, GpuTally] = field(default_factory=dict)  # per GPU, for the summary bar
+    gpu_statics: dict[str, dict[str, Any]] = field(default_factory=dict)  # the hello's, by index
 
 
 def gpu_order(gpus: Iterable[str]) -> list[str]:
@@ -241,6 +243,7 @@ class Scene:
         node_id = node.node_id
         order = gpu_order(gpus)
         rendered = RenderedNode(host=self._render_host(node), cpu_spark=self._render_cpu_spark(node_id))
+        rendered.gpu_statics = {str(g.get("index")): g for g in (node.hello.gpus if node.hello else [])}
         rendered.gpus = {i: self._render_gpu(rendered, node_id, i, gpus[i], live) for i in order}
         rendered.gpu_sparks = {i: self._render_gpu_spark(node_id, i) for i in order}
         self._rendered[node_id] = rendered
@@ -259,8 +262,11 @@ class Scene:
         self, rendered: RenderedNode, node_id: str, index: str, gpu: dict[str, Any], live: bool
     ) -> str:
         """The row's HTML; also refreshes the GPU's tally for the summary bar."""
-        view = gpu_view(node_id, index, gpu, self._gpu_free, live)
-        rendered.tallies[index] = gpu_tally(gpu, view.state)
+        rule = self._gpu_free
+        static = rendered.gpu_statics.get(index)  # the hello's facts: the maximum PCIe link
+        view = gpu_view(node_id, index, gpu, rule, live, static)
+        slices = slice_views(gpu, rule) if gpu.get("mig_slices") else ()
+        rendered.tallies[index] = gpu_tally(gpu, view.state, view.health, slices)
         return self._renderer.gpu(view)
 
     def _render_cpu_spark(self, node_id: str) -> str:

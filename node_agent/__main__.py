@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from node_agent.attribution import AttributionReader
 from node_agent.gpu import GpuCollector
 from node_agent.host import HostCollector
 from node_agent.link import Backoff, HubLink
@@ -37,6 +38,13 @@ def build_sampler(settings: AgentSettings) -> Sampler:
             log=log,
             retry_every_s=settings.nvml_retry_s,
             sysfs_root=settings.sysfs_root,
+            proc_root=settings.proc_root,
+            attribution=AttributionReader(
+                proc_root=settings.proc_root,
+                docker_root=settings.docker_root,
+                podman_root=settings.podman_root,
+                pod_log_dir=settings.pod_log_dir,
+            ),
         ),
     )
 

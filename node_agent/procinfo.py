@@ -1,9 +1,11 @@
-"""Who owns a GPU process: host pid → user, command, CPU % and host memory.
+"""Who owns a GPU process: host pid → user, command, start time, container or job, CPU % and
+host memory.
 
-Only the pids NVML reports are looked up, never the whole process table. A process's user and
-command are resolved once (psutil), when its pid first shows up; after that each sample reads one
-file, ``/proc/<pid>/stat`` (kept open, :class:`~node_agent.procfs.ProcFile`), for the CPU time and
-resident memory, and its start time tells a reused pid from the process that had it before.
+Only the pids NVML reports are looked up, never the whole process table. A process's user,
+command and container or job (:mod:`node_agent.attribution`) are read once, when its pid first
+shows up; after that each sample reads one file, ``/proc/<pid>/stat`` (kept open,
+:class:`~node_agent.procfs.ProcFile`), for the CPU time and resident memory, and its start time
+tells a reused pid from the process that had it before.
 CPU % is measured since the previous sample. Pids that are no longer reported are dropped.
 Blocking (reads ``/proc``): call from the sampler's worker thread.
 """
@@ -15,10 +17,10 @@ import pwd
 import re
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Literal, NamedTuple
 
-import psutil
-
+from node_agent.attribution import NONE, Attribution, AttributionReader
 from node_agent.procfs import ProcFile
 
 COMMAND_MAX_CHARS = 200
@@ -30,7 +32,8 @@ KEPT_OPEN_MAX = 256
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
-_PROCESS_ERRORS = (psutil.NoSuchProcess, psutil.AccessDenied)  # ZombieProcess ⊂ NoSuchProcess
+# The kernel keeps the first 15 bytes of a program's name in /proc/<pid>/comm.
+_COMM_MAX_CHARS = 15
 
 # A flag or variable name that announces a secret: --token X, --api-key=X, DB_PASSWORD=X.
 _SECRET_NAME = re.compile(
@@ -64,6 +67,8 @@ class ProcInfo(NamedTuple):
     command: str | None = None
     cpu_percent: float | None = None
     host_mem_bytes: int | None = None
+    started_epoch_s: float | None = None
+    attribution: Attribution = NONE
 
 
 UNKNOWN = ProcInfo()
@@ -184,25 +189,74 @@ def parse_pid_stat(text: bytes) -> PidStat:
     )
 
 
+def boot_time_epoch_s(proc_root: Path) -> float | None:
+    """When the host booted (``btime`` of ``<proc_root>/stat``), or ``None`` if unreadable."""
+    try:
+        text = (proc_root / "stat").read_bytes()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(b"btime "):
+            try:
+                return float(int(line.split()[1]))
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def _uid(status: bytes) -> int:
+    """The real uid from a ``/proc/<pid>/status`` text."""
+    for line in status.splitlines():
+        if line.startswith(b"Uid:"):
+            return int(line.split()[1])
+    raise ValueError("no Uid line")
+
+
 class _Entry:
     """One process being tracked: who it is, and its previous reading (``None``: none yet)."""
 
-    __slots__ = ("command", "cpu_ticks", "read_at_s", "started_ticks", "stat_file", "user")
+    __slots__ = (
+        "attribution",
+        "command",
+        "cpu_ticks",
+        "read_at_s",
+        "started_epoch_s",
+        "started_ticks",
+        "stat_file",
+        "user",
+    )
 
-    def __init__(self, stat_file: ProcFile, user: str | None, command: str | None) -> None:
+    def __init__(
+        self, stat_file: ProcFile, user: str | None, command: str | None, attribution: Attribution
+    ) -> None:
         self.stat_file = stat_file
         self.user = user
         self.command = command
+        self.attribution = attribution
         self.started_ticks: int | None = None
+        self.started_epoch_s: float | None = None  # from started_ticks, once
         self.cpu_ticks: int | None = None
         self.read_at_s = 0.0
 
 
 class ProcessResolver:
-    """Resolves host pids across samples. Not thread-safe: one sampler thread calls it."""
+    """Resolves host pids across samples. Not thread-safe: one sampler thread calls it.
 
-    def __init__(self, *, full_cmdline: bool = False) -> None:
+    Every file is read under ``proc_root`` (``/proc``; the host's ``/proc`` mounted elsewhere in
+    a container). ``attribution`` reads a new process's container or job (its default: under
+    the same ``proc_root``, runtime state at the default paths)."""
+
+    def __init__(
+        self,
+        *,
+        full_cmdline: bool = False,
+        proc_root: Path = Path("/proc"),
+        attribution: AttributionReader | None = None,
+    ) -> None:
         self._full_cmdline = full_cmdline
+        self._proc_root = proc_root
+        self._attribution = attribution or AttributionReader(proc_root=proc_root)
+        self._boot_epoch_s: float | None = None
         self._cache: dict[int, _Entry] = {}
 
     def resolve(self, pids: Iterable[int]) -> dict[int, ProcInfo]:
@@ -246,7 +300,7 @@ class ProcessResolver:
             stat = self._read_stat(entry.stat_file)
         except PermissionError:  # its figures are hidden from us; its owner is still known
             entry.cpu_ticks = None
-            return ProcInfo(entry.user, entry.command)
+            return ProcInfo(entry.user, entry.command, attribution=entry.attribution)
         except (OSError, ValueError, IndexError):
             return None
         if entry.started_ticks is not None and stat.started_ticks != entry.started_ticks:
@@ -256,39 +310,54 @@ class ProcessResolver:
         if entry.cpu_ticks is not None and now > entry.read_at_s:
             cpu_s = (stat.cpu_ticks - entry.cpu_ticks) / _CLOCK_TICKS_PER_S
             cpu_percent = round(100.0 * cpu_s / (now - entry.read_at_s), 1)
+        if entry.started_ticks is None and self._boot_epoch_s is not None:  # the first reading
+            entry.started_epoch_s = round(self._boot_epoch_s + stat.started_ticks / _CLOCK_TICKS_PER_S, 2)
         entry.started_ticks, entry.cpu_ticks, entry.read_at_s = stat.started_ticks, stat.cpu_ticks, now
-        return ProcInfo(entry.user, entry.command, cpu_percent, stat.rss_bytes)
+        return ProcInfo(
+            entry.user, entry.command, cpu_percent, stat.rss_bytes, entry.started_epoch_s, entry.attribution
+        )
 
     def _new_entry(self, pid: int) -> _Entry | None:
-        """A process seen for the first time: its user and command, once."""
+        """A process seen for the first time: its user, command and attribution, once."""
+        directory = self._proc_root / str(pid)
         try:
-            process = psutil.Process(pid)
-            with process.oneshot():
-                user = _user_name(process.uids().real)
-                command = self._command(process)
-        except _PROCESS_ERRORS:
+            user = _user_name(_uid((directory / "status").read_bytes()))
+        except (OSError, ValueError, IndexError):
             return None
+        command = self._command(directory)
+        if self._boot_epoch_s is None:  # once, at the first process (or until readable)
+            self._boot_epoch_s = boot_time_epoch_s(self._proc_root)
         stat_file = ProcFile(
-            f"/proc/{pid}/stat", keep_open=len(self._cache) < KEPT_OPEN_MAX, whole_in_one_read=True
+            str(directory / "stat"), keep_open=len(self._cache) < KEPT_OPEN_MAX, whole_in_one_read=True
         )
-        return _Entry(stat_file, user, command)
+        return _Entry(stat_file, user, command, self._attribution.read(pid))
 
     @staticmethod
     def _read_stat(stat_file: ProcFile) -> PidStat:
         return parse_pid_stat(stat_file.read())
 
-    def _command(self, process: psutil.Process) -> str | None:
-        if self._full_cmdline:
-            try:
-                args = process.cmdline()
-            except psutil.AccessDenied:
-                args = []
-            if args:
-                return redact_cmdline(args)
-        name = process.name()
+    def _command(self, directory: Path) -> str | None:
+        """The command line (``full_cmdline``, redacted) or the program's name: ``comm``, or
+        where the kernel cut that short, the first argument's base name that it begins."""
+        try:
+            args = [a.decode("utf-8", "replace") for a in (directory / "cmdline").read_bytes().split(b"\0")]
+        except OSError:  # hidden (hidepid) or gone
+            args = []
+        while args and not args[-1]:
+            args.pop()
+        if self._full_cmdline and args:
+            return redact_cmdline(args)
+        try:
+            name = (directory / "comm").read_bytes().decode("utf-8", "replace").rstrip("\n")
+        except OSError:
+            name = ""
+        if len(name) >= _COMM_MAX_CHARS and args:
+            program = os.path.basename(args[0])
+            if program.startswith(name):
+                name = program
         if not name:
             try:
-                name = os.path.basename(process.exe())
-            except psutil.AccessDenied:
+                name = os.path.basename(os.readlink(directory / "exe"))
+            except OSError:
                 name = ""
         return name[:COMMAND_MAX_CHARS] or None

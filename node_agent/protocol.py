@@ -85,11 +85,24 @@ USERS = Bounds(0, 1 << 20)
 LOAD_AVG = Bounds(0, 100 * CPU_CORES.high)  # runnable tasks: far more than cores is possible
 PROCESS_CPU_PERCENT = Bounds(0, 100 * CPU_CORES.high)  # one process on many cores: above 100
 PID = Bounds(0, 2**32 - 1)  # NVML reports pids as unsigned 32-bit integers
+SLURM_JOB_ID = Bounds(0, 2**32 - 1)  # Slurm's job ids are unsigned 32-bit integers
 GPU_INDEX = Bounds(0, 999)  # as the GPU keys of a patch: at most three digits
 CELSIUS = Bounds(-273.15, 1000)
 WATTS = Bounds(0, 100_000)
 MHZ = Bounds(0, 1_000_000)
 PSTATE = Bounds(0, 15)  # P0 (fastest) to P15; NVML's "unknown" (32) goes out as null
+XID = Bounds(0, 2**32 - 1)  # an Xid code (NVML hands it as a 64-bit integer; codes so far are < 200)
+PCIE_GEN = Bounds(0, 64)  # PCIe generation (1 to 6 today)
+PCIE_LANES = Bounds(0, 64)  # PCIe link width in lanes (x1 to x32)
+MIG_ID = Bounds(0, 2**32 - 1)  # a MIG GPU or compute instance id (NVML's unsigned int)
+NVLINK = Bounds(0, 63)  # an NVLink link number (NVML_NVLINK_MAX_LINKS is 36 today)
+
+# The agent sends at most this many of a GPU's Xid events (the newest), and ``xid_count`` counts
+# them all: the node's state stays small (within MAX_STATE_BYTES) however many arrive.
+MAX_XID_EVENTS = 8
+# MIG instances per GPU: 7 on an A100 or H100. The agent sends at most this many slices per GPU;
+# each slice counts toward the node's state limit (MAX_STATE_BYTES) like a GPU's processes.
+MAX_MIG_SLICES = 7
 _BOUNDS_KEY = "bounds"
 
 
@@ -158,6 +171,9 @@ class GpuStatic:
     power_limit_watts: float | None = bounded(WATTS)
     pci_bus_id: str | None = None
     mig_mode: str | None = None
+    # the fastest PCIe link this GPU and its slot can run (a lower current one: a bad seat or riser)
+    pcie_link_gen_max: int | None = bounded(PCIE_GEN)
+    pcie_link_width_max_lanes: int | None = bounded(PCIE_LANES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +212,43 @@ class GpuProcess:
     gpu_mem_bytes: int | None = bounded(BYTES)
     cpu_percent: float | None = bounded(PROCESS_CPU_PERCENT)
     host_mem_bytes: int | None = bounded(BYTES)
+    # who the process belongs to (node_agent.attribution), each null where not known
+    started_epoch_s: float | None = bounded(EPOCH_S)
+    container_id: str | None = None  # 64 hex digits
+    container_runtime: str | None = None  # docker, podman, containerd, cri-o
+    container_name: str | None = None
+    pod_uid: str | None = None
+    pod_namespace: str | None = None
+    pod_name: str | None = None
+    slurm_job_id: int | None = bounded(SLURM_JOB_ID)
+    slurm_step: str | None = None  # "0", "batch", "extern", ...
+
+
+@dataclass(frozen=True, slots=True)
+class XidEvent:
+    """One Xid error NVML reported while the agent ran. On a GPU in MIG mode ``mig_uuid`` and
+    the instance ids say which slice it hit (null: the whole GPU)."""
+
+    code: int | None = bounded(XID)
+    epoch_s: float | None = bounded(EPOCH_S)
+    mig_uuid: str | None = None
+    gpu_instance_id: int | None = bounded(MIG_ID)
+    compute_instance_id: int | None = bounded(MIG_ID)
+
+
+@dataclass(frozen=True, slots=True)
+class MigSlice:
+    """One MIG instance of a GPU in MIG mode: free or busy like a GPU. ``util_gpu_percent`` is
+    null where NVML gives none for an instance (most drivers)."""
+
+    uuid: str | None = None  # "MIG-..."
+    profile: str | None = None  # "3g.40gb"
+    gpu_instance_id: int | None = bounded(MIG_ID)
+    compute_instance_id: int | None = bounded(MIG_ID)
+    mem_used_bytes: int | None = bounded(BYTES)
+    mem_total_bytes: int | None = bounded(BYTES)
+    util_gpu_percent: float | None = bounded(PERCENT)
+    processes: list[GpuProcess] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +270,41 @@ class GpuSample:
     enc_util_percent: float | None = bounded(PERCENT)
     dec_util_percent: float | None = bounded(PERCENT)
     throttle_reasons: list[str] | None = None
+    pcie_link_gen: int | None = bounded(PCIE_GEN)
+    pcie_link_width_lanes: int | None = bounded(PCIE_LANES)
+    # ECC error counts: volatile since the driver loaded, aggregate over the GPU's life
     ecc_volatile_uncorrected: int | None = bounded(COUNT)
+    ecc_volatile_corrected: int | None = bounded(COUNT)
+    ecc_aggregate_uncorrected: int | None = bounded(COUNT)
+    ecc_aggregate_corrected: int | None = bounded(COUNT)
+    # page retirement (before Ampere): pages retired for single- and double-bit errors
+    retired_pages_single_bit: int | None = bounded(COUNT)
+    retired_pages_double_bit: int | None = bounded(COUNT)
+    retired_pages_pending: bool | None = None  # a reset retires them
+    # row remapping (Ampere and later)
+    remapped_rows_corrected: int | None = bounded(COUNT)
+    remapped_rows_uncorrected: int | None = bounded(COUNT)
+    remap_pending: bool | None = None  # a reset remaps them
+    remap_failed: bool | None = None  # no spare row left: the GPU needs replacing
+    pcie_rx_bytes_per_s: float | None = bounded(BYTES_PER_S)
+    pcie_tx_bytes_per_s: float | None = bounded(BYTES_PER_S)
+    pcie_replay_count: int | None = bounded(COUNT)
+    # NVLink, one entry per link (index = link number): up or not, and its error counters
+    nvlink_active: list[bool] | None = None
+    nvlink_replay_count: list[int] | None = bounded(COUNT)  # noqa: RUF009 (a dataclasses.field)
+    nvlink_recovery_count: list[int] | None = bounded(COUNT)  # noqa: RUF009
+    nvlink_crc_flit_count: list[int] | None = bounded(COUNT)  # noqa: RUF009
+    nvlink_crc_data_count: list[int] | None = bounded(COUNT)  # noqa: RUF009
+    # Xid errors since the agent started (null: event registration unsupported)
+    xid_count: int | None = bounded(COUNT)
+    xid_last_code: int | None = bounded(XID)
+    xid_last_epoch_s: float | None = bounded(EPOCH_S)
+    xid_events: list[XidEvent] | None = None  # the newest MAX_XID_EVENTS, oldest first
+    mig_slices: list[MigSlice] | None = None  # on a GPU in MIG mode: its instances
     processes: list[GpuProcess] | None = None
+    # memory in use beyond what the listed processes hold (past a margin for the driver's own
+    # reservation): a process this agent can't see; 0 when none, null when it can't be told
+    unseen_mem_bytes: int | None = bounded(BYTES)
     error: str | None = None  # set when this GPU failed (lost, unknown NVML error)
 
 
@@ -419,6 +505,12 @@ def _check_int(value: Any) -> int | None:
     raise _Invalid(f"an integer within ±{MAX_ABS_NUMBER:g}", value)
 
 
+def _check_bool(value: Any) -> bool | None:
+    if value is None or value.__class__ is bool:
+        return value
+    raise _Invalid("true or false", value)
+
+
 def _check_str(value: Any) -> str | None:
     if value.__class__ is str and len(value) <= MAX_STRING_CHARS:
         return str(value)
@@ -503,6 +595,8 @@ def _checker_for(hint: Any, bounds: Bounds = NUMBER) -> Checker:
         if item_hint is float:
             return _number_list_checker(MAX_NUMBER_LIST, bounds)
         return _list_checker(_checker_for(item_hint, bounds), MAX_NUMBER_LIST)
+    if hint is bool:
+        return _check_bool
     if hint is float:
         return _number_checker(bounds)
     if hint is int:
@@ -649,6 +743,8 @@ def _fast_type(hint: Any, bounds: Bounds = NUMBER) -> Any:
             return typing.Annotated[list[_fast_object(item_hint)], Meta(max_length=MAX_OBJECT_LIST)]  # type: ignore[misc]
         most = MAX_STRING_LIST if item_hint is str else MAX_NUMBER_LIST
         return typing.Annotated[list[_fast_type(item_hint, bounds)], Meta(max_length=most)]  # type: ignore[misc]
+    if hint is bool:
+        return bool
     if hint is float:
         return typing.Annotated[float, Meta(ge=bounds.low, le=bounds.high)]
     if hint is int:
@@ -771,10 +867,12 @@ class _BoundsPlan(NamedTuple):
 
 
 @functools.cache
-def _bounds_plan(cls: type) -> _BoundsPlan:
+def _bounds_plan(cls: type, skip: frozenset[str] = frozenset()) -> _BoundsPlan:
     hints = typing.get_type_hints(cls)
     numbers, number_lists, object_lists = [], [], []
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         hint = hints[f.name]
         if typing.get_origin(hint) in (Union, types.UnionType):
             (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -790,11 +888,14 @@ def _bounds_plan(cls: type) -> _BoundsPlan:
     return _BoundsPlan(tuple(numbers), tuple(number_lists), tuple(object_lists))
 
 
-def nulls_for_out_of_bounds(obj: Mapping[str, Any], cls: type, path: str, nulled: list[str]) -> Any:
+def nulls_for_out_of_bounds(
+    obj: Mapping[str, Any], cls: type, path: str, nulled: list[str], skip: frozenset[str] = frozenset()
+) -> Any:
     """``obj`` (a wire ``cls`` as a dict) with every number outside its field's bounds set to
     ``None``, each such field's path appended to ``nulled``; ``obj`` itself when all are within
-    (it is never mutated). A list of numbers with one outside becomes ``None`` as a whole."""
-    plan = _bounds_plan(cls)
+    (it is never mutated). A list of numbers with one outside becomes ``None`` as a whole.
+    ``obj`` may hold only some of ``cls``'s fields; those in ``skip`` are not looked at."""
+    plan = _bounds_plan(cls, skip)
     get = obj.get
     changed: dict[str, Any] = {}
     for name, low, high in plan.numbers:
@@ -825,8 +926,12 @@ def nulls_for_out_of_bounds(obj: Mapping[str, Any], cls: type, path: str, nulled
     return {**obj, **changed}
 
 
-def snapshot_within_bounds(snapshot: Snapshot) -> tuple[Snapshot, list[str]]:
-    """An agent's snapshot with every out-of-bounds number as null, and the paths of those."""
+def snapshot_within_bounds(
+    snapshot: Snapshot, gpu_fields_checked: frozenset[str] = frozenset()
+) -> tuple[Snapshot, list[str]]:
+    """An agent's snapshot with every out-of-bounds number as null, and the paths of those.
+    ``gpu_fields_checked``: GPU fields the collector already held to their bounds (when it read
+    them), not looked at again."""
     nulled: list[str] = []
     out = snapshot
     sampled_at: Any = snapshot.get("sampled_at")
@@ -841,7 +946,7 @@ def snapshot_within_bounds(snapshot: Snapshot) -> tuple[Snapshot, list[str]]:
     gpus = snapshot.get("gpus")
     if isinstance(gpus, dict):
         fitted_gpus = {
-            index: nulls_for_out_of_bounds(gpu, GpuSample, f"gpus.{index}", nulled)
+            index: nulls_for_out_of_bounds(gpu, GpuSample, f"gpus.{index}", nulled, gpu_fields_checked)
             if isinstance(gpu, dict)
             else gpu
             for index, gpu in gpus.items()
@@ -893,6 +998,9 @@ def make_patch(old: Any, new: Any) -> Any:
     kept = 0  # keys of new that old has too: when all of old's, no key was removed
     for key, value in new.items():
         old_value = old.get(key, _ABSENT)
+        if value is old_value:  # the same object: a reading repeated between slow reads
+            kept += 1
+            continue
         kind = value.__class__
         if kind is old_value.__class__ and kind in _EQUAL_MEANS_UNCHANGED and value == old_value:
             kept += 1

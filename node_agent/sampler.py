@@ -42,6 +42,9 @@ class GpuSource(Protocol):
     def static_generation(self) -> int: ...
     def sample_wire(self) -> dict[str, dict[str, Any]]: ...
     def close(self) -> None: ...
+    @property
+    def fields_checked_when_read(self) -> frozenset[str]:
+        """GPU sample fields that :meth:`sample_wire` has already held to the protocol's bounds."""
 
 
 class Sampler:
@@ -81,7 +84,8 @@ class Sampler:
                 "sampled_at": sampled_at,
                 "host": self._host.sample_wire(),
                 "gpus": self._gpus.sample_wire(),
-            }
+            },
+            self._gpus.fields_checked_when_read,
         )
         self._warn_out_of_bounds(nulled)
         return snapshot

@@ -46,6 +46,11 @@ class AgentSettings:
     backoff_max_s: float = 30.0
     sysfs_root: Path = Path("/sys")
     nvml_retry_s: float = 60.0  # how often a failed NVML is tried again (gpu.NVML_RETRY_EVERY_S)
+    # where GPU processes are looked up, and the runtimes' state their containers are named from
+    proc_root: Path = Path("/proc")
+    docker_root: Path = Path("/var/lib/docker")
+    podman_root: Path = Path("/var/lib/containers/storage")
+    pod_log_dir: Path = Path("/var/log/pods")
 
 
 def default_node_name() -> str:
@@ -117,6 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often to try NVML again while it fails, e.g. after a driver reload (default 60) "
         "[SERS_NVML_RETRY_S]",
+    )
+    parser.add_argument(
+        "--proc-root",
+        metavar="PATH",
+        help="where the host's procfs is mounted (default /proc): GPU processes' owners, start "
+        "times, containers and Slurm jobs are read there [SERS_PROC_ROOT]",
+    )
+    parser.add_argument(
+        "--docker-root",
+        metavar="PATH",
+        help="Docker's data directory (default /var/lib/docker), for container names from "
+        "containers/<id>/config.v2.json [SERS_DOCKER_ROOT]",
+    )
+    parser.add_argument(
+        "--podman-root",
+        metavar="PATH",
+        help="Podman's storage (default /var/lib/containers/storage), for container names [SERS_PODMAN_ROOT]",
+    )
+    parser.add_argument(
+        "--pod-log-dir",
+        metavar="PATH",
+        help="the kubelet's pod log directory (default /var/log/pods), for pod namespaces and "
+        "names [SERS_POD_LOG_DIR]",
     )
     parser.add_argument("--version", action="version", version=f"sers-agent {__version__}")
     return parser
@@ -207,4 +235,8 @@ def load_settings(argv: Sequence[str] | None, env: Mapping[str, str] = os.enviro
         log_level=log_level,
         sysfs_root=Path(pick(args.sysfs_root, "SERS_SYSFS_ROOT") or "/sys"),
         nvml_retry_s=nvml_retry,
+        proc_root=Path(pick(args.proc_root, "SERS_PROC_ROOT") or "/proc"),
+        docker_root=Path(pick(args.docker_root, "SERS_DOCKER_ROOT") or "/var/lib/docker"),
+        podman_root=Path(pick(args.podman_root, "SERS_PODMAN_ROOT") or "/var/lib/containers/storage"),
+        pod_log_dir=Path(pick(args.pod_log_dir, "SERS_POD_LOG_DIR") or "/var/log/pods"),
     )

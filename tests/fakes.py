@@ -23,24 +23,44 @@ GIB = 1024**3
 # Pids are below the kernel's pid_max, which is at most 2**22: these never exist.
 MISSING_PIDS = (4_194_304 + 11, 4_194_304 + 12)
 
+# pcie_gen: the model's PCIe generation; nvlinks: its NVLink links; memory health: "remap" (row
+# remapping, Ampere and later), "retire" (page retirement, before Ampere), or None (no ECC).
 MODELS: dict[str, dict[str, Any]] = {
     "H100": {
         "name": "NVIDIA H100 80GB HBM3",
         "mem_total_bytes": 80 * GIB,
         "power_limit_mw": 700_000,
+        "pcie_gen": 5,
+        "nvlinks": 18,
+        "memory_health": "remap",
     },
     "A100": {
         "name": "NVIDIA A100-SXM4-40GB",
         "mem_total_bytes": 40 * GIB,
         "power_limit_mw": 400_000,
+        "pcie_gen": 4,
+        "nvlinks": 12,
+        "memory_health": "remap",
     },
     "RTX4090": {
         "name": "NVIDIA GeForce RTX 4090",
         "mem_total_bytes": 24 * GIB,
         "power_limit_mw": 450_000,
+        "pcie_gen": 4,
+        "nvlinks": 0,
+        "memory_health": None,
     },
-    "T4": {"name": "Tesla T4", "mem_total_bytes": 15 * GIB, "power_limit_mw": 70_000},
+    "T4": {
+        "name": "Tesla T4",
+        "mem_total_bytes": 15 * GIB,
+        "power_limit_mw": 70_000,
+        "pcie_gen": 3,
+        "nvlinks": 0,
+        "memory_health": "retire",
+    },
 }
+
+NO_INSTANCE = 0xFFFFFFFF  # an event's instance ids on a GPU not in MIG mode
 
 
 def gpu(index: int, model: str = "H100", **overrides: Any) -> dict[str, Any]:
@@ -69,9 +89,93 @@ def gpu(index: int, model: str = "H100", **overrides: Any) -> dict[str, Any]:
         "compute_processes": [],
         "graphics_processes": [],
         "errors": {},
+        "ecc_corrected": 0,
+        "ecc_aggregate_corrected": 0,
+        "ecc_aggregate_uncorrected": 0,
+        "retired_pages": {"single_bit": 0, "double_bit": 0, "pending": 0}
+        if facts["memory_health"] == "retire"
+        else None,
+        "remapped_rows": [0, 0, 0, 0] if facts["memory_health"] == "remap" else None,
+        "pcie_gen": facts["pcie_gen"],
+        "pcie_gen_max": facts["pcie_gen"],
+        "pcie_width": 16,
+        "pcie_width_max": 16,
+        "pcie_tx_kb_per_s": 1000 * index,
+        "pcie_rx_kb_per_s": 2000 * index,
+        "pcie_replay": 0,
+        "nvlinks": [nvlink() for _ in range(facts["nvlinks"])] or None,
+        "events_supported": True,
+        "xid_events": [],
     }
+    if facts["memory_health"] is None:
+        entry.update(ecc_uncorrected=None, ecc_corrected=None)
+        entry.update(ecc_aggregate_corrected=None, ecc_aggregate_uncorrected=None)
     entry.update(overrides)
     return entry
+
+
+def nvlink(state: int = 1, **errors: int) -> dict[str, Any]:
+    """One NVLink link: state 1 (up) or 0, and its error counters (replay, recovery, ...)."""
+    return {"state": state, "replay": 0, "recovery": 0, "crc_flit": 0, "crc_data": 0, **errors}
+
+
+def xid(
+    code: int,
+    after_s: float = 0.0,
+    gpu_instance_id: int = NO_INSTANCE,
+    compute_instance_id: int = NO_INSTANCE,
+) -> dict[str, Any]:
+    """An Xid event delivered ``after_s`` after its GPU was registered for events."""
+    return {
+        "code": code,
+        "after_s": after_s,
+        "gpu_instance_id": gpu_instance_id,
+        "compute_instance_id": compute_instance_id,
+    }
+
+
+# A100 40GB MIG profiles: (name, GPU instance profile's memory)
+A100_MIG_PROFILES = {"1g.5gb": 5 * GIB, "2g.10gb": 10 * GIB, "3g.20gb": 20 * GIB, "7g.40gb": 40 * GIB}
+
+
+def mig_device(
+    parent: int, slot: int, profile: str, gpu_instance_id: int, pids: Iterable[int] = (), model: str = "A100"
+) -> dict[str, Any]:
+    """A MIG instance of GPU ``parent`` in MIG slot ``slot``; each pid uses 1 GiB of it."""
+    pids = list(pids)
+    return {
+        "slot": slot,
+        "name": f"{MODELS[model]['name']} MIG {profile}",
+        "uuid": f"MIG-{parent:08x}-{slot:04x}-4444-5555-{gpu_instance_id:012x}",
+        "gpu_instance_id": gpu_instance_id,
+        "compute_instance_id": 0,
+        "mem_total_bytes": A100_MIG_PROFILES[profile] - 256 * 1024**2,
+        "mem_used_bytes": len(pids) * GIB,
+        "util_gpu": None,  # NVML gives no utilization per MIG instance
+        "util_mem": None,
+        "compute_processes": [process(pid, GIB) for pid in pids],
+    }
+
+
+# Every health field a GPU may not support: all None, and Xid events can't be registered.
+NO_HEALTH = {
+    "ecc_uncorrected": None,
+    "ecc_corrected": None,
+    "ecc_aggregate_corrected": None,
+    "ecc_aggregate_uncorrected": None,
+    "retired_pages": None,
+    "remapped_rows": None,
+    "pcie_gen": None,
+    "pcie_gen_max": None,
+    "pcie_width": None,
+    "pcie_width_max": None,
+    "pcie_tx_kb_per_s": None,
+    "pcie_rx_kb_per_s": None,
+    "pcie_replay": None,
+    "nvlinks": None,
+    "events_supported": False,
+    "mig_mode": None,
+}
 
 
 def scenario(gpus: Iterable[dict[str, Any]], **top: Any) -> dict[str, Any]:
@@ -99,6 +203,36 @@ def eight_gpus(pids: Iterable[int] = ()) -> dict[str, Any]:
     return scenario(gpus)
 
 
+def eight_gpus_with_mig(pids: Iterable[int] = ()) -> dict[str, Any]:
+    """An 8x A100 node, GPUs 0 to 3 in MIG mode with two slices each (3g.20gb and 2g.10gb: 8
+    slices); the k-th pid runs on slice k % 8, or on GPU 4 + k % 4 once the slices have one each."""
+    pids = list(pids)
+    gpus = []
+    for index in range(8):
+        if index < 4:
+            mine = pids[2 * index : 2 * index + 2]
+            slices = [
+                mig_device(index, 0, "3g.20gb", 1, mine[:1]),
+                mig_device(index, 3, "2g.10gb", 5, mine[1:2]),
+            ]
+            procs = [process(pid, GIB) for pid in mine]
+            gpus.append(
+                gpu(
+                    index,
+                    "A100",
+                    mig_mode=[1, 1],
+                    util_gpu=None,
+                    util_mem=None,
+                    mig_devices=slices,
+                    compute_processes=procs,
+                )
+            )
+        else:
+            procs = [process(pid, GIB) for pid in pids[8 + index - 4 :: 4]]
+            gpus.append(gpu(index, "A100", compute_processes=procs))
+    return scenario(gpus)
+
+
 def mixed_models() -> dict[str, Any]:
     """Four different models; GPU 1 busy and throttled, GPU 2 with MIG on, GPU 3 hot."""
     return scenario(
@@ -116,6 +250,7 @@ def unsupported_fields() -> dict[str, Any]:
     bare = gpu(
         0,
         "T4",
+        **NO_HEALTH,
         util_gpu=None,
         util_mem=None,
         temp_celsius=None,
@@ -128,8 +263,6 @@ def unsupported_fields() -> dict[str, Any]:
         enc_util=None,
         dec_util=None,
         clocks_event_reasons=None,
-        ecc_uncorrected=None,
-        mig_mode=None,
         pci_bus_id=None,
         errors={
             "nvmlDeviceGetComputeRunningProcesses": "NotSupported",
@@ -164,6 +297,75 @@ def real_pids(pids: Iterable[int]) -> dict[str, Any]:
     compute = [process(pid, (k + 1) * GIB) for k, pid in enumerate(pids)]
     graphics = [process(pids[0], 256 * 1024**2)] if pids else []
     return scenario([gpu(0, compute_processes=compute), gpu(1, graphics_processes=graphics)])
+
+
+def xid_79_after_registration(after_s: float = 2.0) -> dict[str, Any]:
+    """Two H100s; GPU 1 falls off the bus (Xid 79) ``after_s`` after it was registered."""
+    return scenario([gpu(0), gpu(1, xid_events=[xid(79, after_s)])])
+
+
+def a100_mig(pids: Iterable[int] = (), xids: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """An A100 in MIG mode with two slices of different profiles: 3g.20gb (GPU instance 1) runs
+    the first pid, 2g.10gb (GPU instance 5) the second; ``xids`` are delivered to the GPU."""
+    pids = list(pids)
+    slices = [
+        mig_device(0, 0, "3g.20gb", 1, pids[:1]),
+        mig_device(0, 3, "2g.10gb", 5, pids[1:2]),
+    ]
+    everything = [process(pid, GIB) for pid in pids[:2]]
+    return scenario(
+        [
+            gpu(
+                0,
+                "A100",
+                mig_mode=[1, 1],
+                util_gpu=None,  # NVML: not supported on a GPU in MIG mode
+                util_mem=None,
+                mig_devices=slices,
+                compute_processes=everything,
+                xid_events=list(xids),
+            )
+        ]
+    )
+
+
+def memory_faults() -> dict[str, Any]:
+    """Four A100s: healthy; a row remap pending (a reset remaps it); a remap failure (no spare
+    row left); ECC errors (tests raise them between samples)."""
+    return scenario(
+        [
+            gpu(0, "A100"),
+            gpu(1, "A100", remapped_rows=[0, 1, 1, 0], ecc_uncorrected=1, ecc_aggregate_uncorrected=1),
+            gpu(2, "A100", remapped_rows=[2, 5, 0, 1], ecc_aggregate_uncorrected=5),
+            gpu(3, "A100", ecc_corrected=10, ecc_aggregate_corrected=10),
+        ]
+    )
+
+
+def slowdowns_and_links() -> dict[str, Any]:
+    """H100s: HW thermal and SW thermal slowdown; power brake (HW slowdown too); a PCIe link at
+    x8 of x16 under load; an NVLink link down with CRC errors; a T4 with a page pending retirement."""
+    links = [nvlink() for _ in range(18)]
+    links[3] = nvlink(state=0, crc_flit=7)
+    return scenario(
+        [
+            gpu(0, clocks_event_reasons=0x40 | 0x20),
+            gpu(1, clocks_event_reasons=0x80 | 0x8),
+            gpu(2, pcie_width=8, util_gpu=90),
+            gpu(3, nvlinks=links, clocks_event_reasons=0x1 | 0x4),
+            gpu(4, "T4", retired_pages={"single_bit": 2, "double_bit": 1, "pending": 1}),
+        ]
+    )
+
+
+def no_health_support() -> dict[str, Any]:
+    """A GPU that supports none of the health fields, Xid events included."""
+    return scenario([gpu(0, "T4", **NO_HEALTH)])
+
+
+def events_unsupported() -> dict[str, Any]:
+    """Two H100s whose driver can't register Xid events (everything else is there)."""
+    return scenario([gpu(0, events_supported=False), gpu(1, events_supported=False)])
 
 
 def no_library() -> dict[str, Any]:

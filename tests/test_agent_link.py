@@ -306,3 +306,21 @@ def test_the_sysfs_root_comes_from_the_flag_or_the_environment() -> None:
     assert load_settings([], env={"SERS_SYSFS_ROOT": "/host/sys"}).sysfs_root == Path("/host/sys")
     flag = load_settings(["--sysfs-root", "/mnt/sys"], env={"SERS_SYSFS_ROOT": "/host/sys"})
     assert flag.sysfs_root == Path("/mnt/sys")
+
+
+@pytest.mark.parametrize(
+    ("field", "flag", "variable", "default"),
+    [
+        ("proc_root", "--proc-root", "SERS_PROC_ROOT", "/proc"),
+        ("docker_root", "--docker-root", "SERS_DOCKER_ROOT", "/var/lib/docker"),
+        ("podman_root", "--podman-root", "SERS_PODMAN_ROOT", "/var/lib/containers/storage"),
+        ("pod_log_dir", "--pod-log-dir", "SERS_POD_LOG_DIR", "/var/log/pods"),
+    ],
+)
+def test_attribution_paths_come_from_the_flag_or_the_environment(
+    field: str, flag: str, variable: str, default: str
+) -> None:
+    assert getattr(load_settings([], env={}), field) == Path(default)
+    assert getattr(load_settings([], env={variable: "/host/x"}), field) == Path("/host/x")
+    assert getattr(load_settings([flag, "/mnt/x"], env={variable: "/host/x"}), field) == Path("/mnt/x")
+    assert getattr(load_settings([flag, ""], env={variable: ""}), field) == Path(default)

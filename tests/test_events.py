@@ -8,6 +8,7 @@ from typing import Any
 from hub.clock import ManualClock
 from hub.domain.events import (
     EventBus,
+    GpuHealthChanged,
     GpuStateChanged,
     NodeConnected,
     NodeRemoved,
@@ -18,6 +19,7 @@ from hub.domain.events import (
     StatusChanged,
 )
 from hub.domain.gpus import GpuFreeRule, GpuState
+from hub.domain.health import Level
 from hub.domain.nodes import Liveness, NodeStatus
 from hub.registry import NodeRegistry
 from node_agent.protocol import Delta, Hello
@@ -59,8 +61,10 @@ def gpu(util: float = 0.0, processes: list[dict[str, Any]] | None = None, **extr
     }
 
 
-def hello(node: str = "n1", host: dict[str, Any] | None = None) -> Hello:
-    return Hello(node=node, agent_version="t", interval_s=1.0, host=host or {})
+def hello(
+    node: str = "n1", host: dict[str, Any] | None = None, gpus: list[dict[str, Any]] | None = None
+) -> Hello:
+    return Hello(node=node, agent_version="t", interval_s=1.0, host=host or {}, gpus=gpus or [])
 
 
 def test_a_hello_connects_and_says_whether_the_facts_changed() -> None:
@@ -156,7 +160,8 @@ def test_per_sample_events_are_not_built_without_subscribers() -> None:
     connection = registry.hello(hello())
     registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "gpus": {"0": gpu()}}))
     assert not registry.events.wants(SampleApplied) and not registry.events.wants(GpuStateChanged)
-    assert registry._gpu_states == {}, "no GPU states kept for nobody"
+    assert not registry.events.wants(GpuHealthChanged)
+    assert registry._gpu_states == {} and registry._gpu_health == {}, "no GPU states kept for nobody"
     assert [type(e) for e in seen] == [StatusChanged]
 
 
@@ -219,3 +224,53 @@ def test_a_message_after_silence_publishes_its_status_change_with_the_merged_sta
     assert (live.old, live.new, live.cause) == (NodeStatus.STALE, NodeStatus.LIVE, StatusCause.MESSAGE)
     assert states == [{"host": {"cpu_percent": 5.0}}], "published once the delta is merged"
     assert applied.came_live and not applied.late_ended
+
+
+def test_gpu_health_changes_are_published_with_their_findings() -> None:
+    registry, clock, seen = make((GpuHealthChanged,))
+    facts = [{"index": 0, "uuid": "GPU-aaa", "pcie_link_width_max_lanes": 16}, {"index": 1}]
+    connection = registry.hello(hello(gpus=facts))
+    first = {"sampled_at": 1.0, "gpus": {"0": gpu(pcie_link_width_lanes=16), "1": gpu(remap_pending=True)}}
+    registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch=first))
+    now = clock.monotonic()
+    assert seen == [
+        GpuHealthChanged("n1", "1", None, Level.OK, Level.WARNING, ("row remap pending: reset the GPU",), now)
+    ], "a GPU first seen with a problem; a healthy one says nothing"
+    seen.clear()
+    registry.delta(
+        "n1", connection, Delta(seq=2, ts=0.0, patch={"gpus": {"0": {"pcie_link_width_lanes": 8}}})
+    )
+    registry.delta("n1", connection, Delta(seq=3, ts=0.0, patch={"gpus": {"0": {"remap_failed": True}}}))
+    assert [(e.gpu_index, e.gpu_uuid, e.old, e.new, e.findings) for e in seen] == [
+        ("0", "GPU-aaa", Level.OK, Level.WARNING, ("PCIe x8 of x16",)),
+        (
+            "0",
+            "GPU-aaa",
+            Level.WARNING,
+            Level.FAULT,
+            ("row remap failed: replace the GPU (RMA)", "PCIe x8 of x16"),
+        ),
+    ], "the worst finding first; the link width is judged against the hello's maximum"
+    seen.clear()
+    registry.delta(
+        "n1", connection, Delta(seq=4, ts=0.0, patch={"gpus": {"0": {"pcie_link_width_lanes": 16}}})
+    )
+    assert seen == [], "still a fault: nothing to say"
+    registry.delta("n1", connection, Delta(seq=5, ts=0.0, patch={"gpus": {"0": {"remap_failed": False}}}))
+    assert [(e.old, e.new, e.findings) for e in seen] == [(Level.FAULT, Level.OK, ())]
+
+
+def test_gpu_health_counts_recent_xids_and_forgets_a_gpu_that_is_gone() -> None:
+    registry, _, seen = make((GpuHealthChanged,))
+    connection = registry.hello(hello())
+    xid = {"code": 79, "epoch_s": 1.0}  # long ago by the clock: no longer shown
+    registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"gpus": {"0": gpu(mem_used_bytes=0)}}))
+    registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch={"gpus": {"0": {"xid_events": [xid]}}}))
+    assert seen == [] and registry._gpu_health == {"n1": {}}, "an old Xid is ok"
+    fresh = {"code": 79, "epoch_s": registry._clock.wall()}
+    registry.delta("n1", connection, Delta(seq=3, ts=0.0, patch={"gpus": {"0": {"xid_events": [fresh]}}}))
+    [fault] = seen
+    assert (fault.new, fault.findings[0]) == (Level.FAULT, "Xid 79: fell off the bus: drain the node")
+    registry.delta("n1", connection, Delta(seq=4, ts=0.0, patch={"gpus": {"0": {"mem_used_bytes": 5}}}))
+    registry.delta("n1", connection, Delta(seq=5, ts=0.0, patch={"gpus": {"0": None}}))
+    assert len(seen) == 1 and registry._gpu_health == {"n1": {}}, "a GPU that is gone is forgotten"

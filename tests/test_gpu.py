@@ -51,6 +51,10 @@ def make_collector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     child = subprocess.Popen(["sleep", "30"])
+    # Popen may return before the child has exec'd: until then it is a copy of this python
+    deadline = time.monotonic() + 5
+    while not Path(f"/proc/{child.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.005)
     yield child
     child.kill()
     child.wait()
@@ -135,7 +139,27 @@ def test_mixed_models_sample(make_collector: MakeCollector) -> None:
         throttle_reasons=[],
         ecc_volatile_uncorrected=0,
         processes=[],
+        unseen_mem_bytes=0,  # 1 GiB used with no process: the driver's reservation, within the margin
         error=None,
+        xid_count=0,
+        xid_events=[],
+        ecc_volatile_corrected=0,
+        ecc_aggregate_corrected=0,
+        ecc_aggregate_uncorrected=0,
+        remapped_rows_corrected=0,
+        remapped_rows_uncorrected=0,
+        remap_pending=False,
+        remap_failed=False,
+        pcie_link_gen=5,
+        pcie_link_width_lanes=16,
+        pcie_rx_bytes_per_s=0.0,
+        pcie_tx_bytes_per_s=0.0,
+        pcie_replay_count=0,
+        nvlink_active=[True] * 18,
+        nvlink_replay_count=[0] * 18,
+        nvlink_recovery_count=[0] * 18,
+        nvlink_crc_flit_count=[0] * 18,
+        nvlink_crc_data_count=[0] * 18,
     )
     assert gpu1.util_gpu_percent == 97.0
     assert gpu1.power_draw_watts == 101.0
@@ -810,10 +834,14 @@ def test_unresolvable_uid_falls_back_to_the_number(
 def test_access_denied_gives_unknown(
     monkeypatch: pytest.MonkeyPatch, sleeper: subprocess.Popen[bytes]
 ) -> None:
-    def denied(self: psutil.Process) -> Any:
-        raise psutil.AccessDenied(self.pid)
+    real_read_bytes = Path.read_bytes
 
-    monkeypatch.setattr(psutil.Process, "name", denied)
+    def denied(path: Path) -> bytes:
+        if path.name == "status":  # what hidepid=2 does to another user's process
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
     info = ProcessResolver().resolve([sleeper.pid])[sleeper.pid]
     assert info == procinfo.UNKNOWN
 

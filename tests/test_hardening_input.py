@@ -224,11 +224,29 @@ def test_xss_in_agent_text_is_escaped_on_the_page(hub: Hub) -> None:
     payload = "<img src=x onerror=alert(1)>"
     ws = open_agent(hub)
     ws.send(hello("xss", host={"hostname": payload, "cpu_model": payload, "os_name": payload}))
-    ws.send(delta(1, snapshot()))
+    # a GPU process's container, pod and job names are agent strings too
+    attributed = [
+        {
+            "pid": 10,
+            "user": "ann",
+            "gpu_mem_bytes": 1 << 30,
+            "container_runtime": payload,
+            "container_name": payload,
+        },
+        {"pid": 11, "user": "bob", "gpu_mem_bytes": 1 << 30, "pod_namespace": payload, "pod_name": payload},
+        {"pid": 12, "user": "cy", "gpu_mem_bytes": 1 << 30, "slurm_job_id": 81234, "slurm_step": payload},
+    ]
+    ws.send(delta(1, {**snapshot(), "gpus": {"0": {"name": "H100", "processes": attributed}}}))
     wait_until(lambda: hub.status("xss") == "live", 5, what="xss node live")
-    with urllib.request.urlopen(hub.url + "/", timeout=5) as response:
-        html = response.read().decode()
-    assert payload not in html
+    for path in ("/", "/node/xss"):
+        with urllib.request.urlopen(hub.url + path, timeout=5) as response:
+            html = response.read().decode()
+        assert payload not in html, path
+    assert "job 81234 step &lt;img" in html, "the escaped step shows on the node page"
+    with urllib.request.urlopen(hub.url + "/api/v1/nodes", timeout=5) as response:
+        (node,) = [n for n in orjson.loads(response.read())["nodes"] if n["id"] == "xss"]
+    assert node["state"]["gpus"]["0"]["processes"][2]["slurm_job_id"] == 81234
+    assert node["state"]["gpus"]["0"]["processes"][0]["container_name"] == payload, "JSON carries it as is"
     viewer = open_viewer(hub)
     try:
         text = recv_text(viewer)

@@ -222,3 +222,11 @@ def test_errors_name_the_path_of_the_bad_value() -> None:
         p.check_patch(patch)
     with pytest.raises(p.ProtocolError, match=r"patch\.host\.cpu_percent_per_core\[2\]: expected a value"):
         p.check_patch({"host": {"cpu_percent_per_core": [1.0, 2.0, None]}})
+
+
+def test_make_patch_passes_the_same_objects_by() -> None:
+    links = [True, False]
+    old = {"nvlink_active": links, "util": 5.0, "gone": 1}
+    new = {"nvlink_active": links, "util": 6.0}
+    assert p.make_patch(old, new) == {"util": 6.0, "gone": None}
+    assert p.make_patch({"a": links}, {"a": [True, True]}) == {"a": [True, True]}

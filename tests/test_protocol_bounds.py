@@ -88,6 +88,8 @@ class OddGpus:
     def static(self) -> list[GpuStatic]:
         return [GpuStatic(index=0, name="GPU", power_limit_watts=-5.0)]
 
+    fields_checked_when_read: frozenset[str] = frozenset()
+
     def sample_wire(self) -> dict[str, dict[str, Any]]:
         return {"0": {"index": 0, "fan_percent": 255.0, "temp_celsius": 40.0, "processes": [{"pid": -1}]}}
 

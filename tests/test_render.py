@@ -237,6 +237,11 @@ def test_agent_strings_in_fragments_are_text(payload: str) -> None:
     parsed = assert_inert(row, {"div", "b", "i", "u", "em", "span"})
     assert payload[:8] in parsed.all_text
     assert payload + "2 2.0G" in parsed.all_text, "the whole user name arrives, as text"
+    in_container = gpu(
+        processes=[{"pid": 3, "user": "c", "gpu_mem_bytes": 3 * GIB, "container_name": payload}]
+    )
+    row = renderer.gpu(gpu_view("n1", "0", in_container, RULE))
+    assert f"c ({payload}) 3.0G" in assert_inert(row, {"div", "b", "i", "u", "em", "span"}).all_text
     error = renderer.gpu(gpu_view("n1", "0", {"error": payload}, RULE))
     assert f"✖ {payload}" in assert_inert(error, {"div", "b", "i", "span"}).all_text
 
@@ -256,7 +261,12 @@ def test_names_and_facts_in_cards_summary_and_pages_are_text(payload: str) -> No
     node.state["gpus"]["0"] = gpu(
         name=payload,
         throttle_reasons=[payload],
-        processes=[{"pid": 1, "user": payload, "command": payload, "gpu_mem_bytes": GIB}],
+        processes=[
+            {"pid": 1, "user": payload, "command": payload, "gpu_mem_bytes": GIB},
+            {"pid": 2, "container_runtime": payload, "container_name": payload},
+            {"pid": 3, "pod_namespace": payload, "pod_name": payload, "pod_uid": payload},
+            {"pid": 4, "slurm_job_id": 81234, "slurm_step": payload},
+        ],
     )
     node.state["host"]["disks"] = [{"mount": payload, "used_bytes": 1, "total_bytes": 2}]
     renderer = Renderer()
@@ -307,6 +317,9 @@ def test_names_and_facts_in_cards_summary_and_pages_are_text(payload: str) -> No
     )
     assert [attrs.get("src") for tag, attrs in parsed.tags if tag == "script"] == ["static/app.js"]
     assert parsed.all_text.count(payload) >= 8, "host facts, GPU facts, the process, the disk, the driver"
+    cells = parsed.all_text
+    assert f"{payload} {payload}" in cells, "a container: its runtime and name, as text"
+    assert f"pod {payload}/{payload}" in cells and f"job 81234 step {payload}" in cells
 
 
 UNSEEN = "\u202e\u2066\u200b\u200f\ufeff\x1b\x00"

@@ -140,8 +140,18 @@ def sample(now: float) -> dict[str, Any]:
                         "gpu_mem_bytes": 40 * GIB,
                         "cpu_percent": 99.0,
                         "host_mem_bytes": GIB,
+                        "started_epoch_s": now - 3600,
+                        "container_id": "a" * 64,
+                        "container_runtime": "docker",
+                        "container_name": "ann-train",
+                        "pod_uid": None,
+                        "pod_namespace": None,
+                        "pod_name": None,
+                        "slurm_job_id": 81234,
+                        "slurm_step": "0",
                     }
                 ],
+                "unseen_mem_bytes": 0,
             }
         },
     }

@@ -15,6 +15,7 @@ from frontend.viewmodels import (
     detail_view,
     field_label,
     field_text,
+    fmt_age,
     fmt_ago,
     fmt_bytes,
     fmt_celsius,
@@ -29,10 +30,12 @@ from frontend.viewmodels import (
     fmt_used_of,
     fmt_watts,
     gpu_tally,
+    gpu_users,
     gpu_view,
     head_view,
     host_view,
     meter,
+    process_holder,
     short_gpu_name,
     spark_path,
     spark_view,
@@ -193,6 +196,52 @@ def test_users_ranked_by_gpu_memory_with_more_count() -> None:
     view = gpu_view("n1", "0", gpu(processes=procs), RULE)
     assert view.users == ("bob 11G", "ann 10G")
     assert MAX_USERS_SHOWN == 2 and view.more_users == 2
+
+
+def test_users_named_with_their_one_job_or_container() -> None:
+    procs = [
+        {"pid": 1, "user": "ann", "gpu_mem_bytes": 10 * GIB, "slurm_job_id": 81234, "slurm_step": "0"},
+        {"pid": 2, "user": "ann", "gpu_mem_bytes": GIB, "slurm_job_id": 81234, "slurm_step": "batch"},
+        {"pid": 3, "user": "bob", "gpu_mem_bytes": 5 * GIB, "container_id": "c" * 64},
+        {"pid": 4, "user": "cy", "gpu_mem_bytes": 4 * GIB, "container_name": "cy-a"},
+        {"pid": 5, "user": "cy", "gpu_mem_bytes": 4 * GIB, "container_name": "cy-b"},  # two: neither named
+        {"pid": 6, "user": "dee", "gpu_mem_bytes": 3 * GIB, "pod_namespace": "ml", "pod_name": "bert-0"},
+    ]
+    ranked = dict(gpu_users(procs))
+    assert ranked == {
+        "ann (job 81234)": 11 * GIB,
+        "cy": 8 * GIB,
+        f"bob ({'c' * 12})": 5 * GIB,
+        "dee (pod bert-0)": 3 * GIB,
+    }
+    assert process_holder(procs[0]) == "job 81234 step 0"
+    assert process_holder(procs[2]) == f"container {'c' * 12}"
+    assert process_holder(procs[5]) == "pod ml/bert-0"
+    assert process_holder({"pod_uid": "6a3c8e0e-1f2d-4c5b-9a8e-7d6c5b4a3f21"}) == "pod 6a3c8e0e"
+    assert process_holder({"pid": 7, "user": "eve"}) is None
+
+
+def test_unseen_memory_is_a_holder_on_the_card() -> None:
+    view = gpu_view("n1", "0", gpu(processes=[], mem_used_bytes=13 * GIB, unseen_mem_bytes=12 * GIB), RULE)
+    assert view.users == ("unseen process 12G",) and view.state == "b"
+    procs = [{"pid": 1, "user": "ann", "gpu_mem_bytes": 20 * GIB}]
+    view = gpu_view("n1", "0", gpu(processes=procs, unseen_mem_bytes=12 * GIB), RULE)
+    assert view.users == ("ann 20G", "unseen process 12G")
+    assert gpu_view("n1", "0", gpu(processes=procs, unseen_mem_bytes=0), RULE).users == ("ann 20G",)
+
+
+@pytest.mark.parametrize(
+    ("started", "now", "text"),
+    [
+        (None, 10.0, "–"),
+        (100.0, None, "–"),
+        (0.0, 12.0, "12 s"),
+        (0.0, 7500.0, "2 h 05 min"),
+        (0.0, 273_600.0, "3 d 4 h"),
+    ],
+)
+def test_process_age(started: float | None, now: float | None, text: str) -> None:
+    assert fmt_age(started, now) == text
 
 
 # --------------------------------------------------------------------------- host part and head

@@ -6,7 +6,8 @@ delivers them.
 tracking) get
 everything they need in the event and never reach back into the registry. Events are
 NamedTuples (cheap to build: a delta arrives thousands of times a second), and the registry
-builds the per-sample ones (:class:`SampleApplied`, :class:`GpuStateChanged`) only while
+builds the per-sample ones (:class:`SampleApplied`, :class:`GpuStateChanged`,
+:class:`GpuHealthChanged`) only while
 someone subscribes to them (:meth:`EventBus.wants`).
 
 Handlers run synchronously, in order of subscription, on the event loop: they must be quick
@@ -21,6 +22,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
 from hub.domain.gpus import GpuState
+from hub.domain.health import Level
 from hub.domain.nodes import NodeStatus
 from node_agent.protocol import Hello, Snapshot
 
@@ -101,6 +103,21 @@ class GpuStateChanged(NamedTuple):
     at_mono_s: float
 
 
+class GpuHealthChanged(NamedTuple):
+    """A GPU's health (:func:`hub.domain.health.gpu_health`) turned ok, warning or fault. ``old``
+    is ``Level.OK`` for a GPU first seen with a problem; a GPU that disappears publishes none
+    (:class:`GpuStateChanged` says so). ``findings`` are the words the wall shows, the worst
+    first (empty when ``new`` is ok)."""
+
+    node_id: str
+    gpu_index: str
+    gpu_uuid: str | None  # from the hello's facts, where the agent gave one
+    old: Level
+    new: Level
+    findings: tuple[str, ...]
+    at_mono_s: float
+
+
 class NodeRemoved(NamedTuple):
     """The node was forgotten (``DELETE /api/v1/nodes/{id}``)."""
 
@@ -114,6 +131,7 @@ Event = (
     | SampleLate
     | SampleStillLate
     | GpuStateChanged
+    | GpuHealthChanged
     | NodeRemoved
 )
 E = TypeVar(
@@ -124,6 +142,7 @@ E = TypeVar(
     SampleLate,
     SampleStillLate,
     GpuStateChanged,
+    GpuHealthChanged,
     NodeRemoved,
 )
 

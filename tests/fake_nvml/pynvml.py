@@ -14,7 +14,21 @@ works in-process and in subprocesses started with ``PYTHONPATH=tests/fake_nvml``
                "clocks_event_reasons": ..., "ecc_uncorrected": ..., "mig_mode": [cur, pending],
                "compute_processes": [{"pid": ..., "used_gpu_memory": ...}],
                "graphics_processes": [...],
-               "errors": {"nvmlDeviceGetFanSpeed": "NotSupported", "*": "GpuIsLost"}}]}
+               "errors": {"nvmlDeviceGetFanSpeed": "NotSupported", "*": "GpuIsLost"},
+               # health (each null or absent: NotSupported)
+               "ecc_corrected": ..., "ecc_aggregate_corrected": ..., "ecc_aggregate_uncorrected": ...,
+               "retired_pages": {"single_bit": n, "double_bit": n, "pending": 0 | 1},
+               "remapped_rows": [corrected, uncorrected, pending, failure],
+               "pcie_gen": ..., "pcie_gen_max": ..., "pcie_width": ..., "pcie_width_max": ...,
+               "pcie_tx_kb_per_s": ..., "pcie_rx_kb_per_s": ..., "pcie_replay": ...,
+               "nvlinks": [{"state": 1, "replay": 0, "recovery": 0, "crc_flit": 0, "crc_data": 0}],
+               "events_supported": true,      # false: nvmlDeviceRegisterEvents is NotSupported
+               "xid_events": [{"after_s": 3.0, "code": 79,   # delivered after_s after registering
+                               "gpu_instance_id": 0xFFFFFFFF, "compute_instance_id": 0xFFFFFFFF}],
+               "mig_devices": [{"slot": 0, "name": "... MIG 3g.20gb", "uuid": "MIG-...",
+                                "gpu_instance_id": 1, "compute_instance_id": 0,
+                                "mem_total_bytes": ..., "mem_used_bytes": ...,
+                                "compute_processes": [...]}]}]}
 
 ``errors`` maps an NVML function name (``"*"``: every per-GPU function) to the name of the
 ``NVMLError_<name>`` it raises. Tests may change a GPU's dict in place between samples.
@@ -28,8 +42,10 @@ makes those per-GPU functions block, like a stuck driver, until the file no long
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import threading
 import time
 from types import SimpleNamespace
 from typing import Any, NoReturn
@@ -44,6 +60,21 @@ NVML_VOLATILE_ECC = 0
 NVML_DEVICE_MIG_DISABLE = 0
 NVML_DEVICE_MIG_ENABLE = 1
 NVML_PSTATE_UNKNOWN = 32
+NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
+NVML_AGGREGATE_ECC = 1
+NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS = 0
+NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR = 1
+NVML_PCIE_UTIL_TX_BYTES = 0
+NVML_PCIE_UTIL_RX_BYTES = 1
+NVML_FEATURE_DISABLED = 0
+NVML_FEATURE_ENABLED = 1
+NVML_NVLINK_MAX_LINKS = 36
+NVML_NVLINK_ERROR_DL_REPLAY = 0
+NVML_NVLINK_ERROR_DL_RECOVERY = 1
+NVML_NVLINK_ERROR_DL_CRC_FLIT = 2
+NVML_NVLINK_ERROR_DL_CRC_DATA = 3
+NVML_MAX_MIG_DEVICES = 7  # per GPU on an A100 or H100
+nvmlEventTypeXidCriticalError = 0x8
 
 _ERROR_CODES = {
     "Uninitialized": (1, "Uninitialized"),
@@ -149,11 +180,37 @@ calls: dict[str, int] = {}  # per-function call counts, for tests
 
 
 class _Handle:
-    __slots__ = ("gpu", "index")
+    """A GPU's handle, or a MIG device's: then ``gpu`` is the slice's dict and ``parent`` the
+    GPU's handle."""
 
-    def __init__(self, index: int, gpu: dict[str, Any]) -> None:
+    __slots__ = ("gpu", "index", "parent")
+
+    def __init__(self, index: int, gpu: dict[str, Any], parent: _Handle | None = None) -> None:
         self.index = index
         self.gpu = gpu
+        self.parent = parent
+
+
+class c_nvmlEventData_t(ctypes.Structure):
+    """The real structure's fields; ``device`` holds the fake's handle object."""
+
+    _fields_ = [
+        ("device", ctypes.py_object),
+        ("eventType", ctypes.c_ulonglong),
+        ("eventData", ctypes.c_ulonglong),
+        ("gpuInstanceId", ctypes.c_uint),
+        ("computeInstanceId", ctypes.c_uint),
+    ]
+
+
+class _EventSet:
+    """Registered handles, when each was registered, and the events already delivered."""
+
+    def __init__(self) -> None:
+        self.registered: list[tuple[_Handle, float]] = []
+        self.delivered: set[tuple[int, int]] = set()
+        self.freed = False
+        self.lock = threading.Lock()
 
 
 def _text(value: str) -> str | bytes:
@@ -321,10 +378,194 @@ if _scenario.get("legacy"):  # bindings older than 12.535 only know the "throttl
     del nvmlDeviceGetCurrentClocksEventReasons
 
 
-def nvmlDeviceGetTotalEccErrors(handle: _Handle, error_type: int, counter_type: int) -> int:
-    if (error_type, counter_type) != (NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC):
+_ECC_KEYS = {
+    (NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC): "ecc_uncorrected",
+    (NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_VOLATILE_ECC): "ecc_corrected",
+    (NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_AGGREGATE_ECC): "ecc_aggregate_uncorrected",
+    (NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_AGGREGATE_ECC): "ecc_aggregate_corrected",
+}
+
+
+def nvmlDeviceGetTotalEccErrors(handle: _Handle, errorType: int, counterType: int) -> int:
+    key = _ECC_KEYS.get((errorType, counterType))
+    if key is None:
         _raise("InvalidArgument")
-    return int(_value(handle, "nvmlDeviceGetTotalEccErrors", "ecc_uncorrected"))
+    return int(_value(handle, "nvmlDeviceGetTotalEccErrors", key))
+
+
+# --------------------------------------------------------------------------- health
+def nvmlDeviceGetRetiredPages(device: _Handle, sourceFilter: int) -> list[int]:
+    pages = _value(device, "nvmlDeviceGetRetiredPages", "retired_pages")
+    key = {
+        NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS: "single_bit",
+        NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR: "double_bit",
+    }.get(sourceFilter)
+    if key is None:
+        _raise("InvalidArgument")
+    return [0x1000 * (k + 1) for k in range(int(pages[key]))]  # page addresses
+
+
+def nvmlDeviceGetRetiredPagesPendingStatus(device: _Handle) -> int:
+    return int(_value(device, "nvmlDeviceGetRetiredPagesPendingStatus", "retired_pages")["pending"])
+
+
+def nvmlDeviceGetRemappedRows(device: _Handle) -> tuple[int, int, int, int]:
+    corrected, uncorrected, pending, failure = _value(device, "nvmlDeviceGetRemappedRows", "remapped_rows")
+    return (int(corrected), int(uncorrected), int(pending), int(failure))
+
+
+def nvmlDeviceGetCurrPcieLinkGeneration(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetCurrPcieLinkGeneration", "pcie_gen"))
+
+
+def nvmlDeviceGetMaxPcieLinkGeneration(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetMaxPcieLinkGeneration", "pcie_gen_max"))
+
+
+def nvmlDeviceGetCurrPcieLinkWidth(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetCurrPcieLinkWidth", "pcie_width"))
+
+
+def nvmlDeviceGetMaxPcieLinkWidth(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetMaxPcieLinkWidth", "pcie_width_max"))
+
+
+def nvmlDeviceGetPcieThroughput(device: _Handle, counter: int) -> int:
+    """KB/s over the last 20 ms, as NVML measures it."""
+    key = {NVML_PCIE_UTIL_TX_BYTES: "pcie_tx_kb_per_s", NVML_PCIE_UTIL_RX_BYTES: "pcie_rx_kb_per_s"}.get(
+        counter
+    )
+    if key is None:
+        _raise("InvalidArgument")
+    return int(_value(device, "nvmlDeviceGetPcieThroughput", key))
+
+
+def nvmlDeviceGetPcieReplayCounter(handle: _Handle) -> int:
+    return int(_value(handle, "nvmlDeviceGetPcieReplayCounter", "pcie_replay"))
+
+
+def _nvlink(device: _Handle, fn: str, link: int) -> dict[str, Any]:
+    links = _value(device, fn, "nvlinks")
+    if not 0 <= link < len(links):
+        _raise("InvalidArgument")  # what NVML says for a link the GPU doesn't have
+    entry: dict[str, Any] = links[link]
+    return entry
+
+
+def nvmlDeviceGetNvLinkState(device: _Handle, link: int) -> int:
+    return int(_nvlink(device, "nvmlDeviceGetNvLinkState", link)["state"])
+
+
+def nvmlDeviceGetNvLinkErrorCounter(device: _Handle, link: int, counter: int) -> int:
+    key = {
+        NVML_NVLINK_ERROR_DL_REPLAY: "replay",
+        NVML_NVLINK_ERROR_DL_RECOVERY: "recovery",
+        NVML_NVLINK_ERROR_DL_CRC_FLIT: "crc_flit",
+        NVML_NVLINK_ERROR_DL_CRC_DATA: "crc_data",
+    }.get(counter)
+    if key is None:
+        _raise("InvalidArgument")
+    return int(_nvlink(device, "nvmlDeviceGetNvLinkErrorCounter", link)[key])
+
+
+def nvmlDeviceGetIndex(handle: _Handle) -> int:
+    _gpu(handle, "nvmlDeviceGetIndex")
+    if handle.parent is not None:
+        _raise("InvalidArgument")
+    return handle.index
+
+
+# --------------------------------------------------------------------------- MIG
+def nvmlDeviceGetMaxMigDeviceCount(device: _Handle) -> int:
+    gpu = _gpu(device, "nvmlDeviceGetMaxMigDeviceCount")
+    if device.parent is not None or "mig_devices" not in gpu:
+        _raise("NotSupported")
+    return NVML_MAX_MIG_DEVICES
+
+
+def nvmlDeviceGetMigDeviceHandleByIndex(device: _Handle, index: int) -> _Handle:
+    gpu = _gpu(device, "nvmlDeviceGetMigDeviceHandleByIndex")
+    if not 0 <= index < NVML_MAX_MIG_DEVICES:
+        _raise("InvalidArgument")
+    if not (gpu.get("mig_mode") or [0])[0]:
+        _raise("NotSupported")  # MIG mode off
+    for mig in gpu.get("mig_devices") or ():
+        if mig["slot"] == index:
+            return _Handle(index, mig, parent=device)
+    _raise("NotFound")
+
+
+def nvmlDeviceGetGpuInstanceId(device: _Handle) -> int:
+    if device.parent is None:
+        _raise("InvalidArgument")
+    return int(_value(device, "nvmlDeviceGetGpuInstanceId", "gpu_instance_id"))
+
+
+def nvmlDeviceGetComputeInstanceId(device: _Handle) -> int:
+    if device.parent is None:
+        _raise("InvalidArgument")
+    return int(_value(device, "nvmlDeviceGetComputeInstanceId", "compute_instance_id"))
+
+
+# --------------------------------------------------------------------------- events
+def nvmlEventSetCreate() -> _EventSet:
+    if not _initialised:
+        _raise("Uninitialized")
+    return _EventSet()
+
+
+def nvmlDeviceRegisterEvents(handle: _Handle, eventTypes: int, eventSet: _EventSet) -> None:
+    gpu = _gpu(handle, "nvmlDeviceRegisterEvents")
+    if not gpu.get("events_supported", True):
+        _raise("NotSupported")
+    with eventSet.lock:
+        eventSet.registered.append((handle, time.monotonic()))
+
+
+def _due_event(event_set: _EventSet, now: float) -> tuple[float, Any] | None:
+    """The earliest undelivered event (when due, and what), over every registered GPU."""
+    earliest: tuple[float, Any] | None = None
+    for handle, registered_at in event_set.registered:
+        for number, event in enumerate(handle.gpu.get("xid_events") or ()):
+            if (handle.index, number) in event_set.delivered:
+                continue
+            due = registered_at + float(event.get("after_s", 0.0))
+            if earliest is None or due < earliest[0]:
+                earliest = (due, (handle, number, event))
+    return earliest
+
+
+def nvmlEventSetWait_v2(eventSet: _EventSet, timeoutms: int) -> c_nvmlEventData_t:
+    """Like the real one: blocks up to ``timeoutms``; raises NVMLError_Timeout when none came."""
+    calls["nvmlEventSetWait_v2"] = calls.get("nvmlEventSetWait_v2", 0) + 1
+    if eventSet.freed or not _initialised:
+        _raise("Uninitialized")
+    deadline = time.monotonic() + timeoutms / 1000.0
+    while True:
+        _reload_if_changed()
+        now = time.monotonic()
+        with eventSet.lock:
+            found = _due_event(eventSet, now)
+            if found is not None and found[0] <= now:
+                handle, number, event = found[1]
+                eventSet.delivered.add((handle.index, number))
+                return c_nvmlEventData_t(
+                    handle,
+                    nvmlEventTypeXidCriticalError,
+                    int(event["code"]),
+                    int(event.get("gpu_instance_id", 0xFFFFFFFF)),
+                    int(event.get("compute_instance_id", 0xFFFFFFFF)),
+                )
+        if now >= deadline:
+            _raise("Timeout")
+        wake = deadline if found is None else min(deadline, found[0])
+        if _scenario.get("live_reload"):  # an event may be written into the file meanwhile
+            wake = min(wake, now + 0.05)
+        time.sleep(max(0.0, wake - now))
+
+
+def nvmlEventSetFree(eventSet: _EventSet) -> None:
+    eventSet.freed = True
 
 
 def _processes(handle: _Handle, fn: str, key: str) -> list[SimpleNamespace]:

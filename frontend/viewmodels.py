@@ -420,7 +420,9 @@ def gpu_view(
         state = _BUSY
     ranked = gpu_users(processes) if processes else []
     unseen = get("unseen_mem_bytes")
-    if unseen and unseen.__class__ is int:  # memory no listed process holds (the agent's rule)
+    # memory no listed process holds (the agent's rule), named on a GPU the free rule calls busy:
+    # under the free thresholds it is the lab's idea of free, and the row says only that
+    if unseen and unseen.__class__ is int and state is not _FREE:
         ranked = sorted([*ranked, (UNSEEN_HOLDER, unseen)], key=lambda item: -item[1])
     temp = get("temp_celsius")
     health = gpu_health(gpu, static, time.time() if now_epoch_s is None else now_epoch_s)

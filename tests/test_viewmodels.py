@@ -228,6 +228,9 @@ def test_unseen_memory_is_a_holder_on_the_card() -> None:
     view = gpu_view("n1", "0", gpu(processes=procs, unseen_mem_bytes=12 * GIB), RULE)
     assert view.users == ("ann 20G", "unseen process 12G")
     assert gpu_view("n1", "0", gpu(processes=procs, unseen_mem_bytes=0), RULE).users == ("ann 20G",)
+    # under the free thresholds (2 of 80 GiB, no process listed) the row says free, nothing else
+    small = gpu_view("n1", "0", gpu(processes=[], mem_used_bytes=2 * GIB, unseen_mem_bytes=2 * GIB), RULE)
+    assert small.state == "f" and small.users == ()
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
-from tests.procs import Hub, Proc, free_port
+from node_agent.gpu import GpuCollector
+from tests import fakes
+from tests.fakes import MakeCollector
+from tests.procs import Hub, Proc, free_port, sleeping_child
 
 
 @pytest.fixture
@@ -26,6 +33,43 @@ def hub(tmp_path: Path, procs: list[Proc]) -> Iterator[Hub]:
     assert running.proc is not None
     procs.append(running.proc)
     yield running
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A real process (``sleep``) for a fake GPU to list; killed when the test ends."""
+    child = sleeping_child()
+    yield child
+    child.kill()
+    child.wait()
+
+
+@pytest.fixture
+def two_sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    children = [sleeping_child(), sleeping_child()]
+    yield children
+    for child in children:
+        child.kill()
+        child.wait()
+
+
+@pytest.fixture
+def make_collector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeCollector]:
+    """Builds a GPU collector over a fresh fake pynvml loaded with ``scenario``."""
+    made: list[GpuCollector] = []
+
+    def make(scenario: dict[str, Any], **kwargs: Any) -> tuple[GpuCollector, ModuleType]:
+        path = fakes.write_scenario(tmp_path / f"scenario{len(made)}.json", scenario)
+        fake = fakes.load_fake_pynvml(path)
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        kwargs.setdefault("sysfs_root", tmp_path / "no-sysfs")  # the PCI bus can't be read
+        collector = GpuCollector(**kwargs)
+        made.append(collector)
+        return collector, fake
+
+    yield make
+    for collector in made:
+        collector.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from node_agent.gpu import GpuCollector
+
+MakeCollector = Callable[..., tuple[GpuCollector, ModuleType]]  # the make_collector fixture
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_NVML_DIR = REPO_ROOT / "tests" / "fake_nvml"

@@ -25,6 +25,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_exec(child: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
+    """Until ``child`` has exec'd: ``Popen`` may return while it is still a copy of this python,
+    whose command line (empty in /proc then), user and cgroup a test would read instead."""
+    deadline = time.monotonic() + timeout_s
+    while not Path(f"/proc/{child.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def sleeping_child(seconds: float = 120) -> subprocess.Popen[bytes]:
+    """A real process for a fake GPU to list, returned once it has exec'd."""
+    child = subprocess.Popen(["sleep", f"{seconds:g}"])
+    wait_for_exec(child)
+    return child
+
+
 def wait_until(
     predicate: Callable[[], T], timeout_s: float = 10.0, every_s: float = 0.05, what: str = ""
 ) -> T:

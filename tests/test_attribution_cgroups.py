@@ -25,7 +25,7 @@ from node_agent.attribution import AttributionReader
 from node_agent.gpu import GpuCollector
 from node_agent.protocol import GpuProcess, check_patch
 from tests import fakes
-from tests.procs import Hub, Proc, start_agent, wait_until
+from tests.procs import Hub, Proc, start_agent, wait_for_exec, wait_until
 
 GIB = 1024**3
 
@@ -82,9 +82,7 @@ def process_in_cgroup(root: Path, relative: str) -> Iterator[subprocess.Popen[by
     child = subprocess.Popen(["sleep", "60"])
     try:
         (target / "cgroup.procs").write_text(str(child.pid))
-        deadline = time.monotonic() + 5  # exec'd: its cmdline is no longer this python's
-        while not Path(f"/proc/{child.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for_exec(child)
         assert "/" + relative in Path(f"/proc/{child.pid}/cgroup").read_text()
         yield child
     finally:
@@ -178,20 +176,9 @@ def test_slurm_step_v1(record: Any) -> None:
     assert (proc.slurm_job_id, proc.slurm_step) == (job_id, "0")
 
 
-def test_bare_process_has_no_attribution(record: Any, sleeper_outside: subprocess.Popen[bytes]) -> None:
-    proc = record(sleeper_outside.pid)
+def test_bare_process_has_no_attribution(record: Any, sleeper: subprocess.Popen[bytes]) -> None:
+    proc = record(sleeper.pid)
     assert (proc.container_id, proc.pod_uid, proc.slurm_job_id) == (None, None, None)
-
-
-@pytest.fixture
-def sleeper_outside() -> Iterator[subprocess.Popen[bytes]]:
-    child = subprocess.Popen(["sleep", "60"])
-    deadline = time.monotonic() + 5
-    while not Path(f"/proc/{child.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    yield child
-    child.kill()
-    child.wait()
 
 
 def test_agent_cli_names_the_container(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pwd
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,42 +22,9 @@ from node_agent.gpu import GpuCollector, cuda_version_text, decode_throttle_reas
 from node_agent.procinfo import ProcessResolver, redact_cmdline
 from node_agent.protocol import GpuDriver, GpuProcess, GpuSample, check_patch, to_wire
 from tests import fakes
-from tests.fakes import GIB, MISSING_PIDS
+from tests.fakes import GIB, MISSING_PIDS, MakeCollector
 
 MY_USER = pwd.getpwuid(os.getuid()).pw_name
-
-MakeCollector = Callable[..., tuple[GpuCollector, ModuleType]]
-
-
-@pytest.fixture
-def make_collector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeCollector]:
-    """Builds a collector over a fresh fake pynvml loaded with ``scenario``."""
-    made: list[GpuCollector] = []
-
-    def make(scenario: dict[str, Any], **kwargs: Any) -> tuple[GpuCollector, ModuleType]:
-        path = fakes.write_scenario(tmp_path / f"scenario{len(made)}.json", scenario)
-        fake = fakes.load_fake_pynvml(path)
-        monkeypatch.setitem(sys.modules, "pynvml", fake)
-        kwargs.setdefault("sysfs_root", tmp_path / "no-sysfs")  # the PCI bus can't be read
-        collector = GpuCollector(**kwargs)
-        made.append(collector)
-        return collector, fake
-
-    yield make
-    for collector in made:
-        collector.close()
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    child = subprocess.Popen(["sleep", "30"])
-    # Popen may return before the child has exec'd: until then it is a copy of this python
-    deadline = time.monotonic() + 5
-    while not Path(f"/proc/{child.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    yield child
-    child.kill()
-    child.wait()
 
 
 def assert_wire_valid(samples: dict[str, GpuSample]) -> None:

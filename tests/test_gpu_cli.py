@@ -7,7 +7,6 @@ import os
 import pwd
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +42,6 @@ def run_once(tmp_path: Path, scenario: dict[str, Any], *args: str) -> dict[str, 
     snapshot = document["snapshot"]
     assert protocol.check_patch(snapshot)["gpus"] == snapshot["gpus"]
     return document
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    child = subprocess.Popen(["sleep", "30"])
-    yield child
-    child.kill()
-    child.wait()
 
 
 def test_mixed_models(tmp_path: Path) -> None:

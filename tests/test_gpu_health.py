@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,12 +27,11 @@ from node_agent import protocol
 from node_agent.gpu import GpuCollector, mig_profile
 from node_agent.protocol import MAX_XID_EVENTS, GpuSample, check_patch, to_wire
 from tests import fakes
-from tests.fakes import GIB, xid
+from tests.fakes import GIB, MakeCollector, xid
 
 MY_USER = pwd.getpwuid(os.getuid()).pw_name
 GPU_SOURCE = Path(gpu_module.__file__).read_text(encoding="utf-8")
 
-MakeCollector = Callable[..., tuple[GpuCollector, ModuleType]]
 
 HEALTH_FIELDS = (
     "xid_count",
@@ -62,33 +61,6 @@ HEALTH_FIELDS = (
     "nvlink_crc_data_count",
     "mig_slices",
 )
-
-
-@pytest.fixture
-def make_collector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeCollector]:
-    made: list[GpuCollector] = []
-
-    def make(scenario: dict[str, Any], **kwargs: Any) -> tuple[GpuCollector, ModuleType]:
-        path = fakes.write_scenario(tmp_path / f"scenario{len(made)}.json", scenario)
-        fake = fakes.load_fake_pynvml(path)
-        monkeypatch.setitem(sys.modules, "pynvml", fake)
-        kwargs.setdefault("sysfs_root", tmp_path / "no-sysfs")
-        collector = GpuCollector(**kwargs)
-        made.append(collector)
-        return collector, fake
-
-    yield make
-    for collector in made:
-        collector.close()
-
-
-@pytest.fixture
-def two_sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    children = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
-    yield children
-    for child in children:
-        child.kill()
-        child.wait()
 
 
 def assert_wire_valid(samples: dict[str, GpuSample]) -> None:

@@ -7,23 +7,11 @@ import html
 import shutil
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests import fakes
 from tests.procs import Hub, Proc, start_agent, wait_until
 from tests.test_metrics import samples, scrape, value
-
-
-@pytest.fixture
-def two_sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    children = [subprocess.Popen(["sleep", "120"]) for _ in range(2)]
-    yield children
-    for child in children:
-        child.kill()
-        child.wait()
 
 
 def start_fake_gpu_agent(hub: Hub, name: str, scenario: dict[str, Any]) -> Proc:

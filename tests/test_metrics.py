@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +57,6 @@ def value(found: Samples, name: str, **labels: str) -> float:
 
 def absent(found: Samples, name: str, **labels: str) -> bool:
     return not [v for lbl, v in found.get(name, []) if all(lbl.get(k) == x for k, x in labels.items())]
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    child = subprocess.Popen(["sleep", "120"])
-    yield child
-    child.kill()
-    child.wait()
 
 
 def start_fake_gpu_agent(hub: Hub, name: str, scenario: dict[str, Any]) -> Proc:

@@ -5,6 +5,7 @@ anything)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -39,12 +40,32 @@ def as_unprivileged() -> list[str]:
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
+@contextlib.contextmanager
+def traversable_ancestors(path: Path) -> Iterator[None]:
+    """Lets every user pass through (``o+x``, not read) the folders above ``path`` while a test
+    runs, so ``nobody`` can run this checkout's interpreter and import its code even from a
+    clone in a root-only folder (``mktemp -d``); each mode is put back afterwards."""
+    opened = []
+    for folder in path.resolve().parents:
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+            opened.append((folder, stat.S_IMODE(mode)))
+    try:
+        yield
+    finally:
+        for folder, mode in opened:
+            folder.chmod(mode)
+
+
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
-    """A folder ``nobody`` can reach (pytest's tmp_path sits under a root-only folder)."""
+    """A folder ``nobody`` can reach (pytest's tmp_path sits under a root-only folder), with this
+    checkout reachable by ``nobody`` too."""
     folder = Path(tempfile.mkdtemp(prefix="sers-store-"))
     folder.chmod(0o755)
-    yield folder
+    with traversable_ancestors(REPO / "hub") if os.geteuid() == 0 else contextlib.nullcontext():
+        yield folder
     for path in (folder, *folder.rglob("*")):
         if path.is_dir():
             path.chmod(0o755)

@@ -118,6 +118,22 @@ class GpuHealthChanged(NamedTuple):
     at_mono_s: float
 
 
+class IdleHeldChanged(NamedTuple):
+    """A GPU, or one MIG slice of it (``mig_uuid``), started (``idle_held`` true) or stopped
+    being idle-held (:class:`hub.domain.gpus.IdleRule`). ``idle_since_wall_s``: when its
+    utilization went to or under the rule's limit while held (hub receive time). ``holders``:
+    the processes holding it, as the agent sent them (user, pid, command, gpu_mem_bytes, job,
+    container, started_epoch_s; on an end, those of the last idle sample)."""
+
+    node_id: str
+    gpu_index: str
+    mig_uuid: str | None
+    idle_held: bool
+    idle_since_wall_s: float
+    holders: tuple[Mapping[str, Any], ...]
+    at_wall_s: float
+
+
 class NodeRemoved(NamedTuple):
     """The node was forgotten (``DELETE /api/v1/nodes/{id}``)."""
 
@@ -132,6 +148,7 @@ Event = (
     | SampleStillLate
     | GpuStateChanged
     | GpuHealthChanged
+    | IdleHeldChanged
     | NodeRemoved
 )
 E = TypeVar(
@@ -143,6 +160,7 @@ E = TypeVar(
     SampleStillLate,
     GpuStateChanged,
     GpuHealthChanged,
+    IdleHeldChanged,
     NodeRemoved,
 )
 

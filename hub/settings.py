@@ -26,7 +26,7 @@ from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from hub.domain.gpus import GpuFreeRule
+from hub.domain.gpus import GpuFreeRule, IdleRule
 from hub.domain.nodes import Liveness, Naming
 from node_agent import __version__
 from node_agent.given import env_value, given, read_token_file
@@ -153,6 +153,17 @@ def _gpu_free(raw: Any, key: str) -> GpuFreeRule:
     return result
 
 
+def _idle_holders(raw: Any, key: str) -> IdleRule:
+    rule: IdleRule = _dataclass_from(IdleRule, raw, key)
+    if not 0 <= rule.max_util_percent <= 100:
+        raise SettingsError(
+            f"{key}.max_util_percent: a percentage from 0 to 100, got {rule.max_util_percent}"
+        )
+    if not 0 <= rule.min_idle_s < float("inf"):
+        raise SettingsError(f"{key}.min_idle_s: seconds, 0 or more, got {rule.min_idle_s}")
+    return rule
+
+
 # --------------------------------------------------------------------------- the state file
 STATE_FILE_NAME = "hub.sqlite3"
 NO_STATE_DB = "none"  # the state_db value for "remember nothing"
@@ -258,6 +269,13 @@ class HubSettings:
         "table",
         "a GPU counts as free with no processes and under `max_util_percent` (10) and `max_mem_percent` (5)",
         table=_gpu_free,
+    )
+    idle_holders: IdleRule = setting(  # noqa: RUF009 - setting() is a dataclasses.field()
+        IdleRule,
+        "table",
+        "a GPU (or MIG slice) is idle-held when processes hold it at or under `max_util_percent` (5) "
+        "for at least `min_idle_s` (1800): the wall, `/users`, `/api/v1/users` and `/metrics` name them",
+        table=_idle_holders,
     )
     viewer_max_rate_hz: float = setting(
         10.0, "float", "most updates per second sent to one viewer", metavar="HZ"

@@ -12,6 +12,10 @@ elements at once. Here the kind of element comes first and the node name last, w
 ``spark-gpu-<index>-<name>``  GPU ``<index>``'s sparkline
 ==========================  ==========================
 
+The people board (``/users``, the wall's ``?panel=users``) is ``people``, its row of a user
+``user-<hex>``: the user name's UTF-8 bytes in hex (:func:`person_id`), so any name, markup
+and spaces included, gives one id of its own and two names never share one.
+
 No prefix begins another, and a GPU index is digits (the protocol's ``0``..``999``), so it ends
 at the first ``-``: an id names exactly one (kind, GPU index, node), for every node name. The
 other ids of the wall (``nodes``, ``summary``, ``clock``...) begin with none of the prefixes.
@@ -48,3 +52,11 @@ def node_of_part(part_id: str) -> str | None:
     """The node name in a part's id (what app.js reads); None for a card or any other id."""
     found = PART_ID_RE.fullmatch(part_id)
     return found[1] if found else None
+
+
+PEOPLE_ID = "people"
+
+
+def person_id(user: str) -> str:
+    """The id of ``user``'s row on the people board."""
+    return "user-" + user.encode("utf-8", "surrogatepass").hex()

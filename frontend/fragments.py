@@ -111,6 +111,8 @@ def gpu_html(g: GpuView) -> str:
         return f'{head}<span class="er">✖ {_e(g.error)}</span></div>'
     temp = f'<em class="{g.temp_cls}">' if g.temp_cls else "<em>"
     users = _e_id(", ".join(g.users)) if g.users else _USERS_FALLBACK[g.state]
+    if g.idle_text:  # "idle 47 min · alice (job 81234)"; app.js counts the minutes on
+        users = f'<mark class="ih" data-since="{g.idle_since_epoch_s:.1f}">{g.idle_text}</mark> · {users}'
     if g.health_words:  # in words, before the users: a warning or a fault, never colour alone
         users = f'<mark class="hb {g.health[0]}">{_HEALTH_SIGN[g.health]} {_e(g.health_words)}</mark>{users}'
     more = f'<span class="mo">+{g.more_users} more</span>' if g.more_users else ""

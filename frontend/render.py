@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from frontend.element_ids import element_id
 from frontend.fragments import gpu_html, host_html, spark_html, visible
+from frontend.people import PeopleView
 from frontend.viewmodels import DetailView, GpuView, HeadView, HostView, SparkView, SummaryView
 
 
@@ -62,6 +63,8 @@ class Renderer:
         self._summary = _fast(env.get_template("_summary.html"))
         self._page = env.get_template("page.html")
         self._node_page = env.get_template("node.html")
+        self._people = _fast(env.get_template("_people.html"))
+        self._users_page = env.get_template("users.html")
 
     # the per-second fragments, called without a wrapper's frame (thousands per second)
     host: Callable[[HostView], str] = staticmethod(host_html)
@@ -103,6 +106,7 @@ class Renderer:
         hub_url: str = "http://HUB:8000",
         filter_text: str = "",
         unfiltered_query: str = "",
+        people_html: str = "",
     ) -> str:
         """The wall. ``filter_text`` (the URL's filter in words) and ``unfiltered_query`` (the
         URL's other options) are for the line shown while no card matches."""
@@ -119,6 +123,31 @@ class Renderer:
             hub_url=hub_url,
             filter_text=filter_text,
             unfiltered_query=unfiltered_query,
+            people_html=Markup(people_html),
+        )
+
+    def people(self, view: PeopleView) -> str:
+        """The people board (``frontend/templates/_people.html``)."""
+        return self._people({"p": view})
+
+    def users_page(
+        self,
+        *,
+        root_path: str,
+        ws_path: str,
+        summary_html: str,
+        people_html: str,
+        theme: str,
+        back_query: str,
+    ) -> str:
+        """``/users``: the top bar and the people board, kept live over the view WebSocket."""
+        return self._users_page.render(
+            root_path=root_path,
+            ws_path=ws_path,
+            summary_html=Markup(summary_html),
+            people_html=Markup(people_html),
+            theme=theme,
+            back_query=back_query,
         )
 
     def node_page(

@@ -335,6 +335,11 @@ class GpuView(NamedTuple):
     more_users: int
     health: Level = Level.OK  # hub.domain.health: ok, warning, fault
     health_words: str = ""  # the worst finding: "Xid 79: fell off the bus: drain the node"
+    # idle-held (hub.domain.idle): since when (epoch s, the earliest of the GPU and its MIG
+    # slices), "idle 47 min" as of rendering (app.js counts on), and how many are (GPU, slices)
+    idle_since_epoch_s: float | None = None
+    idle_text: str = ""
+    idle_held: int = 0
 
 
 def _by_pid(process: Mapping[str, Any]) -> str:
@@ -400,9 +405,12 @@ def gpu_view(
     node_live: bool = True,
     static: Mapping[str, Any] | None = None,
     now_epoch_s: float | None = None,
+    idle: tuple[float, int] | None = None,
 ) -> GpuView:
     """One GPU row. Hot: the hub builds one per changed GPU per sample. ``static`` is the GPU's
-    hello facts (its maximum PCIe link); ``now_epoch_s`` (default: now) how old its Xids are."""
+    hello facts (its maximum PCIe link); ``now_epoch_s`` (default: now) how old its Xids are
+    and how long it has been idle; ``idle``: (idle-held since, how many of the GPU and its
+    slices are), from the idle-holder events."""
     get = gpu.get
     error = get("error")
     util = get("util_gpu_percent")
@@ -425,7 +433,8 @@ def gpu_view(
     if unseen and unseen.__class__ is int and state is not _FREE:
         ranked = sorted([*ranked, (UNSEEN_HOLDER, unseen)], key=lambda item: -item[1])
     temp = get("temp_celsius")
-    health = gpu_health(gpu, static, time.time() if now_epoch_s is None else now_epoch_s)
+    now = time.time() if now_epoch_s is None else now_epoch_s
+    health = gpu_health(gpu, static, now)
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
     return GpuView(
         node_id,
@@ -441,7 +450,11 @@ def gpu_view(
         len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
         health.level,
         health.words,
+        *(_NOT_IDLE if idle is None else (idle[0], f"idle {fmt_ago(now - idle[0])}", idle[1])),
     )
+
+
+_NOT_IDLE = (None, "", 0)
 
 
 @functools.lru_cache(maxsize=512)
@@ -606,6 +619,7 @@ class SummaryView:
     gpus_warning: int = 0  # GPUs whose health is a warning (hub/domain/health.py)
     gpus_health_fault: int = 0  # GPUs whose health is a fault (a lost GPU is gpus_error)
     slices: tuple[ModelCount, ...] = ()  # MIG slices free / total by profile
+    gpus_idle_held: int = 0  # GPUs and MIG slices idle-held (hub.domain.idle); never free
 
 
 class GpuTally(NamedTuple):
@@ -618,10 +632,15 @@ class GpuTally(NamedTuple):
     mem_total_bytes: int
     health: Level = Level.OK  # as in GpuView
     slices: tuple[tuple[str, bool], ...] = ()  # MIG slices: (profile, free)
+    idle_held: int = 0  # as in GpuView: the GPU and its slices that are idle-held
 
 
 def gpu_tally(
-    gpu: Mapping[str, Any], state: GpuState, health: Level = Level.OK, slices: Iterable[SliceView] = ()
+    gpu: Mapping[str, Any],
+    state: GpuState,
+    health: Level = Level.OK,
+    slices: Iterable[SliceView] = (),
+    idle_held: int = 0,
 ) -> GpuTally:
     get = gpu.get  # positional below: one per rendered GPU row
     return GpuTally(
@@ -631,6 +650,7 @@ def gpu_tally(
         get("mem_total_bytes") or 0,
         health,
         tuple((s.profile, s.state is _FREE and state is not _NOT_CURRENT) for s in slices),
+        idle_held,
     )
 
 
@@ -643,7 +663,7 @@ def summary_view(
     status_counts: Counter[NodeStatus] = Counter()
     free_by_model: Counter[str] = Counter()
     total_by_model: Counter[str] = Counter()
-    errors = warnings = health_faults = 0
+    errors = warnings = health_faults = idle_held = 0
     free_slices: Counter[str] = Counter()
     total_slices: Counter[str] = Counter()
     offline_gpus = 0
@@ -664,6 +684,7 @@ def summary_view(
                 free_by_model[tally.model] += 1
             warnings += tally.health is Level.WARNING
             health_faults += tally.health is Level.FAULT
+            idle_held += tally.idle_held
             for profile, free in tally.slices:
                 total_slices[profile] += 1
                 free_slices[profile] += free
@@ -689,6 +710,7 @@ def summary_view(
             ModelCount(profile, free_slices[profile], total)
             for profile, total in sorted(total_slices.items())
         ),
+        gpus_idle_held=idle_held,
     )
 
 

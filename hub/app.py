@@ -23,12 +23,14 @@ from frontend.render import Renderer
 from hub.agent_ws import AgentRoute
 from hub.clock import SystemClock
 from hub.domain.events import SampleLate, StatusChanged
+from hub.domain.idle import IdleHolders
 from hub.domain.nodes import Clock
 from hub.fanout import Fanout, stop_task
 from hub.history import History
 from hub.liveness import log_sample_late, log_status_change, run_sweeps
 from hub.metrics import metrics
 from hub.pages import api_nodes, healthz, node_page, page
+from hub.people_pages import api_users, run_idle_ticks, users_page
 from hub.registry import NodeRegistry
 from hub.scene import Scene
 from hub.security import FailureLog, OriginPolicy, ProxyTrust, SecurityHeaders, ViewAuth, admin_token
@@ -42,10 +44,18 @@ def build_state(settings: HubSettings, clock: Clock) -> HubState:
     registry = NodeRegistry(clock, settings.liveness, dict(settings.names), settings.gpu_free)
     registry.events.subscribe(StatusChanged, log_status_change)
     registry.events.subscribe(SampleLate, log_sample_late)
+    idle_holders = IdleHolders(registry.events, clock, settings.idle_holders)
     renderer = Renderer()
     scene = Scene(registry, renderer, settings.gpu_free, clock.wall, History(settings.history_s))
     fanout = Fanout(registry, scene, settings.viewer_max_rate_hz)
-    return HubState(settings=settings, registry=registry, renderer=renderer, scene=scene, fanout=fanout)
+    return HubState(
+        settings=settings,
+        registry=registry,
+        renderer=renderer,
+        scene=scene,
+        fanout=fanout,
+        idle_holders=idle_holders,
+    )
 
 
 def create_app(settings: HubSettings | None = None, clock: Clock | None = None) -> Starlette:
@@ -65,6 +75,7 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
         tasks = [
             asyncio.create_task(run_sweeps(state.registry)),
             asyncio.create_task(state.fanout.run()),
+            asyncio.create_task(run_idle_ticks(state.idle_holders)),
         ]
         if store is not None:
             tasks.append(asyncio.create_task(store.run()))
@@ -81,6 +92,8 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
             Route("/", page),
             Route("/node/{node_id}", node_page),
             Route("/api/v1/nodes", api_nodes),
+            Route("/api/v1/users", api_users),
+            Route("/users", users_page),
             Route("/api/v1/nodes/{node_id}", forget_node, methods=["DELETE"]),
             Route("/healthz", healthz),
             Route("/metrics", metrics),

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from frontend.people import PeopleView
 from frontend.viewmodels import SummaryView
 from hub.registry import NodeRegistry
 from hub.scene import NodeChange, Scene, ViewFilter, subscribe_changes
@@ -145,6 +146,7 @@ class Fanout:
         self._rendered: dict[str, dict[str, str]] = {}  # since the last tick: node id -> element id -> HTML
         self.viewers: set[Viewer] = set()
         self._last_summaries: dict[ViewFilter, SummaryView] = {}
+        self._last_boards: dict[ViewFilter, PeopleView | None] = {}  # people boards (?panel=users, /users)
         self._summary_due_at = 0.0
         self._full_states: dict[ViewFilter, bytes] = {}  # valid until the next tick sends parts
         self._resync_at = 0.0
@@ -174,7 +176,8 @@ class Fanout:
         if cached is None:
             cards = self._scene.cards(view_filter)
             summary = self._scene.summary(self._scene.summary_view(view_filter))
-            html = '<main id="nodes" class="grid">' + "".join(cards) + "</main>" + summary
+            board = self._scene.people(self._scene.people_view(view_filter))
+            html = '<main id="nodes" class="grid">' + "".join(cards) + "</main>" + summary + board
             cached = self._full_states[view_filter] = html.encode()
         return cached
 
@@ -192,6 +195,7 @@ class Fanout:
         if all(other.filter != viewer.filter for other in self.viewers):
             # filters come from URLs: keep nothing for one that no viewer uses any more
             self._last_summaries.pop(viewer.filter, None)
+            self._last_boards.pop(viewer.filter, None)
             self._full_states.pop(viewer.filter, None)
 
     # ------------------------------------------------------------------ the tick
@@ -232,7 +236,8 @@ class Fanout:
                 viewer.keepalive()
 
     def _summaries(self, now: float) -> dict[ViewFilter, str]:
-        """Each distinct filter's summary bar, at most once a second and only when it changed."""
+        """Each distinct filter's summary bar (and people board), at most once a second and only
+        when it changed."""
         if now < self._summary_due_at:
             return {}
         self._summary_due_at = now + SUMMARY_EVERY_S
@@ -243,6 +248,11 @@ class Fanout:
             if self._last_summaries.get(view_filter) != view:
                 self._last_summaries[view_filter] = view
                 changed[view_filter] = self._scene.summary(view)
+            if view_filter.people_sort:
+                board = self._scene.people_view(view_filter)
+                if self._last_boards.get(view_filter) != board:
+                    self._last_boards[view_filter] = board
+                    changed[view_filter] = changed.get(view_filter, "") + self._scene.people(board)
         return changed
 
 

@@ -33,11 +33,14 @@ from starlette.responses import Response
 from hub.domain.gpus import GpuFreeRule, gpu_is_free, user_totals
 from hub.domain.health import Level, gpu_health
 from hub.domain.nodes import NodeStatus
+from hub.domain.people import IdleSet, holdings
 from hub.registry import NodeRegistry
 from hub.state import HubState
 from node_agent.protocol import GPU_COLLECTOR_DOWN, GPU_COLLECTOR_UP, Hello, Snapshot
 
 NODE_LABELS = ("node",)
+MAX_USER_SERIES = 1000  # users with their own sers_user_* series; the rest are summed
+OTHER_USERS = "(other users)"  # no login name has parentheses or spaces
 GPU_LABELS = ("node", "gpu", "uuid", "model")
 # The classic text format: what generate_latest writes for names like ours, and what every
 # Prometheus version reads.
@@ -232,10 +235,13 @@ def read_nodes(registry: NodeRegistry) -> list[NodeReading]:
 class HubCollector:
     """Turns node readings into metric families (a ``prometheus_client`` collector)."""
 
-    def __init__(self, nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int) -> None:
+    def __init__(
+        self, nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int, idle: IdleSet | None = None
+    ) -> None:
         self._nodes = nodes
         self._gpu_free = gpu_free
         self._viewers = viewers
+        self._idle = idle or {}
 
     def collect(self) -> Iterator[Metric]:
         nodes = self._nodes
@@ -244,6 +250,44 @@ class HubCollector:
         reporting = [n for n in nodes if n.status is not NodeStatus.OFFLINE]
         yield from self._host_families(reporting)
         yield from self._gpu_families(reporting)
+        yield from self._user_families(reporting)
+
+    def _user_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
+        """Per user, across the lab: GPUs (and MIG slices) held, idle-held, GPU memory. At most
+        :data:`MAX_USER_SERIES` users get their own series (those holding the most GPUs); the
+        rest are summed under :data:`OTHER_USERS`, so a hostile or huge lab cannot grow the
+        label set without end."""
+        held = UniqueGauge(
+            "sers_user_gpus_held", "GPUs and MIG slices the user's processes hold.", labels=["user"]
+        )
+        idle = UniqueGauge(
+            "sers_user_gpus_idle_held",
+            "GPUs and MIG slices the user holds idle (at or under the idle_holders limit for min_idle_s).",
+            labels=["user"],
+        )
+        mem = UniqueGauge(
+            "sers_user_gpu_memory_used_bytes", "GPU memory the user's processes use.", labels=["user"]
+        )
+        people = sorted(
+            holdings(((n.node_id, n.state) for n in nodes), self._idle).values(),
+            key=lambda h: (-len(h.gpus), h.user),
+        )
+        rest = people[MAX_USER_SERIES:]
+        rows = [(h.user, len(h.gpus), len(h.idle), h.mem_bytes) for h in people[:MAX_USER_SERIES]]
+        if rest:
+            rows.append(
+                (
+                    OTHER_USERS,
+                    sum(len(h.gpus) for h in rest),
+                    sum(len(h.idle) for h in rest),
+                    sum(h.mem_bytes for h in rest),
+                )
+            )
+        for user, gpus, idle_gpus, mem_bytes in rows:
+            held.add_metric([user], float(gpus))
+            idle.add_metric([user], float(idle_gpus))
+            mem.add_metric([user], float(mem_bytes))
+        yield from (held, idle, mem)
 
     def _hub_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
         by_status = UniqueGauge("sers_hub_nodes", "Nodes known to the hub, by status.", labels=["status"])
@@ -507,20 +551,25 @@ def _add_mig_slices(
         procs.add_metric(mig_labels, float(len(mig.get("processes") or ())))
 
 
-def exposition(nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int) -> bytes:
+def exposition(
+    nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int, idle: IdleSet | None = None
+) -> bytes:
     """The whole ``/metrics`` body: the nodes, plus the hub process's own CPU, memory and files.
 
-    Pure CPU work on immutable inputs: safe to run in a worker thread.
+    Pure CPU work on immutable inputs (``idle``: a copy of the idle-held set): safe to run in a
+    worker thread.
     """
     registry = CollectorRegistry()
-    registry.register(HubCollector(nodes, gpu_free, viewers))
+    registry.register(HubCollector(nodes, gpu_free, viewers, idle))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return generate_latest(registry)
 
 
-def _body(nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int, compress: bool) -> bytes:
-    text = exposition(nodes, gpu_free, viewers)
+def _body(
+    nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int, idle: IdleSet, compress: bool
+) -> bytes:
+    text = exposition(nodes, gpu_free, viewers, idle)
     # The text repeats long labels on every line: level 1 shrinks it ~25x in ~2% of the time.
     return gzip.compress(text, compresslevel=1) if compress else text
 
@@ -547,7 +596,10 @@ async def metrics(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     nodes = read_nodes(hub.registry)
     compress = accepts_gzip(request.headers.get("accept-encoding", ""))
-    body = await asyncio.to_thread(_body, nodes, hub.settings.gpu_free, len(hub.fanout.viewers), compress)
+    idle = hub.idle_holders.held()  # a copy, taken on the event loop
+    body = await asyncio.to_thread(
+        _body, nodes, hub.settings.gpu_free, len(hub.fanout.viewers), idle, compress
+    )
     headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
     if compress:
         headers["Content-Encoding"] = "gzip"

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from hub.domain.nodes import Node
+from hub.domain.people import PeopleSort
 from hub.scene import ViewFilter
 from hub.state import HubState
 
@@ -32,11 +33,18 @@ def _csv(params: Mapping[str, str], key: str) -> frozenset[str]:
 
 
 def view_filter_from(params: Mapping[str, str]) -> ViewFilter:
-    """Kiosk URL options: ``?group=a,b&node=gpu01,gpu02&gpus=1``."""
+    """Kiosk URL options: ``?group=a,b&node=gpu01,gpu02&gpus=1``; ``panel=users`` adds the
+    people board (in the order ``people_sort=gpus|idle|held``), ``cards=0`` leaves the cards
+    out (``/users``)."""
+    board = ""
+    if params.get("panel") == "users":
+        board = _choice(params, "people_sort", tuple(PeopleSort))
     return ViewFilter(
         groups=_csv(params, "group"),
         names=_csv(params, "node"),
         gpu_only=params.get("gpus", "") in ("1", "true", "yes"),
+        people_sort=board,
+        cards=params.get("cards", "") not in ("0", "false", "no"),
     )
 
 
@@ -91,6 +99,7 @@ async def page(request: Request) -> Response:
         hub_url=str(request.base_url).rstrip("/"),
         filter_text=filter_text(view_filter),
         unfiltered_query=urlencode([(k, v) for k, v in params.multi_items() if k not in FILTER_KEYS]),
+        people_html=scene.people(scene.people_view(view_filter)),
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from frontend.element_ids import element_id
+from frontend.people import PeopleView, people_view
 from frontend.render import Renderer
 from frontend.viewmodels import (
     DetailView,
@@ -35,6 +36,7 @@ from frontend.viewmodels import (
 )
 from hub.domain.events import (
     EventBus,
+    IdleHeldChanged,
     NodeConnected,
     NodeRemoved,
     SampleApplied,
@@ -44,7 +46,8 @@ from hub.domain.events import (
     StatusChanged,
 )
 from hub.domain.gpus import GpuFreeRule
-from hub.domain.nodes import Node, sort_key
+from hub.domain.nodes import Node, NodeStatus, sort_key
+from hub.domain.people import PeopleSort, holdings
 from hub.history import History, sample_values
 from hub.registry import NodeRegistry
 from node_agent.protocol import GPU_COLLECTOR_DOWN
@@ -94,6 +97,10 @@ def subscribe_changes(events: EventBus, note: Callable[[NodeChange], None]) -> N
     # how late: the host part counts it on every sweep
     events.subscribe(SampleStillLate, lambda event: note(NodeChange(event.node_id, host=True)))
     events.subscribe(NodeRemoved, lambda event: note(NodeChange(event.node_id, removed=True)))
+    # a GPU (or slice) turned idle-held or stopped: its row says so, and the summary counts it
+    events.subscribe(
+        IdleHeldChanged, lambda event: note(NodeChange(event.node_id, gpus=frozenset((event.gpu_index,))))
+    )
 
 
 @dataclass(slots=True)
@@ -112,13 +119,22 @@ def gpu_order(gpus: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class ViewFilter:
-    """Which nodes one viewer sees (kiosk URL options). Empty sets mean "all"."""
+    """Which nodes one viewer sees (kiosk URL options). Empty sets mean "all". ``people_sort``:
+    the people board's order (:class:`~hub.domain.people.PeopleSort`), "" for no board;
+    ``cards``: whether the viewer shows node cards (``/users`` shows only the board)."""
 
     groups: frozenset[str] = frozenset()
     names: frozenset[str] = frozenset()
     gpu_only: bool = False
+    people_sort: str = ""
+    cards: bool = True
 
     def matches(self, node: Node) -> bool:
+        """Whether the viewer shows ``node``'s card."""
+        return self.cards and self.selects(node)
+
+    def selects(self, node: Node) -> bool:
+        """Whether ``node`` is in the viewer's part of the lab (its summary bar, its board)."""
         if self.groups and (node.group or "") not in self.groups:
             return False
         if self.names and node.node_id not in self.names and node.display_name not in self.names:
@@ -152,6 +168,25 @@ class Scene:
         self._wall = wall_clock
         self.history = history or History(DEFAULT_HISTORY_S)
         self._rendered: dict[str, RenderedNode] = {}
+        # node id -> (GPU index, MIG uuid or None) -> idle-held since: kept from the events,
+        # before the fan-out renders the row (it subscribes later)
+        self._idle: dict[str, dict[tuple[str, str | None], float]] = {}
+        registry.events.subscribe(IdleHeldChanged, self._idle_changed)
+
+    def _idle_changed(self, event: IdleHeldChanged) -> None:
+        key = (event.gpu_index, event.mig_uuid)
+        if event.idle_held:
+            self._idle.setdefault(event.node_id, {})[key] = event.idle_since_wall_s
+            return
+        held = self._idle.get(event.node_id)
+        if held is not None:
+            held.pop(key, None)
+            if not held:
+                del self._idle[event.node_id]
+
+    def idle_held(self) -> dict[tuple[str, str, str | None], float]:
+        """(node id, GPU index, MIG uuid or None) -> idle-held since, as the events told."""
+        return {(node_id, *key): since for node_id, held in self._idle.items() for key, since in held.items()}
 
     def render_change(self, change: NodeChange) -> dict[str, str]:
         """Renders what ``change`` touched: element id -> HTML (parts, or the whole card)."""
@@ -201,7 +236,7 @@ class Scene:
         """The summary bar's counts, from the GPU tallies kept as rows render."""
         rendered = self._rendered
         empty: dict[str, GpuTally] = {}
-        nodes = [node for node in self._registry.nodes.values() if view_filter.matches(node)]
+        nodes = [node for node in self._registry.nodes.values() if view_filter.selects(node)]
         return summary_view(
             (
                 (
@@ -212,6 +247,33 @@ class Scene:
             ),
             gpu_collectors_down=sum(1 for node in nodes if gpu_collector_down(node)),
         )
+
+    def people_view(self, view_filter: ViewFilter) -> PeopleView | None:
+        """The people board of the viewer's part of the lab (``None``: it shows none). Walks
+        every selected node's processes: the fan-out asks at most once a second per filter."""
+        if not view_filter.people_sort:
+            return None
+        nodes = (
+            (node.node_id, node.state)
+            for node in self._registry.nodes.values()
+            if node.status is not NodeStatus.OFFLINE and view_filter.selects(node)
+        )
+        query = {
+            key: ",".join(sorted(values))
+            for key, values in (("group", view_filter.groups), ("node", view_filter.names))
+            if values
+        }
+        if view_filter.gpu_only:
+            query["gpus"] = "1"
+        return people_view(
+            holdings(nodes, self.idle_held()).values(),
+            PeopleSort(view_filter.people_sort),
+            self._wall(),
+            query,
+        )
+
+    def people(self, view: PeopleView | None) -> str:
+        return "" if view is None else self._renderer.people(view)
 
     def summary(self, view: SummaryView) -> str:
         return self._renderer.summary(view, self._wall())
@@ -264,9 +326,11 @@ class Scene:
         """The row's HTML; also refreshes the GPU's tally for the summary bar."""
         rule = self._gpu_free
         static = rendered.gpu_statics.get(index)  # the hello's facts: the maximum PCIe link
-        view = gpu_view(node_id, index, gpu, rule, live, static)
+        held = self._idle.get(node_id)
+        idle = _idle_of(held, index) if held else None
+        view = gpu_view(node_id, index, gpu, rule, live, static, self._wall() if idle else None, idle)
         slices = slice_views(gpu, rule) if gpu.get("mig_slices") else ()
-        rendered.tallies[index] = gpu_tally(gpu, view.state, view.health, slices)
+        rendered.tallies[index] = gpu_tally(gpu, view.state, view.health, slices, view.idle_held)
         return self._renderer.gpu(view)
 
     def _render_cpu_spark(self, node_id: str) -> str:
@@ -286,3 +350,9 @@ class Scene:
                 history.card_points(f"m{index}"),
             )
         )
+
+
+def _idle_of(held: dict[tuple[str, str | None], float], index: str) -> tuple[float, int] | None:
+    """(the earliest idle-held since, how many) of GPU ``index`` and its MIG slices."""
+    since = [at for (gpu_index, _), at in held.items() if gpu_index == index]
+    return (min(since), len(since)) if since else None

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.websockets import WebSocket
 
 from frontend.render import Renderer
+from hub.domain.idle import IdleHolders
 from hub.fanout import Fanout
 from hub.registry import NodeRegistry
 from hub.scene import Scene
@@ -24,5 +25,6 @@ class HubState:
     renderer: Renderer
     scene: Scene
     fanout: Fanout
+    idle_holders: IdleHolders
     agent_sockets: dict[str, tuple[int, WebSocket]] = field(default_factory=dict)
     hello_limits: dict[str, RateLimit] = field(default_factory=dict)  # per node name

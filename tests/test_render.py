@@ -152,9 +152,12 @@ def lab_node(
                 "hub_url",
                 "filter_text",
                 "unfiltered_query",
+                "people_html",
             },
         ),
         ("node.html", {"theme", "root_path", "d", "back_query", "chart", "now_epoch_s"}),
+        ("_people.html", {"p"}),
+        ("users.html", {"theme", "root_path", "ws_path", "summary_html", "people_html", "back_query"}),
     ],
 )
 def test_template_contexts_are_pinned(template: str, context: set[str]) -> None:

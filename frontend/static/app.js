@@ -40,6 +40,11 @@
       const text = holder.dataset.status === "stale" ? "late by " + ago(now - since) : "last seen " + ago(now - since) + " ago";
       if (el.textContent !== text) el.textContent = text;
     }
+    // "idle 47 min" on idle-held GPU rows and the people board
+    for (const el of document.querySelectorAll(".ih[data-since]")) {
+      const text = "idle " + ago(now - parseFloat(el.dataset.since));
+      if (el.textContent !== text) el.textContent = text;
+    }
   }
 
   function takeServerTime(el) {
@@ -182,7 +187,9 @@
   // A card is "node-<name>"; its parts' ids name the kind first and the node last (the scheme
   // and this pattern are frontend/element_ids.py's): group 1 is the node's name.
   const PART_ID = /^(?:host|gpu-[0-9]+|spark-cpu|spark-gpu-[0-9]+)-(.+)$/;
-  const PART_START = /(?=<(?:div|svg) id=")/; // parts are never nested in a parts-only message
+  // parts are never nested in a parts-only message; the people board is a <section> (no div or
+  // svg id inside), kept apart from the part before it
+  const PART_START = /(?=<(?:div|svg|section) id=")/;
 
   function seen(entries) {
     let stashed = false;

@@ -22,7 +22,7 @@ def client() -> TestClient:
 
 def test_pages_api_and_metrics_need_the_token_health_and_static_do_not() -> None:
     with client() as c:
-        for path in ("/", "/api/v1/nodes", "/metrics", "/node/n1"):
+        for path in ("/", "/api/v1/nodes", "/api/v1/users", "/users", "/metrics", "/node/n1"):
             response = c.get(path)
             assert response.status_code == 401 and "view token" in response.text, path
             assert response.headers["cache-control"] == "no-store"
@@ -46,6 +46,7 @@ def test_a_bearer_token_works_for_scripts_and_a_wrong_one_is_refused() -> None:
         assert c.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
         assert c.get("/api/v1/nodes", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
         assert c.get("/api/v1/nodes", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert c.get("/api/v1/users", headers={"Authorization": f"Bearer {TOKEN}"}).json() == {"users": []}
         assert c.get("/?token=nope").status_code == 401
 
 

@@ -39,6 +39,13 @@ def number(text: str) -> float:
     return float(text.split()[0].replace(",", ""))
 
 
+def test_idle_holders_prints_the_trackers_cost_per_message() -> None:
+    figures = run_bench("idle_holders", 60)
+    assert number(figures["us_per_message_merge_without_tracker"]) > 0
+    assert number(figures["us_per_message_merge_with_tracker"]) > 0
+    assert "tracker_us_per_message" in figures
+
+
 def test_render_prints_cost_per_changed_node_and_its_parts() -> None:
     figures = run_bench("render", 60, "--parts")
     for name in ("us_per_changed_node", "bytes_per_changed_node", "host_fragment_bytes", "us_per_whole_card"):

@@ -161,6 +161,11 @@ def test_mig_slices_are_tracked_by_uuid_apart_from_their_gpu() -> None:
     assert lab.changes() == [("0", "MIG-a", True, 1.0, 61.0)], "the whole GPU's utilization is unknown"
     lab.sample({"0": {"mig_slices": [slices[1]]}}, advance_s=1)  # slice a destroyed
     assert lab.changes()[1:] == [("0", "MIG-a", False, 1.0, 62.0)]
+    lab.sample({"0": {"mig_slices": [{**slices[1], "util_gpu_percent": 0.0}]}}, advance_s=1)  # t=63
+    lab.sample(advance_s=60)
+    assert lab.changes()[2:] == [("0", "MIG-b", True, 63.0, 123.0)]
+    lab.sample({"0": None}, advance_s=1)  # the GPU is gone, and its slices with it
+    assert lab.changes()[3:] == [("0", "MIG-b", False, 63.0, 124.0)]
 
 
 def test_min_idle_s_zero_turns_idle_held_on_the_first_idle_sample() -> None:

@@ -103,27 +103,56 @@ class IdleHolders:
 
     # ------------------------------------------------------------------ events in
     def _sample_applied(self, event: SampleApplied) -> None:
-        gpus = event.state.get("gpus") or {}
-        spells = self._spells.get(event.node_id)
+        """Hot: one per agent message. A GPU with no spell that is not idle now (most GPUs: busy,
+        or free) costs three lookups."""
+        node_id = event.node_id
+        spells = self._spells.get(node_id)
         indexes: Iterable[str] = event.gpus
+        gpus = event.state.get("gpus") or {}
         if event.gpu_set_changed and spells:  # GPUs that went away are in no patch of theirs
             indexes = set(indexes) | {key.gpu_index for key in spells if key.gpu_index not in gpus}
         now = event.at_mono_s
+        idle_now = self.rule.idle_now
+        max_util = self.rule.max_util_percent
         for index in indexes:
             gpu = gpus.get(index)
-            self._judge(event.node_id, HeldKey(index, None), gpu, now)
-            seen = set()
-            for mig in (gpu or {}).get("mig_slices") or ():
-                uuid = mig.get("uuid")
-                if isinstance(uuid, str) and uuid not in seen:
-                    seen.add(uuid)
-                    self._judge(event.node_id, HeldKey(index, uuid), mig, now)
-            spells = self._spells.get(event.node_id)
-            if spells:  # slices that went away
-                gone = [k for k in spells if k.gpu_index == index and k.mig_uuid and k.mig_uuid not in seen]
-                for key in gone:
-                    self._end(event.node_id, key)
-        self.tick()
+            if spells is None and gpu is not None:
+                # the common case, inlined: busy or free now, no spell to end, no MIG slices
+                util = gpu.get("util_gpu_percent")
+                if ((util is not None and util > max_util) or not gpu.get("processes")) and not gpu.get(
+                    "mig_slices"
+                ):
+                    continue
+            if gpu is None:  # gone: its spells and its slices' end
+                if spells:
+                    for key in [k for k in spells if k.gpu_index == index]:
+                        self._end(node_id, key)
+            elif gpu.get("mig_slices") or (
+                spells and any(k.gpu_index == index and k.mig_uuid for k in spells)
+            ):
+                self._judge_with_slices(node_id, index, gpu, now)
+            elif spells or idle_now(gpu):
+                self._judge(node_id, HeldKey(index, None), gpu, now)
+            else:
+                continue
+            spells = self._spells.get(node_id)
+        due = self._due
+        if due and due[0][0] <= now:
+            self.tick()
+
+    def _judge_with_slices(self, node_id: str, index: str, gpu: Mapping[str, Any], now: float) -> None:
+        """A GPU in MIG mode: the GPU, each slice by its uuid, and the slices that went away."""
+        self._judge(node_id, HeldKey(index, None), gpu, now)
+        seen = set()
+        for mig in gpu.get("mig_slices") or ():
+            uuid = mig.get("uuid")
+            if isinstance(uuid, str) and uuid not in seen:
+                seen.add(uuid)
+                self._judge(node_id, HeldKey(index, uuid), mig, now)
+        spells = self._spells.get(node_id)
+        if spells:
+            for key in [k for k in spells if k.gpu_index == index and k.mig_uuid and k.mig_uuid not in seen]:
+                self._end(node_id, key)
 
     def _status_changed(self, event: StatusChanged) -> None:
         if event.new is NodeStatus.OFFLINE:

@@ -355,12 +355,15 @@ def _user_of(process: Mapping[str, Any]) -> str:
 
 def process_holder(proc: Mapping[str, Any], *, short: bool = False) -> str | None:
     """What a GPU process runs in (``None``: bare, or not known): ``job 81234`` (``job 81234
-    step 0`` unless ``short``), ``pod research/bert``, ``docker alice-llama``, or the first 12
-    digits of a container id when its name isn't known."""
+    (train) step 0`` unless ``short``: with its name where scontrol gave it), ``pod
+    research/bert``, ``docker alice-llama``, or the first 12 digits of a container id when its
+    name isn't known."""
     job = proc.get("slurm_job_id")
     if job is not None:
-        step = proc.get("slurm_step")
-        return f"job {job}" if short or not step else f"job {job} step {step}"
+        if short:
+            return f"job {job}"
+        name, step = proc.get("slurm_job_name"), proc.get("slurm_step")
+        return f"job {job}" + (f" ({name})" if name else "") + (f" step {step}" if step else "")
     pod = proc.get("pod_name")
     if pod:
         namespace = proc.get("pod_namespace")

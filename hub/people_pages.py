@@ -31,6 +31,8 @@ PROCESS_FIELDS = (
     "started_epoch_s",
     "slurm_job_id",
     "slurm_step",
+    "slurm_job_name",
+    "slurm_job_user",
     "container_runtime",
     "container_id",
     "container_name",

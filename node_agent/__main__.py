@@ -19,6 +19,7 @@ from node_agent.link import Backoff, HubLink
 from node_agent.protocol import GPU_COLLECTOR_DOWN, to_wire
 from node_agent.sampler import Sampler, SampleSource
 from node_agent.settings import AgentSettings, SettingsError, load_settings
+from node_agent.slurm import SlurmJobs
 
 log = logging.getLogger("sers.agent")
 
@@ -44,6 +45,7 @@ def build_sampler(settings: AgentSettings) -> Sampler:
                 docker_root=settings.docker_root,
                 podman_root=settings.podman_root,
                 pod_log_dir=settings.pod_log_dir,
+                slurm_jobs=SlurmJobs(),
             ),
         ),
     )

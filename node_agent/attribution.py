@@ -11,7 +11,8 @@ A process's cgroup path says where its runtime put it; no daemon socket is asked
   the pod's uid (``pod<uid>`` or ``kubepods-…-pod<uid_with_underscores>.slice``), and its
   namespace and name from the kubelet's log directory ``/var/log/pods/<namespace>_<name>_<uid>``.
 * Slurm ``/slurm/uid_<uid>/job_<id>/step_<step>`` (cgroup v1) or
-  ``/system.slice/slurmstepd.scope/job_<id>/step_<step>`` (v2): the job id and step.
+  ``/system.slice/slurmstepd.scope/job_<id>/step_<step>`` (v2): the job id and step; the job's
+  name and user from ``scontrol``, asked in the background (:mod:`node_agent.slurm`).
 
 cgroup v1 files have a line per hierarchy, v2 one ``0::`` line; the v2 line is looked at first,
 then the v1 lines in order, and the container, the pod and the job are each taken from the first
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from node_agent.protocol import MAX_STRING_CHARS, SLURM_JOB_ID
+from node_agent.slurm import SlurmJobs
 
 # /proc/<pid>/cgroup is a line per hierarchy (a dozen on cgroup v1); more is not a cgroup file.
 CGROUP_FILE_MAX_BYTES = 64 * 1024
@@ -67,6 +69,8 @@ class Attribution(NamedTuple):
     pod_name: str | None = None
     slurm_job_id: int | None = None
     slurm_step: str | None = None
+    slurm_job_name: str | None = None  # from scontrol, once it answered
+    slurm_job_user: str | None = None
 
 
 NONE = Attribution()
@@ -161,8 +165,10 @@ class AttributionReader:
         docker_root: Path = Path("/var/lib/docker"),
         podman_root: Path = Path("/var/lib/containers/storage"),
         pod_log_dir: Path = Path("/var/log/pods"),
+        slurm_jobs: SlurmJobs | None = None,
     ) -> None:
         self._proc_root = proc_root
+        self._slurm_jobs = slurm_jobs if slurm_jobs is not None and slurm_jobs.enabled else None
         self._docker_root = docker_root
         self._podman_root = podman_root
         self._pod_log_dir = pod_log_dir
@@ -182,7 +188,27 @@ class AttributionReader:
             )
         if found.pod_uid is not None and (pod := self._pod(found.pod_uid)) is not None:
             found = found._replace(pod_namespace=pod[0], pod_name=pod[1])
-        return found
+        return self.with_job(found)
+
+    def with_job(self, found: Attribution) -> Attribution:
+        """``found`` with its Slurm job's name and user, once ``scontrol`` has answered (until
+        then, and without ``scontrol``, ``found`` itself): a dict lookup, never a wait."""
+        jobs = self._slurm_jobs
+        if jobs is None or found.slurm_job_id is None or found.slurm_job_user is not None:
+            return found
+        facts = jobs.lookup(found.slurm_job_id)
+        if facts is None:
+            return found
+        return found._replace(slurm_job_name=facts[0], slurm_job_user=facts[1])
+
+    @property
+    def waits_for_jobs(self) -> bool:
+        """Whether job names can still arrive (``scontrol`` is there)."""
+        return self._slurm_jobs is not None
+
+    def close(self) -> None:
+        if self._slurm_jobs is not None:
+            self._slurm_jobs.close()
 
     def _container_name(self, container_id: str, runtime: str | None) -> str | None:
         name = self._container_names.get(container_id)

@@ -256,6 +256,7 @@ class ProcessResolver:
         self._full_cmdline = full_cmdline
         self._proc_root = proc_root
         self._attribution = attribution or AttributionReader(proc_root=proc_root)
+        self._jobs_answer = self._attribution.waits_for_jobs
         self._boot_epoch_s: float | None = None
         self._cache: dict[int, _Entry] = {}
 
@@ -274,6 +275,7 @@ class ProcessResolver:
         for entry in self._cache.values():
             entry.stat_file.close()
         self._cache.clear()
+        self._attribution.close()
 
     def _info(self, pid: int) -> ProcInfo:
         entry = self._cache.get(pid)
@@ -313,6 +315,9 @@ class ProcessResolver:
         if entry.started_ticks is None and self._boot_epoch_s is not None:  # the first reading
             entry.started_epoch_s = round(self._boot_epoch_s + stat.started_ticks / _CLOCK_TICKS_PER_S, 2)
         entry.started_ticks, entry.cpu_ticks, entry.read_at_s = stat.started_ticks, stat.cpu_ticks, now
+        attribution = entry.attribution
+        if attribution.slurm_job_id is not None and attribution.slurm_job_user is None and self._jobs_answer:
+            entry.attribution = self._attribution.with_job(attribution)  # scontrol answered since
         return ProcInfo(
             entry.user, entry.command, cpu_percent, stat.rss_bytes, entry.started_epoch_s, entry.attribution
         )

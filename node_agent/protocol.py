@@ -222,6 +222,8 @@ class GpuProcess:
     pod_name: str | None = None
     slurm_job_id: int | None = bounded(SLURM_JOB_ID)
     slurm_step: str | None = None  # "0", "batch", "extern", ...
+    slurm_job_name: str | None = None  # from scontrol, where it answers
+    slurm_job_user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,8 @@ def sample(now: float) -> dict[str, Any]:
                         "pod_name": None,
                         "slurm_job_id": 81234,
                         "slurm_step": "0",
+                        "slurm_job_name": "train",
+                        "slurm_job_user": "ann",
                     }
                 ],
                 "unseen_mem_bytes": 0,

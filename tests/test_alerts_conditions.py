@@ -43,8 +43,13 @@ class Lab:
 
     def hello(self, node: str, models: list[str], collector: str = "up") -> None:
         gpus = [{"index": i, "name": m, "uuid": f"GPU-{node}-{i}"} for i, m in enumerate(models)]
-        hello = Hello(node=node, agent_version="t", interval_s=1.0, gpus=gpus,
-                      gpu_driver={"collector_state": collector, "error": "NVML: driver not loaded"})
+        hello = Hello(
+            node=node,
+            agent_version="t",
+            interval_s=1.0,
+            gpus=gpus,
+            gpu_driver={"collector_state": collector, "error": "NVML: driver not loaded"},
+        )
         self.connections[node] = self.registry.hello(hello)
 
     def delta(self, node: str, patch: dict[str, Any]) -> None:
@@ -62,13 +67,23 @@ class Lab:
 
 
 def free_gpu(name: str) -> dict[str, Any]:
-    return {"name": name, "util_gpu_percent": 0.0, "mem_used_bytes": 0, "mem_total_bytes": 40 * GIB,
-            "processes": [], "temp_celsius": 40.0}
+    return {
+        "name": name,
+        "util_gpu_percent": 0.0,
+        "mem_used_bytes": 0,
+        "mem_total_bytes": 40 * GIB,
+        "processes": [],
+        "temp_celsius": 40.0,
+    }
 
 
 def busy_gpu(name: str) -> dict[str, Any]:
-    return {**free_gpu(name), "util_gpu_percent": 90.0, "mem_used_bytes": 30 * GIB,
-            "processes": [{"pid": 1, "user": "alice", "gpu_mem_bytes": 30 * GIB}]}
+    return {
+        **free_gpu(name),
+        "util_gpu_percent": 90.0,
+        "mem_used_bytes": 30 * GIB,
+        "processes": [{"pid": 1, "user": "alice", "gpu_mem_bytes": 30 * GIB}],
+    }
 
 
 def test_node_offline_with_group_and_globs() -> None:
@@ -88,8 +103,10 @@ def test_gpu_fault_from_health_and_from_a_lost_gpu() -> None:
     lab.hello("gpu01", [A100, A100, T4])
     lab.delta("gpu01", {"gpus": {"0": free_gpu(A100), "1": free_gpu(A100), "2": free_gpu(T4)}})
     assert lab.messages() == []
-    lab.delta("gpu01", {"gpus": {"0": {"remap_failed": True}, "1": {"error": "GPU is lost"},
-                                 "2": {"error": "GPU is lost"}}})  # 2 is a T4: not this rule's
+    lab.delta(
+        "gpu01",
+        {"gpus": {"0": {"remap_failed": True}, "1": {"error": "GPU is lost"}, "2": {"error": "GPU is lost"}}},
+    )  # 2 is a T4: not this rule's
     fired = lab.messages()
     assert [(s, sorted(k)) for s, k, _ in fired] == [(Status.FIRING, ["gpu01/0", "gpu01/1"])]
     lab.delta("gpu01", {"gpus": {"0": {"remap_failed": False}}})
@@ -106,18 +123,28 @@ def test_gpu_warning_says_the_finding() -> None:
 
 
 def test_thresholds_for_gpu_temperature_disk_and_memory() -> None:
-    lab = Lab([
-        {"name": "hot", "when": "gpu_temp_above", "threshold": 85},
-        {"name": "disk", "when": "disk_used_above", "threshold": 90},
-        {"name": "mem", "when": "mem_used_above", "threshold": 95},
-    ])
+    lab = Lab(
+        [
+            {"name": "hot", "when": "gpu_temp_above", "threshold": 85},
+            {"name": "disk", "when": "disk_used_above", "threshold": 90},
+            {"name": "mem", "when": "mem_used_above", "threshold": 95},
+        ]
+    )
     lab.hello("gpu01", [A100])
-    host = {"mem_used_bytes": 10, "mem_total_bytes": 100,
-            "disks": [{"mount": "/", "used_bytes": 50, "total_bytes": 100}]}
+    host = {
+        "mem_used_bytes": 10,
+        "mem_total_bytes": 100,
+        "disks": [{"mount": "/", "used_bytes": 50, "total_bytes": 100}],
+    }
     lab.delta("gpu01", {"host": host, "gpus": {"0": free_gpu(A100)}})
     assert lab.messages() == []
-    lab.delta("gpu01", {"host": {"mem_used_bytes": 99, "disks": [{"mount": "/", "used_bytes": 95, "total_bytes": 100}]},
-                        "gpus": {"0": {"temp_celsius": 91.0}}})
+    lab.delta(
+        "gpu01",
+        {
+            "host": {"mem_used_bytes": 99, "disks": [{"mount": "/", "used_bytes": 95, "total_bytes": 100}]},
+            "gpus": {"0": {"temp_celsius": 91.0}},
+        },
+    )
     fired = {k[0]: t for _, k, t in lab.messages()}
     assert fired == {
         "gpu01:mem": "gpu01 memory 99% used (above 95%)",
@@ -129,8 +156,19 @@ def test_thresholds_for_gpu_temperature_disk_and_memory() -> None:
 
 
 def test_gpus_free_fires_once_when_enough_of_a_model_are_free_in_the_group() -> None:
-    lab = Lab([{"name": "2 A100 free", "when": "gpus_free", "model": "A100", "min_free": 2,
-                "group": "A100 room", "users": ["bob"]}], users={"bob": "mailto://bob@lab.example"})
+    lab = Lab(
+        [
+            {
+                "name": "2 A100 free",
+                "when": "gpus_free",
+                "model": "A100",
+                "min_free": 2,
+                "group": "A100 room",
+                "users": ["bob"],
+            }
+        ],
+        users={"bob": "mailto://bob@lab.example"},
+    )
     lab.hello("gpu01", [A100, A100])
     lab.hello("gpu02", [A100, T4])
     lab.hello("cpu01", [A100])  # not in the group
@@ -167,14 +205,19 @@ def test_gpu_collector_down_from_the_hello() -> None:
     lab.hello("gpu01", [], collector="down")
     [(status, subjects, text)] = lab.messages()
     assert (status, subjects, text) == (
-        Status.FIRING, ["gpu01"], "gpu01: GPU collector down (NVML: driver not loaded)")
+        Status.FIRING,
+        ["gpu01"],
+        "gpu01: GPU collector down (NVML: driver not loaded)",
+    )
     lab.hello("gpu01", [A100], collector="up")
     assert [s for s, _, _ in lab.messages()] == [Status.RESOLVED]
 
 
 def test_gpu_idle_held_goes_to_the_holder_and_counts_for_s_from_the_idle_start() -> None:
-    lab = Lab([{"name": "idle 2h", "when": "gpu_idle_held", "for_s": 7200, "channels": []}],
-              users={"alice": "mailto://alice@lab.example"})
+    lab = Lab(
+        [{"name": "idle 2h", "when": "gpu_idle_held", "for_s": 7200, "channels": []}],
+        users={"alice": "mailto://alice@lab.example"},
+    )
     lab.hello("gpu01", [A100])
     now = lab.clock.wall()
     holders = ({"user": "alice", "pid": 7}, {"user": "mallory", "pid": 8})

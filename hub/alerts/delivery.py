@@ -40,50 +40,24 @@ ResultHook = Callable[[str, Outgoing, bool, str | None], None]
 Send = Callable[[Outgoing], str | None]  # None when delivered, else why not
 
 
-class _ThreadLog(logging.Handler):
-    """Apprise says why a send failed only in its log: this keeps, per worker thread that asks,
-    the last warning or error Apprise logged on that thread."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.last: dict[int, str] = {}
-        self.watched: set[int] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        ident = threading.get_ident()
-        if ident in self.watched:
-            self.last[ident] = record.getMessage()
-
-
-_APPRISE_LOG = _ThreadLog()
-_HOOKED = threading.Lock()
-_hooked = False
-
-
 def apprise_sender(url: str) -> Send:
     """A send function for one Apprise URL; raises ValueError when Apprise does not know it."""
     import apprise  # only hubs with alerts pay for importing it
 
-    global _hooked
-    with _HOOKED:
-        if not _hooked:
-            logging.getLogger("apprise").addHandler(_APPRISE_LOG)
-            _hooked = True
     notifier = apprise.Apprise()
     if not notifier.add(url):
         raise ValueError("not a URL Apprise knows (see https://github.com/caronc/apprise/wiki)")
 
     def send(item: Outgoing) -> str | None:
-        ident = threading.get_ident()
-        _APPRISE_LOG.watched.add(ident)
-        _APPRISE_LOG.last.pop(ident, None)
         try:
-            ok = notifier.notify(title=item.title, body=item.body, notify_type=item.notify_type)
+            result = notifier.notify(title=item.title, body=item.body, notify_type=item.notify_type)
         except Exception as exc:  # a plugin's bug must not kill the worker
             return f"{type(exc).__name__}: {exc}"
-        if ok:
+        if result:
             return None
-        return _APPRISE_LOG.last.get(ident) or "the service refused the message"
+        # Apprise (2.x) keeps the log of each call with its result: its last warning says why
+        problems = [e.message for e in result.logs() if e.level in ("WARNING", "ERROR", "CRITICAL")]
+        return problems[-1] if problems else "the service refused the message"
 
     return send
 

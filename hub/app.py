@@ -59,6 +59,8 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
         if settings.alerts.enabled
         else None
     )
+    if alerts is not None:
+        state.scene.alert_strip = alerts.strip
     store = (
         StoreSync(settings.state_db, state.registry, settings.names, max_nodes=settings.max_nodes)
         if settings.state_db

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from frontend.element_ids import element_id
 from frontend.render import Renderer
 from frontend.viewmodels import (
+    AlertBadge,
     DetailView,
     GpuTally,
     SummaryView,
@@ -152,6 +153,8 @@ class Scene:
         self._wall = wall_clock
         self.history = history or History(DEFAULT_HISTORY_S)
         self._rendered: dict[str, RenderedNode] = {}
+        # the top bar's alert strip: (how many fire, the worst few); set by hub.alerts when on
+        self.alert_strip: Callable[[], tuple[int, tuple[AlertBadge, ...]]] = lambda: (0, ())
 
     def render_change(self, change: NodeChange) -> dict[str, str]:
         """Renders what ``change`` touched: element id -> HTML (parts, or the whole card)."""
@@ -202,15 +205,19 @@ class Scene:
         rendered = self._rendered
         empty: dict[str, GpuTally] = {}
         nodes = [node for node in self._registry.nodes.values() if view_filter.matches(node)]
+        alerts_firing, alerts = self.alert_strip()
         return summary_view(
             (
                 (
                     node.status,
                     (rendered[node.node_id].tallies if node.node_id in rendered else empty).values(),
+                    node.group,
                 )
                 for node in nodes
             ),
             gpu_collectors_down=sum(1 for node in nodes if gpu_collector_down(node)),
+            alerts_firing=alerts_firing,
+            alerts=alerts,
         )
 
     def summary(self, view: SummaryView) -> str:

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Mapping
 
+from frontend.viewmodels import AlertBadge
 from hub.alerts import messages, persist
 from hub.alerts.conditions import Conditions
 from hub.alerts.config import DEFAULT_MAX_PER_MINUTE, AlertConfig
@@ -26,6 +27,7 @@ log = logging.getLogger("sers.hub")
 
 TICK_EVERY_S = 0.5
 SAVE_EVERY_S = 2.0
+STRIP_ALERTS = 5
 
 
 def user_channel(user: str) -> str:
@@ -93,6 +95,14 @@ class AlertService:
             await self.save()
         finally:
             self.delivery.stop()
+
+    def strip(self) -> tuple[int, tuple[AlertBadge, ...]]:
+        """The top bar's alert strip: how many fire, and the worst :data:`STRIP_ALERTS`."""
+        firing = self.engine.firing()
+        return len(firing), tuple(
+            AlertBadge(a.rule.severity.value, f"{a.rule.name}: {a.subject.key}")
+            for a in firing[:STRIP_ALERTS]
+        )
 
     # ------------------------------------------------------------------ work
     def tick(self) -> None:

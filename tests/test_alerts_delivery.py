@@ -5,6 +5,7 @@ event a real delivery publishes on the event loop."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ def test_a_failing_send_is_retried_with_backoff_then_reported() -> None:
     worker.offer(ITEM)
     wait_until(lambda: results, 5, what="a result")
     assert results == [(True, None)] and len(attempts) == 3
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1, "the backoff doubles"
     assert worker.health.retried == 2 and worker.health.delivered == 1 and worker.health.ok
     worker.stop()

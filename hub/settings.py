@@ -301,7 +301,7 @@ class HubSettings:
         "alerting: `[[alerts.channels]]` (`name`, Apprise `url`, `max_per_minute`), `[[alerts.rules]]` "
         "(`name`, `when`, `channels`, `for_s`, `repeat_s`, `send_resolved`, `severity`, `quiet_hours`, "
         "`group`, `nodes`, `model`, `threshold`, `min_free`, `mig_profile`, `users`), `[alerts.users]` "
-        '(`alice = "mailto://..."`), `group_wait_s` (5); see docs/alerts.md',
+        '(`alice = "mailto://..."`), `group_wait_s` (5); see README.md, Alerts',
         table=_alerts,
     )
     header_timeout_s: float = setting(

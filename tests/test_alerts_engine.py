@@ -290,3 +290,25 @@ alice = "mailto://alice@lab.example"
     path.write_text('[[alerts.rules]]\nname = "x"\nwhen = "gpu_fault"\n')
     with pytest.raises(SettingsError, match="nobody would be told"):
         load_settings(["--config", str(path)], env={})
+
+
+def test_the_readme_alert_config_is_valid_and_means_what_it_says() -> None:
+    import tomllib
+
+    from tests.procs import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Alerts") :]
+    block = section[
+        section.index("```toml") + len("```toml") : section.index("```", section.index("```toml") + 7)
+    ]
+    assert len(block.strip().splitlines()) <= 10
+    alerts = parse_alerts(tomllib.loads(block)["alerts"])
+    kinds = {rule.name: rule.when for rule in alerts.rules}
+    assert kinds == {
+        "node down": Kind.NODE_OFFLINE,
+        "GPU fault": Kind.GPU_FAULT,
+        "idle-held 2 h": Kind.GPU_IDLE_HELD,
+        "2 A100 free": Kind.GPUS_FREE,
+    }
+    assert alerts.rules[2].for_s == 7200 and alerts.rules[3].min_free == 2 and alerts.rules[3].model == "A100"

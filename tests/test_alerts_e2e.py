@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests import fakes
 from tests.alert_receivers import (
     HANG_PATH,
     REFUSE_PATH,
@@ -234,3 +235,55 @@ def test_a_hub_restarted_while_an_alert_fires_does_not_send_it_again(
         ["[FIRING] node down: gpu01"],
         ["[RESOLVED] node down: gpu01"],
     )
+
+
+def test_gpu_rules_from_real_agents_gpus_free_to_the_waiting_user_fault_and_collector_down(
+    tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver, mail: MailReceiver
+) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        f"""
+[names.a1]
+group = "A100 room"
+[names.a2]
+group = "A100 room"
+[alerts]
+group_wait_s = 1
+users = {{ bob = "{mail.url("bob@lab.example")}" }}
+channels = [{{ name = "hook", url = "json://127.0.0.1:{webhooks.port}/hook" }}]
+rules = [
+  {{ name = "2 A100 free", when = "gpus_free", model = "A100", min_free = 2, group = "A100 room", users = ["bob"] }},
+  {{ name = "GPU fault", when = "gpu_fault", channels = ["hook"] }},
+  {{ name = "collector down", when = "gpu_collector_down", channels = ["hook"] }},
+]
+"""
+    )
+    hub = start_hub(tmp_path, procs, config)
+
+    def fake(name: str, scenario: dict[str, Any], *args: str) -> None:
+        env = fakes.fake_env(fakes.write_scenario(tmp_path / f"{name}.json", scenario))
+        procs.append(start_agent(hub, name, *args, env=env))
+
+    free_a100 = fakes.gpu(0, "A100", util_gpu=0, mem_used_bytes=0)
+    fake("a1", fakes.scenario([free_a100, fakes.gpu(1, "A100", util_gpu=90)]))
+    fake("lost", fakes.one_gpu_lost())
+    sysfs = fakes.gpu_server_sysfs(tmp_path / "sysfs", 2)
+    fake("nodriver", fakes.driver_not_loaded(), "--sysfs-root", str(sysfs))
+    for name in ("a1", "lost", "nodriver"):
+        hub.wait_status(name, "live")
+    wait_until(lambda: len(webhooks.on("/hook")) == 2, 20, what="the fault and the collector messages")
+    titles = sorted(b["title"] for b in webhooks.on("/hook"))
+    assert titles == ["[FIRING] GPU fault: lost/1", "[FIRING] collector down: nodriver"]
+    assert mail.subjects() == []  # one A100 free in the room: not yet
+    fake("a2", fakes.scenario([free_a100]))
+    wait_until(lambda: mail.subjects(), 20, what="bob's mail")
+    settle(GROUP_WAIT_S + 1)
+    assert mail.subjects("bob@lab.example") == ["[FIRING] 2 A100 free: A100 GPUs in A100 room"]
+    [bob] = mail.mails
+    text = "".join(
+        str(part.get_payload(decode=True), "utf-8")
+        for part in bob.walk()
+        if part.get_content_type() == "text/plain"
+    )
+    assert "2 A100 GPUs free in A100 room: a1, a2" in text
+    assert len(webhooks.on("/hook")) == 2  # the gpus_free rule has no channel: bob alone

@@ -308,7 +308,8 @@ class Conditions:
                 count = len(gpus)
                 where = sorted({k[0] for k in gpus}) if count >= rule.min_free else []
                 what = f"{rule.model or ''} GPU".strip()
-            key = f"{rule.group or 'lab'}/{rule.model or 'any'}/{rule.mig_profile or ''}"
+            kind = f"MIG {rule.mig_profile}" if rule.mig_profile else "GPUs"
+            key = f"{rule.model + ' ' if rule.model else ''}{kind} in {rule.group or 'the lab'}"
             enough = count >= rule.min_free
             text = ""
             if enough:

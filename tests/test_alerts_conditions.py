@@ -7,7 +7,7 @@ from typing import Any
 
 from hub.alerts.conditions import Conditions
 from hub.alerts.config import parse_alerts
-from hub.alerts.engine import AlertEngine, Message, Status
+from hub.alerts.engine import AlertEngine, Message, Status, Subject
 from hub.clock import ManualClock
 from hub.domain.events import IdleHeldChanged, SampleApplied
 from hub.domain.gpus import GpuFreeRule
@@ -37,7 +37,8 @@ class Lab:
             }
         )
         self.engine = AlertEngine(config, self.clock)
-        Conditions(self.engine, config, names, GpuFreeRule(), self.clock).subscribe(self.registry.events)
+        self.conditions = Conditions(self.engine, config, names, GpuFreeRule(), self.clock)
+        self.conditions.subscribe(self.registry.events)
         self.connections: dict[str, int] = {}
         self.seq = 0
 
@@ -241,3 +242,16 @@ def test_a_removed_node_ends_its_alerts_silently() -> None:
     assert len(lab.messages()) == 1
     lab.registry.remove("gpu01")
     assert lab.messages() == [] and lab.engine.firing() == []
+
+
+def test_a_restored_gpus_free_alert_resolves_when_too_few_are_free_and_fires_again_later() -> None:
+    lab = Lab([{"name": "2 A100 free", "when": "gpus_free", "model": "A100", "min_free": 2}])
+    rule = lab.engine.rules["2 A100 free"]
+    subject = Subject("A100 GPUs in the lab")
+    assert lab.engine.restore(rule.name, subject, "2 A100 GPUs free", 0.0, True)
+    lab.conditions.adopt_restored(rule.name, subject)
+    lab.hello("gpu01", [A100, A100])
+    lab.delta("gpu01", {"gpus": {"0": busy_gpu(A100), "1": free_gpu(A100)}})
+    assert lab.messages() == [] and lab.engine.firing() == []  # ended, silently (no send_resolved)
+    lab.delta("gpu01", {"gpus": {"0": free_gpu(A100)}})
+    assert [s for s, _, _ in lab.messages()] == [Status.FIRING]

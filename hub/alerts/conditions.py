@@ -42,6 +42,33 @@ class _NodeFacts:
     gpu_names: dict[str, str] = field(default_factory=dict)  # index -> the hello's GPU name
 
 
+@dataclass(slots=True)
+class _FreeTally:
+    """One gpus_free rule's free GPUs (or MIG slices) per node and GPU, and their total, kept
+    up to date as they change (no recount over the lab)."""
+
+    by_node: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> GPU index -> free
+    total: int = 0
+
+    def set(self, node_id: str, index: str, count: int) -> None:
+        per_node = self.by_node.get(node_id)
+        old = per_node.get(index, 0) if per_node else 0
+        if count == old:
+            return
+        self.total += count - old
+        if count:
+            self.by_node.setdefault(node_id, {})[index] = count
+        elif per_node is not None:
+            del per_node[index]
+            if not per_node:
+                del self.by_node[node_id]
+
+    def drop_node(self, node_id: str) -> None:
+        counts = self.by_node.pop(node_id, None)
+        if counts:
+            self.total -= sum(counts.values())
+
+
 def _clock_text(epoch_s: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch_s))
 
@@ -67,9 +94,8 @@ class Conditions:
         self._active: set[tuple[str, str]] = set()  # (rule, subject key) whose condition holds
         self._confirming: dict[str, int] = {}  # node -> new samples until restored alerts are judged
         self._gpu_faults: dict[tuple[str, str], set[str]] = {}  # (node, gpu) -> "health", "state"
-        # gpus_free, per rule: the free GPUs (node, index) or free MIG slices per (node, index)
-        self._free_gpus: dict[str, set[tuple[str, str]]] = {}
-        self._free_slices: dict[str, dict[tuple[str, str], int]] = {}
+        # gpus_free, per rule: its free GPUs, or free MIG slices of its profile
+        self._free = {rule.name: _FreeTally() for rule in self._rules.get(Kind.GPUS_FREE, ())}
 
     def subscribe(self, events: EventBus) -> None:
         kinds = self._rules.keys()
@@ -83,6 +109,13 @@ class Conditions:
             events.subscribe(GpuHealthChanged, self.gpu_health_changed)
         if Kind.GPU_IDLE_HELD in kinds:
             events.subscribe(IdleHeldChanged, self.idle_held_changed)
+
+    def adopt_restored(self, rule_name: str, subject: Subject) -> None:
+        """An alert of no node (gpus_free) restored as firing from the state file: its
+        condition counts as holding, so the first count below the rule's resolves it. (A node's
+        restored alerts are judged by its first samples: :meth:`AlertEngine.resolve_unconfirmed`.)"""
+        if subject.node is None:
+            self._active.add((rule_name, subject.key))
 
     # ------------------------------------------------------------------ helpers
     def _set(
@@ -146,11 +179,11 @@ class Conditions:
         for rule in self._matching(Kind.NODE_OFFLINE, event.node_id):
             text = f"{event.node_id} offline (last seen {_clock_text(event.last_seen_wall_s)})"
             self._set(rule, Subject(event.node_id, event.node_id), offline, text)
-        if offline:
-            for slices in self._free_slices.values():
-                for key in [k for k in slices if k[0] == event.node_id]:
-                    del slices[key]
-            self._update_free(event.node_id)
+        if offline:  # its MIG slices no longer count (its GPUs' states say so for whole GPUs)
+            for rule in self._rules.get(Kind.GPUS_FREE, ()):
+                if rule.mig_profile:
+                    self._free[rule.name].drop_node(event.node_id)
+            self._update_free()
 
     def node_removed(self, event: NodeRemoved) -> None:
         node_id = event.node_id
@@ -158,15 +191,12 @@ class Conditions:
         self._confirming.pop(node_id, None)
         for key in [k for k in self._gpu_faults if k[0] == node_id]:
             del self._gpu_faults[key]
-        for free in self._free_gpus.values():
-            free.difference_update([k for k in free if k[0] == node_id])
-        for slices in self._free_slices.values():
-            for key in [k for k in slices if k[0] == node_id]:
-                del slices[key]
+        for tally in self._free.values():
+            tally.drop_node(node_id)
         prefix = (node_id, node_id + "/", node_id + ":")
         self._active = {k for k in self._active if not k[1].startswith(prefix)}
         self._engine.forget_node(node_id)
-        self._update_free(node_id)
+        self._update_free()
 
     # ------------------------------------------------------------------ samples
     def sample_applied(self, event: SampleApplied) -> None:
@@ -229,16 +259,13 @@ class Conditions:
             for rule in self._rules[Kind.GPUS_FREE]:
                 if rule.mig_profile:
                     continue
-                free = self._free_gpus.setdefault(rule.name, set())
-                if (
+                free = (
                     event.new is GpuState.FREE
                     and rule.matches_node(node_id, group)
                     and rule.matches_model(name)
-                ):
-                    free.add((node_id, index))
-                else:
-                    free.discard((node_id, index))
-            self._update_free(node_id)
+                )
+                self._free[rule.name].set(node_id, index, int(free))
+            self._update_free()
 
     def gpu_health_changed(self, event: GpuHealthChanged) -> None:
         node_id, index = event.node_id, event.gpu_index
@@ -276,7 +303,7 @@ class Conditions:
             profile = rule.mig_profile
             if not profile or not rule.matches_node(node_id, group):
                 continue
-            counts = self._free_slices.setdefault(rule.name, {})
+            tally = self._free[rule.name]
             for index in indexes:
                 gpu = gpus.get(index)
                 count = 0
@@ -288,33 +315,28 @@ class Conditions:
                             ratio_percent(mig.get("mem_used_bytes"), mig.get("mem_total_bytes")),
                         ):
                             count += 1
-                if count:
-                    counts[(node_id, index)] = count
-                else:
-                    counts.pop((node_id, index), None)
-        self._update_free(node_id)
+                tally.set(node_id, index, count)
+        self._update_free()
 
-    def _update_free(self, node_id: str) -> None:
-        """Each gpus_free rule against its count. (Called per change of a node's GPUs: a few
-        set sizes, not a walk over the lab.)"""
+    def _update_free(self) -> None:
+        """Each gpus_free rule against its kept total: only a change of "enough" reaches the
+        engine, and only then are the words (which nodes) put together."""
         for rule in self._rules.get(Kind.GPUS_FREE, ()):
-            if rule.mig_profile:
-                slices = self._free_slices.get(rule.name, {})
-                count = sum(slices.values())
-                where = sorted({k[0] for k in slices})
-                what = f"MIG {rule.mig_profile} slice"
-            else:
-                gpus = self._free_gpus.get(rule.name, set())
-                count = len(gpus)
-                where = sorted({k[0] for k in gpus}) if count >= rule.min_free else []
-                what = f"{rule.model or ''} GPU".strip()
+            tally = self._free[rule.name]
             kind = f"MIG {rule.mig_profile}" if rule.mig_profile else "GPUs"
             key = f"{rule.model + ' ' if rule.model else ''}{kind} in {rule.group or 'the lab'}"
-            enough = count >= rule.min_free
+            enough = tally.total >= rule.min_free
+            if enough is ((rule.name, key) in self._active):
+                continue
             text = ""
             if enough:
+                count = tally.total
+                what = (
+                    f"MIG {rule.mig_profile} slice" if rule.mig_profile else f"{rule.model or ''} GPU".strip()
+                )
                 place = f" in {rule.group}" if rule.group else ""
-                text = f"{count} {what}{'s' if count > 1 else ''} free{place}: {', '.join(where[:20])}"
+                nodes = ", ".join(sorted(tally.by_node)[:20])
+                text = f"{count} {what}{'s' if count > 1 else ''} free{place}: {nodes}"
             self._set(rule, Subject(key), enough, text)
 
     def idle_held_changed(self, event: IdleHeldChanged) -> None:

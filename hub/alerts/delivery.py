@@ -206,8 +206,11 @@ class Delivery:
         worker = self.workers.get(channel)
         return worker is not None and worker.offer(item)
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 1.0) -> None:
+        """Stops every worker, waiting ``wait_s`` in all (a send that hangs is left to its
+        daemon thread)."""
         for worker in self.workers.values():
             worker.signal_stop()
+        deadline = time.monotonic() + wait_s
         for worker in self.workers.values():
-            worker.stop(wait_s=0.5)
+            worker.stop(wait_s=max(0.0, deadline - time.monotonic()))

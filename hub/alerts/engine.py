@@ -37,6 +37,7 @@ MAX_TEXT_CHARS = 300  # one subject's words in a message (agent-provided text go
 RECENT_RESOLVED = 50  # kept for the /alerts page
 MAX_SILENCES = 500
 MAX_COMMENT_CHARS = 500
+MAX_HELD = 1000  # messages held by quiet hours; the oldest go first past this
 
 
 class Status(StrEnum):
@@ -143,6 +144,7 @@ class AlertEngine:
         self._seq = itertools.count()
         self._groups: dict[tuple[str, Status], _Group] = {}
         self._held: list[Message] = []  # held by quiet hours, oldest first
+        self.held_dropped = 0  # held past MAX_HELD
         self.silences: dict[int, Silence] = {}
         self._silence_ids = itertools.count(1)
         self._silences_changed = False
@@ -293,6 +295,9 @@ class AlertEngine:
                 self._held.append(message)
             else:
                 ready.append(message)
+        if len(self._held) > MAX_HELD:
+            self.held_dropped += len(self._held) - MAX_HELD
+            del self._held[: len(self._held) - MAX_HELD]
         return ready
 
     def _expire_silences(self) -> None:

@@ -47,7 +47,8 @@ class AlertService:
         self.config = config
         self.engine = AlertEngine(config, clock)
         self._events = events
-        Conditions(self.engine, config, names, gpu_free, clock).subscribe(events)
+        self._conditions = Conditions(self.engine, config, names, gpu_free, clock)
+        self._conditions.subscribe(events)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.delivery = delivery or Delivery(on_result=self._result_on_worker)
         if delivery is None:
@@ -70,10 +71,11 @@ class AlertService:
         except sqlite3.Error as exc:
             log.error("alerts: cannot read the firing alerts from the state file: %s", exc)
             return
-        restored = sum(
-            self.engine.restore(row.rule, row.subject, row.text, row.fired_epoch_s, row.notified)
-            for row in rows or ()
-        )
+        restored = 0
+        for row in rows or ():
+            if self.engine.restore(row.rule, row.subject, row.text, row.fired_epoch_s, row.notified):
+                self._conditions.adopt_restored(row.rule, row.subject)
+                restored += 1
         if restored:
             log.info("alerts: %d alert(s) still firing from before the restart (not sent again)", restored)
 

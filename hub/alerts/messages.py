@@ -7,29 +7,47 @@ long messages, and subjects carry agent-provided text.
 
 from __future__ import annotations
 
+from hub.alerts.config import Kind
 from hub.alerts.engine import Message, Status
 
 MAX_LINES = 40
-MAX_TITLE_SUBJECTS = 3
+
+# what many subjects of a kind are, for a grouped message: "23 nodes offline"
+PLURAL = {
+    Kind.NODE_OFFLINE: "nodes offline",
+    Kind.GPU_FAULT: "GPUs faulted",
+    Kind.GPU_WARNING: "GPUs with a health warning",
+    Kind.GPU_TEMP_ABOVE: "GPUs too hot",
+    Kind.DISK_USED_ABOVE: "disks nearly full",
+    Kind.MEM_USED_ABOVE: "nodes short of memory",
+    Kind.GPU_IDLE_HELD: "GPUs held idle",
+    Kind.GPUS_FREE: "free GPU counts reached",
+    Kind.GPU_COLLECTOR_DOWN: "GPU collectors down",
+}
+
+
+def _many(message: Message) -> str:
+    """ "23 nodes offline in group rack B", for a message of several subjects."""
+    rule = message.rule
+    place = f" in group {rule.group}" if rule.group else ""
+    return f"{len(message.lines)} {PLURAL[rule.when]}{place}"
 
 
 def title(message: Message) -> str:
     lines = message.lines
     status = "REMINDER" if message.reminder else message.status.value.upper()
-    subjects = [line.subject.key for line in lines[:MAX_TITLE_SUBJECTS]]
-    more = "…" if len(lines) > MAX_TITLE_SUBJECTS else ""
-    count = f" {len(lines)} {message.status.value}" if len(lines) > 1 else ""
-    return f"[{status}] {message.rule.name}:{count} {', '.join(subjects)}{more}"
+    if len(lines) == 1:
+        return f"[{status}] {message.rule.name}: {lines[0].subject.key}"
+    keys = sorted(line.subject.key for line in lines)
+    return f"[{status}] {message.rule.name}: {_many(message)} ({keys[0]}…{keys[-1]})"
 
 
 def body(message: Message) -> str:
     lines = message.lines
-    rule = message.rule
     head = []
     if len(lines) > 1:
-        place = f" in group {rule.group}" if rule.group else ""
-        verb = "firing" if message.status is Status.FIRING else "resolved"
-        head.append(f"{len(lines)} {rule.when.value} alerts {verb}{place}:")
+        resolved = ", resolved" if message.status is Status.RESOLVED else ""
+        head.append(f"{_many(message)}{resolved}:")
     shown = [
         line.text if message.status is Status.FIRING else f"resolved: {line.text}"
         for line in lines[:MAX_LINES]

@@ -220,6 +220,12 @@ def test_a_hub_restarted_while_an_alert_fires_does_not_send_it_again(
     hub = start_hub(tmp_path, procs, config)
     gpu01 = agent(hub, procs, "gpu01")
     hub.wait_status("gpu01", "live")
+    silence = {"node": "other*", "duration_s": 3600, "comment": "kept across the restart"}
+    request = urllib.request.Request(
+        hub.url + "/api/v1/silences", data=json.dumps(silence).encode(), method="POST"
+    )  # no token configured: the hub is open to admin requests (a loopback setup)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        silence_id = json.loads(response.read())["id"]
     gpu01.kill()
     wait_until(lambda: webhooks.on("/hook"), 20, what="the firing message")
     settle(2.5)  # the firing alert is written to the state file within 2 s
@@ -228,6 +234,8 @@ def test_a_hub_restarted_while_an_alert_fires_does_not_send_it_again(
     assert "Application shutdown complete" in hub.proc.log()
     hub = start_hub(tmp_path, procs, config, port=hub.port)
     wait_until(lambda: hub.get("/api/v1/alerts")["firing"], 10, what="the alert firing again, from the file")
+    [kept] = hub.get("/api/v1/alerts")["silences"]
+    assert (kept["id"], kept["node"], kept["comment"]) == (silence_id, "other*", "kept across the restart")
     settle(FOR_S + GROUP_WAIT_S + 1)
     assert len(webhooks.on("/hook")) == 1, "sent again after the restart"
     agent(hub, procs, "gpu01")

@@ -148,6 +148,7 @@ class AlertEngine:
         self.silences: dict[int, Silence] = {}
         self._silence_ids = itertools.count(1)
         self._silences_changed = False
+        self.silences_version = 0  # counts changes, for the state file
         self.recent_resolved: deque[Alert] = deque(maxlen=RECENT_RESOLVED)
         # for the state file: alerts whose firing state changed since the last drain (None: gone)
         self.changed: dict[tuple[str, str], Alert | None] = {}
@@ -244,12 +245,23 @@ class AlertEngine:
             gpu,
         )
         self.silences[silence.silence_id] = silence
+        self.silences_version += 1
         return silence
+
+    def restore_silence(self, silence: Silence) -> None:
+        """A silence from the state file (one that has ended goes at the next tick)."""
+        if silence.rule is not None and silence.rule not in self.rules:
+            return
+        self.silences[silence.silence_id] = silence
+        self._silence_ids = itertools.count(max(self.silences) + 1)
 
     def expire_silence(self, silence_id: int) -> bool:
         silence = self.silences.pop(silence_id, None)
-        self._silences_changed |= silence is not None
-        return silence is not None
+        if silence is None:
+            return False
+        self._silences_changed = True
+        self.silences_version += 1
+        return True
 
     def silenced(self, alert: Alert) -> bool:
         now = self._clock.wall()
@@ -305,6 +317,7 @@ class AlertEngine:
         for silence_id in [i for i, s in self.silences.items() if s.ends_wall <= now]:
             del self.silences[silence_id]
             self._silences_changed = True
+            self.silences_version += 1
 
     def _quiet(self, rule: Rule) -> bool:
         quiet = rule.quiet_hours

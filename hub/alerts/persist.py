@@ -1,7 +1,8 @@
-"""Firing alerts in the hub's state file, so a restarted hub does not send them again.
+"""Firing alerts and silences in the hub's state file, so a restarted hub neither sends an
+alert again nor forgets a silence.
 
-The table ``alerts_firing`` lives beside the store's own tables; these functions run on the
-store's thread (:meth:`hub.store.StoreSync.on_store`) with its connection.
+The tables ``alerts_firing`` and ``alerts_silences`` live beside the store's own tables; these
+functions run on the store's thread (:meth:`hub.store.StoreSync.on_store`) with its connection.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import NamedTuple
 
-from hub.alerts.engine import Alert, Subject
+from hub.alerts.engine import Alert, Silence, Subject
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts_firing (
@@ -21,6 +22,16 @@ CREATE TABLE IF NOT EXISTS alerts_firing (
     fired_epoch_s REAL NOT NULL,
     notified INTEGER NOT NULL,
     PRIMARY KEY (rule, subject)
+);
+CREATE TABLE IF NOT EXISTS alerts_silences (
+    silence_id INTEGER PRIMARY KEY,
+    rule TEXT,
+    node_glob TEXT,
+    gpu TEXT,
+    comment TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    starts_epoch_s REAL NOT NULL,
+    ends_epoch_s REAL NOT NULL
 )
 """
 
@@ -49,8 +60,30 @@ def change_of(key: tuple[str, str], alert: Alert | None) -> Change:
     )
 
 
-def load(db: sqlite3.Connection) -> list[FiringRow]:
-    db.execute(_SCHEMA)
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def load(db: sqlite3.Connection) -> tuple[list[FiringRow], list[Silence]]:
+    db.executescript(_SCHEMA)
+    silences = []
+    for silence_id, rule, node, gpu, comment, by, starts, ends in db.execute(
+        "SELECT silence_id, rule, node_glob, gpu, comment, created_by, starts_epoch_s, ends_epoch_s"
+        " FROM alerts_silences"
+    ):
+        if isinstance(comment, str) and isinstance(starts, int | float) and isinstance(ends, int | float):
+            silences.append(
+                Silence(
+                    int(silence_id),
+                    comment,
+                    str(by),
+                    float(starts),
+                    float(ends),
+                    _text_or_none(rule),
+                    _text_or_none(node),
+                    _text_or_none(gpu),
+                )
+            )
     rows = []
     for rule, key, node, gpu, text, fired, notified in db.execute(
         "SELECT rule, subject, node_id, gpu, text, fired_epoch_s, notified FROM alerts_firing"
@@ -66,14 +99,24 @@ def load(db: sqlite3.Connection) -> list[FiringRow]:
                 bool(notified),
             )
         )
-    return rows
+    return rows, silences
 
 
-def save(db: sqlite3.Connection, changes: list[Change]) -> int:
-    """Writes ``changes`` in one transaction; returns how many."""
-    db.execute(_SCHEMA)
+def save(db: sqlite3.Connection, changes: list[Change], silences: list[Silence] | None = None) -> int:
+    """Writes ``changes`` and, when given, the whole list of ``silences`` in one transaction;
+    returns how many changes."""
+    db.executescript(_SCHEMA)
     db.execute("BEGIN IMMEDIATE")
     try:
+        if silences is not None:
+            db.execute("DELETE FROM alerts_silences")
+            db.executemany(
+                "INSERT INTO alerts_silences VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (s.silence_id, s.rule, s.node, s.gpu, s.comment, s.created_by, s.starts_wall, s.ends_wall)
+                    for s in silences
+                ],
+            )
         for change in changes:
             row = change.row
             if row is None:

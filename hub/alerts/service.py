@@ -58,6 +58,7 @@ class AlertService:
                 self.delivery.add(user_channel(user), url, DEFAULT_MAX_PER_MINUTE)
         self._store: StoreSync | None = None
         self._save_problem: str | None = None
+        self._saved_silences = 0  # the engine's silences_version the file holds
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, store: StoreSync | None) -> None:
@@ -67,12 +68,16 @@ class AlertService:
         if store is None:
             return
         try:
-            rows = await store.on_store(persist.load)
+            loaded = await store.on_store(persist.load)
         except sqlite3.Error as exc:
             log.error("alerts: cannot read the firing alerts from the state file: %s", exc)
             return
+        rows, silences = loaded or ([], [])
+        for silence in silences:
+            self.engine.restore_silence(silence)
+        self._saved_silences = self.engine.silences_version
         restored = 0
-        for row in rows or ():
+        for row in rows:
             if self.engine.restore(row.rule, row.subject, row.text, row.fired_epoch_s, row.notified):
                 self._conditions.adopt_restored(row.rule, row.subject)
                 restored += 1
@@ -122,12 +127,14 @@ class AlertService:
 
     async def save(self) -> None:
         changed = self.engine.changed
-        if not changed or self._store is None:
+        version = self.engine.silences_version
+        silences = list(self.engine.silences.values()) if version != self._saved_silences else None
+        if (not changed and silences is None) or self._store is None:
             return
         self.engine.changed = {}
         changes = [persist.change_of(key, alert) for key, alert in changed.items()]
         try:
-            done = await self._store.on_store(lambda db: persist.save(db, changes))
+            done = await self._store.on_store(lambda db: persist.save(db, changes, silences))
         except sqlite3.Error as exc:
             done = None
             if self._save_problem is None:
@@ -138,6 +145,7 @@ class AlertService:
             self.engine.changed = changed | self.engine.changed
         else:
             self._save_problem = None
+            self._saved_silences = version
 
     def _result_on_worker(self, channel: str, item: Outgoing, delivered: bool, reason: str | None) -> None:
         """On a delivery thread: the event goes to the event loop's bus."""

@@ -42,6 +42,8 @@ def mail() -> Iterator[MailReceiver]:
 def request(hub: Hub, method: str, path: str, body: Any = None, token: str | None = ADMIN) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(hub.url + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -85,6 +87,15 @@ channels = ["hook"]
         '{"error":"comment: say why (it is shown with the silence)"}',
     )
     assert request(hub, "POST", "/api/v1/silences", {"comment": "x", "duration_s": 60})[0] == 400
+    form = urllib.request.Request(
+        hub.url + "/api/v1/silences",
+        data=json.dumps(silence).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "text/plain"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(form, timeout=5)
+    assert refused.value.code == 415
     status, created = request(hub, "POST", "/api/v1/silences", silence)
     assert status == 201 and created["node"] == "gpu0*" and created["comment"] == silence["comment"]
     agent = start_agent(hub, "gpu01", interval_s=0.5)

@@ -124,4 +124,17 @@ channels = ["hook"]
         strip.click()
         page.wait_for_selector("#firing")
         assert "cpu1 offline" in page.locator("#firing").inner_text()
+
+        # a silence from the page's form (no token is configured: the hub is open), then expired
+        page.fill("#silence-form input[name=node]", "cpu*")
+        page.fill("#silence-form input[name=hours]", "1")
+        page.fill("#silence-form input[name=comment]", "<i>moving racks</i>")
+        page.click("#silence-form button[type=submit]")
+        page.wait_for_selector("button[data-expire]")
+        row = page.locator("#silences tr", has=page.locator("button[data-expire]"))
+        assert "cpu*" in row.inner_text() and "<i>moving racks</i>" in row.inner_text()
+        assert [s["comment"] for s in hub.get("/api/v1/alerts")["silences"]] == ["<i>moving racks</i>"]
+        page.click("button[data-expire]")
+        page.wait_for_selector("text=No silences.")
+        assert hub.get("/api/v1/alerts")["silences"] == []
         context.close()

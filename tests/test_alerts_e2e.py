@@ -222,7 +222,10 @@ def test_a_hub_restarted_while_an_alert_fires_does_not_send_it_again(
     hub.wait_status("gpu01", "live")
     silence = {"node": "other*", "duration_s": 3600, "comment": "kept across the restart"}
     request = urllib.request.Request(
-        hub.url + "/api/v1/silences", data=json.dumps(silence).encode(), method="POST"
+        hub.url + "/api/v1/silences",
+        data=json.dumps(silence).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
     )  # no token configured: the hub is open to admin requests (a loopback setup)
     with urllib.request.urlopen(request, timeout=5) as response:
         silence_id = json.loads(response.read())["id"]

@@ -124,6 +124,9 @@ async def create_silence(request: Request) -> Response:
     service: AlertService | None = request.app.state.alerts
     if service is None:
         return JSONResponse({"error": "no alert rules are configured"}, status_code=404)
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        # a cross-site form or no-cors fetch cannot send this type without a preflight
+        return JSONResponse({"error": "send Content-Type: application/json"}, status_code=415)
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         return JSONResponse({"error": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)

@@ -48,10 +48,8 @@ def body(message: Message) -> str:
     if len(lines) > 1:
         resolved = ", resolved" if message.status is Status.RESOLVED else ""
         head.append(f"{_many(message)}{resolved}:")
-    shown = [
-        line.text if message.status is Status.FIRING else f"resolved: {line.text}"
-        for line in lines[:MAX_LINES]
-    ]
+    prefix = "resolved: " if message.status is Status.RESOLVED and len(lines) == 1 else ""
+    shown = [prefix + line.text for line in lines[:MAX_LINES]]
     if len(lines) > MAX_LINES:
         shown.append(f"… and {len(lines) - MAX_LINES} more")
     return "\n".join(head + shown)

@@ -15,9 +15,9 @@ from hub.alerts.delivery import ChannelWorker, Delivery, Outgoing
 from hub.alerts.engine import Subject
 from hub.alerts.service import AlertService
 from hub.clock import ManualClock
-from hub.domain.events import AlertNotified, EventBus
+from hub.domain.events import AlertNotified, EventBus, IdleHeldChanged
 from hub.domain.gpus import GpuFreeRule
-from tests.alert_receivers import webhook_receiver
+from tests.alert_receivers import mail_receiver, webhook_receiver
 from tests.procs import wait_until
 
 ITEM = Outgoing("t", "b", "info")
@@ -134,3 +134,32 @@ def test_an_unknown_url_is_reported_not_raised() -> None:
     delivery.add("bad", "nosuchservice://x", 10)
     assert delivery.broken == {"bad": "not a URL Apprise knows (see https://github.com/caronc/apprise/wiki)"}
     assert not delivery.offer("bad", ITEM)
+
+
+def test_idle_held_is_mailed_to_the_holder_through_apprise() -> None:
+    with mail_receiver() as mail:
+        config = parse_alerts(
+            {
+                "group_wait_s": 0,
+                "users": {"alice": mail.url("alice@lab.example")},
+                "rules": [{"name": "idle-held", "when": "gpu_idle_held"}],
+            }
+        )
+        events = EventBus()
+        clock = ManualClock()
+        service = AlertService(config, events, {}, GpuFreeRule(), clock)
+
+        async def scenario() -> None:
+            await service.start(None)
+            now = clock.wall()
+            holders = ({"user": "alice", "pid": 42, "command": "python"},)
+            events.publish(IdleHeldChanged("gpu07", "3", None, True, now - 3600, holders, now))
+            service.tick()
+            for _ in range(100):
+                if mail.mails:
+                    break
+                await asyncio.sleep(0.05)
+            await service.close()
+
+        asyncio.run(scenario())
+    assert mail.subjects("alice@lab.example") == ["[FIRING] idle-held: gpu07/3"]

@@ -1,6 +1,7 @@
 """Hub load: N simulated agents at R Hz and B viewers against a real ``sers-hub`` process.
 
     python -m bench.hub_load [--nodes 2000[,3000,5000]] [--rate 1] [--viewers 50] [--tiny]
+                             [--alerts [FILE]]
 
 For each node count: start ``python -m hub --port P --state-db none``; connect the agents
 (:mod:`bench.load_agents`, real protocol, in ``--agent-procs`` processes) and then the viewers
@@ -11,7 +12,9 @@ browser); let it run ``--warmup`` s; then hold a quiet gap (heartbeats only), le
 Prints, per node count: updates delivered / expected (host parts and GPU rows, every viewer),
 latency from the agent's sample to a viewer's receipt (p50/p99/max, read back from the pushed
 HTML, see :mod:`bench.simnode`), hub CPU (% of one core) and RSS, bytes/s per viewer, and the
-load generator's own CPU. Then the same agents and viewers run against a bare ``websockets``
+load generator's own CPU. With ``--alerts`` the hub runs a second time right after, with the
+alert rules of FILE (default :data:`ALERT_RULES`, ten rules), and its CPU is printed as a ratio
+to the run without rules. Then the same agents and viewers run against a bare ``websockets``
 broadcast server sending payloads of the same sizes on the same 10 Hz tick
 (:mod:`bench.bare_broadcast`), and the hub's CPU per delivered update is printed as a ratio to
 the bare server's CPU for the same bytes.
@@ -44,6 +47,7 @@ from bench.figures import Figures
 from bench.workers import REPO, Worker, free_port, get_json, wait_for
 
 MIB = 1024**2
+ALERT_RULES = Path(__file__).with_name("alert_rules.toml")
 PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 
 
@@ -94,11 +98,12 @@ async def run_phase(
     *,
     bare_sizes: Path | None = None,
     py_spy_out: Path | None = None,
+    alerts_config: Path | None = None,
 ) -> Phase:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     ws_base = f"ws://127.0.0.1:{port}"
-    label = "bare" if bare_sizes else "hub"
+    label = "bare" if bare_sizes else "hub-alerts" if alerts_config else "hub"
     if bare_sizes:
         argv = [sys.executable, "-m", "bench.bare_broadcast", "--port", str(port), "--sizes", str(bare_sizes)]
     else:
@@ -112,6 +117,7 @@ async def run_phase(
             "none",
             "--log-level",
             "WARNING",
+            *(["--config", str(alerts_config)] if alerts_config else []),
         ]
     env = None
     cwd = None
@@ -360,12 +366,25 @@ async def main_async(args: argparse.Namespace) -> int:
         delivered, bytes_per_update = report_hub(fig, args, nodes, hub)
         if spy is not None:
             fig.note(f"py-spy profile of the hub: {spy}")
+        if args.alerts:
+            with_rules = await run_phase(args, nodes, log_dir, alerts_config=Path(args.alerts))
+            report_alerts(fig, nodes, hub, with_rules)
         if args.bare:
             sizes = log_dir / f"sizes-{nodes}.json"
             sizes.write_text(json.dumps(per_tick(hub.viewers["payload_sizes"], round(hub.duration_s * 10))))
             bare = await run_phase(args, nodes, log_dir, bare_sizes=sizes)
             report_bare(fig, nodes, hub, bare, delivered, bytes_per_update)
     return fig.done()
+
+
+def report_alerts(fig: Figures, nodes: int, hub: Phase, with_rules: Phase) -> None:
+    """The hub's CPU with alert rules against the run just before without them (same load)."""
+    tag = f"n{nodes}"
+    without = hub.server_cpu_s / hub.duration_s
+    with_alerts = with_rules.server_cpu_s / with_rules.duration_s
+    fig.add(f"{tag}.hub_cpu_with_alert_rules", 100 * with_alerts, "% of a core", digits=1)
+    ratio = with_alerts / without if without else math.inf
+    fig.add(f"{tag}.alert_rules_cpu_ratio", ratio, "x", target="≤ 1.05x", ok=ratio <= 1.05, digits=3)
 
 
 def per_tick(sizes: list[int], ticks: int) -> list[int]:
@@ -400,6 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         metavar="DIR",
         help="put DIR first on the hub's PYTHONPATH (try a changed copy of the hub), repeatable",
+    )
+    parser.add_argument(
+        "--alerts",
+        nargs="?",
+        const=str(ALERT_RULES),
+        metavar="FILE",
+        help="run the hub again with the alert rules of FILE (default: ten rules) and compare its CPU",
     )
     parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub into DIR")
     parser.add_argument("--tiny", action="store_true", help="5 agents, 2 viewers, 3 s (seconds in all)")

@@ -8,6 +8,7 @@ generic (every reported field, formatted by the unit in its name).
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -623,6 +624,16 @@ class SummaryView:
     gpus_health_fault: int = 0  # GPUs whose health is a fault (a lost GPU is gpus_error)
     slices: tuple[ModelCount, ...] = ()  # MIG slices free / total by profile
     gpus_idle_held: int = 0  # GPUs and MIG slices idle-held (hub.domain.idle); never free
+    alerts_firing: int = 0  # hub.alerts: how many alerts fire
+    alerts: tuple[AlertBadge, ...] = ()  # the worst few, the worst first
+    free_json: str = "{}"  # free GPUs per group and model, for the page's own notifications
+
+
+class AlertBadge(NamedTuple):
+    """A firing alert in the top bar's strip."""
+
+    severity: str  # critical, warning, info (the CSS class)
+    text: str
 
 
 class GpuTally(NamedTuple):
@@ -658,11 +669,18 @@ def gpu_tally(
 
 
 def summary_view(
-    nodes: Iterable[tuple[NodeStatus, Iterable[GpuTally]]], gpu_collectors_down: int = 0
+    nodes: Iterable[
+        tuple[NodeStatus, Iterable[GpuTally]] | tuple[NodeStatus, Iterable[GpuTally], str | None]
+    ],
+    gpu_collectors_down: int = 0,
+    alerts_firing: int = 0,
+    alerts: tuple[AlertBadge, ...] = (),
 ) -> SummaryView:
-    """Counts over (node status, its GPUs' tallies): GPUs of offline nodes are left out; a GPU
-    is free only on a reporting node (its row's state says so). ``gpu_collectors_down`` is
-    passed through (the nodes :func:`gpu_collector_down` names)."""
+    """Counts over (node status, its GPUs' tallies[, its group]): GPUs of offline nodes are left
+    out; a GPU is free only on a reporting node (its row's state says so). ``gpu_collectors_down``
+    and the alerts are passed through (the nodes :func:`gpu_collector_down` names; the hub's
+    firing alerts). With groups given, ``free_json`` counts free GPUs per group and model
+    (``""``: no group) for the page's "notify me when N are free" (app.js)."""
     status_counts: Counter[NodeStatus] = Counter()
     free_by_model: Counter[str] = Counter()
     total_by_model: Counter[str] = Counter()
@@ -672,7 +690,8 @@ def summary_view(
     offline_gpus = 0
     mem_used = 0
     mem_total = 0
-    for status, tallies in nodes:
+    free_by_group: Counter[tuple[str, str]] = Counter()
+    for status, tallies, *group in nodes:
         status_counts[status] += 1
         if status is NodeStatus.OFFLINE:
             offline_gpus += sum(1 for _ in tallies)
@@ -685,6 +704,8 @@ def summary_view(
                 errors += 1
             elif tally.state is _FREE:
                 free_by_model[tally.model] += 1
+                if group:
+                    free_by_group[(group[0] or "", tally.model)] += 1
             warnings += tally.health is Level.WARNING
             health_faults += tally.health is Level.FAULT
             idle_held += tally.idle_held
@@ -714,7 +735,17 @@ def summary_view(
             for profile, total in sorted(total_slices.items())
         ),
         gpus_idle_held=idle_held,
+        alerts_firing=alerts_firing,
+        alerts=alerts,
+        free_json=_free_json(free_by_group),
     )
+
+
+def _free_json(free_by_group: Counter[tuple[str, str]]) -> str:
+    by_group: dict[str, dict[str, int]] = {}
+    for (group, model), count in sorted(free_by_group.items()):
+        by_group.setdefault(group, {})[model] = count
+    return json.dumps(by_group, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- detail page

@@ -1,7 +1,8 @@
 """``sers-hub``: serve the dashboard and take agents, on uvicorn.
 
 ``sers-hub forget NODE [--state-db FILE]`` removes a remembered node from the state file (with
-the hub stopped; on a running hub use ``DELETE /api/v1/nodes/NODE``).
+the hub stopped; on a running hub use ``DELETE /api/v1/nodes/NODE``). ``sers-hub alerts test
+--config hub.toml`` sends a test message to every alert channel and says which got it.
 
 On SIGTERM or SIGINT uvicorn closes every WebSocket with 1012 (service restart) and the hub
 exits within ``timeout_graceful_shutdown`` seconds, writing the state file once more. After
@@ -177,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: list[str]) -> int:
     if args[:1] == ["forget"]:
         return forget(args[1:])
+    if args[:1] == ["alerts"]:
+        from hub.alerts.cli import alerts_command  # only this subcommand needs Apprise loaded
+
+        return alerts_command(args[1:])
     try:
         settings = load_settings(args)
     except SettingsError as exc:

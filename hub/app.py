@@ -21,6 +21,8 @@ from starlette.staticfiles import StaticFiles
 
 from frontend.render import Renderer
 from hub.agent_ws import AgentRoute
+from hub.alerts.service import AlertService
+from hub.alerts.web import alert_routes
 from hub.clock import SystemClock
 from hub.domain.events import SampleLate, StatusChanged
 from hub.domain.idle import IdleHolders
@@ -60,7 +62,15 @@ def build_state(settings: HubSettings, clock: Clock) -> HubState:
 
 def create_app(settings: HubSettings | None = None, clock: Clock | None = None) -> Starlette:
     settings = settings or HubSettings()
-    state = build_state(settings, clock or SystemClock())
+    clock = clock or SystemClock()
+    state = build_state(settings, clock)
+    alerts = (
+        AlertService(settings.alerts, state.registry.events, settings.names, settings.gpu_free, clock)
+        if settings.alerts.enabled
+        else None
+    )
+    if alerts is not None:
+        state.scene.alert_strip = alerts.strip
     store = (
         StoreSync(settings.state_db, state.registry, settings.names, max_nodes=settings.max_nodes)
         if settings.state_db
@@ -72,6 +82,8 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if store is not None:
             await store.open()  # remembered nodes come back as offline
+        if alerts is not None:
+            await alerts.start(store)  # alerts firing before a restart are not sent again
         tasks = [
             asyncio.create_task(run_sweeps(state.registry)),
             asyncio.create_task(state.fanout.run()),
@@ -79,11 +91,15 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
         ]
         if store is not None:
             tasks.append(asyncio.create_task(store.run()))
+        if alerts is not None:
+            tasks.append(asyncio.create_task(alerts.run()))
         try:
             yield
         finally:
             for task in tasks:
                 await stop_task(task)
+            if alerts is not None:
+                await alerts.close()
             if store is not None:
                 await store.close()  # last seen of every node, written once more
 
@@ -97,6 +113,7 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
             Route("/api/v1/nodes/{node_id}", forget_node, methods=["DELETE"]),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
+            *alert_routes(),
             WebSocketRoute("/ws/view", view_endpoint),
             # /ws/agent: AgentRoute in middleware() below (see the module's docstring)
             Mount("/static", StaticFiles(packages=[("frontend", "static")]), name="static"),
@@ -106,6 +123,7 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
     )
     app.state.hub = state
     app.state.store = store
+    app.state.alerts = alerts
     app.state.failures = failures
     app.state.origins = OriginPolicy(settings.allowed_origins)
     return app

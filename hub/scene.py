@@ -21,6 +21,7 @@ from frontend.element_ids import element_id
 from frontend.people import PeopleView, people_view
 from frontend.render import Renderer
 from frontend.viewmodels import (
+    AlertBadge,
     DetailView,
     GpuTally,
     SummaryView,
@@ -187,6 +188,8 @@ class Scene:
     def idle_held(self) -> dict[tuple[str, str, str | None], float]:
         """(node id, GPU index, MIG uuid or None) -> idle-held since, as the events told."""
         return {(node_id, *key): since for node_id, held in self._idle.items() for key, since in held.items()}
+        # the top bar's alert strip: (how many fire, the worst few); set by hub.alerts when on
+        self.alert_strip: Callable[[], tuple[int, tuple[AlertBadge, ...]]] = lambda: (0, ())
 
     def render_change(self, change: NodeChange) -> dict[str, str]:
         """Renders what ``change`` touched: element id -> HTML (parts, or the whole card)."""
@@ -237,15 +240,19 @@ class Scene:
         rendered = self._rendered
         empty: dict[str, GpuTally] = {}
         nodes = [node for node in self._registry.nodes.values() if view_filter.selects(node)]
+        alerts_firing, alerts = self.alert_strip()
         return summary_view(
             (
                 (
                     node.status,
                     (rendered[node.node_id].tallies if node.node_id in rendered else empty).values(),
+                    node.group,
                 )
                 for node in nodes
             ),
             gpu_collectors_down=sum(1 for node in nodes if gpu_collector_down(node)),
+            alerts_firing=alerts_firing,
+            alerts=alerts,
         )
 
     def people_view(self, view_filter: ViewFilter) -> PeopleView | None:

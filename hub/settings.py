@@ -26,6 +26,7 @@ from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from hub.alerts.config import AlertConfig, ConfigError, parse_alerts
 from hub.domain.gpus import GpuFreeRule, IdleRule
 from hub.domain.nodes import Liveness, Naming
 from node_agent import __version__
@@ -162,6 +163,13 @@ def _idle_holders(raw: Any, key: str) -> IdleRule:
     if not 0 <= rule.min_idle_s < float("inf"):
         raise SettingsError(f"{key}.min_idle_s: seconds, 0 or more, got {rule.min_idle_s}")
     return rule
+
+
+def _alerts(raw: Any, key: str) -> AlertConfig:
+    try:
+        return parse_alerts(raw, key)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- the state file
@@ -304,6 +312,15 @@ class HubSettings:
     )
     history_s: float = setting(
         900.0, "float", "seconds of history kept per node for the node page", metavar="SECONDS"
+    )
+    alerts: AlertConfig = setting(  # noqa: RUF009 - setting() is a dataclasses.field()
+        AlertConfig,
+        "table",
+        "alerting: `[[alerts.channels]]` (`name`, Apprise `url`, `max_per_minute`), `[[alerts.rules]]` "
+        "(`name`, `when`, `channels`, `for_s`, `repeat_s`, `send_resolved`, `severity`, `quiet_hours`, "
+        "`group`, `nodes`, `model`, `threshold`, `min_free`, `mig_profile`, `users`), `[alerts.users]` "
+        '(`alice = "mailto://..."`), `group_wait_s` (5); see README.md, Alerts',
+        table=_alerts,
     )
     header_timeout_s: float = setting(
         10.0,
@@ -564,7 +581,7 @@ def settings_reference() -> str:
     for name, declared in declarations():
         if declared.kind == "table":
             flag, env = "(TOML table)", "—"
-            default = "none" if name in ("node_tokens", "names") else "see meaning"
+            default = "none" if name in ("node_tokens", "names", "alerts") else "see meaning"
         else:
             flag = f"`{declared.flag} {declared.metavar}`"
             env = f"`{declared.env}`"

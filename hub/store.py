@@ -32,7 +32,7 @@ import sqlite3
 import stat
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -650,6 +650,15 @@ class StoreSync:
             log.error("cannot remove node %s from the state file: %s", node_id, exc)
             return False
         return forgotten
+
+    async def on_store(self, fn: Callable[[sqlite3.Connection], T]) -> T | None:
+        """Runs ``fn`` with the file's connection on the store's thread, for a feature that
+        keeps its own table in the file (alerts); ``None`` while the file is not open."""
+        store = self._store
+        if store is None:
+            return None
+        result: T = await self._call(fn, store._db)
+        return result
 
     async def close(self) -> None:
         try:

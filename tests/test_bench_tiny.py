@@ -96,3 +96,10 @@ def test_browser_load_runs_when_present() -> None:
     if not (REPO / "bench" / "browser_load.py").exists():
         pytest.skip("bench/browser_load.py is not written yet")
     run_bench("browser_load", 110)
+
+
+@pytest.mark.timeout(180)
+def test_hub_load_compares_the_hub_with_and_without_alert_rules() -> None:
+    figures = run_bench("hub_load", 150, "--alerts", "--no-bare")
+    assert number(figures["n5.hub_cpu_with_alert_rules"]) > 0
+    assert number(figures["n5.alert_rules_cpu_ratio"]) > 0

@@ -63,6 +63,10 @@
     nodePage();
     return;
   }
+  if (body.dataset.page === "alerts") {
+    alertsPage();
+    return;
+  }
 
   // ------------------------------------------------------------------ the wall
   const template = document.createElement("template");
@@ -269,6 +273,7 @@
     }
     template.innerHTML = "";
     takeServerTime(document.getElementById("summary"));
+    checkWatches();
     if (cardsChanged) {
       if (sortBy !== "name") sortCards();
       applyPage();
@@ -369,11 +374,139 @@
     window.addEventListener("resize", applyPage);
   }
 
+  // ------------------------------------------------------------------ "notify me when N are free"
+  // Kept in this browser only (localStorage): no server setup. The summary bar carries the free
+  // GPUs per group and model (data-free); a watch notifies once when its count is reached, and
+  // again only after it fell below.
+  const WATCH_KEY = "sers.freeWatches";
+  const watchForm = document.getElementById("watch-form");
+  const watchList = document.getElementById("watch-list");
+
+  function loadWatches() {
+    try {
+      const watches = JSON.parse(localStorage.getItem(WATCH_KEY) || "[]");
+      return Array.isArray(watches) ? watches.filter((w) => w && typeof w.model === "string" && w.count > 0) : [];
+    } catch (error) {
+      return [];
+    }
+  }
+
+  function saveWatches(watches) {
+    localStorage.setItem(WATCH_KEY, JSON.stringify(watches));
+  }
+
+  function watchText(w) {
+    return "≥ " + w.count + " " + w.model + " free" + (w.group ? " in " + w.group : "");
+  }
+
+  function freeCount(free, w) {
+    const model = w.model.toLowerCase();
+    let count = 0;
+    for (const [group, models] of Object.entries(free)) {
+      if (w.group && group !== w.group) continue;
+      for (const [name, n] of Object.entries(models)) if (name.toLowerCase().includes(model)) count += n;
+    }
+    return count;
+  }
+
+  function checkWatches() {
+    const summary = document.getElementById("summary");
+    if (!summary || !summary.dataset.free) return;
+    let free;
+    try {
+      free = JSON.parse(summary.dataset.free);
+    } catch (error) {
+      return;
+    }
+    const watches = loadWatches();
+    let changed = false;
+    for (const w of watches) {
+      const count = freeCount(free, w);
+      const met = count >= w.count;
+      if (met && !w.told) {
+        if ("Notification" in window && Notification.permission === "granted") {
+          new Notification("sers: " + count + " " + w.model + " GPU" + (count > 1 ? "s" : "") + " free", { body: watchText(w), tag: "sers-" + watchText(w) });
+        }
+        w.told = true;
+        changed = true;
+      } else if (!met && w.told) {
+        w.told = false;
+        changed = true;
+      }
+    }
+    if (changed) saveWatches(watches);
+  }
+
+  function showWatches() {
+    watchList.replaceChildren();
+    loadWatches().forEach((w, i) => {
+      const item = document.createElement("li");
+      item.textContent = watchText(w) + " ";
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "remove";
+      remove.addEventListener("click", () => {
+        const watches = loadWatches();
+        watches.splice(i, 1);
+        saveWatches(watches);
+        showWatches();
+      });
+      item.append(remove);
+      watchList.append(item);
+    });
+  }
+
+  document.getElementById("watch-open").addEventListener("click", () => {
+    watchForm.hidden = !watchForm.hidden;
+    showWatches();
+  });
+  watchForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const data = new FormData(watchForm);
+    const watches = loadWatches();
+    watches.push({ count: Math.max(1, parseInt(data.get("count"), 10) || 1), model: String(data.get("model")).trim(), group: String(data.get("group") || "").trim(), told: false });
+    saveWatches(watches);
+    showWatches();
+    if ("Notification" in window && Notification.permission === "default") Notification.requestPermission().then(checkWatches);
+    else checkWatches();
+  });
+
   tickClock();
+  checkWatches();
   for (const card of nodes.children) watch(card);
   if (sortBy !== "name") sortCards();
   applyPage();
   connect();
+
+  // ------------------------------------------------------------------ /alerts
+  // Server-rendered; silences are made and expired through the API with the admin token.
+  function alertsPage() {
+    const form = document.getElementById("silence-form");
+    if (!form) return;
+    const result = document.getElementById("silence-result");
+    function headers() {
+      const token = form.elements.token.value.trim();
+      const h = { "Content-Type": "application/json" };
+      if (token) h.Authorization = "Bearer " + token;
+      return h;
+    }
+    async function answer(response) {
+      if (response.ok) location.reload();
+      else result.textContent = "refused (" + response.status + "): " + (await response.text()).slice(0, 200);
+    }
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const data = new FormData(form);
+      const silence = { duration_s: parseFloat(data.get("hours")) * 3600, comment: data.get("comment") };
+      for (const key of ["rule", "node", "gpu"]) if (data.get(key)) silence[key] = data.get(key);
+      answer(await fetch("api/v1/silences", { method: "POST", headers: headers(), body: JSON.stringify(silence) }));
+    });
+    for (const button of document.querySelectorAll("button[data-expire]")) {
+      button.addEventListener("click", async () => {
+        answer(await fetch("api/v1/silences/" + encodeURIComponent(button.dataset.expire), { method: "DELETE", headers: headers() }));
+      });
+    }
+  }
 
   // ------------------------------------------------------------------ a node's own page
   // Server-rendered too: it fetches itself every few seconds and swaps its main element.

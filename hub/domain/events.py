@@ -134,6 +134,19 @@ class IdleHeldChanged(NamedTuple):
     at_wall_s: float
 
 
+class AlertNotified(NamedTuple):
+    """An alert message went to a channel (``delivered``) or was given up after its retries
+    (``reason``). Published by :mod:`hub.alerts` (on the event loop) for the event log."""
+
+    rule: str
+    status: str  # firing or resolved
+    subjects: tuple[str, ...]
+    channel: str
+    delivered: bool
+    reason: str | None
+    at_wall_s: float
+
+
 class NodeRemoved(NamedTuple):
     """The node was forgotten (``DELETE /api/v1/nodes/{id}``)."""
 
@@ -149,6 +162,7 @@ Event = (
     | GpuStateChanged
     | GpuHealthChanged
     | IdleHeldChanged
+    | AlertNotified
     | NodeRemoved
 )
 E = TypeVar(
@@ -161,6 +175,7 @@ E = TypeVar(
     GpuStateChanged,
     GpuHealthChanged,
     IdleHeldChanged,
+    AlertNotified,
     NodeRemoved,
 )
 

@@ -173,6 +173,8 @@ class Scene:
         # before the fan-out renders the row (it subscribes later)
         self._idle: dict[str, dict[tuple[str, str | None], float]] = {}
         registry.events.subscribe(IdleHeldChanged, self._idle_changed)
+        # the top bar's alert strip: (how many fire, the worst few); set by hub.alerts when on
+        self.alert_strip: Callable[[], tuple[int, tuple[AlertBadge, ...]]] = lambda: (0, ())
 
     def _idle_changed(self, event: IdleHeldChanged) -> None:
         key = (event.gpu_index, event.mig_uuid)
@@ -188,8 +190,6 @@ class Scene:
     def idle_held(self) -> dict[tuple[str, str, str | None], float]:
         """(node id, GPU index, MIG uuid or None) -> idle-held since, as the events told."""
         return {(node_id, *key): since for node_id, held in self._idle.items() for key, since in held.items()}
-        # the top bar's alert strip: (how many fire, the worst few); set by hub.alerts when on
-        self.alert_strip: Callable[[], tuple[int, tuple[AlertBadge, ...]]] = lambda: (0, ())
 
     def render_change(self, change: NodeChange) -> dict[str, str]:
         """Renders what ``change`` touched: element id -> HTML (parts, or the whole card)."""

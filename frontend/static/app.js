@@ -456,20 +456,23 @@
     });
   }
 
-  document.getElementById("watch-open").addEventListener("click", () => {
-    watchForm.hidden = !watchForm.hidden;
-    showWatches();
-  });
-  watchForm.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const data = new FormData(watchForm);
-    const watches = loadWatches();
-    watches.push({ count: Math.max(1, parseInt(data.get("count"), 10) || 1), model: String(data.get("model")).trim(), group: String(data.get("group") || "").trim(), told: false });
-    saveWatches(watches);
-    showWatches();
-    if ("Notification" in window && Notification.permission === "default") Notification.requestPermission().then(checkWatches);
-    else checkWatches();
-  });
+  // the wall's top bar has the form; a page without one (/users) only checks the watches
+  if (watchForm) {
+    document.getElementById("watch-open").addEventListener("click", () => {
+      watchForm.hidden = !watchForm.hidden;
+      showWatches();
+    });
+    watchForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const data = new FormData(watchForm);
+      const watches = loadWatches();
+      watches.push({ count: Math.max(1, parseInt(data.get("count"), 10) || 1), model: String(data.get("model")).trim(), group: String(data.get("group") || "").trim(), told: false });
+      saveWatches(watches);
+      showWatches();
+      if ("Notification" in window && Notification.permission === "default") Notification.requestPermission().then(checkWatches);
+      else checkWatches();
+    });
+  }
 
   tickClock();
   checkWatches();

@@ -23,6 +23,7 @@ from frontend.render import Renderer
 from hub.agent_ws import AgentRoute
 from hub.clock import SystemClock
 from hub.domain.events import SampleLate, StatusChanged
+from hub.domain.gpus import IdleRule
 from hub.domain.nodes import Clock
 from hub.fanout import Fanout, stop_task
 from hub.history import History
@@ -35,6 +36,7 @@ from hub.security import FailureLog, OriginPolicy, ProxyTrust, SecurityHeaders, 
 from hub.settings import HubSettings
 from hub.state import HubState
 from hub.store import StoreSync, forget_node
+from hub.usage.sync import MemorySync
 from hub.view_ws import view_endpoint
 
 
@@ -50,29 +52,49 @@ def build_state(settings: HubSettings, clock: Clock) -> HubState:
 
 def create_app(settings: HubSettings | None = None, clock: Clock | None = None) -> Starlette:
     settings = settings or HubSettings()
-    state = build_state(settings, clock or SystemClock())
+    clock = clock or SystemClock()
+    state = build_state(settings, clock)
     store = (
         StoreSync(settings.state_db, state.registry, settings.names, max_nodes=settings.max_nodes)
         if settings.state_db
         else None
     )
+    memory = None
+    if store is not None and settings.state_db:
+        # usage, history and the event log, in the same file and on the same thread
+        memory = MemorySync(
+            store,
+            settings.state_db,
+            state.registry,
+            clock,
+            settings.memory,
+            IdleRule(),
+            settings.liveness,
+            settings.names,
+        )
     failures = FailureLog()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if store is not None:
             await store.open()  # remembered nodes come back as offline
+        if memory is not None:
+            await memory.open()
         tasks = [
             asyncio.create_task(run_sweeps(state.registry)),
             asyncio.create_task(state.fanout.run()),
         ]
         if store is not None:
             tasks.append(asyncio.create_task(store.run()))
+        if memory is not None:
+            tasks.append(asyncio.create_task(memory.run()))
         try:
             yield
         finally:
             for task in tasks:
                 await stop_task(task)
+            if memory is not None:
+                await memory.flush()  # what was counted since the last flush
             if store is not None:
                 await store.close()  # last seen of every node, written once more
 
@@ -93,6 +115,7 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
     )
     app.state.hub = state
     app.state.store = store
+    app.state.memory = memory
     app.state.failures = failures
     app.state.origins = OriginPolicy(settings.allowed_origins)
     return app

@@ -1,7 +1,8 @@
 """``sers-hub``: serve the dashboard and take agents, on uvicorn.
 
 ``sers-hub forget NODE [--state-db FILE]`` removes a remembered node from the state file (with
-the hub stopped; on a running hub use ``DELETE /api/v1/nodes/NODE``).
+the hub stopped; on a running hub use ``DELETE /api/v1/nodes/NODE``). ``sers-hub usage
+--state-db FILE --from ... --to ... --by user`` prints GPU-hours from the file (read-only).
 
 On SIGTERM or SIGINT uvicorn closes every WebSocket with 1012 (service restart) and the hub
 exits within ``timeout_graceful_shutdown`` seconds, writing the state file once more. After
@@ -30,6 +31,7 @@ from hub.header_timeout import header_timeout_protocol
 from hub.memory import release_free_memory_forever, tune_gc, tune_malloc
 from hub.settings import HubSettings, SettingsError, default_state_db, load_settings
 from hub.store import StoreError, forget_offline
+from hub.usage.cli import usage_cli
 from node_agent.given import env_value
 from node_agent.protocol import MAX_MESSAGE_BYTES
 
@@ -177,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: list[str]) -> int:
     if args[:1] == ["forget"]:
         return forget(args[1:])
+    if args[:1] == ["usage"]:
+        return usage_cli(args[1:])
     try:
         settings = load_settings(args)
     except SettingsError as exc:

@@ -36,6 +36,7 @@ from hub.security import FailureLog, OriginPolicy, ProxyTrust, SecurityHeaders, 
 from hub.settings import HubSettings
 from hub.state import HubState
 from hub.store import StoreSync, forget_node
+from hub.usage.api import api_events, api_usage
 from hub.usage.sync import MemorySync
 from hub.view_ws import view_endpoint
 
@@ -104,6 +105,8 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
             Route("/node/{node_id}", node_page),
             Route("/api/v1/nodes", api_nodes),
             Route("/api/v1/nodes/{node_id}", forget_node, methods=["DELETE"]),
+            Route("/api/v1/usage", api_usage),
+            Route("/api/v1/events", api_events),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             WebSocketRoute("/ws/view", view_endpoint),

@@ -37,6 +37,7 @@ from hub.settings import HubSettings
 from hub.state import HubState
 from hub.store import StoreSync, forget_node
 from hub.usage.api import api_events, api_usage
+from hub.usage.pages import events_page, usage_page
 from hub.usage.sync import MemorySync
 from hub.view_ws import view_endpoint
 
@@ -103,6 +104,8 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
         routes=[
             Route("/", page),
             Route("/node/{node_id}", node_page),
+            Route("/usage", usage_page),
+            Route("/events", events_page),
             Route("/api/v1/nodes", api_nodes),
             Route("/api/v1/nodes/{node_id}", forget_node, methods=["DELETE"]),
             Route("/api/v1/usage", api_usage),

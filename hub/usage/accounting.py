@@ -84,7 +84,7 @@ class UsageAccounting:
         on_gap: Callable[[str, float, float], None] | None = None,
     ) -> None:
         self._clock = clock
-        self._busy_above = idle.max_util_percent
+        self.busy_above_percent = idle.max_util_percent
         self._liveness = liveness
         self._names = names
         self._day_start = day_start
@@ -178,7 +178,7 @@ class UsageAccounting:
                     yield user, job, model, share, busy, held_idle, mem
 
     def _busy(self, util: Any) -> bool:
-        return isinstance(util, int | float) and util > self._busy_above
+        return isinstance(util, int | float) and util > self.busy_above_percent
 
     def _count(
         self,

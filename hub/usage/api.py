@@ -3,7 +3,7 @@
 - ``/api/v1/usage?from=<ISO date or time>&to=<...>&by=user|group|model|node[&format=csv]``
   (or ``range=today|7d|30d`` instead of from/to): one row per key with ``gpu_seconds``,
   ``busy_gpu_seconds``, ``idle_held_gpu_seconds`` and ``gpu_mem_byte_seconds``, the largest
-  first. Ranges are read in whole hours while the hourly table holds them
+  first; ``user=NAME`` keeps one user's rows (by node, say). Ranges are read in whole hours while the hourly table holds them
   (``usage_hourly_keep_d``), in whole local days before that; the answer says which.
 - ``/api/v1/events?node=&since=&until=&kind=a,b&limit=``: the event log, newest first.
 
@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hub.store import StoreError
+from hub.usage.embed import memory_of
 from hub.usage.schema import EVENT_KINDS
 from hub.usage.store import BY_COLUMNS, DAY_S, csv_lines, read_events, usage_report
 from hub.usage.sync import MemorySync
@@ -29,15 +30,11 @@ from hub.usage.timerange import MAX_TEXT_CHARS, RangeError, iso, parse_time, res
 
 T = TypeVar("T")
 MAX_EVENTS = 1000
+MAX_NAME_CHARS = 256
 
 
 class BadRequest(ValueError):
     pass
-
-
-def memory_of(request: Request) -> MemorySync | None:
-    memory: MemorySync | None = getattr(request.app.state, "memory", None)
-    return memory
 
 
 def _no_memory() -> Response:
@@ -61,8 +58,11 @@ def usage_query(
     """(from, to, by, the query to run on the store's thread) for a request's parameters."""
     start, end = resolve(params.get("from"), params.get("to"), params.get("range"), now_s)
     by = by_from(params)
+    user = params.get("user") or None
+    if user is not None and len(user) > MAX_NAME_CHARS:
+        raise BadRequest(f"user: at most {MAX_NAME_CHARS} characters")
     hourly_since = now_s - memory.limits.usage_hourly_keep_d * DAY_S
-    return start, end, by, lambda db: usage_report(db, start, end, by, hourly_since)
+    return start, end, by, lambda db: usage_report(db, start, end, by, hourly_since, user)
 
 
 async def api_usage(request: Request) -> Response:
@@ -122,7 +122,7 @@ def events_query(params: Any) -> Callable[..., Any]:
         raise BadRequest("limit: expected a number of events") from None
     if not 1 <= limit <= MAX_EVENTS:
         raise BadRequest(f"limit: 1..{MAX_EVENTS}")
-    if node is not None and len(node) > 256:
+    if node is not None and len(node) > MAX_NAME_CHARS:
         raise BadRequest("node: too long")
     return lambda db: read_events(db, node, since, until, kinds, limit)
 

@@ -206,26 +206,34 @@ class UsageReport:
 
 
 def usage_report(
-    db: sqlite3.Connection, from_s: float, to_s: float, by: str, hourly_since_s: float
+    db: sqlite3.Connection,
+    from_s: float,
+    to_s: float,
+    by: str,
+    hourly_since_s: float,
+    user: str | None = None,
 ) -> UsageReport:
     """Usage in ``[from_s, to_s)`` grouped ``by`` (a key of :data:`BY_COLUMNS`). The hourly
     table answers when it still holds ``from_s`` (it is kept from ``hourly_since_s``), else the
-    daily table. A file from before the memory (no tables) answers with no rows."""
+    daily table. ``user``: that user's rows only. A file from before the memory (no tables)
+    answers with no rows."""
     column = BY_COLUMNS[by]
     table, period = (
         ("usage_hourly", "hour_start_s") if from_s >= hourly_since_s else ("usage_daily", "day_start_s")
     )
     sums = ", ".join(f"sum({c})" for c in USAGE_COLUMNS)
+    only_user = " AND user = ?" if user is not None else ""
+    user_args: tuple[str, ...] = (user,) if user is not None else ()
     try:
         rows = db.execute(
-            f"SELECT {column}, {sums} FROM {table} WHERE {period} >= ? AND {period} < ?"
+            f"SELECT {column}, {sums} FROM {table} WHERE {period} >= ? AND {period} < ?{only_user}"
             f" GROUP BY {column} ORDER BY sum(gpu_seconds) DESC, {column}",
-            (from_s - from_s % HOUR_S if table == "usage_hourly" else from_s, to_s),
+            (from_s - from_s % HOUR_S if table == "usage_hourly" else from_s, to_s, *user_args),
         ).fetchall()
         days = db.execute(
             f"SELECT day_start_s, {column}, sum(gpu_seconds) FROM usage_daily"
-            f" WHERE day_start_s >= ? AND day_start_s < ? GROUP BY day_start_s, {column}",
-            (from_s - DAY_S + 1, to_s),  # the day that holds from_s starts before it
+            f" WHERE day_start_s >= ? AND day_start_s < ?{only_user} GROUP BY day_start_s, {column}",
+            (from_s - DAY_S + 1, to_s, *user_args),  # the day that holds from_s starts before it
         ).fetchall()
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
@@ -325,7 +333,8 @@ def store_info(path: str, db: sqlite3.Connection) -> StoreInfo:
             size += os.stat(path + suffix).st_size
     ends: list[float] = []
     for sql in (
-        "SELECT min(day_start_s), max(day_start_s) + 86400 FROM usage_daily",
+        "SELECT min(day_start_s), NULL FROM usage_daily",  # kept longest
+        "SELECT NULL, max(hour_start_s) FROM usage_hourly",
         "SELECT min(at_s), max(at_s) FROM events",
     ):
         ends.extend(v for v in db.execute(sql).fetchone() if v is not None)

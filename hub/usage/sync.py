@@ -63,6 +63,8 @@ class MemorySync:
         self._problem: str | None = None  # why writing fails, as logged when it started
         self._seeded = False  # the event log has the versions the file remembers
         self._prune_at_mono = 0.0
+        # node id -> (until when, on the monotonic clock; the node page's stored part as HTML)
+        self.node_page_cache: dict[str, tuple[float, str]] = {}
 
     @property
     def problem(self) -> str | None:
@@ -93,6 +95,7 @@ class MemorySync:
         with contextlib.suppress(StoreError, sqlite3.Error):
             self.events.seed(await self._store.on_store(remembered_versions))
             self._seeded = True
+            self.info = await self._store.on_store(lambda store: store_info(self._path, store.connection))
 
     async def flush(self) -> int:
         """Writes what was counted since the last flush; returns how many rows (0 on failure)."""

@@ -39,15 +39,19 @@ def _empty(metrics: int) -> Aggregate:
     return [0.0, 0.0, _NAN] * metrics
 
 
-def _add_values(into: Aggregate, values: tuple[Any, ...]) -> None:
-    for i, value in enumerate(values):
-        if value.__class__ is int or value.__class__ is float:
-            j = 3 * i
+def _add_values(into: Aggregate, source: Mapping[str, Any], metrics: tuple[str, ...]) -> None:
+    """Adds ``source``'s value of each metric (a number; anything else is no value). Hot: runs
+    for the host and each GPU of every sample."""
+    j = 0
+    for metric in metrics:
+        value: Any = source.get(metric)  # checked by class below: cheaper than isinstance
+        kind = value.__class__
+        if kind is float or kind is int:
             into[j] += value
             into[j + 1] += 1
-            top = into[j + 2]
-            if not top >= value:  # NaN: the first value
+            if not into[j + 2] >= value:  # NaN: the first value
                 into[j + 2] = value
+        j += 3
 
 
 def merge(into: Aggregate, more: Aggregate) -> None:
@@ -59,75 +63,83 @@ def merge(into: Aggregate, more: Aggregate) -> None:
             into[j + 2] = top
 
 
-def add_batch(into: Batch, more: Mapping[SeriesKey, Aggregate]) -> None:
-    for key, aggregate in more.items():
-        have = into.get(key)
-        if have is None:
-            into[key] = list(aggregate)
-        else:
-            merge(have, aggregate)
-
-
 class HistoryAggregator:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self.pending: Batch = {}  # 1-minute buckets since the last take
+        # the 1-minute buckets since the last take: (node, bucket start) -> series -> aggregate
+        # (series None: the host); nested so a sample builds no key per series
+        self._minutes: dict[tuple[str, int], dict[str | None, Aggregate]] = {}
 
     def subscribe(self, events: EventBus) -> None:
         events.subscribe(SampleApplied, self.sample)
         events.subscribe(NodeRemoved, self.removed)
 
     def removed(self, event: NodeRemoved) -> None:
-        self.pending = {k: v for k, v in self.pending.items() if k.node_id != event.node_id}
+        self._minutes = {k: v for k, v in self._minutes.items() if k[0] != event.node_id}
 
     def sample(self, event: SampleApplied) -> None:
         if not event.new_sample:
             return
         now = self._clock.wall()
-        bucket = int(now - now % MINUTE_S)
-        node_id = event.node_id
-        pending = self.pending
+        node_key = (event.node_id, int(now - now % MINUTE_S))
+        series = self._minutes.get(node_key)
+        if series is None:
+            series = self._minutes[node_key] = {}
         state = event.state
         host = state.get("host")
-        if isinstance(host, dict):
-            key = SeriesKey(node_id, MINUTE_S, bucket, None)
-            into = pending.get(key)
+        if host.__class__ is dict:
+            into = series.get(None)
             if into is None:
-                into = pending[key] = _empty(len(HOST_METRICS))
-            _add_values(into, tuple(host.get(m) for m in HOST_METRICS))
+                into = series[None] = _empty(len(HOST_METRICS))
+            _add_values(into, host, HOST_METRICS)
         gpus = state.get("gpus")
-        if isinstance(gpus, dict):
+        if gpus.__class__ is dict:
             for index, gpu in gpus.items():
-                if not isinstance(gpu, dict) or gpu.get("error"):
+                if gpu.__class__ is not dict or gpu.get("error"):
                     continue
-                key = SeriesKey(node_id, MINUTE_S, bucket, index)
-                into = pending.get(key)
+                into = series.get(index)
                 if into is None:
-                    into = pending[key] = _empty(len(GPU_METRICS))
-                _add_values(into, tuple(gpu.get(m) for m in GPU_METRICS))
+                    into = series[index] = _empty(len(GPU_METRICS))
+                _add_values(into, gpu, GPU_METRICS)
+
+    @property
+    def pending(self) -> int:
+        """Series-minutes waiting for the store."""
+        return sum(len(series) for series in self._minutes.values())
 
     def take(self) -> Batch:
         """What was added since the last take, in 1-minute and 15-minute buckets."""
-        minutes, self.pending = self.pending, {}
-        batch: Batch = dict(minutes)
-        for key, aggregate in minutes.items():
-            quarter = key._replace(
-                tier_s=QUARTER_S, bucket_start_s=key.bucket_start_s - key.bucket_start_s % QUARTER_S
-            )
-            have = batch.get(quarter)
-            if have is None:
-                batch[quarter] = list(aggregate)
-            else:
-                merge(have, aggregate)
+        minutes, self._minutes = self._minutes, {}
+        batch: Batch = {}
+        for (node_id, bucket), series in minutes.items():
+            quarter = bucket - bucket % QUARTER_S
+            for index, aggregate in series.items():
+                batch[SeriesKey(node_id, MINUTE_S, bucket, index)] = aggregate
+                key = SeriesKey(node_id, QUARTER_S, quarter, index)
+                have = batch.get(key)
+                if have is None:
+                    batch[key] = list(aggregate)
+                else:
+                    merge(have, aggregate)
         return batch
 
     def put_back(self, batch: Batch, max_rows: int) -> int:
         """Returns a batch the store could not write (its 1-minute rows; the 15-minute ones are
-        made again from them); past ``max_rows``, the oldest are dropped. Returns how many."""
-        add_batch(self.pending, {k: v for k, v in batch.items() if k.tier_s == MINUTE_S})
-        over = len(self.pending) - max_rows
-        if over <= 0:
-            return 0
-        for key in sorted(self.pending, key=lambda k: k.bucket_start_s)[:over]:
-            del self.pending[key]
-        return over
+        made again from them); past ``max_rows`` series-minutes, the oldest minutes are dropped.
+        Returns how many series-minutes."""
+        for key, aggregate in batch.items():
+            if key.tier_s != MINUTE_S:
+                continue
+            series = self._minutes.setdefault((key.node_id, key.bucket_start_s), {})
+            have = series.get(key.gpu_index)
+            if have is None:
+                series[key.gpu_index] = list(aggregate)
+            else:
+                merge(have, aggregate)
+        over = self.pending - max_rows
+        dropped = 0
+        for node_key in sorted(self._minutes, key=lambda k: k[1]):
+            if dropped >= over:
+                break
+            dropped += len(self._minutes.pop(node_key))
+        return dropped

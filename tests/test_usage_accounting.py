@@ -218,7 +218,18 @@ def test_mig_slices_weigh_their_share_of_the_gpu() -> None:
         },
         {"uuid": "MIG-c", "mem_total_bytes": 10 * GIB, "processes": []},
     ]
-    lab.sample({"0": {"util_gpu_percent": 70.0, "mem_total_bytes": 40 * GIB, "mig_slices": slices}})
+    # the GPU's own list repeats the slices' processes (NVML on a MIG parent): counted once
+    repeated = [proc("alice", 5), proc("bob", 1)]
+    lab.sample(
+        {
+            "0": {
+                "util_gpu_percent": 70.0,
+                "mem_total_bytes": 40 * GIB,
+                "mig_slices": slices,
+                "processes": repeated,
+            }
+        }
+    )
     lab.registry.events.publish(IdleHeldChanged("n1", "0", "MIG-b", True, T0, (), T0))
     lab.sample({}, after_s=1.0)
     totals = lab.totals()

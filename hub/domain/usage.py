@@ -5,7 +5,8 @@ GPU and how much, how long one sample counts for, and how long the hub keeps wha
   processes. A GPU shared by several users is split by their share of the memory its listed
   processes hold; when none of them reports memory, equally per process. A MIG slice weighs its
   share of the GPU's memory (``1 / slices`` where sizes are unknown), so the slices of one GPU
-  add up to at most one GPU.
+  add up to at most one GPU; a GPU in MIG mode is charged through its slices only (NVML lists
+  the slices' processes on the GPU too).
 - **Busy**: held while the utilization is above :class:`~hub.domain.gpus.IdleRule`'s
   ``max_util_percent``; an unknown utilization is not busy (a MIG slice without its own
   utilization takes its GPU's).
@@ -58,6 +59,11 @@ def process_job(process: Mapping[str, Any]) -> str:
 def shares(processes: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], tuple[float, float]]:
     """Per (user, job) on one GPU or slice: (share of it, bytes held). Shares add up to 1 for a
     held GPU; ``{}`` for one with no processes. See the module's docstring for the rule."""
+    if len(processes) == 1:  # most GPUs: one process, the whole GPU
+        process = processes[0]
+        return {
+            (process_user(process), process_job(process)): (1.0, _bytes(process.get("gpu_mem_bytes")) or 0.0)
+        }
     held: dict[tuple[str, str], float] = {}
     counts: dict[tuple[str, str], int] = {}
     for process in processes:

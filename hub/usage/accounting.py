@@ -14,7 +14,7 @@ time zone, half-hour zones and daylight saving included.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from hub.domain.events import EventBus, IdleHeldChanged, NodeConnected, NodeRemoved, SampleApplied
@@ -39,22 +39,17 @@ class UsageKey(NamedTuple):
 
 Totals = list[float]  # in FIELDS order
 Pending = dict[UsageKey, Totals]
+# (hour start, day start, node, group) -> (user, job, model) -> totals
+Counted = dict[tuple[float, float, str, str], dict[tuple[str, str, str], Totals]]
+Charge = tuple[
+    tuple[str, str, str], float, bool, bool, float
+]  # (user, job, model), share, busy, idle-held, bytes
 
 
 def local_day_start(epoch_s: float) -> float:
     """The hub's local midnight at or before ``epoch_s``."""
     t = time.localtime(epoch_s)
     return time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
-
-
-def add_into(pending: Pending, more: Mapping[UsageKey, Totals]) -> None:
-    for key, totals in more.items():
-        have = pending.get(key)
-        if have is None:
-            pending[key] = list(totals)
-        else:
-            for i, value in enumerate(totals):
-                have[i] += value
 
 
 class _NodeFacts:
@@ -91,7 +86,9 @@ class UsageAccounting:
         self._on_gap = on_gap
         self._nodes: dict[str, _NodeFacts] = {}
         self.idle_held: set[tuple[str, str, str | None]] = set()  # (node, GPU index, MIG uuid)
-        self.pending: Pending = {}
+        # (hour start, day start, node, group) -> (user, job, model) -> totals: nested, so a
+        # sample builds one small key per charge
+        self._counted: Counted = {}
         # the hour and day the last counted piece fell in: most pieces fall in the same ones
         self._span = (0.0, 0.0, 0.0, 0.0)  # (from, to, hour start, day start) of the last bucket
 
@@ -142,63 +139,63 @@ class UsageAccounting:
         if seconds <= 0:
             return
         gpus = event.state.get("gpus")
-        if not isinstance(gpus, dict):
+        if gpus.__class__ is not dict:
             return
-        charges = list(self._charges(event.node_id, facts, gpus))
+        charges = self._charges(event.node_id, facts, gpus)
         if charges:
             self._count(now_wall - seconds, now_wall, event.node_id, facts.group, charges)
 
     # ------------------------------------------------------------------ counting
-    def _charges(
-        self, node_id: str, facts: _NodeFacts, gpus: Mapping[str, Any]
-    ) -> Iterable[tuple[str, str, str, float, bool, bool, float]]:
-        """(user, job, model, share of a GPU, busy, idle-held, bytes) for every held GPU or slice."""
+    def _charges(self, node_id: str, facts: _NodeFacts, gpus: Mapping[str, Any]) -> list[Charge]:
+        """((user, job, model), share of a GPU, busy, idle-held, bytes) for every held GPU or
+        slice. Hot: runs for every sample; a free GPU costs two lookups."""
         idle_held = self.idle_held
+        charges: list[Charge] = []
         for index, gpu in gpus.items():
-            if not isinstance(gpu, dict) or gpu.get("error"):
+            if gpu.__class__ is not dict:
+                continue
+            processes: Any = gpu.get("processes")
+            slices: Any = gpu.get("mig_slices")
+            if not (processes or slices) or gpu.get("error"):
                 continue
             model = gpu.get("name") or facts.models.get(index) or UNKNOWN_MODEL
             util = gpu.get("util_gpu_percent")
-            slices = gpu.get("mig_slices")
             if slices:
                 for weight, mig in zip(slice_weights(gpu, slices), slices, strict=True):
-                    processes = mig.get("processes")
-                    if not processes:
+                    mig_processes = mig.get("processes")
+                    if not mig_processes:
                         continue
                     mig_util = mig.get("util_gpu_percent")
                     busy = self._busy(util if mig_util is None else mig_util)
                     held_idle = (node_id, index, mig.get("uuid")) in idle_held
-                    for (user, job), (share, mem) in shares(processes).items():
-                        yield user, job, model, share * weight, busy, held_idle, mem
-            processes = gpu.get("processes")
-            if processes:
-                busy = self._busy(util)
-                held_idle = (node_id, index, None) in idle_held
-                for (user, job), (share, mem) in shares(processes).items():
-                    yield user, job, model, share, busy, held_idle, mem
+                    for (user, job), (share, mem) in shares(mig_processes).items():
+                        charges.append(((user, job, model), share * weight, busy, held_idle, mem))
+                continue  # in MIG mode the GPU's own list repeats its slices' processes
+            busy = self._busy(util)
+            held_idle = bool(idle_held) and (node_id, index, None) in idle_held
+            for (user, job), (share, mem) in shares(processes).items():
+                charges.append(((user, job, model), share, busy, held_idle, mem))
+        return charges
 
     def _busy(self, util: Any) -> bool:
-        return isinstance(util, int | float) and util > self.busy_above_percent
+        kind = util.__class__
+        return (kind is float or kind is int) and util > self.busy_above_percent
 
-    def _count(
-        self,
-        start_s: float,
-        end_s: float,
-        node_id: str,
-        group: str,
-        charges: list[tuple[str, str, str, float, bool, bool, float]],
-    ) -> None:
-        pending = self.pending
+    def _count(self, start_s: float, end_s: float, node_id: str, group: str, charges: list[Charge]) -> None:
+        counted = self._counted
         while start_s < end_s:
             bucket_start, bucket_end, day = self._bucket(start_s)
             piece_end = min(end_s, bucket_end)
             seconds = piece_end - start_s
-            for user, job, model, share, busy, held_idle, mem in charges:
-                key = UsageKey(bucket_start, day, user, node_id, model, group, job)
+            place = (bucket_start, day, node_id, group)
+            per_key = counted.get(place)
+            if per_key is None:
+                per_key = counted[place] = {}
+            for key, share, busy, held_idle, mem in charges:
                 gpu_s = share * seconds
-                totals = pending.get(key)
+                totals = per_key.get(key)
                 if totals is None:
-                    totals = pending[key] = [0.0, 0.0, 0.0, 0.0]
+                    totals = per_key[key] = [0.0, 0.0, 0.0, 0.0]
                 totals[0] += gpu_s
                 if busy:
                     totals[1] += gpu_s
@@ -220,18 +217,46 @@ class UsageAccounting:
         return hour, end, day
 
     # ------------------------------------------------------------------ for the store
-    def take(self) -> Pending:
-        """What was counted since the last take; the store writes it (or puts it back)."""
-        taken, self.pending = self.pending, {}
+    @property
+    def pending(self) -> Pending:
+        """What was counted since the last take, keyed by :class:`UsageKey` (a copy)."""
+        return usage_rows(self._counted)
+
+    def take(self) -> Counted:
+        """What was counted since the last take, as counted: a swap, so the event loop never
+        waits for a batch to be built (:func:`usage_rows` builds it on the store's thread)."""
+        taken, self._counted = self._counted, {}
         return taken
 
-    def put_back(self, taken: Pending, max_rows: int) -> int:
+    def put_back(self, taken: Counted, max_rows: int) -> int:
         """Returns a batch the store could not write; past ``max_rows`` keys the oldest hours
         are dropped. Returns how many keys were dropped."""
-        add_into(self.pending, taken)
-        over = len(self.pending) - max_rows
-        if over <= 0:
-            return 0
-        for key in sorted(self.pending, key=lambda k: k.hour_start_s)[:over]:
-            del self.pending[key]
-        return over
+        counted = self._counted
+        for place, more in taken.items():
+            per_key = counted.get(place)
+            if per_key is None:
+                counted[place] = more
+                continue
+            for key, totals in more.items():
+                have = per_key.get(key)
+                if have is None:
+                    per_key[key] = totals
+                else:
+                    for i, value in enumerate(totals):
+                        have[i] += value
+        over = sum(len(per_key) for per_key in counted.values()) - max_rows
+        dropped = 0
+        for place in sorted(counted, key=lambda p: p[0]):
+            if dropped >= over:
+                break
+            dropped += len(counted.pop(place))
+        return dropped
+
+
+def usage_rows(counted: Counted) -> Pending:
+    """A take's counts keyed by :class:`UsageKey`, for the store."""
+    return {
+        UsageKey(hour, day, user, node_id, model, group, job): list(totals)
+        for (hour, day, node_id, group), per_key in counted.items()
+        for (user, job, model), totals in per_key.items()
+    }

@@ -4,7 +4,8 @@ host's CPU, memory and network. Pure: no I/O, the clock is injected.
 
 A new sample adds its values to the current 1-minute bucket of its node (by the hub's wall clock
 when it arrived). :meth:`HistoryAggregator.take` hands the store what was added since the last
-take, in both tiers: a 15-minute bucket is the sum of the 1-minute buckets in it. The store adds
+take, and :func:`tiers` makes both tiers of it (on the store's thread): a 15-minute bucket is
+the sum of the 1-minute buckets in it. The store adds
 each batch to the rows it holds (sums, counts and maxima), so a bucket written in several
 batches, or by a hub restarted in its middle, comes out exact and nothing is counted twice.
 """
@@ -32,6 +33,7 @@ class SeriesKey(NamedTuple):
 
 Aggregate = list[float]  # per metric: sum, count, max (NaN max: no value yet)
 Batch = dict[SeriesKey, Aggregate]
+Minutes = dict[tuple[str, int], dict[str | None, Aggregate]]  # (node, minute start) -> series -> aggregate
 _NAN = float("nan")
 
 
@@ -68,7 +70,7 @@ class HistoryAggregator:
         self._clock = clock
         # the 1-minute buckets since the last take: (node, bucket start) -> series -> aggregate
         # (series None: the host); nested so a sample builds no key per series
-        self._minutes: dict[tuple[str, int], dict[str | None, Aggregate]] = {}
+        self._minutes: Minutes = {}
 
     def subscribe(self, events: EventBus) -> None:
         events.subscribe(SampleApplied, self.sample)
@@ -107,35 +109,26 @@ class HistoryAggregator:
         """Series-minutes waiting for the store."""
         return sum(len(series) for series in self._minutes.values())
 
-    def take(self) -> Batch:
-        """What was added since the last take, in 1-minute and 15-minute buckets."""
-        minutes, self._minutes = self._minutes, {}
-        batch: Batch = {}
-        for (node_id, bucket), series in minutes.items():
-            quarter = bucket - bucket % QUARTER_S
-            for index, aggregate in series.items():
-                batch[SeriesKey(node_id, MINUTE_S, bucket, index)] = aggregate
-                key = SeriesKey(node_id, QUARTER_S, quarter, index)
-                have = batch.get(key)
+    def take(self) -> Minutes:
+        """The 1-minute buckets since the last take: a swap, so the event loop never waits for
+        a batch to be built (:func:`tiers` builds it on the store's thread)."""
+        taken, self._minutes = self._minutes, {}
+        return taken
+
+    def put_back(self, taken: Minutes, max_rows: int) -> int:
+        """Returns buckets the store could not write; past ``max_rows`` series-minutes the
+        oldest minutes are dropped. Returns how many series-minutes."""
+        for node_key, more in taken.items():
+            series = self._minutes.get(node_key)
+            if series is None:
+                self._minutes[node_key] = more
+                continue
+            for index, aggregate in more.items():
+                have = series.get(index)
                 if have is None:
-                    batch[key] = list(aggregate)
+                    series[index] = aggregate
                 else:
                     merge(have, aggregate)
-        return batch
-
-    def put_back(self, batch: Batch, max_rows: int) -> int:
-        """Returns a batch the store could not write (its 1-minute rows; the 15-minute ones are
-        made again from them); past ``max_rows`` series-minutes, the oldest minutes are dropped.
-        Returns how many series-minutes."""
-        for key, aggregate in batch.items():
-            if key.tier_s != MINUTE_S:
-                continue
-            series = self._minutes.setdefault((key.node_id, key.bucket_start_s), {})
-            have = series.get(key.gpu_index)
-            if have is None:
-                series[key.gpu_index] = list(aggregate)
-            else:
-                merge(have, aggregate)
         over = self.pending - max_rows
         dropped = 0
         for node_key in sorted(self._minutes, key=lambda k: k[1]):
@@ -143,3 +136,19 @@ class HistoryAggregator:
                 break
             dropped += len(self._minutes.pop(node_key))
         return dropped
+
+
+def tiers(minutes: Minutes) -> Batch:
+    """A take's 1-minute buckets and the 15-minute buckets they add up to, for the store."""
+    batch: Batch = {}
+    for (node_id, bucket), series in minutes.items():
+        quarter = bucket - bucket % QUARTER_S
+        for index, aggregate in series.items():
+            batch[SeriesKey(node_id, MINUTE_S, bucket, index)] = aggregate
+            key = SeriesKey(node_id, QUARTER_S, quarter, index)
+            have = batch.get(key)
+            if have is None:
+                batch[key] = list(aggregate)
+            else:
+                merge(have, aggregate)
+    return batch

@@ -26,11 +26,11 @@ from typing import TypeVar
 from hub.domain.gpus import IdleRule
 from hub.domain.nodes import Clock, Liveness, Naming
 from hub.domain.usage import MemoryLimits
-from hub.eventlog import EventLog
+from hub.eventlog import EventLog, EventRow
 from hub.registry import NodeRegistry
 from hub.store import NodeStore, StoreError, StoreSync, describe_sqlite_error
-from hub.usage.accounting import UsageAccounting
-from hub.usage.history import HistoryAggregator
+from hub.usage.accounting import Counted, UsageAccounting, usage_rows
+from hub.usage.history import HistoryAggregator, Minutes, tiers
 from hub.usage.store import MemoryBatch, StoreInfo, prune, remembered_versions, store_info, write_batch
 
 log = logging.getLogger("sers.hub")
@@ -71,15 +71,12 @@ class MemorySync:
         """Why the memory is not being written now, for the page header; ``None`` when it is."""
         return self._store.problem or self._problem
 
-    def _take(self) -> MemoryBatch:
-        return MemoryBatch(self.accounting.take(), self.history.take(), self.events.take())
-
-    def _put_back(self, batch: MemoryBatch) -> None:
+    def _put_back(self, usage: Counted, minutes: Minutes, events: list[EventRow]) -> None:
         most = int(self.limits.pending_max_rows)
         dropped = (
-            self.accounting.put_back(batch.usage, most)
-            + self.history.put_back(batch.history, most)
-            + self.events.put_back(batch.events, most)
+            self.accounting.put_back(usage, most)
+            + self.history.put_back(minutes, most)
+            + self.events.put_back(events, most)
         )
         if dropped:
             log.warning(
@@ -99,24 +96,26 @@ class MemorySync:
 
     async def flush(self) -> int:
         """Writes what was counted since the last flush; returns how many rows (0 on failure)."""
-        batch = self._take()
+        # swaps on the loop; the rows are built and written on the store's thread
+        usage, minutes, events = self.accounting.take(), self.history.take(), self.events.take()
         now_s = self._clock.wall()
         prune_now = time.monotonic() >= self._prune_at_mono
 
-        def write(store: NodeStore) -> tuple[StoreInfo, dict[str, tuple[str | None, str | None]] | None]:
+        def write(store: NodeStore) -> tuple[int, StoreInfo, dict[str, tuple[str | None, str | None]] | None]:
             versions = None if self._seeded else remembered_versions(store)
+            batch = MemoryBatch(usage_rows(usage), tiers(minutes), events)
             if batch.rows():
                 write_batch(store, batch)
             if prune_now:
                 dropped = prune(store, self.limits, now_s)
                 if dropped:
                     log.info("memory: dropped %d rows past their retention", dropped)
-            return store_info(self._path, store.connection), versions
+            return batch.rows(), store_info(self._path, store.connection), versions
 
         try:
-            self.info, versions = await self._store.on_store(write)
+            rows, self.info, versions = await self._store.on_store(write)
         except (StoreError, sqlite3.Error, OSError) as exc:
-            self._put_back(batch)
+            self._put_back(usage, minutes, events)
             if self._problem is None and self._store.problem is None:
                 reason = (
                     describe_sqlite_error(self._path, exc) if isinstance(exc, sqlite3.Error) else str(exc)
@@ -137,7 +136,7 @@ class MemorySync:
         if self._problem is not None:
             log.info("memory: writing the state file %s works again", self._path)
             self._problem = None
-        return batch.rows()
+        return rows
 
     async def run(self) -> None:
         while True:

@@ -87,10 +87,10 @@ class Lab:
 def counting(figures: Figures, nodes: int) -> None:
     """CPU per sample in registry.delta with each set of subscribers, the best of three runs."""
     sets: dict[str, tuple[str, ...]] = {
-        "without the memory": (),
-        "with usage accounting and history": ("accounting", "history"),
-        "with the event log": ("events",),
-        "with all three": ("accounting", "history", "events"),
+        "none": (),
+        "accounting_and_history": ("accounting", "history"),
+        "event_log": ("events",),
+        "all": ("accounting", "history", "events"),
     }
     best: dict[str, float] = {}
     for _ in range(3):
@@ -100,12 +100,14 @@ def counting(figures: Figures, nodes: int) -> None:
             gc.collect()
             spent, count = lab.minute()
             best[label] = min(best.get(label, math.inf), spent / count)
-    base = best.pop("without the memory")
-    figures.add("registry.delta without the memory", base * 1e6, "µs per 8-GPU sample")
+    base = best.pop("none")
+    figures.add("delta_us_without_memory", base * 1e6, "µs per 8-GPU sample in registry.delta")
     for label, cost in best.items():
-        figures.add(f"extra {label}", (cost - base) * 1e6, "µs per 8-GPU sample")
-    total_us = (best["with all three"] - base) * 1e6
-    figures.add("counting at 2,000 nodes x 1 Hz", total_us * 2000 / 1e6 * 100, "% of one core", digits=2)
+        figures.add(f"extra_us.{label}", (cost - base) * 1e6, "µs per 8-GPU sample")
+    total_us = (best["all"] - base) * 1e6
+    figures.add(
+        "counting_cpu_percent_2000_nodes", total_us * 2000 / 1e6 * 100, "% of one core at 1 Hz", digits=2
+    )
     figures.note(
         "the event log subscribes to GpuHealthChanged, for which the registry judges the health of"
         " each GPU whose patch holds a health field (alerts subscribe to it too)"
@@ -117,7 +119,7 @@ def flushing(figures: Figures, nodes: int, folder: Path) -> None:
     lab.minute()
     lab.accounting.take(), lab.history.take(), lab.events.take()  # the warm-up minute's
     store = NodeStore(str(folder / "flush.sqlite3"))
-    for label in ("a new file", "the next minute"):
+    for label in ("new_file", "next_minute"):
         lab.minute()
         started = time.perf_counter()
         usage, minutes, events = lab.accounting.take(), lab.history.take(), lab.events.take()
@@ -126,11 +128,11 @@ def flushing(figures: Figures, nodes: int, folder: Path) -> None:
         batch = MemoryBatch(usage_rows(usage), tiers(minutes), events)
         write_batch(store, batch)
         written_s, written_cpu_s = time.perf_counter() - started, time.process_time() - started_cpu
-        figures.add(f"rows per flush at {nodes:,} nodes, {label}", float(batch.rows()), "rows", digits=0)
-        figures.add(f"take the batch (on the loop), {label}", taken_s * 1e3, "ms per flush", digits=3)
-        figures.add(f"build and write the batch (store thread), {label}", written_s * 1e3, "ms per flush")
+        figures.add(f"flush_rows.{label}", float(batch.rows()), f"rows at {nodes:,} nodes", digits=0)
+        figures.add(f"flush_take_ms_on_loop.{label}", taken_s * 1e3, "ms per flush", digits=3)
+        figures.add(f"flush_write_ms_store_thread.{label}", written_s * 1e3, "ms per flush")
         figures.add(
-            f"flush CPU at {nodes:,} nodes, {label}",
+            f"flush_cpu_percent.{label}",
             (taken_s + written_cpu_s) / 60 * 100,
             "% of one core",
             digits=2,
@@ -218,10 +220,12 @@ def full_retention(figures: Figures, nodes: int, folder: Path) -> None:
     figures.note(
         f"wrote {rows:,} rows in {time.perf_counter() - started:.0f} s, {dropped:,} past retention dropped"
     )
-    figures.add(f"state file at full retention, {nodes} nodes x {GPUS} GPUs", size / 1024**2, "MiB")
-    figures.add("state file per node of 8 GPUs", size / nodes / 1024**2, "MiB", digits=2)
     figures.add(
-        f"state file, 500 nodes x {GPUS} GPUs (scaled)", size / nodes * 500 / 1024**3, "GiB", digits=2
+        f"file_mib_full_retention_{nodes}_nodes", size / 1024**2, f"MiB ({nodes} nodes x {GPUS} GPUs)"
+    )
+    figures.add("file_mib_per_node", size / nodes / 1024**2, f"MiB per node of {GPUS} GPUs", digits=2)
+    figures.add(
+        "file_gib_500_nodes", size / nodes * 500 / 1024**3, f"GiB (500 nodes x {GPUS} GPUs, scaled)", digits=2
     )
 
 

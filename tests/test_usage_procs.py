@@ -47,6 +47,16 @@ def stored(path: Path) -> tuple[float, float, float]:
     return (row[0] or 0.0, row[1] or 0.0, row[2] or 0.0)
 
 
+def history_samples(path: Path) -> int:
+    """Samples of GPU 0 in the 1-minute history."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(
+            db.execute(
+                "SELECT coalesce(sum(util_gpu_percent_n), 0) FROM history_gpu WHERE tier_s = 60"
+            ).fetchone()[0]
+        )
+
+
 def hellos_and_goodbyes(path: Path) -> list[tuple[float, str]]:
     with contextlib.closing(sqlite3.connect(path)) as db:
         return [
@@ -100,8 +110,10 @@ def test_a_hub_killed_loses_at_most_one_flush_and_counts_nothing_twice(
     first.proc.kill()  # SIGKILL: no last flush
     (hello1_at, _), *_ = hellos_and_goodbyes(path)
     counted_before = stored(path)[0]
+    samples_before = history_samples(path)
     seen_s = killed_at - hello1_at
     assert seen_s - FLUSH_S - 2 * INTERVAL_S <= counted_before <= seen_s + INTERVAL_S
+    assert (seen_s - FLUSH_S) / INTERVAL_S - 2 <= samples_before <= seen_s / INTERVAL_S + 2
 
     second = Hub(port=port, tmp=tmp_path, args=args).start()  # the agent reconnects to the same port
     assert second.proc is not None
@@ -119,3 +131,10 @@ def test_a_hub_killed_loses_at_most_one_flush_and_counts_nothing_twice(
     added = counted_after - counted_before
     assert hello2_at > killed_at
     assert stopped_at - hello2_at - 2 * INTERVAL_S <= added <= stopped_at - hello2_at + INTERVAL_S
+    # the history goes on from the same rows, and no sample is in it twice
+    samples_added = history_samples(path) - samples_before
+    assert (
+        (stopped_at - hello2_at) / INTERVAL_S - 4
+        <= samples_added
+        <= (stopped_at - hello2_at) / INTERVAL_S + 2
+    )

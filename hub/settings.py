@@ -299,7 +299,8 @@ class HubSettings:
         "kept: 1-minute history `history_1m_keep_h` (48), 15-minute history `history_15m_keep_d` (90), "
         "hourly usage `usage_hourly_keep_d` (90), daily usage `usage_daily_keep_d` (731), events "
         "`events_keep_d` (90); `pending_max_rows` (200000) rows of each kind wait in memory while the "
-        "file cannot be written",
+        "file cannot be written; past `max_file_mib` (10240; 0: none) the oldest days of 15-minute "
+        "history, then of hourly usage, are dropped",
         table=_memory,
     )
     history_s: float = setting(

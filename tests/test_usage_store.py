@@ -20,7 +20,17 @@ from hub.domain.nodes import Liveness, Naming
 from hub.domain.usage import MemoryLimits
 from hub.registry import NodeRegistry
 from hub.store import APPLICATION_ID, SCHEMA_VERSION, NodeStore, StoreSync
-from hub.usage.store import read_events, read_history, usage_report
+from hub.usage.accounting import UsageKey
+from hub.usage.history import QUARTER_S, SeriesKey
+from hub.usage.store import (
+    MemoryBatch,
+    hold_size,
+    live_bytes,
+    read_events,
+    read_history,
+    usage_report,
+    write_batch,
+)
 from hub.usage.sync import MemorySync
 from node_agent.protocol import Delta, Hello
 from tests.test_store import V1_FILE
@@ -259,3 +269,31 @@ def test_retention_drops_what_is_past_it(tmp_path: Path) -> None:
         hours = db.execute("SELECT count(*) FROM usage_hourly").fetchone()[0]
     assert minutes == [int(hub.clock.wall() - hub.clock.wall() % 60)]  # the old minute is gone
     assert quarters == 2 and hours == 2  # kept a day
+
+
+def test_past_max_file_mib_the_oldest_15_minute_history_goes_first(tmp_path: Path) -> None:
+    store = NodeStore(str(tmp_path / "state.sqlite3"))
+    day0 = T0 - T0 % 86400 - 5 * 86400
+    batch = MemoryBatch()
+    for node in ("gpu01", "gpu02", "gpu03"):
+        for quarter in range(5 * 96):  # five days of 15-minute buckets
+            start = int(day0 + quarter * QUARTER_S)
+            for gpu in (None, *(str(i) for i in range(8))):
+                batch.history[SeriesKey(node, QUARTER_S, start, gpu)] = [50.0, 1.0, 50.0] * 4
+        batch.history[SeriesKey(node, 60, int(day0), None)] = [1.0, 1.0, 1.0] * 4  # an old minute
+    batch.usage[UsageKey(day0, day0, "alice", "gpu01", "H100", "", "")] = [3600.0, 0.0, 0.0, 0.0]
+    write_batch(store, batch)
+    before = live_bytes(store.connection)
+    limit_mib = (before - 200 * 1024) / 1024**2  # about a day's worth under what it holds
+    dropped = hold_size(store, MemoryLimits(max_file_mib=limit_mib))
+    db = store.connection
+    oldest = db.execute("SELECT min(bucket_start_s) FROM history_gpu WHERE tier_s = 900").fetchone()[0]
+    assert dropped > 0 and live_bytes(db) <= limit_mib * 1024**2
+    assert oldest >= day0 + 86400  # whole days, the oldest first
+    assert db.execute("SELECT count(*) FROM history_gpu WHERE tier_s = 900").fetchone()[0] >= 3 * 9 * 96 * 2
+    assert (
+        db.execute("SELECT count(*) FROM history_host WHERE tier_s = 60").fetchone()[0] == 3
+    )  # other tiers stay
+    assert db.execute("SELECT count(*) FROM usage_daily").fetchone()[0] == 1
+    assert hold_size(store, MemoryLimits(max_file_mib=0)) == 0  # 0: no limit
+    store.close()

@@ -112,6 +112,9 @@ class MemoryLimits:
     usage_daily_keep_d: float = 731.0  # two years: this month against the same month last year
     events_keep_d: float = 90.0
     pending_max_rows: float = 200_000.0  # rows held in memory while the file cannot be written
+    # past this, the oldest days of 15-minute history go first, then of hourly usage (0: no
+    # limit but retention); 500 nodes of 8 GPUs take about 5.5 GiB at full retention
+    max_file_mib: float = 10_240.0
 
     def problems(self) -> list[str]:
         """What is wrong with these limits, in words naming the key (empty when all is fine)."""
@@ -127,6 +130,8 @@ class MemoryLimits:
         ):
             if not getattr(self, name) > 0:
                 found.append(f"{name}: must be positive")
+        if self.max_file_mib < 0:
+            found.append(f"max_file_mib: must be 0 (no limit) or more, got {self.max_file_mib:g}")
         if self.pending_max_rows < 1000:
             found.append(f"pending_max_rows: must be at least 1000, got {self.pending_max_rows:g}")
         return found

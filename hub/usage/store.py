@@ -161,6 +161,59 @@ def prune(store: NodeStore, limits: MemoryLimits, now_s: float) -> int:
     return dropped
 
 
+MAX_DAYS_CUT = 31  # per prune: a file far over its limit shrinks over a few prunes
+
+
+def live_bytes(db: sqlite3.Connection) -> int:
+    """The bytes the file's rows use (SQLite reuses the pages deleted rows free: the file
+    stops growing once its rows fit)."""
+    pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+    return int(pages * db.execute("PRAGMA page_size").fetchone()[0])
+
+
+def hold_size(store: NodeStore, limits: MemoryLimits) -> int:
+    """Drops the oldest days of 15-minute history, then of hourly usage, while the rows take
+    more than ``max_file_mib``; returns how many rows (logged by the caller)."""
+    if limits.max_file_mib <= 0:
+        return 0
+    limit_bytes = int(limits.max_file_mib * 1024**2)
+    db = store.connection
+    dropped = 0
+    for _ in range(MAX_DAYS_CUT):
+        if live_bytes(db) <= limit_bytes:
+            break
+        oldest = _oldest_quarter(db)
+        if oldest is not None:
+            for table in ("history_gpu", "history_host"):
+                for node_id in _node_ids(db, table):
+                    with store.transaction():
+                        dropped += db.execute(
+                            f"DELETE FROM {table} WHERE node_id = ? AND tier_s = ? AND bucket_start_s < ?",
+                            (node_id, QUARTER_S, oldest + DAY_S),
+                        ).rowcount
+            continue
+        hour = db.execute("SELECT min(hour_start_s) FROM usage_hourly").fetchone()[0]
+        if hour is None:
+            break  # nothing more to give: daily usage and events stay
+        with store.transaction():
+            dropped += db.execute("DELETE FROM usage_hourly WHERE hour_start_s < ?", (hour + DAY_S,)).rowcount
+    return dropped
+
+
+def _oldest_quarter(db: sqlite3.Connection) -> float | None:
+    """The oldest 15-minute bucket of any node, one index seek per node."""
+    oldest = None
+    for node_id in _node_ids(db, "history_gpu") + _node_ids(db, "history_host"):
+        for table in ("history_gpu", "history_host"):
+            found = db.execute(
+                f"SELECT min(bucket_start_s) FROM {table} WHERE node_id = ? AND tier_s = ?",
+                (node_id, QUARTER_S),
+            ).fetchone()[0]
+            if found is not None and (oldest is None or found < oldest):
+                oldest = found
+    return oldest
+
+
 def _node_ids(db: sqlite3.Connection, table: str) -> list[str]:
     """The nodes a history table holds, one index seek each (no scan of the table)."""
     found: list[str] = []

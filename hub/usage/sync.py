@@ -31,7 +31,15 @@ from hub.registry import NodeRegistry
 from hub.store import NodeStore, StoreError, StoreSync, describe_sqlite_error
 from hub.usage.accounting import Counted, UsageAccounting, usage_rows
 from hub.usage.history import HistoryAggregator, Minutes, tiers
-from hub.usage.store import MemoryBatch, StoreInfo, prune, remembered_versions, store_info, write_batch
+from hub.usage.store import (
+    MemoryBatch,
+    StoreInfo,
+    hold_size,
+    prune,
+    remembered_versions,
+    store_info,
+    write_batch,
+)
 
 log = logging.getLogger("sers.hub")
 PRUNE_EVERY_S = 600.0
@@ -110,6 +118,15 @@ class MemorySync:
                 dropped = prune(store, self.limits, now_s)
                 if dropped:
                     log.info("memory: dropped %d rows past their retention", dropped)
+                over = hold_size(store, self.limits)
+                if over:
+                    log.warning(
+                        "memory: the state file %s holds more than max_file_mib=%g: dropped %d rows of "
+                        "the oldest 15-minute history (or hourly usage) before their retention",
+                        self._path,
+                        self.limits.max_file_mib,
+                        over,
+                    )
             return batch.rows(), store_info(self._path, store.connection), versions
 
         try:

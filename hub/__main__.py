@@ -73,6 +73,9 @@ class HubServer(uvicorn.Server):
         trimmer: asyncio.Task[None] | None = getattr(self, "_trimmer", None)
         if trimmer is not None:
             trimmer.cancel()
+        memory = getattr(getattr(self.config.app, "state", None), "memory", None)
+        if memory is not None:  # the agents' connections closed next are the hub's doing
+            memory.events.hub_stopping = True
         await super().shutdown(sockets=sockets)
 
 

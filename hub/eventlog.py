@@ -23,6 +23,7 @@ from hub.domain.events import (
     IdleHeldChanged,
     NodeConnected,
     NodeRemoved,
+    StatusCause,
     StatusChanged,
 )
 from hub.domain.gpus import UNKNOWN_USER
@@ -31,6 +32,7 @@ from node_agent.protocol import MAX_STRING_CHARS
 
 MAX_SUMMARY_CHARS = 300
 MAX_USERS_NAMED = 5
+HUB_STOPPING = "hub stopping"  # the cause of the offline transitions the hub's own shutdown makes
 
 
 class EventRow(NamedTuple):
@@ -60,6 +62,8 @@ class EventLog:
         self._clock = clock
         self._versions: dict[str, tuple[str | None, str | None]] = {}  # node -> (agent, driver)
         self.pending: list[EventRow] = []
+        # set when this hub shuts down: the agents' connections it closes are not their goodbyes
+        self.hub_stopping = False
 
     def subscribe(self, events: EventBus) -> None:
         events.subscribe(StatusChanged, self.status_changed)
@@ -78,14 +82,17 @@ class EventLog:
 
     # ------------------------------------------------------------------ events
     def status_changed(self, event: StatusChanged) -> None:
+        cause = event.cause.value
+        if self.hub_stopping and event.cause is StatusCause.GOODBYE:
+            cause = HUB_STOPPING
         self._add(
             event.node_id,
             "status",
             None,
-            f"{event.old.value} → {event.new.value} ({event.cause.value})",
+            f"{event.old.value} → {event.new.value} ({cause})",
             old=event.old.value,
             new=event.new.value,
-            cause=event.cause.value,
+            cause=cause,
             last_seen_epoch_s=event.last_seen_wall_s,
         )
 

@@ -125,6 +125,7 @@ def test_a_hub_killed_loses_at_most_one_flush_and_counts_nothing_twice(
     stopped_at = time.time()
     events = hellos_and_goodbyes(path)
     hello2_at = [at for at, summary in events if summary.endswith("(hello)")][-1]
+    assert events[-1][1] == "live → offline (hub stopping)"  # not the agent's goodbye
     counted_after = stored(path)[0]
     # the second hub counts from the agent's hello to it (one interval before, for the first
     # sample) until it stopped; never the time the first hub had counted

@@ -297,3 +297,24 @@ def test_past_max_file_mib_the_oldest_15_minute_history_goes_first(tmp_path: Pat
     assert db.execute("SELECT count(*) FROM usage_daily").fetchone()[0] == 1
     assert hold_size(store, MemoryLimits(max_file_mib=0)) == 0  # 0: no limit
     store.close()
+
+
+def test_a_gap_in_the_samples_is_logged_not_counted(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    hub = Hub(path)
+
+    async def scenario() -> None:
+        await hub.store.open()
+        hub.connect()
+        hub.sample(0.0, alice(80.0))
+        hub.sample(1.0, alice(80.0))
+        hub.sample(30.0, alice(80.0))  # late after 3 s: 27 s not counted
+        await hub.memory.flush()
+        await hub.store.close()
+
+    asyncio.run(scenario())
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (row,) = usage_report(db, T0 - 3600, T0 + 3600, "user", 0.0).rows
+        (gap,) = read_events(db, kinds=("sample_gap",))
+    assert row.gpu_seconds == pytest.approx(1.0 + 1.0 + 3.0)
+    assert gap.node_id == "gpu01" and "no samples for 27 s" in gap.summary

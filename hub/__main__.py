@@ -75,7 +75,7 @@ class HubServer(uvicorn.Server):
             trimmer.cancel()
         memory = getattr(getattr(self.config.app, "state", None), "memory", None)
         if memory is not None:  # the agents' connections closed next are the hub's doing
-            memory.events.hub_stopping = True
+            memory.hub_stopping()
         await super().shutdown(sockets=sockets)
 
 

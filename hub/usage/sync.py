@@ -160,6 +160,11 @@ class MemorySync:
             await asyncio.sleep(self.limits.flush_every_s)
             await self.flush()
 
+    def hub_stopping(self) -> None:
+        """The hub shuts down: the offline transitions of the connections it closes now are
+        logged as "hub stopping", not as the agents' goodbyes."""
+        self.events.hub_stopping = True
+
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs a query on the store's thread; raises :class:`StoreError` while no file is open."""
         return await self._store.on_store(lambda store: fn(store.connection))

@@ -3,7 +3,8 @@
     python -m bench.hub_load [--nodes 2000[,3000,5000]] [--rate 1] [--viewers 50] [--tiny]
                              [--alerts [FILE]]
 
-For each node count: start ``python -m hub --port P --state-db none``; connect the agents
+For each node count: start ``python -m hub --port P --state-db none`` (``--state-db FILE``: with the
+hub's memory on: usage accounting, history, the event log); connect the agents
 (:mod:`bench.load_agents`, real protocol, in ``--agent-procs`` processes) and then the viewers
 (:mod:`bench.load_viewers`, real ``/ws/view`` WebSockets offering permessage-deflate like a
 browser); let it run ``--warmup`` s; then hold a quiet gap (heartbeats only), let deltas flow for
@@ -114,7 +115,7 @@ async def run_phase(
             "--port",
             str(port),
             "--state-db",
-            "none",
+            args.state_db,
             "--log-level",
             "WARNING",
             *(["--config", str(alerts_config)] if alerts_config else []),
@@ -429,6 +430,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub into DIR")
     parser.add_argument("--tiny", action="store_true", help="5 agents, 2 viewers, 3 s (seconds in all)")
+    parser.add_argument(
+        "--state-db",
+        default="none",
+        metavar="FILE",
+        help="the hub's state file: with one, usage accounting, history and the event log run (default: none)",
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         args.nodes, args.viewers, args.probes = [5], 2, 1

@@ -20,6 +20,7 @@ from markupsafe import Markup
 from frontend.element_ids import element_id
 from frontend.fragments import gpu_html, host_html, spark_html, visible
 from frontend.people import PeopleView
+from frontend.usage_views import EventLine, StoredChart
 from frontend.viewmodels import DetailView, GpuView, HeadView, HostView, SparkView, SummaryView
 
 
@@ -65,6 +66,9 @@ class Renderer:
         self._node_page = env.get_template("node.html")
         self._people = _fast(env.get_template("_people.html"))
         self._users_page = env.get_template("users.html")
+        self._usage_page = env.get_template("usage.html")
+        self._events_page = env.get_template("events.html")
+        self._stored = env.get_template("_stored.html")
 
     # the per-second fragments, called without a wrapper's frame (thousands per second)
     host: Callable[[HostView], str] = staticmethod(host_html)
@@ -107,6 +111,8 @@ class Renderer:
         filter_text: str = "",
         unfiltered_query: str = "",
         people_html: str = "",
+        memory_line: str = "",
+        memory_problem: str = "",
     ) -> str:
         """The wall. ``filter_text`` (the URL's filter in words) and ``unfiltered_query`` (the
         URL's other options) are for the line shown while no card matches."""
@@ -124,6 +130,8 @@ class Renderer:
             filter_text=filter_text,
             unfiltered_query=unfiltered_query,
             people_html=Markup(people_html),
+            memory_line=memory_line,
+            memory_problem=memory_problem,
         )
 
     def people(self, view: PeopleView) -> str:
@@ -158,7 +166,10 @@ class Renderer:
         now_epoch_s: float,
         theme: str = "dark",
         back_query: str = "",
+        stored_html: str = "",
     ) -> str:
+        """``stored_html``: the stored history and recent events (:meth:`stored`), outside the
+        part the page refreshes every few seconds."""
         return self._node_page.render(
             d=detail,
             now_epoch_s=round(now_epoch_s, 1),
@@ -166,4 +177,24 @@ class Renderer:
             theme=theme,
             back_query=back_query,
             chart=lambda view: Markup(spark_html(view)),
+            stored_html=Markup(stored_html),
         )
+
+    def stored(
+        self, node_id: str, charts: Sequence[StoredChart], events: Sequence[EventLine], problem: str
+    ) -> str:
+        return self._stored.render(
+            node_id=node_id,
+            charts=charts,
+            events=events,
+            problem=problem,
+            chart=lambda view: Markup(spark_html(view)),
+        )
+
+    def usage_page(self, **context: Any) -> str:
+        """``/usage``: ``v`` (a :class:`~frontend.usage_views.UsageView`) and the form's values."""
+        return self._usage_page.render(**context)
+
+    def events_page(self, **context: Any) -> str:
+        """``/events``: ``events`` (:class:`~frontend.usage_views.EventLine`) and the filter's values."""
+        return self._events_page.render(**context)

@@ -2,7 +2,8 @@
 
 ``sers-hub forget NODE [--state-db FILE]`` removes a remembered node from the state file (with
 the hub stopped; on a running hub use ``DELETE /api/v1/nodes/NODE``). ``sers-hub alerts test
---config hub.toml`` sends a test message to every alert channel and says which got it.
+--config hub.toml`` sends a test message to every alert channel and says which got it. ``sers-hub usage
+--state-db FILE --from ... --to ... --by user`` prints GPU-hours from the file (read-only).
 
 On SIGTERM or SIGINT uvicorn closes every WebSocket with 1012 (service restart) and the hub
 exits within ``timeout_graceful_shutdown`` seconds, writing the state file once more. After
@@ -31,6 +32,7 @@ from hub.header_timeout import header_timeout_protocol
 from hub.memory import release_free_memory_forever, tune_gc, tune_malloc
 from hub.settings import HubSettings, SettingsError, default_state_db, load_settings
 from hub.store import StoreError, forget_offline
+from hub.usage.cli import usage_cli
 from node_agent.given import env_value
 from node_agent.protocol import MAX_MESSAGE_BYTES
 
@@ -72,6 +74,9 @@ class HubServer(uvicorn.Server):
         trimmer: asyncio.Task[None] | None = getattr(self, "_trimmer", None)
         if trimmer is not None:
             trimmer.cancel()
+        memory = getattr(getattr(self.config.app, "state", None), "memory", None)
+        if memory is not None:  # the agents' connections closed next are the hub's doing
+            memory.hub_stopping()
         await super().shutdown(sockets=sockets)
 
 
@@ -182,6 +187,8 @@ def _main(args: list[str]) -> int:
         from hub.alerts.cli import alerts_command  # only this subcommand needs Apprise loaded
 
         return alerts_command(args[1:])
+    if args[:1] == ["usage"]:
+        return usage_cli(args[1:])
     try:
         settings = load_settings(args)
     except SettingsError as exc:

@@ -39,6 +39,9 @@ from hub.security import FailureLog, OriginPolicy, ProxyTrust, SecurityHeaders, 
 from hub.settings import HubSettings
 from hub.state import HubState
 from hub.store import StoreSync, forget_node
+from hub.usage.api import api_events, api_usage
+from hub.usage.pages import events_page, usage_page
+from hub.usage.sync import MemorySync
 from hub.view_ws import view_endpoint
 
 
@@ -76,6 +79,19 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
         if settings.state_db
         else None
     )
+    memory = None
+    if store is not None and settings.state_db:
+        # usage, history and the event log, in the same file and on the same thread
+        memory = MemorySync(
+            store,
+            settings.state_db,
+            state.registry,
+            clock,
+            settings.memory,
+            settings.idle_holders,
+            settings.liveness,
+            settings.names,
+        )
     failures = FailureLog()
 
     @contextlib.asynccontextmanager
@@ -84,6 +100,8 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
             await store.open()  # remembered nodes come back as offline
         if alerts is not None:
             await alerts.start(store)  # alerts firing before a restart are not sent again
+        if memory is not None:
+            await memory.open()
         tasks = [
             asyncio.create_task(run_sweeps(state.registry)),
             asyncio.create_task(state.fanout.run()),
@@ -93,6 +111,8 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
             tasks.append(asyncio.create_task(store.run()))
         if alerts is not None:
             tasks.append(asyncio.create_task(alerts.run()))
+        if memory is not None:
+            tasks.append(asyncio.create_task(memory.run()))
         try:
             yield
         finally:
@@ -100,6 +120,8 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
                 await stop_task(task)
             if alerts is not None:
                 await alerts.close()
+            if memory is not None:
+                await memory.flush()  # what was counted since the last flush
             if store is not None:
                 await store.close()  # last seen of every node, written once more
 
@@ -107,10 +129,14 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
         routes=[
             Route("/", page),
             Route("/node/{node_id}", node_page),
+            Route("/usage", usage_page),
+            Route("/events", events_page),
             Route("/api/v1/nodes", api_nodes),
             Route("/api/v1/users", api_users),
             Route("/users", users_page),
             Route("/api/v1/nodes/{node_id}", forget_node, methods=["DELETE"]),
+            Route("/api/v1/usage", api_usage),
+            Route("/api/v1/events", api_events),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             *alert_routes(),
@@ -124,6 +150,7 @@ def create_app(settings: HubSettings | None = None, clock: Clock | None = None) 
     app.state.hub = state
     app.state.store = store
     app.state.alerts = alerts
+    app.state.memory = memory
     app.state.failures = failures
     app.state.origins = OriginPolicy(settings.allowed_origins)
     return app

@@ -20,6 +20,7 @@ from hub.domain.nodes import Node
 from hub.domain.people import PeopleSort
 from hub.scene import ViewFilter
 from hub.state import HubState
+from hub.usage.embed import header_memory, stored_html
 
 FILTER_KEYS = ("group", "node", "gpus")
 SORTS = ("name", "status", "free")
@@ -87,6 +88,7 @@ async def page(request: Request) -> Response:
     view_filter = view_filter_from(params)
     query = request.url.query
     scene = hub.scene
+    memory_line, memory_problem = header_memory(request)
     html = hub.renderer.page(
         root_path=root,
         ws_path=f"{root}/ws/view" + (f"?{query}" if query else ""),
@@ -100,6 +102,8 @@ async def page(request: Request) -> Response:
         filter_text=filter_text(view_filter),
         unfiltered_query=urlencode([(k, v) for k, v in params.multi_items() if k not in FILTER_KEYS]),
         people_html=scene.people(scene.people_view(view_filter)),
+        memory_line=memory_line,
+        memory_problem=memory_problem,
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
@@ -117,6 +121,7 @@ async def node_page(request: Request) -> Response:
         now_epoch_s=hub.scene.now(),
         theme=theme_from(request.query_params),
         back_query=f"?{query}" if query else "",
+        stored_html=await stored_html(request, node),
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from hub.alerts.config import AlertConfig, ConfigError, parse_alerts
 from hub.domain.gpus import GpuFreeRule, IdleRule
 from hub.domain.nodes import Liveness, Naming
+from hub.domain.usage import MemoryLimits
 from node_agent import __version__
 from node_agent.given import env_value, given, read_token_file
 from node_agent.protocol import MAX_STRING_CHARS
@@ -172,6 +173,13 @@ def _alerts(raw: Any, key: str) -> AlertConfig:
         raise SettingsError(str(exc)) from None
 
 
+def _memory(raw: Any, key: str) -> MemoryLimits:
+    result: MemoryLimits = _dataclass_from(MemoryLimits, raw, key)
+    for problem in result.problems():
+        raise SettingsError(f"{key}.{problem}")
+    return result
+
+
 # --------------------------------------------------------------------------- the state file
 STATE_FILE_NAME = "hub.sqlite3"
 NO_STATE_DB = "none"  # the state_db value for "remember nothing"
@@ -309,6 +317,17 @@ class HubSettings:
         default_text="`$STATE_DIRECTORY/hub.sqlite3` under systemd's `StateDirectory=`, else "
         "`${XDG_STATE_HOME:-~/.local/state}/sers-monitor/hub.sqlite3`",
         default_from_env=default_state_db,
+    )
+    memory: MemoryLimits = setting(  # noqa: RUF009 - setting() is a dataclasses.field()
+        MemoryLimits,
+        "table",
+        "the hub's memory in the state file: written every `flush_every_s` (60, at most 60); "
+        "kept: 1-minute history `history_1m_keep_h` (48), 15-minute history `history_15m_keep_d` (90), "
+        "hourly usage `usage_hourly_keep_d` (90), daily usage `usage_daily_keep_d` (731), events "
+        "`events_keep_d` (90); `pending_max_rows` (200000) rows of each kind wait in memory while the "
+        "file cannot be written; past `max_file_mib` (10240; 0: none) the oldest days of 15-minute "
+        "history, then of hourly usage, are dropped",
+        table=_memory,
     )
     history_s: float = setting(
         900.0, "float", "seconds of history kept per node for the node page", metavar="SECONDS"

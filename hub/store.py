@@ -46,6 +46,7 @@ from hub.domain.nodes import Naming, Node, NodeStatus
 from hub.registry import NodeRegistry
 from hub.security import admin_denial
 from hub.state import HubState
+from hub.usage.schema import MIGRATIONS
 from node_agent.protocol import (
     MAX_STATE_BYTES,
     MAX_STRING_CHARS,
@@ -61,7 +62,7 @@ from node_agent.protocol import (
 log = logging.getLogger("sers.hub")
 
 APPLICATION_ID = 0x53455253  # "SERS": ``PRAGMA application_id`` of every file this hub writes
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the memory's tables (hub/usage/schema.py)
 SYNC_EVERY_S = 1.0
 REFRESH_EVERY_S = 30.0
 REOPEN_EVERY_S = 10.0
@@ -280,8 +281,11 @@ class NodeStore:
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         if app_id != APPLICATION_ID or version != SCHEMA_VERSION:
-            with self._transaction():
+            with self._transaction():  # a migration happens whole or not at all
                 db.execute(_SCHEMA)
+                for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[target]:
+                        db.execute(statement)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
@@ -341,6 +345,16 @@ class NodeStore:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For the memory's tables (:mod:`hub.usage.store`): use it on the store's thread only."""
+        return self._db
+
+    def transaction(self) -> _Transaction:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on an exception)."""
+        self._check_same_file()
+        return self._transaction()
 
     def _check_same_file(self) -> None:
         """SQLite would go on writing a deleted file (its open descriptor): catch that."""
@@ -476,6 +490,20 @@ class StoreSync:
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def on_store(self, fn: Callable[[NodeStore], T]) -> T:
+        """Runs ``fn(store)`` on the store's thread; raises :class:`StoreError` (saying why)
+        while no file is open. ``fn``'s own exceptions come through unchanged."""
+        store = self._store
+        if store is None:
+            raise StoreError(self._open_problem or f"the state file {self._path} is not open")
+        result: T = await self._call(fn, store)
+        return result
+
+    @property
+    def problem(self) -> str | None:
+        """Why the file cannot be opened or written now, as logged; ``None`` when it works."""
+        return self._open_problem or self._write_problem
 
     async def open(self) -> int:
         """Opens the file and puts every remembered node that the registry lacks in it as
@@ -650,15 +678,6 @@ class StoreSync:
             log.error("cannot remove node %s from the state file: %s", node_id, exc)
             return False
         return forgotten
-
-    async def on_store(self, fn: Callable[[sqlite3.Connection], T]) -> T | None:
-        """Runs ``fn`` with the file's connection on the store's thread, for a feature that
-        keeps its own table in the file (alerts); ``None`` while the file is not open."""
-        store = self._store
-        if store is None:
-            return None
-        result: T = await self._call(fn, store._db)
-        return result
 
     async def close(self) -> None:
         try:

@@ -86,6 +86,8 @@ def test_kill_one_agent_one_firing_then_one_resolved_on_every_channel(
             "mail": mail.url("ops@lab.example"),
         },
     )
+    with config.open("a") as toml:
+        toml.write("[memory]\nflush_every_s = 1\n")  # the event log written within a second
     hub = start_hub(tmp_path, procs, config)
     gpu01 = agent(hub, procs, "gpu01")
     agent(hub, procs, "gpu02")
@@ -117,6 +119,15 @@ def test_kill_one_agent_one_firing_then_one_resolved_on_every_channel(
     alerts = hub.get("/api/v1/alerts")
     assert alerts["firing"] == [] and [a["subject"] for a in alerts["resolved"]] == ["gpu01"]
     assert {c["name"]: c["delivered"] for c in alerts["channels"]} == {"hook": 2, "chat": 2, "mail": 2}
+    # and the event log keeps each message sent, under the node it was about
+    wait_until(lambda: len(hub.get("/api/v1/events?kind=alert")["events"]) == 6, 10, what="alert events")
+    logged = hub.get("/api/v1/events?kind=alert")["events"]
+    assert {e["node"] for e in logged} == {"gpu01"}
+    assert sorted(e["summary"] for e in logged) == sorted(
+        f"alert 'node down' {status} → {channel}: sent"
+        for status in ("firing", "resolved")
+        for channel in ("hook", "chat", "mail")
+    )
 
 
 def test_many_agents_killed_at_once_make_one_grouped_message(
@@ -177,6 +188,8 @@ def test_a_refusing_and_a_hanging_channel_cost_the_hub_and_other_channels_nothin
             "good": f"{base}/good",
         },
     )
+    with config.open("a") as toml:
+        toml.write("[memory]\nflush_every_s = 1\n")  # the event log written within a second
     hub = start_hub(tmp_path, procs, config)
     gpu01 = agent(hub, procs, "gpu01")
     agent(hub, procs, "gpu02")

@@ -37,6 +37,9 @@ from hub.store import (
 from node_agent.protocol import MAX_GPUS, MAX_OBJECT_LIST, MAX_STATE_BYTES, MAX_STRING_CHARS, Delta, Hello
 
 # --------------------------------------------------------------------------- helpers
+# a state file of schema version 1 (nodes gpu01 and gpu02), written by the release before the
+# hub's memory (hub/store.py at 64021bb), for the tests of files written by an older hub
+V1_FILE = Path(__file__).parent / "data" / "state-v1.sqlite3"
 
 
 def hello(node: str) -> Hello:
@@ -221,13 +224,14 @@ def test_an_empty_file_and_a_file_from_before_the_mark_are_taken(tmp_path: Path)
     empty = tmp_path / "empty.sqlite3"
     empty.touch()
     NodeStore(str(empty)).close()
-    unmarked = hub_file(tmp_path / "unmarked.sqlite3", "n1")
+    unmarked = tmp_path / "unmarked.sqlite3"
+    unmarked.write_bytes(V1_FILE.read_bytes())  # schema 1, as the release before the memory wrote it
     with contextlib.closing(sqlite3.connect(unmarked)) as db:
         db.execute("PRAGMA application_id = 0")  # as sers-hub wrote it before it set the mark
     store = NodeStore(str(unmarked))
     nodes, skipped = store.load()
     store.close()
-    assert [n.node_id for n in nodes] == ["n1"] and skipped == []
+    assert [n.node_id for n in nodes] == ["gpu01", "gpu02"] and skipped == []
     for path in (empty, unmarked):
         with contextlib.closing(sqlite3.connect(path)) as db:
             assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID

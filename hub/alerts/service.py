@@ -21,7 +21,7 @@ from hub.alerts.engine import AlertEngine, Message
 from hub.domain.events import AlertNotified, EventBus
 from hub.domain.gpus import GpuFreeRule
 from hub.domain.nodes import Clock, Naming
-from hub.store import StoreSync
+from hub.store import StoreError, StoreSync
 
 log = logging.getLogger("sers.hub")
 
@@ -68,11 +68,12 @@ class AlertService:
         if store is None:
             return
         try:
-            loaded = await store.on_store(persist.load)
+            rows, silences = await store.on_store(lambda opened: persist.load(opened.connection))
+        except StoreError:  # no file open: the store logged why, and nothing was remembered
+            return
         except sqlite3.Error as exc:
             log.error("alerts: cannot read the firing alerts from the state file: %s", exc)
             return
-        rows, silences = loaded or ([], [])
         for silence in silences:
             self.engine.restore_silence(silence)
         self._saved_silences = self.engine.silences_version
@@ -134,7 +135,11 @@ class AlertService:
         self.engine.changed = {}
         changes = [persist.change_of(key, alert) for key, alert in changed.items()]
         try:
-            done = await self._store.on_store(lambda db: persist.save(db, changes, silences))
+            done = await self._store.on_store(
+                lambda opened: persist.save(opened.connection, changes, silences)
+            )
+        except StoreError:  # no file open (the store logged why): kept for the next try
+            done = None
         except sqlite3.Error as exc:
             done = None
             if self._save_problem is None:
@@ -157,6 +162,7 @@ class AlertService:
             message.rule.name,
             message.status.value,
             tuple(line.subject.key for line in message.lines),
+            tuple(dict.fromkeys(line.subject.node for line in message.lines if line.subject.node)),
             channel,
             delivered,
             reason,

@@ -141,6 +141,7 @@ class AlertNotified(NamedTuple):
     rule: str
     status: str  # firing or resolved
     subjects: tuple[str, ...]
+    nodes: tuple[str, ...]  # the nodes the subjects are about, each once (none: lab-wide, gpus_free)
     channel: str
     delivered: bool
     reason: str | None

@@ -382,9 +382,8 @@ def _counts(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hub_load", description=__doc__.split("\n")[0])
-    parser.add_argument("--nodes", type=_counts, default=[2000], help="node counts, e.g. 2000,3000,5000")
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the hub's run (agents, viewers, windows), shared with the peer benchmarks."""
     parser.add_argument("--rate", type=float, default=1.0, help="deltas per second per agent")
     parser.add_argument("--viewers", type=int, default=50)
     parser.add_argument("--probes", type=int, default=4, help="viewers that measure latency")
@@ -394,19 +393,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=2.0, help="quiet seconds around the window")
     parser.add_argument("--busy-fraction", type=float, default=0.6, help="share of GPUs that are busy")
     parser.add_argument("--agent-procs", type=int, default=0, help="agent processes (0: one per 2,500)")
-    parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare-server run")
     parser.add_argument(
         "--hub-path",
         action="append",
         metavar="DIR",
         help="put DIR first on the hub's PYTHONPATH (try a changed copy of the hub), repeatable",
     )
+
+
+def make_tiny(args: argparse.Namespace) -> None:
+    """``--tiny``: 5 agents, 2 viewers, 3 s windows (seconds in all)."""
+    args.nodes, args.viewers, args.probes = [5], 2, 1
+    args.duration, args.warmup, args.drain, args.gap = 3.0, 1.0, 1.0, 1.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.hub_load", description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=_counts, default=[2000], help="node counts, e.g. 2000,3000,5000")
+    add_load_arguments(parser)
+    parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare-server run")
     parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub into DIR")
     parser.add_argument("--tiny", action="store_true", help="5 agents, 2 viewers, 3 s (seconds in all)")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.nodes, args.viewers, args.probes = [5], 2, 1
-        args.duration, args.warmup, args.drain, args.gap = 3.0, 1.0, 1.0, 1.0
+        make_tiny(args)
     return asyncio.run(main_async(args))
 
 

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,18 @@ def test_browser_load_runs_when_present() -> None:
     if not (REPO / "bench" / "browser_load.py").exists():
         pytest.skip("bench/browser_load.py is not written yet")
     run_bench("browser_load", 110)
+
+
+@pytest.mark.timeout(180)
+def test_peer_prometheus_scrapes_every_node_then_runs_the_hub() -> None:
+    if not (shutil.which("prometheus") and (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())):
+        pytest.skip("needs Debian's prometheus and nginx (.ci/run installs them)")
+    figures = run_bench("peer_prometheus", 150)
+    assert number(figures["n5.prometheus_targets_up"]) == 5, "Prometheus scraped every simulated node"
+    # about 200 series a node (a 64-core host, 8 GPUs and their processes) plus up and scrape_*
+    assert 5 * 150 < number(figures["n5.prometheus_head_series"]) < 5 * 300, figures
+    assert number(figures["n5.prometheus_samples_per_s"]) > 0
+    assert 0 < number(figures["n5.prometheus_rss_end"]) < 4096
+    assert number(figures["n5.delivered_min"]) == 100.0, "the hub's run beside it delivered everything"
+    for name in ("n5.hub_vs_prometheus_cpu", "n5.hub_vs_prometheus_rss"):
+        assert name in figures, figures

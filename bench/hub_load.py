@@ -1,6 +1,6 @@
 """Hub load: N simulated agents at R Hz and B viewers against a real ``sers-hub`` process.
 
-    python -m bench.hub_load [--nodes 2000[,3000,5000]] [--rate 1] [--viewers 50] [--tiny]
+    python -m bench.hub_load [--nodes 2000[,3000,5000]] [--rate 1] [--viewers 50] [--shown 24] [--tiny]
 
 For each node count: start ``python -m hub --port P --state-db none``; connect the agents
 (:mod:`bench.load_agents`, real protocol, in ``--agent-procs`` processes) and then the viewers
@@ -11,7 +11,10 @@ browser); let it run ``--warmup`` s; then hold a quiet gap (heartbeats only), le
 Prints, per node count: updates delivered / expected (host parts and GPU rows, every viewer),
 latency from the agent's sample to a viewer's receipt (p50/p99/max, read back from the pushed
 HTML, see :mod:`bench.simnode`), hub CPU (% of one core) and RSS, bytes/s per viewer, and the
-load generator's own CPU. Then the same agents and viewers run against a bare ``websockets``
+load generator's own CPU. With ``--shown K`` every viewer tells the hub it shows K cards (a
+different K for each, :mod:`bench.load_viewers`), as the page does, and is expected to receive
+exactly those nodes' updates: bytes/s per viewer then has a target (≤ 60 KB/s for 24 of 2,000
+nodes). Then the same agents and viewers run against a bare ``websockets``
 broadcast server sending payloads of the same sizes on the same 10 Hz tick
 (:mod:`bench.bare_broadcast`), and the hub's CPU per delivered update is printed as a ratio to
 the bare server's CPU for the same bytes.
@@ -70,7 +73,16 @@ def _sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("sent", "deltas_in_window", "host_expected", "gpu_expected", "skipped_ticks", "closed"):
         total[key] = sum(r[key] for r in reports)
     total["send_lag_p99_ms"] = max((r["send_lag_ms"]["p99"] or 0.0) for r in reports)
+    total["per_node"] = [entry for r in reports for entry in r["per_node"]]  # agents start at n00000
     return total
+
+
+def expected_updates(agents: dict[str, Any], viewer: dict[str, Any]) -> int:
+    """Host parts and GPU rows a viewer should receive: every node's, or those it shows."""
+    if viewer.get("shown") is None:
+        return int(agents["host_expected"] + agents["gpu_expected"])
+    per_node = agents["per_node"]
+    return sum(per_node[i][0] * (1 + per_node[i][1]) for i in viewer["shown"] if i < len(per_node))
 
 
 async def _sleep_until(epoch_s: float) -> None:
@@ -140,6 +152,10 @@ async def run_phase(
                 str(min(args.probes, args.viewers)),
                 "--origin",
                 base,
+                "--shown",
+                str(args.shown),
+                "--nodes",
+                str(nodes),
             ],
             log_dir,
         )
@@ -263,15 +279,17 @@ def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -
     tag = f"n{nodes}"
     a, v = hub.agents, hub.viewers
     viewers = v["viewers"]
-    expected = a["host_expected"] + a["gpu_expected"]
     delivered = [t["host"] + t["gpu"] for t in viewers]
-    ratios = [d / expected if expected else 0.0 for d in delivered]
+    expected = [expected_updates(a, t) for t in viewers]
+    ratios = [d / e if e else 0.0 for d, e in zip(delivered, expected, strict=True)]
     closed = sum(1 for t in viewers if t["closed"])
     cards = sum(t["cards"] for t in viewers)
     fig.note(
         f"{nodes} agents at {args.rate:g} Hz, {args.viewers} viewers, {args.duration:g} s window: "
         f"{a['deltas_in_window']} deltas ({a['host_expected']} host parts + {a['gpu_expected']} GPU rows "
-        f"expected per viewer); agents connected in {max(hub.connected['agent_connect_s']):.1f} s; "
+        f"expected per viewer showing every node); "
+        + (f"each viewer shows {args.shown} nodes; " if args.shown else "")
+        + f"agents connected in {max(hub.connected['agent_connect_s']):.1f} s; "
         f"negotiated extensions: {hub.connected['extensions']}"
     )
     late = hub.connected.get("late_viewer")
@@ -304,7 +322,16 @@ def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -
     fig.add(f"{tag}.hub_rss_max", rss, "MiB", target="≤ 200 MiB", ok=rss <= 200)
     if viewers:
         bytes_per_s = statistics.fmean(t["bytes_in_measure"] for t in viewers) / hub.duration_s
-        fig.add(f"{tag}.bytes_per_s_per_viewer", bytes_per_s / 1024, "KiB/s", digits=0)
+        if args.shown:
+            fig.add(
+                f"{tag}.bytes_per_s_per_viewer",
+                bytes_per_s / 1000,
+                f"KB/s (showing {args.shown} of {nodes} nodes)",
+                target="≤ 60 KB/s",
+                ok=bytes_per_s <= 60_000,
+            )
+        else:
+            fig.add(f"{tag}.bytes_per_s_per_viewer", bytes_per_s / 1024, "KiB/s", digits=0)
     fig.add(f"{tag}.loadgen_agents_cpu", 100 * hub.agents_cpu_s / hub.duration_s, "% of one core")
     fig.add(f"{tag}.loadgen_viewers_cpu", 100 * hub.viewers_cpu_s / hub.duration_s, "% of one core")
     fig.add(f"{tag}.agent_send_lag_p99", a["send_lag_p99_ms"], "ms", digits=0)
@@ -393,6 +420,12 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gap", type=float, default=2.0, help="quiet seconds around the window")
     parser.add_argument("--busy-fraction", type=float, default=0.6, help="share of GPUs that are busy")
     parser.add_argument("--agent-procs", type=int, default=0, help="agent processes (0: one per 2,500)")
+    parser.add_argument(
+        "--shown",
+        type=int,
+        default=0,
+        help="cards each viewer tells the hub it shows (0: it shows every node)",
+    )
     parser.add_argument(
         "--hub-path",
         action="append",

@@ -76,6 +76,16 @@ def test_hub_load_delivers_every_update_and_compares_with_bare_websockets() -> N
     assert 0 < number(figures["n5.hub_rss_max"]) < 4096
 
 
+@pytest.mark.timeout(120)
+def test_hub_load_with_viewers_that_show_some_nodes_delivers_exactly_theirs() -> None:
+    figures = run_bench("hub_load", 100, "--shown", "2", "--no-bare")
+    # each viewer told the hub it shows 2 of the 5 nodes: it got all of their updates and no other
+    # node's (more would read as over 100%)
+    assert number(figures["n5.delivered_min"]) == 100.0, figures
+    assert number(figures["n5.delivered_mean"]) == 100.0, figures
+    assert "showing 2 of 5 nodes" in figures["n5.bytes_per_s_per_viewer"], figures
+
+
 def test_agent_cost_measures_a_real_agent_and_the_installed_peers() -> None:
     figures = run_bench("agent_cost", 90)
     assert "agent_cpu_per_sample" in figures, figures

@@ -99,7 +99,10 @@ def test_agent_cost_measures_a_real_agent_and_the_installed_peers() -> None:
 def test_browser_load_runs_when_present() -> None:
     if not (REPO / "bench" / "browser_load.py").exists():
         pytest.skip("bench/browser_load.py is not written yet")
-    run_bench("browser_load", 110)
+    figures = run_bench("browser_load", 110)
+    # counted in the page itself: what the hub sent the cards it shows (all 5 fit the screen)
+    assert number(figures["bytes_per_s_per_browser"]) > 0, figures
+    assert "bytes_per_s_showing_every_node" in figures, figures
 
 
 @pytest.mark.timeout(180)

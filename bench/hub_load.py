@@ -14,7 +14,8 @@ HTML, see :mod:`bench.simnode`), hub CPU (% of one core) and RSS, bytes/s per vi
 load generator's own CPU. With ``--shown K`` every viewer tells the hub it shows K cards (a
 different K for each, :mod:`bench.load_viewers`), as the page does, and is expected to receive
 exactly those nodes' updates: bytes/s per viewer then has a target (≤ 60 KB/s for 24 of 2,000
-nodes). Then the same agents and viewers run against a bare ``websockets``
+nodes). ``--against DIR`` runs the same load on the hub of another tree right after (its viewers
+showing every node) and prints the CPU ratio. Then the same agents and viewers run against a bare ``websockets``
 broadcast server sending payloads of the same sizes on the same 10 Hz tick
 (:mod:`bench.bare_broadcast`), and the hub's CPU per delivered update is printed as a ratio to
 the bare server's CPU for the same bytes.
@@ -387,12 +388,47 @@ async def main_async(args: argparse.Namespace) -> int:
         delivered, bytes_per_update = report_hub(fig, args, nodes, hub)
         if spy is not None:
             fig.note(f"py-spy profile of the hub: {spy}")
+        if args.against:
+            await compare_against(fig, args, nodes, log_dir, hub)
         if args.bare:
             sizes = log_dir / f"sizes-{nodes}.json"
             sizes.write_text(json.dumps(per_tick(hub.viewers["payload_sizes"], round(hub.duration_s * 10))))
             bare = await run_phase(args, nodes, log_dir, bare_sizes=sizes)
             report_bare(fig, nodes, hub, bare, delivered, bytes_per_update)
     return fig.done()
+
+
+async def compare_against(
+    fig: Figures, args: argparse.Namespace, nodes: int, log_dir: Path, hub: Phase
+) -> None:
+    """The same load on the hub of another tree (``--against DIR``), right after: its CPU, and
+    this hub's as a ratio of it. Its viewers show every node (an older hub knows no shown sets):
+    with ``--shown`` that compares the hub as browsers now use it with the hub as they did."""
+    other = argparse.Namespace(**{**vars(args), "hub_path": [args.against], "shown": 0})
+    try:
+        before = await run_phase(other, nodes, log_dir)
+    except (TimeoutError, RuntimeError) as exc:
+        fig.note(f"n{nodes}: the run against {args.against} broke down: {exc}")
+        return
+    tag = f"n{nodes}"
+    cpu = 100 * hub.server_cpu_s / hub.duration_s
+    cpu_before = 100 * before.server_cpu_s / before.duration_s
+    fig.note(f"the same load on the hub in {args.against}, right after, its viewers showing every node:")
+    fig.add(f"{tag}.against_hub_cpu", cpu_before, "% of one core")
+    fig.add(
+        f"{tag}.against_hub_cpu_wait",
+        100 * before.server_wait_s / before.duration_s,
+        "% (runnable, no CPU free)",
+    )
+    viewers = before.viewers["viewers"]
+    if viewers:
+        bytes_per_s = statistics.fmean(t["bytes_in_measure"] for t in viewers) / before.duration_s
+        fig.add(f"{tag}.against_bytes_per_s_per_viewer", bytes_per_s / 1024, "KiB/s", digits=0)
+    ratio = cpu / cpu_before if cpu_before else math.nan
+    # back-to-back runs of one tree on this machine differ by about 5%
+    fig.add(
+        f"{tag}.hub_cpu_vs_against", ratio, "x", target="≤ 1.05x (does not rise)", ok=ratio <= 1.05, digits=2
+    )
 
 
 def per_tick(sizes: list[int], ticks: int) -> list[int]:
@@ -446,6 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_load_arguments(parser)
     parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare-server run")
     parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub into DIR")
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="then run the same load on the hub of the tree in DIR (e.g. a `git worktree` of the commit "
+        "before a change) and print this hub's CPU as a ratio of it",
+    )
     parser.add_argument("--tiny", action="store_true", help="5 agents, 2 viewers, 3 s (seconds in all)")
     args = parser.parse_args(argv)
     if args.tiny:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from bench.workers import REPO, child_env
 
-BENCHES = ("render", "agent_cost", "hub_load", "browser_load")
+BENCHES = ("render", "agent_cost", "hub_load", "browser_load", "peer_prometheus")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

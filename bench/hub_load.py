@@ -1,6 +1,6 @@
 """Hub load: N simulated agents at R Hz and B viewers against a real ``sers-hub`` process.
 
-    python -m bench.hub_load [--nodes 2000[,3000,5000]] [--rate 1] [--viewers 50] [--tiny]
+    python -m bench.hub_load [--nodes 2000[,3000,5000]] [--rate 1] [--viewers 50] [--shown 24] [--tiny]
                              [--alerts [FILE]]
 
 For each node count: start ``python -m hub --port P --state-db none`` (``--state-db FILE``: with the
@@ -15,8 +15,12 @@ latency from the agent's sample to a viewer's receipt (p50/p99/max, read back fr
 HTML, see :mod:`bench.simnode`), hub CPU (% of one core) and RSS, bytes/s per viewer, and the
 load generator's own CPU. With ``--alerts`` the hub runs a second time right after, with the
 alert rules of FILE (default :data:`ALERT_RULES`, ten rules), and its CPU is printed as a ratio
-to the run without rules. Then the same agents and viewers run against a bare ``websockets``
-broadcast server sending payloads of the same sizes on the same 10 Hz tick
+to the run without rules. With ``--shown K`` every viewer tells the hub it shows K cards (a
+different K for each, :mod:`bench.load_viewers`), as the page does, and is expected to receive
+exactly those nodes' updates: bytes/s per viewer then has a target (≤ 60 KB/s for 24 of 2,000
+nodes). ``--against DIR`` runs the same load on the hub of another tree right after (its viewers
+showing every node) and prints the CPU ratio. Then the same agents and viewers run against a
+bare ``websockets`` broadcast server sending payloads of the same sizes on the same 10 Hz tick
 (:mod:`bench.bare_broadcast`), and the hub's CPU per delivered update is printed as a ratio to
 the bare server's CPU for the same bytes.
 
@@ -75,7 +79,16 @@ def _sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("sent", "deltas_in_window", "host_expected", "gpu_expected", "skipped_ticks", "closed"):
         total[key] = sum(r[key] for r in reports)
     total["send_lag_p99_ms"] = max((r["send_lag_ms"]["p99"] or 0.0) for r in reports)
+    total["per_node"] = [entry for r in reports for entry in r["per_node"]]  # agents start at n00000
     return total
+
+
+def expected_updates(agents: dict[str, Any], viewer: dict[str, Any]) -> int:
+    """Host parts and GPU rows a viewer should receive: every node's, or those it shows."""
+    if viewer.get("shown") is None:
+        return int(agents["host_expected"] + agents["gpu_expected"])
+    per_node = agents["per_node"]
+    return sum(per_node[i][0] * (1 + per_node[i][1]) for i in viewer["shown"] if i < len(per_node))
 
 
 async def _sleep_until(epoch_s: float) -> None:
@@ -147,6 +160,10 @@ async def run_phase(
                 str(min(args.probes, args.viewers)),
                 "--origin",
                 base,
+                "--shown",
+                str(args.shown),
+                "--nodes",
+                str(nodes),
             ],
             log_dir,
         )
@@ -270,15 +287,17 @@ def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -
     tag = f"n{nodes}"
     a, v = hub.agents, hub.viewers
     viewers = v["viewers"]
-    expected = a["host_expected"] + a["gpu_expected"]
     delivered = [t["host"] + t["gpu"] for t in viewers]
-    ratios = [d / expected if expected else 0.0 for d in delivered]
+    expected = [expected_updates(a, t) for t in viewers]
+    ratios = [d / e if e else 0.0 for d, e in zip(delivered, expected, strict=True)]
     closed = sum(1 for t in viewers if t["closed"])
     cards = sum(t["cards"] for t in viewers)
     fig.note(
         f"{nodes} agents at {args.rate:g} Hz, {args.viewers} viewers, {args.duration:g} s window: "
         f"{a['deltas_in_window']} deltas ({a['host_expected']} host parts + {a['gpu_expected']} GPU rows "
-        f"expected per viewer); agents connected in {max(hub.connected['agent_connect_s']):.1f} s; "
+        f"expected per viewer showing every node); "
+        + (f"each viewer shows {args.shown} nodes; " if args.shown else "")
+        + f"agents connected in {max(hub.connected['agent_connect_s']):.1f} s; "
         f"negotiated extensions: {hub.connected['extensions']}"
     )
     late = hub.connected.get("late_viewer")
@@ -311,7 +330,16 @@ def report_hub(fig: Figures, args: argparse.Namespace, nodes: int, hub: Phase) -
     fig.add(f"{tag}.hub_rss_max", rss, "MiB", target="≤ 200 MiB", ok=rss <= 200)
     if viewers:
         bytes_per_s = statistics.fmean(t["bytes_in_measure"] for t in viewers) / hub.duration_s
-        fig.add(f"{tag}.bytes_per_s_per_viewer", bytes_per_s / 1024, "KiB/s", digits=0)
+        if args.shown:
+            fig.add(
+                f"{tag}.bytes_per_s_per_viewer",
+                bytes_per_s / 1000,
+                f"KB/s (showing {args.shown} of {nodes} nodes)",
+                target="≤ 60 KB/s",
+                ok=bytes_per_s <= 60_000,
+            )
+        else:
+            fig.add(f"{tag}.bytes_per_s_per_viewer", bytes_per_s / 1024, "KiB/s", digits=0)
     fig.add(f"{tag}.loadgen_agents_cpu", 100 * hub.agents_cpu_s / hub.duration_s, "% of one core")
     fig.add(f"{tag}.loadgen_viewers_cpu", 100 * hub.viewers_cpu_s / hub.duration_s, "% of one core")
     fig.add(f"{tag}.agent_send_lag_p99", a["send_lag_p99_ms"], "ms", digits=0)
@@ -370,6 +398,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.alerts:
             with_rules = await run_phase(args, nodes, log_dir, alerts_config=Path(args.alerts))
             report_alerts(fig, nodes, hub, with_rules)
+        if args.against:
+            await compare_against(fig, args, nodes, log_dir, hub)
         if args.bare:
             sizes = log_dir / f"sizes-{nodes}.json"
             sizes.write_text(json.dumps(per_tick(hub.viewers["payload_sizes"], round(hub.duration_s * 10))))
@@ -388,6 +418,39 @@ def report_alerts(fig: Figures, nodes: int, hub: Phase, with_rules: Phase) -> No
     fig.add(f"{tag}.alert_rules_cpu_ratio", ratio, "x", target="≤ 1.05x", ok=ratio <= 1.05, digits=3)
 
 
+async def compare_against(
+    fig: Figures, args: argparse.Namespace, nodes: int, log_dir: Path, hub: Phase
+) -> None:
+    """The same load on the hub of another tree (``--against DIR``), right after: its CPU, and
+    this hub's as a ratio of it. Its viewers show every node (an older hub knows no shown sets):
+    with ``--shown`` that compares the hub as browsers now use it with the hub as they did."""
+    other = argparse.Namespace(**{**vars(args), "hub_path": [args.against], "shown": 0})
+    try:
+        before = await run_phase(other, nodes, log_dir)
+    except (TimeoutError, RuntimeError) as exc:
+        fig.note(f"n{nodes}: the run against {args.against} broke down: {exc}")
+        return
+    tag = f"n{nodes}"
+    cpu = 100 * hub.server_cpu_s / hub.duration_s
+    cpu_before = 100 * before.server_cpu_s / before.duration_s
+    fig.note(f"the same load on the hub in {args.against}, right after, its viewers showing every node:")
+    fig.add(f"{tag}.against_hub_cpu", cpu_before, "% of one core")
+    fig.add(
+        f"{tag}.against_hub_cpu_wait",
+        100 * before.server_wait_s / before.duration_s,
+        "% (runnable, no CPU free)",
+    )
+    viewers = before.viewers["viewers"]
+    if viewers:
+        bytes_per_s = statistics.fmean(t["bytes_in_measure"] for t in viewers) / before.duration_s
+        fig.add(f"{tag}.against_bytes_per_s_per_viewer", bytes_per_s / 1024, "KiB/s", digits=0)
+    ratio = cpu / cpu_before if cpu_before else math.nan
+    # back-to-back runs of one tree on this machine differ by about 5%
+    fig.add(
+        f"{tag}.hub_cpu_vs_against", ratio, "x", target="≤ 1.05x (does not rise)", ok=ratio <= 1.05, digits=2
+    )
+
+
 def per_tick(sizes: list[int], ticks: int) -> list[int]:
     """The hub's payload sizes spread over ``ticks`` ticks: a tick with nothing to send is 0."""
     if len(sizes) >= ticks or not sizes:
@@ -402,9 +465,14 @@ def _counts(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hub_load", description=__doc__.split("\n")[0])
-    parser.add_argument("--nodes", type=_counts, default=[2000], help="node counts, e.g. 2000,3000,5000")
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the hub's run (agents, viewers, windows), shared with the peer benchmarks."""
+    parser.add_argument(
+        "--state-db",
+        default="none",
+        metavar="FILE",
+        help="the hub's state file: with one, usage accounting, history and the event log run (default: none)",
+    )
     parser.add_argument("--rate", type=float, default=1.0, help="deltas per second per agent")
     parser.add_argument("--viewers", type=int, default=50)
     parser.add_argument("--probes", type=int, default=4, help="viewers that measure latency")
@@ -414,13 +482,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=2.0, help="quiet seconds around the window")
     parser.add_argument("--busy-fraction", type=float, default=0.6, help="share of GPUs that are busy")
     parser.add_argument("--agent-procs", type=int, default=0, help="agent processes (0: one per 2,500)")
-    parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare-server run")
+    parser.add_argument(
+        "--shown",
+        type=int,
+        default=0,
+        help="cards each viewer tells the hub it shows (0: it shows every node)",
+    )
     parser.add_argument(
         "--hub-path",
         action="append",
         metavar="DIR",
         help="put DIR first on the hub's PYTHONPATH (try a changed copy of the hub), repeatable",
     )
+
+
+def make_tiny(args: argparse.Namespace) -> None:
+    """``--tiny``: 5 agents, 2 viewers, 3 s windows (seconds in all)."""
+    args.nodes, args.viewers, args.probes = [5], 2, 1
+    args.duration, args.warmup, args.drain, args.gap = 3.0, 1.0, 1.0, 1.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.hub_load", description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=_counts, default=[2000], help="node counts, e.g. 2000,3000,5000")
+    add_load_arguments(parser)
+    parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare-server run")
     parser.add_argument(
         "--alerts",
         nargs="?",
@@ -429,17 +515,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the hub again with the alert rules of FILE (default: ten rules) and compare its CPU",
     )
     parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub into DIR")
-    parser.add_argument("--tiny", action="store_true", help="5 agents, 2 viewers, 3 s (seconds in all)")
     parser.add_argument(
-        "--state-db",
-        default="none",
-        metavar="FILE",
-        help="the hub's state file: with one, usage accounting, history and the event log run (default: none)",
+        "--against",
+        metavar="DIR",
+        help="then run the same load on the hub of the tree in DIR (e.g. a `git worktree` of the commit "
+        "before a change) and print this hub's CPU as a ratio of it",
     )
+    parser.add_argument("--tiny", action="store_true", help="5 agents, 2 viewers, 3 s (seconds in all)")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.nodes, args.viewers, args.probes = [5], 2, 1
-        args.duration, args.warmup, args.drain, args.gap = 3.0, 1.0, 1.0, 1.0
+        make_tiny(args)
     return asyncio.run(main_async(args))
 
 

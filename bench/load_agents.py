@@ -9,7 +9,9 @@ thousands of agents fit in one process). Driven over stdin/stdout by
 - ``{"cmd": "window", "quiet_from": t, "start": t1, "end": t2}`` (epoch seconds): from
   ``quiet_from`` on, deltas carry nothing visible (only a new ``sampled_at``), except between
   ``start`` and ``end``, when changing samples flow again. Deltas sent in ``[start, end)`` are the expected updates.
-- ``{"cmd": "report"}`` -> a ``report`` event; ``{"cmd": "stop"}`` closes every connection.
+- ``{"cmd": "report"}`` -> a ``report`` event (with ``per_node``: each node's deltas in the
+  window and busy GPUs, by index from ``--first``, for viewers that show only some nodes);
+  ``{"cmd": "stop"}`` closes every connection.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Tally:
     skipped_ticks: int = 0
     closed: int = 0
     send_lag_ms: list[float] = field(default_factory=list)
+    per_node: dict[str, int] = field(default_factory=dict)  # deltas in the window, by node name
 
 
 async def run_agent(
@@ -79,6 +82,7 @@ async def run_agent(
                 tally.deltas_in_window += 1
                 tally.host_expected += 1
                 tally.gpu_expected += sim.busy_gpus
+                tally.per_node[sim.name] = tally.per_node.get(sim.name, 0) + 1
                 tally.send_lag_ms.append(lag_s * 1000)
             next_at += interval_s
             if next_at < loop.time():  # the generator fell behind: skip, as the real agent does
@@ -156,6 +160,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 skipped_ticks=tally.skipped_ticks,
                 closed=tally.closed,
                 send_lag_ms=quantiles_ms(tally.send_lag_ms),
+                per_node=[[tally.per_node.get(sim.name, 0), sim.busy_gpus] for sim in sims],
             )
         elif command["cmd"] == "stop":
             break

@@ -8,6 +8,10 @@ also read each host part's *mark* (the sample time spelled by the simulated agen
 only parts whose sample falls in the window, exactly. Other viewers count by receipt time (the
 agents keep a quiet gap around the window, so that is exact too while latency stays under it).
 
+With ``--shown K`` each viewer, once it has its full state, tells the hub it shows K cards (as
+the page does, :mod:`hub.view_show`): viewer ``i`` the nodes ``n<i*K>`` to ``n<i*K+K-1>``
+(modulo ``--nodes``), a wall scrolled to its own place, so no two viewers share their bytes.
+
 Commands (JSON lines on stdin): ``{"cmd": "window", "count_from": t, "count_to": t,
 "start": t1, "end": t2}``, ``{"cmd": "report"}``, ``{"cmd": "stop"}``.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import re
 import sys
 import time
@@ -70,6 +75,7 @@ class ViewerTally:
     latencies_ms: list[float] = field(default_factory=list)
     payload_sizes: list[int] = field(default_factory=list)
     closed: str | None = None
+    shown: list[int] | None = None  # node indexes this viewer shows; None: every node
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -198,6 +204,9 @@ async def main_async(args: argparse.Namespace) -> None:
             connections.append(ws)
             tasks.append(asyncio.create_task(run_viewer(ws, tally, window)))
             await tally.ready.wait()  # its full state arrived: the next may connect
+            if args.shown:
+                tally.shown = [(i * args.shown + k) % args.nodes for k in range(args.shown)]
+                await ws.send(json.dumps({"show": [f"n{index:05d}" for index in tally.shown]}))
             print(f"viewer {i} ready after {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
     await asyncio.gather(*(open_one(i) for i in range(args.viewers)))
@@ -239,6 +248,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         "bytes_in_measure": t.bytes_in_measure,
                         "late_outside_window": t.late_outside_window,
                         "closed": t.closed,
+                        "shown": t.shown,
                     }
                     for t in tallies
                 ],
@@ -264,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--origin", default=None, help="Origin header, as a browser sends")
     parser.add_argument("--connect-concurrency", type=int, default=5)
     parser.add_argument("--no-deflate", dest="offer_deflate", action="store_false")
+    parser.add_argument("--shown", type=int, default=0, help="cards each viewer shows (0: every node)")
+    parser.add_argument("--nodes", type=int, default=0, help="nodes in the lab (with --shown)")
     args = parser.parse_args(argv)
     asyncio.run(main_async(args))
     return 0

@@ -11,6 +11,14 @@ drops them and gets the next full state, built once per filter at most every
 :data:`RESYNC_EVERY_S` for all such viewers. So a slow browser costs the others nothing, and a
 hub that cannot keep up holds one picture per filter, not one per browser. A viewer whose send
 does not complete within ``send_timeout_s`` is dropped.
+
+A viewer that says which cards it shows (:mod:`hub.view_show`) gets only those nodes' parts,
+plus every whole card and removal (the page lays out every card) and the summary: the bytes
+are built once per (filter, shown set) and tick, so a wall of screens showing the same cards
+still shares them, and building them costs a pass over the shown nodes, not over the lab. A
+node that joins a viewer's set gets its whole current card on the next tick, after every
+batch queued before it (at most :data:`MAX_CARDS_PER_TICK` a tick, the rest on the ticks
+after).
 """
 
 from __future__ import annotations
@@ -19,13 +27,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from frontend.people import PeopleView
 from frontend.viewmodels import SummaryView
 from hub.registry import NodeRegistry
 from hub.scene import NodeChange, Scene, ViewFilter, subscribe_changes
+from hub.view_show import Shown
 
 log = logging.getLogger("sers.hub")
 
@@ -37,26 +46,36 @@ SUMMARY_EVERY_S = 1.0
 @dataclass(slots=True)
 class Batch:
     """One tick's rendered changes: node id -> element id -> HTML. Payloads are built once per
-    filter."""
+    filter and shown set."""
 
     fragments: dict[str, dict[str, str]]
     summaries: dict[ViewFilter, str]
-    _payloads: dict[ViewFilter, bytes] = field(default_factory=dict)
+    _payloads: dict[tuple[ViewFilter, Shown], bytes] = field(default_factory=dict)
     keep: Callable[[str, ViewFilter], bool] = lambda node_id, view_filter: True
+    carded: frozenset[str] = frozenset()
+    """Nodes whose entry is (or begins with) a whole card or a removal: every viewer gets it."""
 
-    def payload(self, view_filter: ViewFilter) -> bytes:
-        payload = self._payloads.get(view_filter)
+    def payload(self, view_filter: ViewFilter, shown: Shown = None) -> bytes:
+        key = (view_filter, shown)
+        payload = self._payloads.get(key)
         if payload is None:
+            fragments = self.fragments
+            if shown is None:
+                nodes: Iterable[str] = fragments
+            elif len(shown) < len(fragments):  # a pass over the shown nodes, not the lab
+                nodes = shown | self.carded if self.carded else shown
+            else:
+                nodes = [node_id for node_id in fragments if node_id in shown or node_id in self.carded]
             parts = [
                 html
-                for node_id, elements in self.fragments.items()
-                if self.keep(node_id, view_filter)
+                for node_id in nodes
+                if (elements := fragments.get(node_id)) is not None and self.keep(node_id, view_filter)
                 for html in elements.values()
             ]
             summary = self.summaries.get(view_filter)
             if summary:
                 parts.append(summary)
-            payload = self._payloads[view_filter] = "".join(parts).encode()
+            payload = self._payloads[key] = "".join(parts).encode()
         return payload
 
 
@@ -64,7 +83,10 @@ MAX_VIEW_FILTERS = 100
 """Different filters in use at once. The hub builds each tick's message, each summary bar and
 each full state once per filter (a wall of screens shares them), so filters made up per
 connection (``?node=x1``, ``?node=x2``...) would each cost a pass over the nodes, every tick."""
-MAX_SHARED_BATCHES = 20  # a viewer up to 2 s behind still gets every batch
+MAX_SHARED_BATCHES = 20  # a viewer up to 2 s behind still gets every batch (or set of cards)
+MAX_CARDS_PER_TICK = 64
+"""Whole cards a viewer gets in one tick for nodes that joined its shown set: a screenful
+scrolled into view at once, while a page that keeps claiming new sets costs a bounded amount."""
 RESYNC_EVERY_S = 2.0  # how often viewers that fell further behind get a fresh full state
 
 
@@ -80,8 +102,10 @@ class Viewer:
         self._send = send
         self.filter = view_filter
         self._send_timeout_s = send_timeout_s
-        self._shared: list[Batch] = []
+        self._shared: list[Batch | bytes] = []  # shared batches, and this viewer's own cards
         self._first: bytes | None = None
+        self.shown: Shown = None
+        self._cards_due: dict[str, None] = {}  # nodes that joined the shown set, in order
         self.needs_full_state = False
         self._wake = asyncio.Event()
         self.last_sent_at = time.monotonic()
@@ -93,8 +117,31 @@ class Viewer:
         """The whole grid, sent before anything else; it supersedes every batch before it."""
         self._first = full_state
         self._shared.clear()
+        self._cards_due.clear()
         self.needs_full_state = False
         self._wake.set()
+
+    def show(self, shown: frozenset[str]) -> None:
+        """The page shows (only) these nodes now. Those that join the set get their whole card
+        (their parts stopped while they were out of it); a viewer that had every node has every
+        card current."""
+        before = self.shown
+        self.shown = shown
+        due = {node_id: None for node_id in self._cards_due if node_id in shown}
+        if before is not None:
+            due.update(dict.fromkeys(sorted(shown - before)))
+        self._cards_due = due
+
+    def take_cards_due(self, count: int) -> list[str]:
+        """Up to ``count`` nodes owed a whole card, oldest first."""
+        taken = list(self._cards_due)[:count]
+        for node_id in taken:
+            del self._cards_due[node_id]
+        return taken
+
+    @property
+    def owed_cards(self) -> bool:
+        return bool(self._cards_due)
 
     def offer(self, batch: Batch) -> None:
         if self.needs_full_state:
@@ -105,6 +152,13 @@ class Viewer:
             self.resyncs += 1
             return
         self._shared.append(batch)
+        self._wake.set()
+
+    def offer_cards(self, cards: bytes) -> None:
+        """Whole cards for this viewer alone, sent after every batch offered before them."""
+        if self.needs_full_state or not cards:
+            return
+        self._shared.append(cards)
         self._wake.set()
 
     def keepalive(self) -> None:
@@ -129,7 +183,9 @@ class Viewer:
 
     def _take(self) -> bytes:
         shared, self._shared = self._shared, []
-        payloads = [batch.payload(self.filter) for batch in shared]
+        payloads = [
+            item if isinstance(item, bytes) else item.payload(self.filter, self.shown) for item in shared
+        ]
         if self._first is not None:
             payloads.insert(0, self._first)
             self._first = None
@@ -144,6 +200,7 @@ class Fanout:
         self._scene = scene
         self._tick_s = 1.0 / max_rate_hz
         self._rendered: dict[str, dict[str, str]] = {}  # since the last tick: node id -> element id -> HTML
+        self._carded: set[str] = set()  # since the last tick: nodes rendered whole (or removed)
         self.viewers: set[Viewer] = set()
         self._last_summaries: dict[ViewFilter, SummaryView] = {}
         self._last_boards: dict[ViewFilter, PeopleView | None] = {}  # people boards (?panel=users, /users)
@@ -163,7 +220,10 @@ class Fanout:
             log.exception("rendering a change of node %s failed", change.node_id)
             return
         pending = self._rendered.get(change.node_id)
-        if pending is None or change.card or change.removed:
+        if change.card or change.removed:
+            self._rendered[change.node_id] = parts
+            self._carded.add(change.node_id)
+        elif pending is None:
             self._rendered[change.node_id] = parts
         else:
             pending.update(parts)
@@ -190,6 +250,15 @@ class Fanout:
         viewer.start_with(self.full_state(viewer.filter))
         self.viewers.add(viewer)
 
+    def show(self, viewer: Viewer, shown: Shown) -> None:
+        """What a viewer's page says it shows (:mod:`hub.view_show`). Back to every node: the
+        cards it did not show may be behind, so it gets the full state."""
+        if shown is not None:
+            viewer.show(shown)
+        elif viewer.shown is not None:
+            viewer.shown = None
+            viewer.start_with(self.full_state(viewer.filter))
+
     def remove_viewer(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
         if all(other.filter != viewer.filter for other in self.viewers):
@@ -210,6 +279,7 @@ class Fanout:
     def flush(self) -> None:
         now = time.monotonic()
         fragments, self._rendered = self._rendered, {}
+        carded, self._carded = frozenset(self._carded), set()
         # A full state lives for one tick: it may lack this tick's parts (a viewer that got it
         # gets this batch too, and parts applied twice change nothing), and it carries the
         # hub's clock, which a viewer joining a quiet hub (every node offline) must get fresh.
@@ -222,9 +292,10 @@ class Fanout:
                 node = nodes.get(node_id)
                 return node is None or view_filter.matches(node)
 
-            batch = Batch(fragments, summaries, keep=keep)
+            batch = Batch(fragments, summaries, keep=keep, carded=carded)
             for viewer in self.viewers:
                 viewer.offer(batch)
+        self._send_cards_due()
         if now >= self._resync_at:
             behind = [viewer for viewer in self.viewers if viewer.needs_full_state]
             if behind:
@@ -234,6 +305,26 @@ class Fanout:
         for viewer in self.viewers:
             if now - viewer.last_sent_at >= KEEPALIVE_S:
                 viewer.keepalive()
+
+    def _send_cards_due(self) -> None:
+        """Whole current cards for the nodes that joined viewers' shown sets, each card
+        assembled once a tick however many viewers scrolled to it."""
+        owed = [viewer for viewer in self.viewers if viewer.owed_cards]
+        if not owed:
+            return
+        nodes = self._registry.nodes
+        cards: dict[str, str] = {}
+        for viewer in owed:
+            parts = []
+            for node_id in viewer.take_cards_due(MAX_CARDS_PER_TICK):
+                node = nodes.get(node_id)
+                if node is None or not viewer.filter.matches(node):
+                    continue  # not (or no longer) a node this page has
+                card = cards.get(node_id)
+                if card is None:
+                    card = cards[node_id] = self._scene.card(node)
+                parts.append(card)
+            viewer.offer_cards("".join(parts).encode())
 
     def _summaries(self, now: float) -> dict[ViewFilter, str]:
         """Each distinct filter's summary bar (and people board), at most once a second and only

@@ -1,10 +1,12 @@
-"""``/ws/view``: one browser. It gets the full state, then rendered changes; it never sends.
+"""``/ws/view``: one browser. It gets the full state, then rendered changes; all it may send is
+which cards it shows (:mod:`hub.view_show`).
 
 At most :data:`~hub.fanout.MAX_VIEW_FILTERS` different filters (kiosk URL options) are in use
 at once: a viewer with a new one past that is closed with 1008 and the refusal logged.
 
-A viewer that sends a message anyway is not a browser running the hub's page: it is closed with
-1008 (policy) and the refusal logged (at most once per source per minute).
+A viewer that sends anything else, or more than it may, is not a browser running the hub's
+page: it is closed with the close code :func:`hub.view_show.parse_show` gives (1003, 1007, 1008
+or 1009) and the refusal logged (at most once per source per minute).
 
 A browser's ``Origin`` must be the hub's own or an allowed one (HTTP 403 before accept
 otherwise); the view token, when configured, was checked by :class:`hub.security.ViewAuth`.
@@ -26,7 +28,8 @@ from hub.fanout import MAX_VIEW_FILTERS, Viewer
 from hub.pages import view_filter_from
 from hub.security import FailureLog, OriginPolicy, client_address
 from hub.state import HubState
-from node_agent.protocol import CLOSE_POLICY
+from hub.view_show import ShowRate, parse_show
+from node_agent.protocol import CLOSE_POLICY, ProtocolError
 
 CLOSE_TIMEOUT_S = 2.0
 
@@ -54,15 +57,16 @@ async def view_endpoint(websocket: WebSocket) -> None:
     viewer = Viewer(websocket.send_bytes, view_filter, hub.settings.viewer_send_timeout_s)
     hub.fanout.add_viewer(viewer)
     sender = asyncio.create_task(viewer.run())
-    reader = asyncio.create_task(_drain(websocket))
-    code, reason = CloseCode.NORMAL_CLOSURE, ""
+    reader = asyncio.create_task(_read(websocket, viewer, hub))
+    code: int = CloseCode.NORMAL_CLOSURE
+    reason = ""
     try:
         done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
         if sender in done:  # the viewer fell too far behind, or its socket failed
             code, reason = CLOSE_POLICY, "too slow to take updates"
-        elif reader.exception() is None and reader.result():
-            code, reason = CLOSE_POLICY, "viewers send nothing"
-            failures.refused(client_address(websocket.scope), "a viewer that sent data on /ws/view")
+        elif reader.exception() is None and (refusal := reader.result()) is not None:
+            code, reason = refusal.close_code, refusal.reason
+            failures.refused(client_address(websocket.scope), f"a viewer's message on /ws/view ({reason})")
     finally:
         hub.fanout.remove_viewer(viewer)
         for task in (sender, reader):
@@ -73,10 +77,20 @@ async def view_endpoint(websocket: WebSocket) -> None:
             await asyncio.wait_for(websocket.close(code, reason), CLOSE_TIMEOUT_S)
 
 
-async def _drain(websocket: WebSocket) -> bool:
-    """Waits until the browser leaves (``False``) or sends a message (``True``): browsers
-    running the hub's page send nothing, but reading notices when they leave."""
+async def _read(websocket: WebSocket, viewer: Viewer, hub: HubState) -> ProtocolError | None:
+    """Takes the page's shown sets until the browser leaves (``None``) or sends something else
+    (the refusal)."""
+    rate = ShowRate()
     with contextlib.suppress(WebSocketDisconnect):
-        message = await websocket.receive()
-        return message["type"] == "websocket.receive"
-    return False
+        while True:
+            message = await websocket.receive()
+            if message["type"] != "websocket.receive":
+                return None
+            if not rate.take():
+                return ProtocolError("more messages than a page sends", CLOSE_POLICY)
+            try:
+                shown = parse_show(message)
+            except ProtocolError as refusal:
+                return refusal
+            hub.fanout.show(viewer, shown)
+    return None

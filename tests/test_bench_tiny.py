@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +83,16 @@ def test_hub_load_delivers_every_update_and_compares_with_bare_websockets() -> N
     assert 0 < number(figures["n5.hub_rss_max"]) < 4096
 
 
+@pytest.mark.timeout(120)
+def test_hub_load_with_viewers_that_show_some_nodes_delivers_exactly_theirs() -> None:
+    figures = run_bench("hub_load", 100, "--shown", "2", "--no-bare")
+    # each viewer told the hub it shows 2 of the 5 nodes: it got all of their updates and no other
+    # node's (more would read as over 100%)
+    assert number(figures["n5.delivered_min"]) == 100.0, figures
+    assert number(figures["n5.delivered_mean"]) == 100.0, figures
+    assert "showing 2 of 5 nodes" in figures["n5.bytes_per_s_per_viewer"], figures
+
+
 def test_agent_cost_measures_a_real_agent_and_the_installed_peers() -> None:
     figures = run_bench("agent_cost", 90)
     assert "agent_cpu_per_sample" in figures, figures
@@ -95,7 +106,25 @@ def test_agent_cost_measures_a_real_agent_and_the_installed_peers() -> None:
 def test_browser_load_runs_when_present() -> None:
     if not (REPO / "bench" / "browser_load.py").exists():
         pytest.skip("bench/browser_load.py is not written yet")
-    run_bench("browser_load", 110)
+    figures = run_bench("browser_load", 110)
+    # counted in the page itself: what the hub sent the cards it shows (all 5 fit the screen)
+    assert number(figures["bytes_per_s_per_browser"]) > 0, figures
+    assert "bytes_per_s_showing_every_node" in figures, figures
+
+
+@pytest.mark.timeout(180)
+def test_peer_prometheus_scrapes_every_node_then_runs_the_hub() -> None:
+    if not (shutil.which("prometheus") and (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())):
+        pytest.skip("needs Debian's prometheus and nginx (.ci/run installs them)")
+    figures = run_bench("peer_prometheus", 150)
+    assert number(figures["n5.prometheus_targets_up"]) == 5, "Prometheus scraped every simulated node"
+    # about 200 series a node (a 64-core host, 8 GPUs and their processes) plus up and scrape_*
+    assert 5 * 150 < number(figures["n5.prometheus_head_series"]) < 5 * 300, figures
+    assert number(figures["n5.prometheus_samples_per_s"]) > 0
+    assert 0 < number(figures["n5.prometheus_rss_end"]) < 4096
+    assert number(figures["n5.delivered_min"]) == 100.0, "the hub's run beside it delivered everything"
+    for name in ("n5.hub_vs_prometheus_cpu", "n5.hub_vs_prometheus_rss"):
+        assert name in figures, figures
 
 
 @pytest.mark.timeout(180)

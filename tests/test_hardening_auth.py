@@ -235,21 +235,22 @@ def test_the_login_redirect_stays_on_the_hub(root_path: str, tmp_path: Path, pro
         assert (resolved.scheme, resolved.netloc) == ("http", own), (target, location)
 
 
-def test_a_viewer_that_sends_is_closed(tmp_path: Path, procs: list[Proc]) -> None:
+def test_a_viewer_that_sends_anything_but_what_it_shows_is_closed(tmp_path: Path, procs: list[Proc]) -> None:
     hub = start_hub(tmp_path, procs)
     viewer = open_viewer(hub)
     try:
         assert 'id="nodes"' in recv_text(viewer)
+        viewer.send('{"show": ["gpu01"]}')  # what the page sends: taken
         viewer.send("browsers never send this")
-        assert close_code(viewer) == (1008, "viewers send nothing")
+        assert close_code(viewer) == (1007, "a message that is not JSON")
     finally:
         viewer.close()
     line = wait_until(
-        lambda: next((x for x in hub_log(hub).splitlines() if "sent data on /ws/view" in x), None),
+        lambda: next((x for x in hub_log(hub).splitlines() if "message on /ws/view" in x), None),
         10,
         what="the refusal in the hub's log",
     )
-    assert "refused a viewer that sent data on /ws/view from 127.0.0.1" in line
+    assert "refused a viewer's message on /ws/view (a message that is not JSON) from 127.0.0.1" in line
     quiet = open_viewer(hub)  # one that only listens stays
     try:
         assert 'id="nodes"' in recv_text(quiet)

@@ -222,12 +222,43 @@
     if (parts && parts.delete(id) && !parts.size) stash.delete(match[1]);
   }
 
-  function watch(card) {
-    if (observer) observer.observe(card);
+  // The hub sends parts only of the cards this page shows: those in or near the viewport (on
+  // the current page in cycle mode; hidden cards never intersect). It is told the set whenever
+  // that changes, at most every 100 ms, and sends a card that joins it whole and current on its
+  // next tick. Sorting by free GPUs reads every card's rows, so that page takes every part.
+  const SHOW_MAX = 500; // hub/view_show.py MAX_SHOWN_NODES: a page with more in view takes all
+  const shown = new Set(); // node ids of the cards in or near the viewport
+  const nearby = observer && sortBy !== "free" ? new IntersectionObserver(near, { rootMargin: "25% 0px" }) : null;
+  let told = ""; // the last set sent on this connection
+  let tellTimer = 0;
+
+  function near(entries) {
+    for (const entry of entries) {
+      if (entry.isIntersecting) shown.add(entry.target.dataset.node);
+      else shown.delete(entry.target.dataset.node);
+    }
+    if (!tellTimer) tellTimer = setTimeout(tellShown, 100);
   }
 
-  function forget(card) {
+  function tellShown() {
+    tellTimer = 0;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    const text = JSON.stringify({ show: shown.size <= SHOW_MAX ? Array.from(shown).sort() : null });
+    if (text === told) return;
+    socket.send(text);
+    told = text;
+  }
+
+  function watch(card) {
+    if (observer) observer.observe(card);
+    if (nearby) nearby.observe(card);
+  }
+
+  // ``removed``: the card leaves the page (not replaced by a newer one of the same node).
+  function forget(card, removed) {
     if (observer) observer.unobserve(card);
+    if (nearby) nearby.unobserve(card);
+    if (removed && shown.delete(card.dataset.node) && !tellTimer) tellTimer = setTimeout(tellShown, 100);
     stash.delete(card.dataset.node); // a card is rendered whole: older parts are void
   }
 
@@ -241,7 +272,7 @@
       const old = id ? document.getElementById(id) : null;
       if (el.hasAttribute("data-remove")) {
         if (old) {
-          forget(old);
+          forget(old, true);
           old.remove();
         }
         cardsChanged = true;
@@ -254,6 +285,9 @@
           cardsChanged = true;
         } else if (id === "nodes") {
           if (observer) observer.disconnect();
+          if (nearby) nearby.disconnect();
+          shown.clear(); // the new cards' first intersections fill it again
+          told = ""; // the full state: the hub has every card current, tell it the set anew
           stash.clear();
           old.replaceWith(el);
           nodes = el;

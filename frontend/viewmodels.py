@@ -53,6 +53,7 @@ def _finite(value: object) -> float | None:
     return None
 
 
+_INT_AS_FLOAT = 2**63  # an int below this divides as a float without overflow
 _KI, _MI, _GI, _TI, _PI, _EI = (1024.0**power for power in range(1, 7))
 
 
@@ -100,7 +101,12 @@ def fmt_used_of(used: object, total: object) -> str:
     total_parts = _total_parts(total) if total.__class__ is int else _bytes_parts_or_none(total)
     if total_parts is None:
         return fmt_bytes(used)
-    used_parts = _bytes_parts_or_none(used)
+    # the usual used bytes, a wire int, go straight to their parts
+    used_parts = (
+        _bytes_parts(used)
+        if used.__class__ is int and 0 <= used < _INT_AS_FLOAT
+        else _bytes_parts_or_none(used)
+    )
     if used_parts is None:
         return f"{DASH}/{total_parts[0]}{total_parts[1]}"
     if used_parts[1] == total_parts[1]:
@@ -135,6 +141,8 @@ def fmt_watts(value: object) -> str:
 def fmt_power_of(draw: object, limit: object) -> str:
     """Power draw of a limit: the two :func:`fmt_watts` texts, the unit once (``612/700W``, a
     dash for an unknown draw); built directly (one per GPU row per sample)."""
+    if draw.__class__ is float and limit.__class__ is float and draw - draw == limit - limit == 0.0:
+        return f"{draw + 0.0:.0f}/{limit + 0.0:.0f}W"  # the usual two finite floats; + 0.0: no "-0"
     limit_w = _finite(limit)
     if limit_w is None:
         return fmt_watts(draw)
@@ -352,25 +360,30 @@ def process_holder(proc: Mapping[str, Any], *, short: bool = False) -> str | Non
     """What a GPU process runs in (``None``: bare, or not known): ``job 81234`` (``job 81234
     step 0`` unless ``short``), ``pod research/bert``, ``docker alice-llama``, or the first 12
     digits of a container id when its name isn't known."""
-    job = proc.get("slurm_job_id")
+    get = proc.get
+    job = get("slurm_job_id")
     if job is not None:
-        step = proc.get("slurm_step")
+        step = get("slurm_step")
         return f"job {job}" if short or not step else f"job {job} step {step}"
-    pod = proc.get("pod_name")
+    pod = get("pod_name")
     if pod:
-        namespace = proc.get("pod_namespace")
+        namespace = get("pod_namespace")
         return f"pod {pod}" if short or not namespace else f"pod {namespace}/{pod}"
-    container = proc.get("container_name") or (str(proc.get("container_id") or "")[:12] or None)
+    container = get("container_name") or (str(get("container_id") or "")[:12] or None)
     if container is None:
-        uid = proc.get("pod_uid")
+        uid = get("pod_uid")
         return f"pod {str(uid)[:8]}" if uid else None
-    return container if short else f"{proc.get('container_runtime') or 'container'} {container}"
+    return container if short else f"{get('container_runtime') or 'container'} {container}"
 
 
 def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, float]]:
     """(user, GPU memory in bytes) per user, most memory first; unknown users by pid. A user
     whose processes all run in one job or container is named with it: ``alice (job 81234)``."""
     processes = processes if isinstance(processes, list) else list(processes)  # read twice
+    if len(processes) == 1:  # most busy GPUs: one process, one user (a row per GPU per sample)
+        ((user, (_, mem)),) = user_totals(processes, _by_pid).items()
+        holder = process_holder(processes[0], short=True)
+        return [(f"{user} ({holder})" if holder else user, mem or 0)]
     holders: dict[str, str | None] = {}  # the user's one job or container; None: none, or several
     for proc in processes:
         user, holder = _user_of(proc), process_holder(proc, short=True)
@@ -630,7 +643,7 @@ def gpu_tally(
         get("mem_used_bytes") or 0,
         get("mem_total_bytes") or 0,
         health,
-        tuple((s.profile, s.state is _FREE and state is not _NOT_CURRENT) for s in slices),
+        tuple((s.profile, s.state is _FREE and state is not _NOT_CURRENT) for s in slices) if slices else (),
     )
 
 

@@ -150,7 +150,54 @@ def worst(levels: Iterable[Level]) -> Level:
 
 def gpu_health(sample: Mapping[str, Any], static: Mapping[str, Any] | None, now_epoch_s: float) -> Health:
     """The health of one GPU from its merged sample and its hello facts (``None``: none known).
-    A GPU the agent reports an error for (lost) is not judged here."""
+    A GPU the agent reports an error for (lost) is not judged here.
+
+    Hot: every GPU row the hub renders is judged (the row judges with the current time, so an
+    Xid leaves the wall when its time is up). A healthy GPU, nearly all of them, is told in a
+    few lookups (:func:`_may_have_findings`) before the findings are put together."""
+    if sample.get("error") or not _may_have_findings(sample, static):
+        return HEALTHY
+    return _judged(sample, static, now_epoch_s)
+
+
+_SLOWDOWNS = frozenset(SLOWDOWN_WORDS)
+
+
+def _may_have_findings(sample: Mapping[str, Any], static: Mapping[str, Any] | None) -> bool:
+    """False only when no finding below can apply: each test is implied by a finding's own
+    condition (``tests/test_health.py`` holds :func:`gpu_health` to :func:`_judged` on any
+    sample), so a healthy GPU costs these lookups instead of five lists and a sort."""
+    get = sample.get
+    if (
+        get("xid_events")
+        or get("xid_last_code") is not None
+        or get("remap_failed")
+        or get("remap_pending")
+        or get("retired_pages_single_bit")
+        or get("retired_pages_double_bit")
+        or get("retired_pages_pending")
+        or get("ecc_volatile_uncorrected")
+    ):
+        return True
+    reasons = get("throttle_reasons")
+    if reasons and not _SLOWDOWNS.isdisjoint(reasons):
+        return True
+    active = get("nvlink_active")
+    if active and not all(active):
+        return True
+    if static:
+        width, gen = get("pcie_link_width_lanes"), get("pcie_link_gen")
+        width_max, gen_max = static.get("pcie_link_width_max_lanes"), static.get("pcie_link_gen_max")
+        if width and width_max and width < width_max:
+            return True
+        if gen and gen_max and gen < gen_max:
+            util = get("util_gpu_percent")
+            return util is not None and util >= PCIE_LOAD_PERCENT
+    return False
+
+
+def _judged(sample: Mapping[str, Any], static: Mapping[str, Any] | None, now_epoch_s: float) -> Health:
+    """:func:`gpu_health` in full: every finding, the worst first."""
     if sample.get("error"):
         return HEALTHY
     findings = [

@@ -334,6 +334,9 @@ class _Gpu:
     # the slow fields as last put together (see GpuCollector._slow_fields), and their parts
     slow_parts: tuple[Any, ...] = ()
     slow_fields: dict[str, Any] = field(default_factory=dict)
+    # until then, and while no Xid event is recorded, slow_fields stand as they are
+    slow_due_at_s: float = float("-inf")
+    slow_xid_changes: int = -1
 
     def failed(self, reason: str) -> GpuSample:
         return GpuSample(index=self.index, uuid=self.static.uuid, name=self.static.name, error=reason)
@@ -383,13 +386,18 @@ class _XidLog:
         self._count: dict[int, int] = {}
         self._events: dict[int, deque[dict[str, Any]]] = {}
         self._wire: dict[int, tuple[int, int | None, float | None, list[dict[str, Any]]]] = {}
+        # grows with every change to what fields() says: a sample that sees the same number
+        # needs no fields() (read without the lock: an int is read whole)
+        self.changes = 0
 
     def watch(self, indices: set[int]) -> None:
         with self._lock:
             self._watched = set(indices)
+            self.changes += 1
 
     def add(self, index: int, event: dict[str, Any]) -> None:
         with self._lock:
+            self.changes += 1
             self._count[index] = self._count.get(index, 0) + 1
             self._events.setdefault(index, deque(maxlen=MAX_XID_EVENTS)).append(event)
             self._wire.pop(index, None)
@@ -881,6 +889,9 @@ class GpuCollector:
         when an event comes), in one dict held to the protocol's bounds when one of its parts
         was read again; between, the same dict (the sampler does not check
         :data:`FIELDS_CHECKED_WHEN_READ` again, and its diff passes the same objects by)."""
+        xid_changes = self._xids.changes  # before fields(): an event after it is seen next time
+        if now_s < gpu.slow_due_at_s and xid_changes == gpu.slow_xid_changes:
+            return gpu.slow_fields  # most samples: nothing due, no Xid since
         assert gpu.power_limit_watts is not None and gpu.health is not None and gpu.nvlink is not None
         parts = (
             gpu.power_limit_watts.get(now_s),
@@ -888,6 +899,8 @@ class GpuCollector:
             gpu.nvlink.get(now_s),
             self._xids.fields(gpu.index) or _NO_XIDS,
         )
+        gpu.slow_xid_changes = xid_changes
+        gpu.slow_due_at_s = min(gpu.power_limit_watts.due_at_s, gpu.health.due_at_s, gpu.nvlink.due_at_s)
         if len(parts) == len(gpu.slow_parts) and all(
             a is b for a, b in zip(parts, gpu.slow_parts, strict=True)
         ):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from hub.domain.gpus import GpuFreeRule, GpuState, ratio_percent, user_totals
-from hub.domain.health import Level, gpu_health, xid_words
+from hub.domain.health import HEALTHY, Health, Level, gpu_health, xid_words
 from hub.domain.nodes import Node, NodeStatus
 from node_agent.protocol import (
     GPU_COLLECTOR_DOWN,
@@ -79,6 +79,9 @@ def _bytes_parts(value: float) -> tuple[str, str]:
 
 def fmt_bytes(value: object) -> str:
     """Binary units in at most four characters: ``4.5G``, ``45G``, ``812M``, ``1.2T``."""
+    if value.__class__ is int and 0 <= value < _INT_AS_FLOAT:  # the usual wire bytes
+        digits, unit = _bytes_parts(value)
+        return digits + unit
     number = _finite(value)
     if number is None:
         return DASH
@@ -411,11 +414,11 @@ def gpu_view(
     gpu: Mapping[str, Any],
     rule: GpuFreeRule,
     node_live: bool = True,
-    static: Mapping[str, Any] | None = None,
-    now_epoch_s: float | None = None,
+    health: Health = HEALTHY,
 ) -> GpuView:
-    """One GPU row. Hot: the hub builds one per changed GPU per sample. ``static`` is the GPU's
-    hello facts (its maximum PCIe link); ``now_epoch_s`` (default: now) how old its Xids are."""
+    """One GPU row. Hot: the hub builds one per changed GPU per sample. ``health`` is the GPU's
+    verdict as the registry keeps it (``Node.gpu_health``): judged when its fields change, not
+    per row."""
     get = gpu.get
     error = get("error")
     util = get("util_gpu_percent")
@@ -438,7 +441,6 @@ def gpu_view(
     if unseen and unseen.__class__ is int and state is not _FREE:
         ranked = sorted([*ranked, (UNSEEN_HOLDER, unseen)], key=lambda item: -item[1])
     temp = get("temp_celsius")
-    health = gpu_health(gpu, static, time.time() if now_epoch_s is None else now_epoch_s)
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
     return GpuView(
         node_id,

@@ -11,6 +11,7 @@ from a node that stopped reporting: :func:`gpu_health` says nothing about those.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -90,7 +91,7 @@ RETIRED_PAGES_RMA = 60
 
 
 # The sample fields :func:`gpu_health` reads: a patch without any of them leaves a GPU's health
-# as it was (but for an Xid growing old, noticed at the next such patch).
+# as it was (but for an Xid growing old: see Health.until_epoch_s).
 HEALTH_FIELDS = frozenset(
     {
         "error",
@@ -124,6 +125,8 @@ class Finding:
 class Health:
     level: Level
     findings: tuple[Finding, ...]  # the worst first
+    # after this the same sample may be judged otherwise: an Xid shown now leaves the wall
+    until_epoch_s: float = math.inf
 
     @property
     def words(self) -> str:
@@ -200,8 +203,9 @@ def _judged(sample: Mapping[str, Any], static: Mapping[str, Any] | None, now_epo
     """:func:`gpu_health` in full: every finding, the worst first."""
     if sample.get("error"):
         return HEALTHY
+    xids, until_epoch_s = _xid_findings(sample, now_epoch_s)
     findings = [
-        *_xid_findings(sample, now_epoch_s),
+        *xids,
         *_memory_findings(sample),
         *_pcie_findings(sample, static or {}),
         *_nvlink_findings(sample),
@@ -210,7 +214,24 @@ def _judged(sample: Mapping[str, Any], static: Mapping[str, Any] | None, now_epo
     if not findings:
         return HEALTHY
     findings.sort(key=lambda f: -_RANK[f.level])  # stable: within a level, the order above
-    return Health(findings[0].level, tuple(findings))
+    return Health(findings[0].level, tuple(findings), until_epoch_s)
+
+
+def health_may_change(
+    gpu_patch: Mapping[str, Any], sample: Mapping[str, Any], static: Mapping[str, Any] | None
+) -> bool:
+    """Whether a GPU's patch may change its health (``sample``: the GPU as merged with it). The
+    utilization, in nearly every patch of a busy GPU, counts only for a PCIe link below its
+    generation; a patch without any field a finding reads changes nothing."""
+    if not _JUDGED_FIELDS.isdisjoint(gpu_patch):
+        return True
+    if "util_gpu_percent" not in gpu_patch or not static:
+        return False
+    gen, gen_max = sample.get("pcie_link_gen"), static.get("pcie_link_gen_max")
+    return bool(gen and gen_max and gen < gen_max)
+
+
+_JUDGED_FIELDS = HEALTH_FIELDS - {"util_gpu_percent"}
 
 
 def _seconds(value: Any) -> float | None:
@@ -223,11 +244,13 @@ def _seconds(value: Any) -> float | None:
         return None
 
 
-def _xid_findings(sample: Mapping[str, Any], now_epoch_s: float) -> list[Finding]:
+def _xid_findings(sample: Mapping[str, Any], now_epoch_s: float) -> tuple[list[Finding], float]:
+    """The Xids shown now, and when the first of them leaves the wall (``inf``: none will)."""
     events = sample.get("xid_events") or ()
     if not events and sample.get("xid_last_code") is not None:
         events = ({"code": sample["xid_last_code"], "epoch_s": sample.get("xid_last_epoch_s")},)
     shown: dict[int, Level] = {}
+    until_epoch_s = math.inf
     for event in reversed(events):  # newest first: one finding per code
         code, at = event.get("code"), _seconds(event.get("epoch_s"))
         if not isinstance(code, int) or code in shown:
@@ -236,7 +259,9 @@ def _xid_findings(sample: Mapping[str, Any], now_epoch_s: float) -> list[Finding
         window = XID_FAULT_SHOWN_S if level is Level.FAULT else XID_WARNING_SHOWN_S
         if at is None or now_epoch_s - at <= window:
             shown[code] = level
-    return [Finding(level, xid_words(code)) for code, level in shown.items()]
+            if at is not None:
+                until_epoch_s = min(until_epoch_s, at + window)
+    return [Finding(level, xid_words(code)) for code, level in shown.items()], until_epoch_s
 
 
 def _memory_findings(sample: Mapping[str, Any]) -> list[Finding]:

@@ -723,6 +723,7 @@ _LABELS = {
     "unseen_mem_bytes": "memory held by unseen processes",
     "pstate": "performance state",
     "mig_mode": "MIG mode",
+    "mig_profiles": "MIG profiles offered",
     "pci_bus_id": "PCI bus id",
     "uuid": "UUID",
     "cuda_driver_version": "CUDA driver version",

@@ -3,6 +3,7 @@ samples of the fake NVML scenarios."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +87,18 @@ def test_an_xid_says_what_and_what_to_do(code: int, words: str, level: Level) ->
 def test_a_healthy_gpu_is_ok_with_no_words() -> None:
     assert gpu_health(healthy_sample(), STATIC, NOW) == HEALTHY
     assert HEALTHY.words == "" and HEALTHY.level is Level.OK
+
+
+def test_the_readme_says_what_every_xid_badge_means_at_its_level() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.lstrip().startswith(("| ⛔", "| ⚠"))]
+    for code, info in XID_TABLE.items():
+        sign = "⛔" if info.level is Level.FAULT else "⚠"
+        named = [
+            row for row in rows if "Xid" in row.split("|")[1] and re.search(rf"\b{code}\b", row.split("|")[1])
+        ]
+        assert [row.split("|")[1].strip()[0] for row in named] == [sign], (code, named)
+    assert any("Xid N" in row for row in rows), "and what to do with a code the table lacks"
 
 
 def test_an_xid_stops_showing_after_its_window() -> None:

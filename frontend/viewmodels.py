@@ -79,8 +79,11 @@ def _bytes_parts(value: float) -> tuple[str, str]:
 
 def fmt_bytes(value: object) -> str:
     """Binary units in at most four characters: ``4.5G``, ``45G``, ``812M``, ``1.2T``."""
-    if value.__class__ is int and 0 <= value < _INT_AS_FLOAT:  # the usual wire bytes
+    if value.__class__ is int and 0 <= value < _INT_AS_FLOAT:  # the usual wire bytes and rates
         digits, unit = _bytes_parts(value)
+        return digits + unit
+    if value.__class__ is float and value - value == 0.0:
+        digits, unit = _bytes_parts(value + 0.0)
         return digits + unit
     number = _finite(value)
     if number is None:
@@ -117,6 +120,18 @@ def fmt_used_of(used: object, total: object) -> str:
     return f"{used_parts[0]}{used_parts[1]}/{total_parts[0]}{total_parts[1]}"
 
 
+# a GPU's memory in use changes now and then, not every sample (a host's, every sample, is not
+# cached): each (used, total) of wire ints is formatted once
+_gpu_ints_used_of = functools.lru_cache(maxsize=4096)(fmt_used_of)
+
+
+def _gpu_used_of(used: object, total: object) -> str:
+    """:func:`fmt_used_of` for a GPU row."""
+    if used.__class__ is int and total.__class__ is int:
+        return _gpu_ints_used_of(used, total)
+    return fmt_used_of(used, total)
+
+
 def fmt_rate(bytes_per_s: object) -> str:
     """``1.5M/s``."""
     text = fmt_bytes(bytes_per_s)
@@ -125,6 +140,8 @@ def fmt_rate(bytes_per_s: object) -> str:
 
 def fmt_percent(value: object) -> str:
     """``42%``."""
+    if value.__class__ is float and value - value == 0.0:  # the usual finite float, as _finite has it
+        return f"{value + 0.0:.0f}%"
     number = _finite(value)
     return DASH if number is None else f"{number:.0f}%"
 
@@ -161,6 +178,8 @@ def fmt_mhz(value: object) -> str:
 
 def fmt_load(value: object) -> str:
     """A load average: ``12.34``."""
+    if value.__class__ is float and value - value == 0.0:  # the usual finite float, as _finite has it
+        return f"{value + 0.0:.2f}"
     number = _finite(value)
     return DASH if number is None else f"{number:.2f}"
 
@@ -449,14 +468,21 @@ def gpu_view(
         state,
         error,
         plain_meter(util),
-        plain_meter(mem_pct, fmt_used_of(mem_used, mem_total)),
+        plain_meter(mem_pct, _gpu_used_of(mem_used, mem_total)),
         *_temp_texts(temp),  # temp_text, temp_cls
         fmt_power_of(get("power_draw_watts"), get("power_limit_watts")),
-        tuple(f"{user} {fmt_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
+        tuple([_user_text(user, mem) for user, mem in ranked[:MAX_USERS_SHOWN]]),
         len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
         health.level,
         health.words,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_text(user: str, mem: float) -> str:
+    """``alice 12G``: a user and the GPU memory they hold, which changes now and then, not every
+    sample (made once per pair)."""
+    return f"{user} {fmt_bytes(mem)}" if mem else user
 
 
 @functools.lru_cache(maxsize=512)

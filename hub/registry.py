@@ -276,8 +276,8 @@ class NodeRegistry:
         ``judge_all``) and of each whose verdict's time is up (an Xid leaving the wall), and keeps
         the verdicts other than ok in ``node.gpu_health``: the one judgement the rows, the top bar
         and :class:`GpuHealthChanged` share. Most patches hold no field a finding reads and judge
-        nothing. Returns the GPUs judged again for their time alone (not in the patch), and
-        (index, old level, new health) for each change of level."""
+        nothing. Returns the GPUs judged again for their time alone (their rows change though
+        their samples may not), and (index, old level, new health) for each change of level."""
         verdicts = node.gpu_health
         gpus = node.state.get("gpus") or {}
         statics = self._gpu_statics.get(node.node_id) or {}
@@ -299,15 +299,15 @@ class NodeRegistry:
                     ):
                         judge.append(index)
             if verdicts:
-                aged = frozenset(
-                    index
-                    for index, verdict in verdicts.items()
-                    if now > verdict.until_epoch_s and (gpus_patch is None or index not in gpus_patch)
-                )
-                judge.extend(aged)
+                aged = frozenset(index for index, verdict in verdicts.items() if now > verdict.until_epoch_s)
+                judge.extend(index for index in aged if index not in judge)
         changes = []
         for index in judge:
-            health = gpu_health(gpus[index], statics.get(index), now)
+            gpu = gpus.get(index)
+            if gpu is None:
+                verdicts.pop(index, None)
+                continue
+            health = gpu_health(gpu, statics.get(index), now)
             old = verdicts.get(index, HEALTHY).level
             if health.level is Level.OK:
                 verdicts.pop(index, None)

@@ -302,9 +302,11 @@ def test_a_gpu_health_verdict_is_kept_on_the_node_until_its_xid_leaves_the_wall(
         "n1", connection, Delta(seq=3, ts=0.0, patch={"sampled_at": 3.0, "host": {"cpu_percent": 5.0}})
     )
     assert registry.nodes["n1"].gpu_health["0"] is verdict and seen[-1].gpus == frozenset(), "not yet"
-    clock.advance(1)
+    clock.advance(1)  # the next sample, whatever it holds (here a field no finding reads), judges again
     registry.delta(
-        "n1", connection, Delta(seq=4, ts=0.0, patch={"sampled_at": 4.0, "host": {"cpu_percent": 6.0}})
+        "n1",
+        connection,
+        Delta(seq=4, ts=0.0, patch={"sampled_at": 4.0, "gpus": {"0": {"temp_celsius": 51.0}}}),
     )
     assert registry.nodes["n1"].gpu_health == {}
     applied, changed = seen[-2:]

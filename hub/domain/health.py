@@ -155,9 +155,9 @@ def gpu_health(sample: Mapping[str, Any], static: Mapping[str, Any] | None, now_
     """The health of one GPU from its merged sample and its hello facts (``None``: none known).
     A GPU the agent reports an error for (lost) is not judged here.
 
-    Hot: every GPU row the hub renders is judged (the row judges with the current time, so an
-    Xid leaves the wall when its time is up). A healthy GPU, nearly all of them, is told in a
-    few lookups (:func:`_may_have_findings`) before the findings are put together."""
+    The registry judges a GPU whenever a patch may change its health (:func:`health_may_change`)
+    and again once :attr:`Health.until_epoch_s` has passed; a healthy GPU, nearly all of them,
+    is told in a few lookups (:func:`_may_have_findings`) before any finding is put together."""
     if sample.get("error") or not _may_have_findings(sample, static):
         return HEALTHY
     return _judged(sample, static, now_epoch_s)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from hub.domain.gpus import GpuFreeRule, GpuState, ratio_percent, user_totals
-from hub.domain.health import Level, gpu_health, xid_words
+from hub.domain.health import HEALTHY, Health, Level, gpu_health, xid_words
 from hub.domain.nodes import Node, NodeStatus
 from node_agent.protocol import (
     GPU_COLLECTOR_DOWN,
@@ -54,6 +54,7 @@ def _finite(value: object) -> float | None:
     return None
 
 
+_INT_AS_FLOAT = 2**63  # an int below this divides as a float without overflow
 _KI, _MI, _GI, _TI, _PI, _EI = (1024.0**power for power in range(1, 7))
 
 
@@ -79,6 +80,12 @@ def _bytes_parts(value: float) -> tuple[str, str]:
 
 def fmt_bytes(value: object) -> str:
     """Binary units in at most four characters: ``4.5G``, ``45G``, ``812M``, ``1.2T``."""
+    if value.__class__ is int and 0 <= value < _INT_AS_FLOAT:  # the usual wire bytes and rates
+        digits, unit = _bytes_parts(value)
+        return digits + unit
+    if value.__class__ is float and value - value == 0.0:
+        digits, unit = _bytes_parts(value + 0.0)
+        return digits + unit
     number = _finite(value)
     if number is None:
         return DASH
@@ -101,12 +108,29 @@ def fmt_used_of(used: object, total: object) -> str:
     total_parts = _total_parts(total) if total.__class__ is int else _bytes_parts_or_none(total)
     if total_parts is None:
         return fmt_bytes(used)
-    used_parts = _bytes_parts_or_none(used)
+    # the usual used bytes, a wire int, go straight to their parts
+    used_parts = (
+        _bytes_parts(used)
+        if used.__class__ is int and 0 <= used < _INT_AS_FLOAT
+        else _bytes_parts_or_none(used)
+    )
     if used_parts is None:
         return f"{DASH}/{total_parts[0]}{total_parts[1]}"
     if used_parts[1] == total_parts[1]:
         return f"{used_parts[0]}/{total_parts[0]}{total_parts[1]}"
     return f"{used_parts[0]}{used_parts[1]}/{total_parts[0]}{total_parts[1]}"
+
+
+# a GPU's memory in use changes now and then, not every sample (a host's, every sample, is not
+# cached): each (used, total) of wire ints is formatted once
+_gpu_ints_used_of = functools.lru_cache(maxsize=4096)(fmt_used_of)
+
+
+def _gpu_used_of(used: object, total: object) -> str:
+    """:func:`fmt_used_of` for a GPU row."""
+    if used.__class__ is int and total.__class__ is int:
+        return _gpu_ints_used_of(used, total)
+    return fmt_used_of(used, total)
 
 
 def fmt_rate(bytes_per_s: object) -> str:
@@ -117,6 +141,8 @@ def fmt_rate(bytes_per_s: object) -> str:
 
 def fmt_percent(value: object) -> str:
     """``42%``."""
+    if value.__class__ is float and value - value == 0.0:  # the usual finite float, as _finite has it
+        return f"{value + 0.0:.0f}%"
     number = _finite(value)
     return DASH if number is None else f"{number:.0f}%"
 
@@ -136,6 +162,8 @@ def fmt_watts(value: object) -> str:
 def fmt_power_of(draw: object, limit: object) -> str:
     """Power draw of a limit: the two :func:`fmt_watts` texts, the unit once (``612/700W``, a
     dash for an unknown draw); built directly (one per GPU row per sample)."""
+    if draw.__class__ is float and limit.__class__ is float and draw - draw == limit - limit == 0.0:
+        return f"{draw + 0.0:.0f}/{limit + 0.0:.0f}W"  # the usual two finite floats; + 0.0: no "-0"
     limit_w = _finite(limit)
     if limit_w is None:
         return fmt_watts(draw)
@@ -151,6 +179,8 @@ def fmt_mhz(value: object) -> str:
 
 def fmt_load(value: object) -> str:
     """A load average: ``12.34``."""
+    if value.__class__ is float and value - value == 0.0:  # the usual finite float, as _finite has it
+        return f"{value + 0.0:.2f}"
     number = _finite(value)
     return DASH if number is None else f"{number:.2f}"
 
@@ -359,27 +389,32 @@ def process_holder(proc: Mapping[str, Any], *, short: bool = False) -> str | Non
     (train) step 0`` unless ``short``: with its name where scontrol gave it), ``pod
     research/bert``, ``docker alice-llama``, or the first 12 digits of a container id when its
     name isn't known."""
-    job = proc.get("slurm_job_id")
+    get = proc.get
+    job = get("slurm_job_id")
     if job is not None:
         if short:
             return f"job {job}"
-        name, step = proc.get("slurm_job_name"), proc.get("slurm_step")
+        name, step = get("slurm_job_name"), get("slurm_step")
         return f"job {job}" + (f" ({name})" if name else "") + (f" step {step}" if step else "")
-    pod = proc.get("pod_name")
+    pod = get("pod_name")
     if pod:
-        namespace = proc.get("pod_namespace")
+        namespace = get("pod_namespace")
         return f"pod {pod}" if short or not namespace else f"pod {namespace}/{pod}"
-    container = proc.get("container_name") or (str(proc.get("container_id") or "")[:12] or None)
+    container = get("container_name") or (str(get("container_id") or "")[:12] or None)
     if container is None:
-        uid = proc.get("pod_uid")
+        uid = get("pod_uid")
         return f"pod {str(uid)[:8]}" if uid else None
-    return container if short else f"{proc.get('container_runtime') or 'container'} {container}"
+    return container if short else f"{get('container_runtime') or 'container'} {container}"
 
 
 def gpu_users(processes: Iterable[Mapping[str, Any]]) -> list[tuple[str, float]]:
     """(user, GPU memory in bytes) per user, most memory first; unknown users by pid. A user
     whose processes all run in one job or container is named with it: ``alice (job 81234)``."""
     processes = processes if isinstance(processes, list) else list(processes)  # read twice
+    if len(processes) == 1:  # most busy GPUs: one process, one user (a row per GPU per sample)
+        ((user, (_, mem)),) = user_totals(processes, _by_pid).items()
+        holder = process_holder(processes[0], short=True)
+        return [(f"{user} ({holder})" if holder else user, mem or 0)]
     holders: dict[str, str | None] = {}  # the user's one job or container; None: none, or several
     for proc in processes:
         user, holder = _user_of(proc), process_holder(proc, short=True)
@@ -407,14 +442,14 @@ def gpu_view(
     gpu: Mapping[str, Any],
     rule: GpuFreeRule,
     node_live: bool = True,
-    static: Mapping[str, Any] | None = None,
+    health: Health = HEALTHY,
     now_epoch_s: float | None = None,
     idle: tuple[float, int] | None = None,
 ) -> GpuView:
-    """One GPU row. Hot: the hub builds one per changed GPU per sample. ``static`` is the GPU's
-    hello facts (its maximum PCIe link); ``now_epoch_s`` (default: now) how old its Xids are
-    and how long it has been idle; ``idle``: (idle-held since, how many of the GPU and its
-    slices are), from the idle-holder events."""
+    """One GPU row. Hot: the hub builds one per changed GPU per sample. ``health`` is the GPU's
+    verdict as the registry keeps it (``Node.gpu_health``): judged when its fields change, not
+    per row. ``idle``: (idle-held since, how many of the GPU and its slices are), from the
+    idle-holder events; ``now_epoch_s`` (default: now) says how long it has been idle."""
     get = gpu.get
     error = get("error")
     util = get("util_gpu_percent")
@@ -437,8 +472,6 @@ def gpu_view(
     if unseen and unseen.__class__ is int and state is not _FREE:
         ranked = sorted([*ranked, (UNSEEN_HOLDER, unseen)], key=lambda item: -item[1])
     temp = get("temp_celsius")
-    now = time.time() if now_epoch_s is None else now_epoch_s
-    health = gpu_health(gpu, static, now)
     # positional: a NamedTuple built by keyword costs a third more, and this runs per GPU row
     return GpuView(
         node_id,
@@ -447,18 +480,31 @@ def gpu_view(
         state,
         error,
         plain_meter(util),
-        plain_meter(mem_pct, fmt_used_of(mem_used, mem_total)),
+        plain_meter(mem_pct, _gpu_used_of(mem_used, mem_total)),
         *_temp_texts(temp),  # temp_text, temp_cls
         fmt_power_of(get("power_draw_watts"), get("power_limit_watts")),
-        tuple(f"{user} {fmt_bytes(mem)}" if mem else user for user, mem in ranked[:MAX_USERS_SHOWN]),
+        tuple([_user_text(user, mem) for user, mem in ranked[:MAX_USERS_SHOWN]]),
         len(ranked) - MAX_USERS_SHOWN if len(ranked) > MAX_USERS_SHOWN else 0,  # more_users
         health.level,
         health.words,
-        *(_NOT_IDLE if idle is None else (idle[0], f"idle {fmt_ago(now - idle[0])}", idle[1])),
+        *(_NOT_IDLE if idle is None else _idle_texts(idle, now_epoch_s)),
     )
 
 
 _NOT_IDLE = (None, "", 0)
+
+
+def _idle_texts(idle: tuple[float, int], now_epoch_s: float | None) -> tuple[float, str, int]:
+    since, count = idle
+    now = time.time() if now_epoch_s is None else now_epoch_s
+    return since, f"idle {fmt_ago(now - since)}", count
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_text(user: str, mem: float) -> str:
+    """``alice 12G``: a user and the GPU memory they hold, which changes now and then, not every
+    sample (made once per pair)."""
+    return f"{user} {fmt_bytes(mem)}" if mem else user
 
 
 @functools.lru_cache(maxsize=512)
@@ -663,7 +709,7 @@ def gpu_tally(
         get("mem_used_bytes") or 0,
         get("mem_total_bytes") or 0,
         health,
-        tuple((s.profile, s.state is _FREE and state is not _NOT_CURRENT) for s in slices),
+        tuple((s.profile, s.state is _FREE and state is not _NOT_CURRENT) for s in slices) if slices else (),
         idle_held,
     )
 
@@ -764,6 +810,7 @@ _LABELS = {
     "unseen_mem_bytes": "memory held by unseen processes",
     "pstate": "performance state",
     "mig_mode": "MIG mode",
+    "mig_profiles": "MIG profiles offered",
     "pci_bus_id": "PCI bus id",
     "uuid": "UUID",
     "cuda_driver_version": "CUDA driver version",

@@ -32,7 +32,7 @@ from hub.domain.events import (
     StatusChanged,
 )
 from hub.domain.gpus import GpuFreeRule, GpuState, gpu_state
-from hub.domain.health import HEALTH_FIELDS, Level, gpu_health
+from hub.domain.health import HEALTHY, Health, Level, gpu_health, health_may_change
 from hub.domain.nodes import Clock, Liveness, Naming, Node, NodeStatus, sort_key
 from node_agent.protocol import (
     CLOSE_POLICY,
@@ -71,8 +71,8 @@ class NodeRegistry:
         self._connections = 0
         # per node, each GPU's state as last published; kept only while GpuStateChanged has subscribers
         self._gpu_states: dict[str, dict[str, GpuState]] = {}
-        # per node, each GPU's health level other than ok; kept only while GpuHealthChanged has subscribers
-        self._gpu_health: dict[str, dict[str, Level]] = {}
+        # per node, its hello's GPU facts by index (the maximum PCIe link its health is judged by)
+        self._gpu_statics: dict[str, dict[str, dict[str, object]]] = {}
 
     # ------------------------------------------------------------------ agent side
     def hello(self, hello: Hello, address: str | None = None) -> int:
@@ -86,6 +86,7 @@ class NodeRegistry:
         node.display_name = naming.display_name or hello.node
         node.group = naming.group
         node.hello = hello
+        self._gpu_statics[hello.node] = _statics(hello)
         node.interval_s = hello.interval_s
         node.address = address
         node.state = {}
@@ -151,9 +152,14 @@ class NodeRegistry:
             node.samples += 1
             node.sample_late = False
         gpus_patch = patch.get("gpus")
-        changed_gpus = frozenset(gpus_patch) if isinstance(gpus_patch, dict) else frozenset()
+        if not isinstance(gpus_patch, dict):
+            gpus_patch = None
+        changed_gpus = frozenset(gpus_patch) if gpus_patch else frozenset()
         new_gpus = node.state.get("gpus") or {}
         gpu_set_changed = old_gpus.keys() != new_gpus.keys()
+        aged, health_changes = self._judge_health(node, gpus_patch, gpu_set_changed)
+        if aged:  # their rows change though their samples did not
+            changed_gpus |= aged
         late_ended = was_late and not node.sample_late
         # the status first, once the state is merged: a subscriber sees the node as it now is
         if not was_live:
@@ -176,8 +182,8 @@ class NodeRegistry:
                     node.last_seen_mono,
                 )
             )
-        if isinstance(gpus_patch, dict) and events.wants(GpuHealthChanged):
-            self._publish_gpu_health(node, gpus_patch)
+        if health_changes and events.wants(GpuHealthChanged):
+            self._publish_gpu_health(node, health_changes)
         if not was_live or late_ended or gpu_set_changed:
             self._publish_gpu_states(node, None)
         elif changed_gpus and events.wants(GpuStateChanged):
@@ -196,7 +202,7 @@ class NodeRegistry:
         if self.nodes.pop(node_id, None) is None:
             return False
         self._gpu_states.pop(node_id, None)
-        self._gpu_health.pop(node_id, None)
+        self._gpu_statics.pop(node_id, None)
         self.events.publish(NodeRemoved(node_id))
         return True
 
@@ -263,32 +269,59 @@ class NodeRegistry:
                 known[index] = new
             self.events.publish(GpuStateChanged(node.node_id, index, old, new, gpu or {}, now))
 
-    def _publish_gpu_health(self, node: Node, gpus_patch: dict[str, object]) -> None:
-        """Publishes a :class:`GpuHealthChanged` for each patched GPU whose health level
-        changed. The health is computed only for a GPU whose patch holds a field it reads
-        (:data:`~hub.domain.health.HEALTH_FIELDS`): most patches carry none."""
-        known = self._gpu_health.setdefault(node.node_id, {})
+    def _judge_health(
+        self, node: Node, gpus_patch: dict[str, object] | None, judge_all: bool
+    ) -> tuple[frozenset[str], list[tuple[str, Level, Health]]]:
+        """Judges the health of each GPU that ``gpus_patch`` may have changed (every GPU when
+        ``judge_all``) and of each whose verdict's time is up (an Xid leaving the wall), and keeps
+        the verdicts other than ok in ``node.gpu_health``: the one judgement the rows, the top bar
+        and :class:`GpuHealthChanged` share. Most patches hold no field a finding reads and judge
+        nothing. Returns the GPUs judged again for their time alone (their rows change though
+        their samples may not), and (index, old level, new health) for each change of level."""
+        verdicts = node.gpu_health
         gpus = node.state.get("gpus") or {}
-        statics = None
-        for index, gpu_patch in gpus_patch.items():
-            if gpu_patch is None or index not in gpus:  # the GPU is gone
-                known.pop(index, None)
+        statics = self._gpu_statics.get(node.node_id) or {}
+        now = self._clock.wall()
+        judge: list[str] = []
+        aged: frozenset[str] = frozenset()
+        if judge_all:
+            for index in verdicts.keys() - gpus.keys():
+                del verdicts[index]
+            judge = list(gpus)
+        else:
+            if gpus_patch:
+                for index, gpu_patch in gpus_patch.items():
+                    gpu = gpus.get(index)
+                    if gpu is None:  # the GPU is gone
+                        verdicts.pop(index, None)
+                    elif isinstance(gpu_patch, dict) and health_may_change(
+                        gpu_patch, gpu, statics.get(index)
+                    ):
+                        judge.append(index)
+            if verdicts:
+                aged = frozenset(index for index, verdict in verdicts.items() if now > verdict.until_epoch_s)
+                judge.extend(index for index in aged if index not in judge)
+        changes = []
+        for index in judge:
+            gpu = gpus.get(index)
+            if gpu is None:
+                verdicts.pop(index, None)
                 continue
-            if not isinstance(gpu_patch, dict) or HEALTH_FIELDS.isdisjoint(gpu_patch):
-                continue
-            if statics is None:
-                hello_gpus = node.hello.gpus if node.hello else []
-                statics = {str(g.get("index")): g for g in hello_gpus}
-            static = statics.get(index)
-            health = gpu_health(gpus[index], static, self._clock.wall())
-            old = known.get(index, Level.OK)
-            if health.level is old:
-                continue
+            health = gpu_health(gpu, statics.get(index), now)
+            old = verdicts.get(index, HEALTHY).level
             if health.level is Level.OK:
-                del known[index]
+                verdicts.pop(index, None)
             else:
-                known[index] = health.level
-            uuid = static.get("uuid") if static else None
+                verdicts[index] = health
+            if health.level is not old:
+                changes.append((index, old, health))
+        return aged, changes
+
+    def _publish_gpu_health(self, node: Node, changes: list[tuple[str, Level, Health]]) -> None:
+        """A :class:`GpuHealthChanged` for each change of a GPU's health level."""
+        statics = self._gpu_statics.get(node.node_id) or {}
+        for index, old, health in changes:
+            uuid = (statics.get(index) or {}).get("uuid")
             self.events.publish(
                 GpuHealthChanged(
                     node.node_id,
@@ -313,6 +346,14 @@ class NodeRegistry:
         if node.last_seen_wall:
             node.last_seen_mono = self._clock.monotonic() - max(0.0, self._clock.wall() - node.last_seen_wall)
         self.nodes[node.node_id] = node
+        if node.hello is not None:
+            self._gpu_statics[node.node_id] = _statics(node.hello)
+        self._judge_health(node, None, judge_all=True)  # its rows show what its state says
+
+
+def _statics(hello: Hello) -> dict[str, dict[str, object]]:
+    """A hello's GPU facts by GPU index (as the snapshot keys its GPUs)."""
+    return {str(g.get("index")): g for g in hello.gpus}
 
 
 def _checked_size(node: Node, merged: Snapshot, message_chars: int | None) -> int:

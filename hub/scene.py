@@ -47,6 +47,7 @@ from hub.domain.events import (
     StatusChanged,
 )
 from hub.domain.gpus import GpuFreeRule
+from hub.domain.health import HEALTHY, Health
 from hub.domain.nodes import Node, NodeStatus, sort_key
 from hub.domain.people import PeopleSort, holdings
 from hub.history import History, sample_values
@@ -111,7 +112,6 @@ class RenderedNode:
     gpus: dict[str, str] = field(default_factory=dict)
     gpu_sparks: dict[str, str] = field(default_factory=dict)
     tallies: dict[str, GpuTally] = field(default_factory=dict)  # per GPU, for the summary bar
-    gpu_statics: dict[str, dict[str, Any]] = field(default_factory=dict)  # the hello's, by index
 
 
 def gpu_order(gpus: Iterable[str]) -> list[str]:
@@ -209,9 +209,12 @@ class Scene:
             rendered.host = out[element_id("host", node_id)] = self._render_host(node)
         gpus = node.state.get("gpus") or {}
         live = node.reporting
+        verdicts = node.gpu_health
         for index in gpu_order(change.gpus):
             if index in gpus:
-                row = self._render_gpu(rendered, node_id, index, gpus[index], live)
+                row = self._render_gpu(
+                    rendered, node_id, index, gpus[index], live, verdicts.get(index, HEALTHY)
+                )
                 if row != rendered.gpus.get(index):  # only what a person would see change
                     rendered.gpus[index] = out[element_id("gpu", node_id, index)] = row
         if sparks_changed:
@@ -312,8 +315,10 @@ class Scene:
         node_id = node.node_id
         order = gpu_order(gpus)
         rendered = RenderedNode(host=self._render_host(node), cpu_spark=self._render_cpu_spark(node_id))
-        rendered.gpu_statics = {str(g.get("index")): g for g in (node.hello.gpus if node.hello else [])}
-        rendered.gpus = {i: self._render_gpu(rendered, node_id, i, gpus[i], live) for i in order}
+        verdicts = node.gpu_health
+        rendered.gpus = {
+            i: self._render_gpu(rendered, node_id, i, gpus[i], live, verdicts.get(i, HEALTHY)) for i in order
+        }
         rendered.gpu_sparks = {i: self._render_gpu_spark(node_id, i) for i in order}
         self._rendered[node_id] = rendered
         return self._assemble(node, rendered)
@@ -328,14 +333,19 @@ class Scene:
         return self._renderer.host(host_view(node, late_s))
 
     def _render_gpu(
-        self, rendered: RenderedNode, node_id: str, index: str, gpu: dict[str, Any], live: bool
+        self,
+        rendered: RenderedNode,
+        node_id: str,
+        index: str,
+        gpu: dict[str, Any],
+        live: bool,
+        health: Health,
     ) -> str:
         """The row's HTML; also refreshes the GPU's tally for the summary bar."""
         rule = self._gpu_free
-        static = rendered.gpu_statics.get(index)  # the hello's facts: the maximum PCIe link
         held = self._idle.get(node_id)
         idle = _idle_of(held, index) if held else None
-        view = gpu_view(node_id, index, gpu, rule, live, static, self._wall() if idle else None, idle)
+        view = gpu_view(node_id, index, gpu, rule, live, health, self._wall() if idle else None, idle)
         slices = slice_views(gpu, rule) if gpu.get("mig_slices") else ()
         rendered.tallies[index] = gpu_tally(gpu, view.state, view.health, slices, view.idle_held)
         return self._renderer.gpu(view)

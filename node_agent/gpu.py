@@ -112,6 +112,7 @@ _CLOCK_MEM = 2
 _ECC_UNCORRECTED = 1
 _ECC_VOLATILE = 0
 _MIG_ENABLE = 1
+_GPU_INSTANCE_PROFILE_COUNT = 0x12  # NVML_GPU_INSTANCE_PROFILE_COUNT (nvml.h, R570)
 _PSTATE_UNKNOWN = 32
 _ECC_CORRECTED = 0
 _ECC_AGGREGATE = 1
@@ -226,6 +227,7 @@ class _Nvml:
         self.nvml_version = self._fn("nvmlSystemGetNVMLVersion")
         self.pci_info = self._fn("nvmlDeviceGetPciInfo")
         self.mig_mode = self._fn("nvmlDeviceGetMigMode")
+        self.gpu_instance_profile_info = self._fn("nvmlDeviceGetGpuInstanceProfileInfo")
         self.power_limit = self._fn("nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetPowerManagementLimit")
         self.throttle = self._fn(
             "nvmlDeviceGetCurrentClocksEventReasons",  # nvidia-ml-py >= 12.535
@@ -263,6 +265,9 @@ class _Nvml:
         self.ecc_uncorrected = self._const("NVML_MEMORY_ERROR_TYPE_UNCORRECTED", _ECC_UNCORRECTED)
         self.ecc_volatile = self._const("NVML_VOLATILE_ECC", _ECC_VOLATILE)
         self.mig_enable = self._const("NVML_DEVICE_MIG_ENABLE", _MIG_ENABLE)
+        self.gpu_instance_profiles = self._const(
+            "NVML_GPU_INSTANCE_PROFILE_COUNT", _GPU_INSTANCE_PROFILE_COUNT
+        )
         self.ecc_corrected = self._const("NVML_MEMORY_ERROR_TYPE_CORRECTED", _ECC_CORRECTED)
         self.ecc_aggregate = self._const("NVML_AGGREGATE_ECC", _ECC_AGGREGATE)
         self.retired_single_bit = self._const(
@@ -309,11 +314,15 @@ class _Nvml:
         except self.error as exc:
             if required:
                 raise GpuLost(f"NVML error: {exc}") from None
-            if (gpu.index, key) not in self._warned:
-                self._warned.add((gpu.index, key))
-                where = f"GPU {gpu.index}" if gpu.index >= 0 else "NVML"
-                self._log.warning("%s: reading %s failed: NVML error: %s", where, key, exc)
+            self.warn_once(gpu, key, exc)
             return None
+
+    def warn_once(self, gpu: _Gpu, key: str, exc: BaseException) -> None:
+        """Logs an unexpected NVML error reading ``gpu``'s field ``key``, the first time."""
+        if (gpu.index, key) not in self._warned:
+            self._warned.add((gpu.index, key))
+            where = f"GPU {gpu.index}" if gpu.index >= 0 else "NVML"
+            self._log.warning("%s: reading %s failed: NVML error: %s", where, key, exc)
 
 
 @dataclass(slots=True)
@@ -334,6 +343,9 @@ class _Gpu:
     # the slow fields as last put together (see GpuCollector._slow_fields), and their parts
     slow_parts: tuple[Any, ...] = ()
     slow_fields: dict[str, Any] = field(default_factory=dict)
+    # until then, and while no Xid event is recorded, slow_fields stand as they are
+    slow_due_at_s: float = float("-inf")
+    slow_xid_changes: int = -1
 
     def failed(self, reason: str) -> GpuSample:
         return GpuSample(index=self.index, uuid=self.static.uuid, name=self.static.name, error=reason)
@@ -365,6 +377,14 @@ def _succeeds(fn: Callable[..., Any]) -> Callable[..., bool]:
     return call
 
 
+def gpu_instance_profile(name: str | None) -> str | None:
+    """A GPU instance profile's name as NVML gives it, ``"MIG 3g.40gb"``, as the slices are
+    named: ``"3g.40gb"``; ``None`` for none."""
+    if not name:
+        return None
+    return name.strip().removeprefix("MIG ").strip() or None
+
+
 def mig_profile(device_name: str | None) -> str | None:
     """The MIG profile from a MIG device's name: ``"NVIDIA A100-SXM4-40GB MIG 3g.20gb"`` gives
     ``"3g.20gb"``; ``None`` when the name says none."""
@@ -383,13 +403,18 @@ class _XidLog:
         self._count: dict[int, int] = {}
         self._events: dict[int, deque[dict[str, Any]]] = {}
         self._wire: dict[int, tuple[int, int | None, float | None, list[dict[str, Any]]]] = {}
+        # grows with every change to what fields() says: a sample that sees the same number
+        # needs no fields() (read without the lock: an int is read whole)
+        self.changes = 0
 
     def watch(self, indices: set[int]) -> None:
         with self._lock:
             self._watched = set(indices)
+            self.changes += 1
 
     def add(self, index: int, event: dict[str, Any]) -> None:
         with self._lock:
+            self.changes += 1
             self._count[index] = self._count.get(index, 0) + 1
             self._events.setdefault(index, deque(maxlen=MAX_XID_EVENTS)).append(event)
             self._wire.pop(index, None)
@@ -700,6 +725,7 @@ class GpuCollector:
                 power_limit_watts=gpu.power_limit_watts.get(self._clock()),
                 pci_bus_id=None if pci is None else _text(pci.busId),
                 mig_mode=None if mig is None else _mig_mode_text(mig[0], nvml.mig_enable),
+                mig_profiles=None if mig is None else self._read_mig_profiles(nvml, gpu),
                 pcie_link_gen_max=_int(nvml.query(gpu, "pcie_gen_max", nvml.pcie_gen_max, handle)),
                 pcie_link_width_max_lanes=_int(
                     nvml.query(gpu, "pcie_width_max", nvml.pcie_width_max, handle)
@@ -718,6 +744,31 @@ class GpuCollector:
     @staticmethod
     def _power_limit_mw(nvml: _Nvml, gpu: _Gpu) -> int | None:
         return _int(nvml.query(gpu, "power_limit", nvml.power_limit, gpu.handle))
+
+    @staticmethod
+    def _read_mig_profiles(nvml: _Nvml, gpu: _Gpu) -> list[str] | None:
+        """The MIG GPU instance profiles a MIG-capable GPU offers, by name (``1g.10gb``), in the
+        order of NVML's profile table; ``None`` when it names none or can't be asked. Each
+        profile is asked on its own: one this GPU doesn't offer (NotSupported) or this driver
+        doesn't know (InvalidArgument) is left out, the others still count."""
+        read = nvml.gpu_instance_profile_info
+        if read is None:
+            return None
+        names: list[str] = []
+        for profile in range(nvml.gpu_instance_profiles):
+            try:
+                info = read(gpu.handle, profile)  # version 2: with the profile's name
+            except (*nvml.unsupported, *nvml.absent):
+                continue
+            except nvml.lost:
+                raise GpuLost("GPU is lost") from None
+            except nvml.error as exc:
+                nvml.warn_once(gpu, "mig_profiles", exc)
+                return None
+            name = gpu_instance_profile(_text(getattr(info, "name", None)))
+            if name is not None and name not in names:
+                names.append(name)
+        return names or None
 
     @staticmethod
     def _read_mig_devices(nvml: _Nvml, gpu: _Gpu) -> list[_MigDevice]:
@@ -881,6 +932,9 @@ class GpuCollector:
         when an event comes), in one dict held to the protocol's bounds when one of its parts
         was read again; between, the same dict (the sampler does not check
         :data:`FIELDS_CHECKED_WHEN_READ` again, and its diff passes the same objects by)."""
+        xid_changes = self._xids.changes  # before fields(): an event after it is seen next time
+        if now_s < gpu.slow_due_at_s and xid_changes == gpu.slow_xid_changes:
+            return gpu.slow_fields  # most samples: nothing due, no Xid since
         assert gpu.power_limit_watts is not None and gpu.health is not None and gpu.nvlink is not None
         parts = (
             gpu.power_limit_watts.get(now_s),
@@ -888,6 +942,8 @@ class GpuCollector:
             gpu.nvlink.get(now_s),
             self._xids.fields(gpu.index) or _NO_XIDS,
         )
+        gpu.slow_xid_changes = xid_changes
+        gpu.slow_due_at_s = min(gpu.power_limit_watts.due_at_s, gpu.health.due_at_s, gpu.nvlink.due_at_s)
         if len(parts) == len(gpu.slow_parts) and all(
             a is b for a, b in zip(parts, gpu.slow_parts, strict=True)
         ):

@@ -179,6 +179,10 @@ class HubLink:
         reader = asyncio.create_task(_drain(ws))
         try:
             sent: Snapshot = {}
+            # at least the size of the state the hub merged from what was sent (nulls left out),
+            # as a whole delta: grown by each message's size, measured anew only when that sum
+            # passes the limit (encoding every snapshot whole cost the loop more than its delta)
+            sent_bytes_max = 0
             sent_version = -1
             seq = 0
             heartbeat_after_s = hello.interval_s * HEARTBEAT_AFTER_INTERVALS
@@ -194,19 +198,24 @@ class HubLink:
                 message = b""
                 if latest is not None and changed:
                     message = encode(Delta(seq=seq, ts=ts, patch=self._source.patch_since(sent)))
-                    # the hub holds the state it merges to one message's size too (MAX_STATE_BYTES)
+                    # the hub holds the state it merges to one message's size too (MAX_STATE_BYTES):
+                    # a merge adds to the state at most what the message spells out
                     fits = len(message) <= _FIT_BYTES
-                    if not fits or _snapshot_bytes(latest) > _FIT_BYTES:
+                    latest_bytes_max = sent_bytes_max + len(message)
+                    if fits and latest_bytes_max > _FIT_BYTES:
+                        latest_bytes_max = _snapshot_bytes(latest)
+                    if not fits or latest_bytes_max > _FIT_BYTES:
                         latest = fit_snapshot(latest)
                         message = encode(Delta(seq=seq, ts=ts, patch=make_patch(sent, latest)))
-                        fits = len(message) <= _FIT_BYTES and _snapshot_bytes(latest) <= _FIT_BYTES
+                        latest_bytes_max = _snapshot_bytes(latest)
+                        fits = len(message) <= _FIT_BYTES and latest_bytes_max <= _FIT_BYTES
                     if not fits:
                         log.error(
                             "a snapshot does not fit in %d bytes even trimmed; not sent", MAX_MESSAGE_BYTES
                         )
                         message = b""
                     else:
-                        sent = latest
+                        sent, sent_bytes_max = latest, latest_bytes_max
                 if not message:  # nothing new (or nothing that fits): a heartbeat
                     message = encode(Delta(seq=seq, ts=ts, patch={}))
                 await ws.send(message, text=True)

@@ -21,6 +21,11 @@ class Periodic(Generic[T]):
         self._due_at_s = float("-inf")
         self._value: T | None = None
 
+    @property
+    def due_at_s(self) -> float:
+        """When the next :meth:`get` reads again (``-inf`` before the first read)."""
+        return self._due_at_s
+
     def get(self, now_s: float) -> T:
         """The value, read again when due; ``now_s`` is ``time.monotonic()``."""
         if now_s >= self._due_at_s:

@@ -171,6 +171,9 @@ class GpuStatic:
     power_limit_watts: float | None = bounded(WATTS)
     pci_bus_id: str | None = None
     mig_mode: str | None = None
+    # the MIG GPU instance profiles the GPU offers ("1g.10gb", "3g.40gb"), in NVML's order; null:
+    # not MIG-capable, or not known (an older hub ignores the field)
+    mig_profiles: list[str] | None = None
     # the fastest PCIe link this GPU and its slot can run (a lower current one: a bad seat or riser)
     pcie_link_gen_max: int | None = bounded(PCIE_GEN)
     pcie_link_width_max_lanes: int | None = bounded(PCIE_LANES)

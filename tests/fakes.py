@@ -110,6 +110,7 @@ def gpu(index: int, model: str = "H100", **overrides: Any) -> dict[str, Any]:
         "nvlinks": [nvlink() for _ in range(facts["nvlinks"])] or None,
         "events_supported": True,
         "xid_events": [],
+        "gi_profiles": GI_PROFILES.get(model),  # MIG profiles offered
     }
     if facts["memory_health"] is None:
         entry.update(ecc_uncorrected=None, ecc_corrected=None)
@@ -140,6 +141,34 @@ def xid(
 
 # A100 40GB MIG profiles: (name, GPU instance profile's memory)
 A100_MIG_PROFILES = {"1g.5gb": 5 * GIB, "2g.10gb": 10 * GIB, "3g.20gb": 20 * GIB, "7g.40gb": 40 * GIB}
+
+
+def gi_profile(
+    profile: int, profile_id: int, name: str, slices: int, instances: int, memory_mb: int
+) -> dict[str, Any]:
+    """A GPU instance profile NVML's table offers at index ``profile`` (``id``: the profile id
+    nvidia-smi shows)."""
+    return {
+        "profile": profile,
+        "id": profile_id,
+        "name": f"MIG {name}",
+        "slices": slices,
+        "instances": instances,
+        "memory_mb": memory_mb,
+    }
+
+
+# An A100 40GB's GPU instance profiles (nvidia-smi mig -lgip), by their index in NVML's table
+A100_GI_PROFILES = [
+    gi_profile(0, 19, "1g.5gb", 1, 7, 4864),
+    gi_profile(1, 14, "2g.10gb", 2, 3, 9856),
+    gi_profile(2, 9, "3g.20gb", 3, 2, 19968),
+    gi_profile(3, 5, "4g.20gb", 4, 1, 19968),
+    gi_profile(4, 0, "7g.40gb", 7, 1, 40192),
+    gi_profile(7, 20, "1g.5gb+me", 1, 1, 4864),
+    gi_profile(9, 15, "1g.10gb", 1, 4, 9856),
+]
+GI_PROFILES = {"A100": A100_GI_PROFILES}
 
 
 def mig_device(

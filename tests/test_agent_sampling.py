@@ -294,6 +294,11 @@ class CountingSampler:
         self.taken += 1
         return {"sampled_at": float(self.taken)}
 
+    def next_sample(self, previous: Snapshot | None) -> tuple[Snapshot, dict[str, Any] | None]:
+        """:meth:`Sampler.next_sample`'s contract: the snapshot and its patch against ``previous``."""
+        snapshot = self.snapshot()
+        return snapshot, None if previous is None else sampler_module.make_patch(previous, snapshot)
+
 
 async def _newest(source: SampleSource, version: int, timeout_s: float) -> int:
     await source.wait_newer(version, timeout_s)

@@ -19,7 +19,7 @@ from hub.domain.events import (
     StatusChanged,
 )
 from hub.domain.gpus import GpuFreeRule, GpuState
-from hub.domain.health import Level
+from hub.domain.health import XID_WARNING_SHOWN_S, Level
 from hub.domain.nodes import Liveness, NodeStatus
 from hub.registry import NodeRegistry
 from node_agent.protocol import Delta, Hello
@@ -161,7 +161,7 @@ def test_per_sample_events_are_not_built_without_subscribers() -> None:
     registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "gpus": {"0": gpu()}}))
     assert not registry.events.wants(SampleApplied) and not registry.events.wants(GpuStateChanged)
     assert not registry.events.wants(GpuHealthChanged)
-    assert registry._gpu_states == {} and registry._gpu_health == {}, "no GPU states kept for nobody"
+    assert registry._gpu_states == {}, "no GPU states kept for nobody"
     assert [type(e) for e in seen] == [StatusChanged]
 
 
@@ -266,11 +266,82 @@ def test_gpu_health_counts_recent_xids_and_forgets_a_gpu_that_is_gone() -> None:
     xid = {"code": 79, "epoch_s": 1.0}  # long ago by the clock: no longer shown
     registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"gpus": {"0": gpu(mem_used_bytes=0)}}))
     registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch={"gpus": {"0": {"xid_events": [xid]}}}))
-    assert seen == [] and registry._gpu_health == {"n1": {}}, "an old Xid is ok"
+    assert seen == [] and registry.nodes["n1"].gpu_health == {}, "an old Xid is ok"
     fresh = {"code": 79, "epoch_s": registry._clock.wall()}
     registry.delta("n1", connection, Delta(seq=3, ts=0.0, patch={"gpus": {"0": {"xid_events": [fresh]}}}))
     [fault] = seen
     assert (fault.new, fault.findings[0]) == (Level.FAULT, "Xid 79: fell off the bus: drain the node")
     registry.delta("n1", connection, Delta(seq=4, ts=0.0, patch={"gpus": {"0": {"mem_used_bytes": 5}}}))
     registry.delta("n1", connection, Delta(seq=5, ts=0.0, patch={"gpus": {"0": None}}))
-    assert len(seen) == 1 and registry._gpu_health == {"n1": {}}, "a GPU that is gone is forgotten"
+    assert len(seen) == 1 and registry.nodes["n1"].gpu_health == {}, "a GPU that is gone is forgotten"
+
+
+def test_a_gpu_health_verdict_is_kept_on_the_node_until_its_xid_leaves_the_wall() -> None:
+    """The rows read the registry's verdict: judged when a health field changes, and again
+    once an Xid's time on the wall is up, at the next sample, whose GPU rows it then names."""
+    registry, clock, seen = make((GpuHealthChanged, SampleApplied))
+    connection = registry.hello(hello(gpus=[{"index": 0, "uuid": "GPU-a"}]))
+    xid = {"code": 13, "epoch_s": clock.wall() - 10}
+    registry.delta(
+        "n1",
+        connection,
+        Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "gpus": {"0": gpu(xid_events=[xid])}}),
+    )
+    verdict = registry.nodes["n1"].gpu_health["0"]
+    assert verdict.words == "Xid 13: graphics engine exception: restart the job"
+    assert verdict.until_epoch_s == xid["epoch_s"] + XID_WARNING_SHOWN_S
+    registry.delta(
+        "n1",
+        connection,
+        Delta(seq=2, ts=0.0, patch={"sampled_at": 2.0, "gpus": {"0": {"temp_celsius": 50.0}}}),
+    )
+    assert registry.nodes["n1"].gpu_health["0"] is verdict, "a field no finding reads judges nothing"
+    seen.clear()
+    clock.advance(XID_WARNING_SHOWN_S - 10)
+    registry.delta(
+        "n1", connection, Delta(seq=3, ts=0.0, patch={"sampled_at": 3.0, "host": {"cpu_percent": 5.0}})
+    )
+    assert registry.nodes["n1"].gpu_health["0"] is verdict and seen[-1].gpus == frozenset(), "not yet"
+    clock.advance(1)  # the next sample, whatever it holds (here a field no finding reads), judges again
+    registry.delta(
+        "n1",
+        connection,
+        Delta(seq=4, ts=0.0, patch={"sampled_at": 4.0, "gpus": {"0": {"temp_celsius": 51.0}}}),
+    )
+    assert registry.nodes["n1"].gpu_health == {}
+    applied, changed = seen[-2:]
+    assert isinstance(applied, SampleApplied) and applied.gpus == frozenset({"0"}), (
+        "its row is rendered again"
+    )
+    assert isinstance(changed, GpuHealthChanged) and (changed.old, changed.new) == (Level.WARNING, Level.OK)
+
+
+def test_a_busy_gpus_utilization_is_judged_only_for_a_slower_pcie_link() -> None:
+    registry, _, seen = make((GpuHealthChanged,))
+    connection = registry.hello(
+        hello(gpus=[{"index": 0, "pcie_link_gen_max": 5}, {"index": 1, "pcie_link_gen_max": 5}])
+    )
+    first = {"0": gpu(util=10.0, pcie_link_gen=3), "1": gpu(util=10.0, pcie_link_gen=5)}
+    registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "gpus": first}))
+    busy = {"0": {"util_gpu_percent": 90.0}, "1": {"util_gpu_percent": 90.0}}
+    registry.delta("n1", connection, Delta(seq=2, ts=0.0, patch={"sampled_at": 2.0, "gpus": busy}))
+    assert [(e.gpu_index, e.new, e.findings) for e in seen] == [
+        ("0", Level.WARNING, ("PCIe gen3 of gen5 under load",))
+    ]
+    assert set(registry.nodes["n1"].gpu_health) == {"0"}
+
+
+def test_a_reconnect_judges_every_gpu_again_and_forgets_those_gone() -> None:
+    registry, _, seen = make((GpuHealthChanged,))
+    connection = registry.hello(hello())
+    faulty = {"0": gpu(remap_failed=True), "1": gpu(remap_pending=True)}
+    registry.delta("n1", connection, Delta(seq=1, ts=0.0, patch={"sampled_at": 1.0, "gpus": faulty}))
+    seen.clear()
+    connection = registry.hello(hello())
+    registry.delta(
+        "n1",
+        connection,
+        Delta(seq=1, ts=0.0, patch={"sampled_at": 2.0, "gpus": {"0": gpu(remap_failed=True)}}),
+    )
+    assert seen == [], "still the same fault: no second 'fault started'"
+    assert set(registry.nodes["n1"].gpu_health) == {"0"}, "GPU 1 is no longer reported"

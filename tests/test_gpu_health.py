@@ -250,6 +250,7 @@ def test_a_gpu_supporting_none_of_it_gives_null_everywhere(make_collector: MakeC
     collector, _ = make_collector(fakes.no_health_support())
     static = collector.static()[0]
     assert (static.pcie_link_gen_max, static.pcie_link_width_max_lanes, static.mig_mode) == (None, None, None)
+    assert static.mig_profiles is None
     for _ in range(2):  # the second sample skips what the first found unsupported
         gpu = collector.sample()["0"]
         assert gpu.error is None and gpu.mem_used_bytes == 1 * GIB
@@ -277,6 +278,31 @@ def test_mig_slices_with_their_processes(
         assert (proc.pid, proc.user, proc.command, proc.gpu_mem_bytes) == (pid, MY_USER, "sleep", GIB)
     assert gpu.mig_slices[0].uuid != gpu.mig_slices[1].uuid
     assert_wire_valid(samples)
+
+
+A100_PROFILES = ["1g.5gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb", "1g.5gb+me", "1g.10gb"]
+
+
+def test_the_mig_profiles_a_gpu_offers_are_in_its_hello(
+    make_collector: MakeCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    collector, fake = make_collector(fakes.a100_mig())
+    assert collector.static()[0].mig_profiles == A100_PROFILES
+    assert fake.calls["nvmlDeviceGetGpuInstanceProfileInfo"] == fake.NVML_GPU_INSTANCE_PROFILE_COUNT
+    h100s, _ = make_collector(fakes.eight_gpus())
+    assert [g.mig_profiles for g in h100s.static()] == [None] * 8, "MIG-capable but naming none: null"
+    # a profile this GPU doesn't offer (NotSupported) is left out, the others still count
+    scenario = fakes.a100_mig()
+    scenario["gpus"][0]["gi_profiles"] = [p for p in fakes.A100_GI_PROFILES if p["profile"] != 2]
+    some, _ = make_collector(scenario)
+    assert some.static()[0].mig_profiles == [p for p in A100_PROFILES if p != "3g.20gb"]
+    # an unexpected error: not known (null), warned once; the rest of the hello is as ever
+    scenario["gpus"][0]["errors"] = {"nvmlDeviceGetGpuInstanceProfileInfo": "Unknown"}
+    failing, _ = make_collector(scenario)
+    static = failing.static()[0]
+    assert (static.mig_mode, static.mig_profiles, static.name) == ("enabled", None, "NVIDIA A100-SXM4-40GB")
+    warned = [r.getMessage() for r in caplog.records if "mig_profiles" in r.getMessage()]
+    assert warned == ["GPU 0: reading mig_profiles failed: NVML error: Unknown Error"]
 
 
 def test_mig_profile_from_the_device_name() -> None:
@@ -364,6 +390,7 @@ def test_the_agents_fallback_constants_are_nvml_h_values() -> None:
         real.NVML_NVLINK_ERROR_DL_CRC_DATA,
     )
     assert gpu_module._FEATURE_ENABLED == real.NVML_FEATURE_ENABLED
+    assert gpu_module._GPU_INSTANCE_PROFILE_COUNT == real.NVML_GPU_INSTANCE_PROFILE_COUNT
 
 
 def test_the_fakes_structures_are_the_real_ones(tmp_path: Path) -> None:
@@ -378,6 +405,12 @@ def test_the_fakes_structures_are_the_real_ones(tmp_path: Path) -> None:
     fake.nvmlInit()
     handle = fake.nvmlDeviceGetHandleByIndex(0)
     assert fake.nvmlDeviceGetRemappedRows(handle) == (0, 0, 0, 0)
+    # a GPU instance profile: the version 2 structure (with its name), what the real call returns
+    # unless asked for version 1
+    real_fields = [name for name, _ in real.c_nvmlGpuInstanceProfileInfo_v2_t._fields_]
+    assert [name for name, _ in fake.c_nvmlGpuInstanceProfileInfo_v2_t._fields_] == real_fields
+    assert inspect.signature(real.nvmlDeviceGetGpuInstanceProfileInfo).parameters["version"].default == 2
+    assert fake.NVML_DEVICE_NAME_V2_BUFFER_SIZE == real.NVML_DEVICE_NAME_V2_BUFFER_SIZE
     # the wait raises NVMLError_Timeout when nothing came, like the real one
     assert real.NVMLError_Timeout.__name__ == fake.NVMLError_Timeout.__name__
     event_set = fake.nvmlEventSetCreate()

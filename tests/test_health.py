@@ -3,12 +3,15 @@ samples of the fake NVML scenarios."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hub.domain.health import (
     HEALTHY,
@@ -18,6 +21,7 @@ from hub.domain.health import (
     Health,
     HealthCounts,
     Level,
+    _judged,
     count_levels,
     gpu_health,
     slowdown_is_normal,
@@ -83,6 +87,18 @@ def test_an_xid_says_what_and_what_to_do(code: int, words: str, level: Level) ->
 def test_a_healthy_gpu_is_ok_with_no_words() -> None:
     assert gpu_health(healthy_sample(), STATIC, NOW) == HEALTHY
     assert HEALTHY.words == "" and HEALTHY.level is Level.OK
+
+
+def test_the_readme_says_what_every_xid_badge_means_at_its_level() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.lstrip().startswith(("| ⛔", "| ⚠"))]
+    for code, info in XID_TABLE.items():
+        sign = "⛔" if info.level is Level.FAULT else "⚠"
+        named = [
+            row for row in rows if "Xid" in row.split("|")[1] and re.search(rf"\b{code}\b", row.split("|")[1])
+        ]
+        assert [row.split("|")[1].strip()[0] for row in named] == [sign], (code, named)
+    assert any("Xid N" in row for row in rows), "and what to do with a code the table lacks"
 
 
 def test_an_xid_stops_showing_after_its_window() -> None:
@@ -164,6 +180,57 @@ def test_nothing_known_is_healthy_and_a_lost_gpu_is_not_judged() -> None:
     assert gpu_health(nulls, {"pcie_link_width_max_lanes": None}, NOW) == HEALTHY
     lost = healthy_sample(error="GPU is lost", remap_failed=True)
     assert gpu_health(lost, STATIC, NOW) == HEALTHY
+
+
+_COUNTS = st.none() | st.integers(0, 80)
+_FLAGS = st.none() | st.booleans()
+_SAMPLE_FIELDS = {
+    "error": st.none() | st.just("GPU is lost"),
+    "util_gpu_percent": st.none() | st.sampled_from([0.0, 49.9, 50.0, 100.0]),
+    "throttle_reasons": st.none()
+    | st.lists(
+        st.sampled_from(["gpu_idle", "sw_power_cap", "hw_thermal", "sw_thermal", "hw_slowdown"]), max_size=3
+    ),
+    "pcie_link_gen": st.none() | st.integers(1, 6),
+    "pcie_link_width_lanes": st.none() | st.sampled_from([0, 1, 4, 8, 16, 32]),
+    "ecc_volatile_uncorrected": _COUNTS,
+    "retired_pages_single_bit": _COUNTS,
+    "retired_pages_double_bit": _COUNTS,
+    "retired_pages_pending": _FLAGS,
+    "remap_pending": _FLAGS,
+    "remap_failed": _FLAGS,
+    "nvlink_active": st.none() | st.lists(st.booleans(), max_size=6),
+    "xid_last_code": st.none() | st.sampled_from([13, 79, 999]),
+    "xid_last_epoch_s": st.none() | st.sampled_from([NOW - 10, NOW - XID_FAULT_SHOWN_S - 1]),
+    "xid_events": st.none()
+    | st.lists(
+        st.builds(
+            xid_event,
+            st.sampled_from([13, 48, 79, 999]),
+            st.sampled_from([1.0, XID_WARNING_SHOWN_S + 1, XID_FAULT_SHOWN_S + 1]),
+        ),
+        max_size=3,
+    ),
+}
+
+
+@given(
+    sample=st.fixed_dictionaries({}, optional=_SAMPLE_FIELDS),
+    static=st.none()
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "pcie_link_gen_max": st.none() | st.integers(1, 6),
+            "pcie_link_width_max_lanes": st.none() | st.sampled_from([0, 8, 16]),
+        },
+    ),
+)
+def test_the_fast_path_for_a_healthy_gpu_never_changes_the_verdict(
+    sample: dict[str, Any], static: dict[str, Any] | None
+) -> None:
+    """gpu_health tells a healthy GPU by a few lookups before putting findings together: on
+    any sample it says what the full judgement says."""
+    assert gpu_health(sample, static, NOW) == _judged(sample, static, NOW)
 
 
 def test_counts_take_each_gpu_once_at_its_worst() -> None:

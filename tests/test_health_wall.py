@@ -59,6 +59,11 @@ def test_health_flows_from_nvml_to_the_wall_page_api_and_metrics(
     assert "⚠ SW thermal slowdown" in slow and "⚠ HW thermal slowdown" in slow
     mig = page(hub, "/node/mig")
     assert "MIG slices (2)" in mig and "3g.20gb" in mig and "2g.10gb" in mig
+    # the profiles the GPU offers, from its hello
+    assert (
+        "MIG profiles offered" in mig
+        and "1g.5gb, 2g.10gb, 3g.20gb, 4g.20gb, 7g.40gb, 1g.5gb+me, 1g.10gb" in mig
+    )
     assert mig.count("● busy") >= 2 and " sleep (" in mig
 
     # /metrics: the families, labelled by MIG uuid for the slices; promtool finds nothing

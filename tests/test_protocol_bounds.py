@@ -22,6 +22,7 @@ from node_agent.protocol import (
     decode,
     decode_with_checkers,
     encode,
+    merge_patch,
     snapshot_within_bounds,
 )
 from node_agent.sampler import Sampler
@@ -122,3 +123,44 @@ def test_the_sampler_sends_odd_readings_as_unknown_and_warns_once(caplog: pytest
             "gpus.0.processes[0].pid",
         )
     ), warned
+
+
+def without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+class DriftingGpus(OddGpus):
+    """A GPU whose fan reading goes past any speed in one sample only, the rest unchanged."""
+
+    def __init__(self, fans: list[float]) -> None:
+        self.fans = fans
+
+    def sample_wire(self) -> dict[str, dict[str, Any]]:
+        fan = self.fans.pop(0)
+        return {"0": {"index": 0, "fan_percent": fan, "temp_celsius": 40.0, "processes": []}}
+
+
+def test_each_sample_checks_what_changed_and_its_patch_carries_the_null(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sampler = Sampler(HostCollector(), DriftingGpus([50.0, 255.0, 60.0, 60.0]))
+    with caplog.at_level(logging.WARNING, "sers.agent"):
+        first, no_patch = sampler.next_sample(None)
+        snapshots, patches = [first], []
+        for _ in range(3):
+            snapshot, patch = sampler.next_sample(snapshots[-1])
+            snapshots.append(snapshot)
+            patches.append(patch)
+    assert no_patch is None
+    assert [s["gpus"]["0"]["fan_percent"] for s in snapshots] == [50.0, None, 60.0, 60.0]
+    fans_sent = [p.get("gpus", {}).get("0", {}).get("fan_percent", "same") for p in patches]
+    assert fans_sent == [None, 60.0, "same"]
+    for before, patch, after in zip(snapshots, patches, snapshots[1:], strict=False):
+        # absent and null mean the same on this wire
+        assert without_nulls(merge_patch(before, patch)) == without_nulls(after), (
+            "patches rebuild the snapshots"
+        )
+    warned = [r.getMessage() for r in caplog.records if "bounds" in r.getMessage()]
+    assert warned == ["gpus.0.fan_percent: a reading outside the protocol's bounds; sent as unknown"]

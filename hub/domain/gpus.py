@@ -106,14 +106,19 @@ def user_totals(
     the user's processes reports it. A process without a user is counted under
     ``unknown(process)`` (:data:`UNKNOWN_USER` by default; the cards name it by its pid). Hot:
     the cards call it per busy GPU row, hence plain tuples."""
-    counts: dict[str, int] = {}
-    mems: dict[str, float] = {}
+    totals: dict[str, tuple[int, float | None]] = {}
     for proc in processes:
-        user = proc.get("user")
+        get = proc.get
+        user = get("user")
         if not user or user.__class__ is not str:
             user = unknown(proc)
-        counts[user] = counts.get(user, 0) + 1
-        mem = proc.get("gpu_mem_bytes")
-        if mem.__class__ is int or (mem.__class__ is float and mem - mem == 0):  # finite numbers
-            mems[user] = mems.get(user, 0) + mem
-    return {user: (count, mems.get(user)) for user, count in counts.items()}
+        mem = get("gpu_mem_bytes")
+        if not (mem.__class__ is int or (mem.__class__ is float and mem - mem == 0)):  # finite numbers
+            mem = None
+        seen = totals.get(user)
+        if seen is None:  # one dict, no second pass: most GPUs have one process
+            totals[user] = (1, mem)
+        else:
+            count, total = seen
+            totals[user] = (count + 1, total if mem is None else mem if total is None else total + mem)
+    return totals

@@ -11,6 +11,7 @@ from a node that stopped reporting: :func:`gpu_health` says nothing about those.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -90,7 +91,7 @@ RETIRED_PAGES_RMA = 60
 
 
 # The sample fields :func:`gpu_health` reads: a patch without any of them leaves a GPU's health
-# as it was (but for an Xid growing old, noticed at the next such patch).
+# as it was (but for an Xid growing old: see Health.until_epoch_s).
 HEALTH_FIELDS = frozenset(
     {
         "error",
@@ -124,6 +125,8 @@ class Finding:
 class Health:
     level: Level
     findings: tuple[Finding, ...]  # the worst first
+    # after this the same sample may be judged otherwise: an Xid shown now leaves the wall
+    until_epoch_s: float = math.inf
 
     @property
     def words(self) -> str:
@@ -150,11 +153,59 @@ def worst(levels: Iterable[Level]) -> Level:
 
 def gpu_health(sample: Mapping[str, Any], static: Mapping[str, Any] | None, now_epoch_s: float) -> Health:
     """The health of one GPU from its merged sample and its hello facts (``None``: none known).
-    A GPU the agent reports an error for (lost) is not judged here."""
+    A GPU the agent reports an error for (lost) is not judged here.
+
+    The registry judges a GPU whenever a patch may change its health (:func:`health_may_change`)
+    and again once :attr:`Health.until_epoch_s` has passed; a healthy GPU, nearly all of them,
+    is told in a few lookups (:func:`_may_have_findings`) before any finding is put together."""
+    if sample.get("error") or not _may_have_findings(sample, static):
+        return HEALTHY
+    return _judged(sample, static, now_epoch_s)
+
+
+_SLOWDOWNS = frozenset(SLOWDOWN_WORDS)
+
+
+def _may_have_findings(sample: Mapping[str, Any], static: Mapping[str, Any] | None) -> bool:
+    """False only when no finding below can apply: each test is implied by a finding's own
+    condition (``tests/test_health.py`` holds :func:`gpu_health` to :func:`_judged` on any
+    sample), so a healthy GPU costs these lookups instead of five lists and a sort."""
+    get = sample.get
+    if (
+        get("xid_events")
+        or get("xid_last_code") is not None
+        or get("remap_failed")
+        or get("remap_pending")
+        or get("retired_pages_single_bit")
+        or get("retired_pages_double_bit")
+        or get("retired_pages_pending")
+        or get("ecc_volatile_uncorrected")
+    ):
+        return True
+    reasons = get("throttle_reasons")
+    if reasons and not _SLOWDOWNS.isdisjoint(reasons):
+        return True
+    active = get("nvlink_active")
+    if active and not all(active):
+        return True
+    if static:
+        width, gen = get("pcie_link_width_lanes"), get("pcie_link_gen")
+        width_max, gen_max = static.get("pcie_link_width_max_lanes"), static.get("pcie_link_gen_max")
+        if width and width_max and width < width_max:
+            return True
+        if gen and gen_max and gen < gen_max:
+            util = get("util_gpu_percent")
+            return util is not None and util >= PCIE_LOAD_PERCENT
+    return False
+
+
+def _judged(sample: Mapping[str, Any], static: Mapping[str, Any] | None, now_epoch_s: float) -> Health:
+    """:func:`gpu_health` in full: every finding, the worst first."""
     if sample.get("error"):
         return HEALTHY
+    xids, until_epoch_s = _xid_findings(sample, now_epoch_s)
     findings = [
-        *_xid_findings(sample, now_epoch_s),
+        *xids,
         *_memory_findings(sample),
         *_pcie_findings(sample, static or {}),
         *_nvlink_findings(sample),
@@ -163,7 +214,24 @@ def gpu_health(sample: Mapping[str, Any], static: Mapping[str, Any] | None, now_
     if not findings:
         return HEALTHY
     findings.sort(key=lambda f: -_RANK[f.level])  # stable: within a level, the order above
-    return Health(findings[0].level, tuple(findings))
+    return Health(findings[0].level, tuple(findings), until_epoch_s)
+
+
+def health_may_change(
+    gpu_patch: Mapping[str, Any], sample: Mapping[str, Any], static: Mapping[str, Any] | None
+) -> bool:
+    """Whether a GPU's patch may change its health (``sample``: the GPU as merged with it). The
+    utilization, in nearly every patch of a busy GPU, counts only for a PCIe link below its
+    generation; a patch without any field a finding reads changes nothing."""
+    if not _JUDGED_FIELDS.isdisjoint(gpu_patch):
+        return True
+    if "util_gpu_percent" not in gpu_patch or not static:
+        return False
+    gen, gen_max = sample.get("pcie_link_gen"), static.get("pcie_link_gen_max")
+    return bool(gen and gen_max and gen < gen_max)
+
+
+_JUDGED_FIELDS = HEALTH_FIELDS - {"util_gpu_percent"}
 
 
 def _seconds(value: Any) -> float | None:
@@ -176,11 +244,13 @@ def _seconds(value: Any) -> float | None:
         return None
 
 
-def _xid_findings(sample: Mapping[str, Any], now_epoch_s: float) -> list[Finding]:
+def _xid_findings(sample: Mapping[str, Any], now_epoch_s: float) -> tuple[list[Finding], float]:
+    """The Xids shown now, and when the first of them leaves the wall (``inf``: none will)."""
     events = sample.get("xid_events") or ()
     if not events and sample.get("xid_last_code") is not None:
         events = ({"code": sample["xid_last_code"], "epoch_s": sample.get("xid_last_epoch_s")},)
     shown: dict[int, Level] = {}
+    until_epoch_s = math.inf
     for event in reversed(events):  # newest first: one finding per code
         code, at = event.get("code"), _seconds(event.get("epoch_s"))
         if not isinstance(code, int) or code in shown:
@@ -189,7 +259,9 @@ def _xid_findings(sample: Mapping[str, Any], now_epoch_s: float) -> list[Finding
         window = XID_FAULT_SHOWN_S if level is Level.FAULT else XID_WARNING_SHOWN_S
         if at is None or now_epoch_s - at <= window:
             shown[code] = level
-    return [Finding(level, xid_words(code)) for code, level in shown.items()]
+            if at is not None:
+                until_epoch_s = min(until_epoch_s, at + window)
+    return [Finding(level, xid_words(code)) for code, level in shown.items()], until_epoch_s
 
 
 def _memory_findings(sample: Mapping[str, Any]) -> list[Finding]:

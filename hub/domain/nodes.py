@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from hub.domain.health import Health
 from node_agent.protocol import Hello, Snapshot
 
 
@@ -74,6 +75,9 @@ class Node:
     samples: int = 0  # patches with a new ``sampled_at`` so far: the history records each once
     clock_ahead_s: float = 0.0  # the agent's wall clock minus the hub's, at its last message
     sample_late: bool = False  # heartbeats arrive but samples do not (a hung collector)
+    # each GPU's health other than ok, by index: judged by the registry when a patch may change
+    # it (and when its time is up), read by whatever shows it
+    gpu_health: dict[str, Health] = field(default_factory=dict)
 
     @property
     def reporting(self) -> bool:

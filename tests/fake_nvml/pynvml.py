@@ -25,6 +25,8 @@ works in-process and in subprocesses started with ``PYTHONPATH=tests/fake_nvml``
                "events_supported": true,      # false: nvmlDeviceRegisterEvents is NotSupported
                "xid_events": [{"after_s": 3.0, "code": 79,   # delivered after_s after registering
                                "gpu_instance_id": 0xFFFFFFFF, "compute_instance_id": 0xFFFFFFFF}],
+               "gi_profiles": [{"profile": 0, "id": 19, "name": "MIG 1g.5gb", "slices": 1,
+                                "instances": 7, "memory_mb": 4864}],   # MIG profiles offered
                "mig_devices": [{"slot": 0, "name": "... MIG 3g.20gb", "uuid": "MIG-...",
                                 "gpu_instance_id": 1, "compute_instance_id": 0,
                                 "mem_total_bytes": ..., "mem_used_bytes": ...,
@@ -74,6 +76,8 @@ NVML_NVLINK_ERROR_DL_RECOVERY = 1
 NVML_NVLINK_ERROR_DL_CRC_FLIT = 2
 NVML_NVLINK_ERROR_DL_CRC_DATA = 3
 NVML_MAX_MIG_DEVICES = 7  # per GPU on an A100 or H100
+NVML_GPU_INSTANCE_PROFILE_COUNT = 0x12
+NVML_DEVICE_NAME_V2_BUFFER_SIZE = 96
 nvmlEventTypeXidCriticalError = 0x8
 
 _ERROR_CODES = {
@@ -203,6 +207,26 @@ class c_nvmlEventData_t(ctypes.Structure):
     ]
 
 
+class c_nvmlGpuInstanceProfileInfo_v2_t(ctypes.Structure):
+    """The real structure's fields (what ``nvmlDeviceGetGpuInstanceProfileInfo`` returns)."""
+
+    _fields_ = [
+        ("version", ctypes.c_uint),
+        ("id", ctypes.c_uint),
+        ("isP2pSupported", ctypes.c_uint),
+        ("sliceCount", ctypes.c_uint),
+        ("instanceCount", ctypes.c_uint),
+        ("multiprocessorCount", ctypes.c_uint),
+        ("copyEngineCount", ctypes.c_uint),
+        ("decoderCount", ctypes.c_uint),
+        ("encoderCount", ctypes.c_uint),
+        ("jpegCount", ctypes.c_uint),
+        ("ofaCount", ctypes.c_uint),
+        ("memorySizeMB", ctypes.c_ulonglong),
+        ("name", ctypes.c_char * NVML_DEVICE_NAME_V2_BUFFER_SIZE),
+    ]
+
+
 class _EventSet:
     """Registered handles, when each was registered, and the events already delivered."""
 
@@ -310,6 +334,29 @@ def nvmlDeviceGetPciInfo(handle: _Handle) -> SimpleNamespace:
 
 def nvmlDeviceGetMigMode(handle: _Handle) -> list[int]:
     return list(_value(handle, "nvmlDeviceGetMigMode", "mig_mode"))
+
+
+def nvmlDeviceGetGpuInstanceProfileInfo(
+    device: _Handle, profile: int, version: int = 2
+) -> c_nvmlGpuInstanceProfileInfo_v2_t:
+    """Like the real one (version 2): the GPU instance profile at ``profile`` (an index into
+    NVML's table: NVML_GPU_INSTANCE_PROFILE_1_SLICE...), NotSupported for one the GPU doesn't
+    offer (or a GPU without ``gi_profiles``), InvalidArgument past the table."""
+    gpu = _gpu(device, "nvmlDeviceGetGpuInstanceProfileInfo")
+    if not 0 <= profile < NVML_GPU_INSTANCE_PROFILE_COUNT or version != 2:
+        _raise("InvalidArgument")
+    offered = {p["profile"]: p for p in gpu.get("gi_profiles") or ()} if device.parent is None else {}
+    found = offered.get(profile)
+    if found is None:
+        _raise("NotSupported")
+    return c_nvmlGpuInstanceProfileInfo_v2_t(
+        version=0x02000098,
+        id=found["id"],
+        sliceCount=found["slices"],
+        instanceCount=found["instances"],
+        memorySizeMB=found["memory_mb"],
+        name=found["name"].encode(),
+    )
 
 
 def nvmlDeviceGetEnforcedPowerLimit(handle: _Handle) -> int:

@@ -25,6 +25,7 @@ from hub.domain.events import (
     GpuStateChanged,
     NodeConnected,
     NodeRemoved,
+    NodeRestored,
     SampleApplied,
     SampleLate,
     SampleStillLate,
@@ -339,8 +340,9 @@ class NodeRegistry:
         return sorted(self.nodes.values(), key=sort_key)
 
     def restore(self, node: Node) -> None:
-        """Adds a remembered node (from the hub's store) as offline, unless it is known; its
-        silence counts from when it was last seen (by the wall clock: the hub restarted since)."""
+        """Adds a remembered node (from the hub's store) as offline, unless it is known, and
+        publishes :class:`NodeRestored`; its silence counts from when it was last seen (by the
+        wall clock: the hub restarted since)."""
         if node.node_id in self.nodes:
             return
         if node.last_seen_wall:
@@ -349,6 +351,7 @@ class NodeRegistry:
         if node.hello is not None:
             self._gpu_statics[node.node_id] = _statics(node.hello)
         self._judge_health(node, None, judge_all=True)  # its rows show what its state says
+        self.events.publish(NodeRestored(node.node_id, node.hello, node.group, node.last_seen_wall))
 
 
 def _statics(hello: Hello) -> dict[str, dict[str, object]]:

@@ -11,7 +11,7 @@ from hub.alerts.engine import AlertEngine, Message, Status, Subject
 from hub.clock import ManualClock
 from hub.domain.events import IdleHeldChanged, SampleApplied
 from hub.domain.gpus import GpuFreeRule
-from hub.domain.nodes import Naming
+from hub.domain.nodes import Naming, Node, NodeStatus
 from hub.registry import NodeRegistry
 from node_agent.protocol import Delta, Hello
 
@@ -255,3 +255,49 @@ def test_a_restored_gpus_free_alert_resolves_when_too_few_are_free_and_fires_aga
     assert lab.messages() == [] and lab.engine.firing() == []  # ended, silently (no send_resolved)
     lab.delta("gpu01", {"gpus": {"0": free_gpu(A100)}})
     assert [s for s, _, _ in lab.messages()] == [Status.FIRING]
+
+
+def restore(lab: Lab, node: str, silent_s: float, group: str | None = None) -> None:
+    """The node as the store brings it back after a restart: offline, last seen ``silent_s`` ago."""
+    hello = Hello(node=node, agent_version="t", interval_s=1.0)
+    lab.registry.restore(
+        Node(
+            node,
+            node,
+            group,
+            hello=hello,
+            status=NodeStatus.OFFLINE,
+            last_seen_wall=lab.clock.wall() - silent_s,
+        )
+    )
+
+
+def test_a_node_restored_offline_fires_once_for_s_after_it_was_last_seen_and_resolves() -> None:
+    lab = Lab([{"name": "down", "when": "node_offline", "for_s": 600, "group": "A100 room"}])
+    restore(lab, "gpu01", 500, group="A100 room")  # went silent 500 s before the hub came back
+    restore(lab, "gpu02", 7200, group="A100 room")  # long gone: its for_s is over already
+    restore(lab, "cpu01", 7200)  # not in the rule's group
+    [(status, subjects, text)] = lab.messages()
+    assert (status, subjects) == (Status.FIRING, ["gpu02"]) and text.startswith("gpu02 offline (last seen ")
+    assert lab.messages(95) == []  # gpu01: 596 s since it was last seen
+    assert [(s, k) for s, k, _ in lab.messages(10)] == [(Status.FIRING, ["gpu01"])]
+    assert lab.messages(600) == []
+    lab.hello("gpu01", [])
+    assert [(s, k) for s, k, _ in lab.messages()] == [(Status.RESOLVED, ["gpu01"])]
+
+
+def test_a_restored_node_whose_alert_fired_before_the_restart_is_not_told_again() -> None:
+    lab = Lab([{"name": "down", "when": "node_offline", "for_s": 60}])
+    lab.conditions.hold_restored()  # as the hub does until the state file's alerts are back
+    restore(lab, "gpu01", 3600)
+    restore(lab, "gpu02", 30)  # went silent just before the restart, back before it was judged
+    lab.hello("gpu02", [])
+    assert lab.engine.restore(
+        "down", Subject("gpu01", "gpu01"), "gpu01 offline", lab.clock.wall() - 3540, True
+    )
+    lab.conditions.judge_restored()
+    assert lab.messages(120) == [] and [a.subject.key for a in lab.engine.firing()] == ["gpu01"]
+    restore(lab, "gpu03", 3600)  # restored once judging is on (a state file opened late): at once
+    assert [(s, k) for s, k, _ in lab.messages()] == [(Status.FIRING, ["gpu03"])]
+    lab.hello("gpu01", [])  # back: the alert from before the restart resolves, once
+    assert [(s, k) for s, k, _ in lab.messages(60)] == [(Status.RESOLVED, ["gpu01"])]

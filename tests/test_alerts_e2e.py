@@ -262,6 +262,51 @@ def test_a_hub_restarted_while_an_alert_fires_does_not_send_it_again(
     )
 
 
+def test_a_hub_restarted_while_an_offline_node_waits_out_for_s_fires_once_counted_from_last_seen(
+    tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver
+) -> None:
+    for_s = 12
+    hub_down_s = 6  # long enough that counting for_s from the restart would show
+    config = write_config(
+        tmp_path / "hub.toml", {"hook": f"json://127.0.0.1:{webhooks.port}/hook"}, for_s=for_s
+    )
+    with config.open("a") as toml:
+        toml.write("[memory]\nflush_every_s = 1\n")  # the event log written within a second
+    hub = start_hub(tmp_path, procs, config)
+    gpu01 = agent(hub, procs, "gpu01")
+    hub.wait_status("gpu01", "live")
+    killed_at = time.monotonic()
+    gpu01.kill()
+    hub.wait_status("gpu01", "offline")
+    assert hub.proc is not None
+    hub.proc.stop()  # well before for_s: the alert is still pending, and only in memory
+    assert "Application shutdown complete" in hub.proc.log()
+    assert webhooks.on("/hook") == []
+    settle(hub_down_s)
+    restarted_at = time.monotonic()
+    hub = start_hub(tmp_path, procs, config, port=hub.port)
+    assert hub.status("gpu01") == "offline"
+    wait_until(lambda: webhooks.on("/hook"), for_s + 20, what="the firing message after the restart")
+    fired_after_s = time.monotonic() - killed_at
+    assert fired_after_s >= for_s
+    # counted from when gpu01 was last seen, not from the restart (that would be for_s later)
+    assert fired_after_s < (restarted_at - killed_at) + for_s
+    settle(GROUP_WAIT_S + 2)
+    [fired] = webhooks.on("/hook")
+    assert fired["title"] == "[FIRING] node down: gpu01"
+    assert fired["message"].startswith("gpu01 offline (last seen ")
+    # the restore is no transition: the event log holds gpu01's two real ones, and no third
+    statuses = [e["summary"] for e in hub.get("/api/v1/events?node=gpu01&kind=status")["events"]]
+    assert len(statuses) == 2 and all("offline" in s for s in statuses)
+    agent(hub, procs, "gpu01")
+    wait_until(lambda: len(webhooks.on("/hook")) == 2, 20, what="the resolved message")
+    settle(GROUP_WAIT_S + 1)
+    assert firing_and_resolved(webhooks.on("/hook")) == (
+        ["[FIRING] node down: gpu01"],
+        ["[RESOLVED] node down: gpu01"],
+    )
+
+
 def test_gpu_rules_from_real_agents_gpus_free_to_the_waiting_user_fault_and_collector_down(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver, mail: MailReceiver
 ) -> None:

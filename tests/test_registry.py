@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import typing
+
 from hub.clock import ManualClock
+from hub.domain.events import Event, NodeRestored
 from hub.registry import Liveness, Naming, Node, NodeRegistry, NodeStatus
 from hub.scene import NodeChange
 from node_agent.protocol import Delta, Hello
@@ -172,5 +175,11 @@ def test_a_remembered_node_has_been_silent_since_it_was_last_seen() -> None:
     registry = NodeRegistry(clock)
     clock.advance(100_000.0)  # the hub's machine has been up a while
     remembered = Node("old", "old", None, status=NodeStatus.OFFLINE, last_seen_wall=clock.wall() - 7200)
+    published: list[object] = []
+    for kind in typing.get_args(Event):
+        registry.events.subscribe(kind, published.append)
     registry.restore(remembered)
     assert round(registry.silent_s(registry.nodes["old"])) == 7200, "not the hub machine's uptime"
+    # nothing happened to the node: no StatusChanged (the event log, usage and the liveness log
+    # count none), only the NodeRestored alerts judge it by
+    assert published == [NodeRestored("old", None, None, clock.wall() - 7200)]

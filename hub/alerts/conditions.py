@@ -25,13 +25,14 @@ from hub.domain.events import (
     IdleHeldChanged,
     NodeConnected,
     NodeRemoved,
+    NodeRestored,
     SampleApplied,
     StatusChanged,
 )
 from hub.domain.gpus import GpuFreeRule, GpuState, ratio_percent
 from hub.domain.health import Level
 from hub.domain.nodes import Clock, Naming, NodeStatus
-from node_agent.protocol import GPU_COLLECTOR_DOWN
+from node_agent.protocol import GPU_COLLECTOR_DOWN, Hello
 
 SAMPLES_TO_CONFIRM = 2  # after a hello: the first full sample, and its health judged
 
@@ -73,6 +74,10 @@ def _clock_text(epoch_s: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch_s))
 
 
+def _offline_text(node_id: str, last_seen_wall_s: float) -> str:
+    return f"{node_id} offline (last seen {_clock_text(last_seen_wall_s)})"
+
+
 class Conditions:
     def __init__(
         self,
@@ -96,10 +101,13 @@ class Conditions:
         self._gpu_faults: dict[tuple[str, str], set[str]] = {}  # (node, gpu) -> "health", "state"
         # gpus_free, per rule: its free GPUs, or free MIG slices of its profile
         self._free = {rule.name: _FreeTally() for rule in self._rules.get(Kind.GPUS_FREE, ())}
+        # restored nodes not judged yet, while held (None: judged as they come): see hold_restored
+        self._held_restores: dict[str, NodeRestored] | None = None
 
     def subscribe(self, events: EventBus) -> None:
         kinds = self._rules.keys()
         events.subscribe(NodeConnected, self.node_connected)
+        events.subscribe(NodeRestored, self.node_restored)
         events.subscribe(StatusChanged, self.status_changed)
         events.subscribe(NodeRemoved, self.node_removed)
         events.subscribe(SampleApplied, self.sample_applied)  # confirms restored alerts too
@@ -116,6 +124,19 @@ class Conditions:
         restored alerts are judged by its first samples: :meth:`AlertEngine.resolve_unconfirmed`.)"""
         if subject.node is None:
             self._active.add((rule_name, subject.key))
+
+    def hold_restored(self) -> None:
+        """Keeps the nodes restored from here on unjudged until :meth:`judge_restored`: the
+        alerts firing before the restart must be back in the engine first, or a node offline
+        since before it would fire ``node_offline`` a second time."""
+        if self._held_restores is None:
+            self._held_restores = {}
+
+    def judge_restored(self) -> None:
+        """Judges the restored nodes held so far, and each later one as it comes."""
+        held, self._held_restores = self._held_restores, None
+        for event in (held or {}).values():
+            self._judge_restored(event)
 
     # ------------------------------------------------------------------ helpers
     def _set(
@@ -154,14 +175,19 @@ class Conditions:
         return name or (sample_name if isinstance(sample_name, str) else None)
 
     # ------------------------------------------------------------------ node events
-    def node_connected(self, event: NodeConnected) -> None:
-        hello = event.hello
-        naming = self._names.get(event.node_id) or self._names.get(event.address or "") or Naming()
-        facts = self._nodes[event.node_id] = _NodeFacts(naming.group)
-        for gpu in hello.gpus:
+    def _learn(self, node_id: str, group: str | None, hello: Hello | None) -> None:
+        facts = self._nodes[node_id] = _NodeFacts(group)
+        for gpu in hello.gpus if hello is not None else ():
             name = gpu.get("name")
             if isinstance(name, str):
                 facts.gpu_names[str(gpu.get("index"))] = name
+
+    def node_connected(self, event: NodeConnected) -> None:
+        hello = event.hello
+        naming = self._names.get(event.node_id) or self._names.get(event.address or "") or Naming()
+        self._learn(event.node_id, naming.group, hello)
+        if self._held_restores:
+            self._held_restores.pop(event.node_id, None)  # back before it was judged: not offline
         self._confirming[event.node_id] = SAMPLES_TO_CONFIRM
         driver = hello.gpu_driver
         down = driver.get("collector_state") == GPU_COLLECTOR_DOWN
@@ -172,12 +198,40 @@ class Conditions:
             )
             self._set(rule, Subject(event.node_id, event.node_id), down, text)
 
+    def node_restored(self, event: NodeRestored) -> None:
+        if self._held_restores is not None:
+            self._held_restores[event.node_id] = event
+        else:
+            self._judge_restored(event)
+
+    def _judge_restored(self, event: NodeRestored) -> None:
+        """A node back from the state file, offline: ``node_offline`` holds since it was last
+        seen (its for_s may be over already; an alert that fired before the restart is only
+        confirmed, not sent again). Its coming back resolves it like any other."""
+        node_id = event.node_id
+        self._learn(node_id, event.group, event.hello)
+        rules = self._matching(Kind.NODE_OFFLINE, node_id)
+        if not rules:
+            return
+        offline_for_s = (
+            max(0.0, self._clock.wall() - event.last_seen_wall_s) if event.last_seen_wall_s else 0.0
+        )
+        since_mono = self._clock.monotonic() - offline_for_s
+        for rule in rules:
+            self._set(
+                rule,
+                Subject(node_id, node_id),
+                True,
+                _offline_text(node_id, event.last_seen_wall_s),
+                since_mono,
+            )
+
     def status_changed(self, event: StatusChanged) -> None:
         if event.new is NodeStatus.STALE:
             return
         offline = event.new is NodeStatus.OFFLINE
         for rule in self._matching(Kind.NODE_OFFLINE, event.node_id):
-            text = f"{event.node_id} offline (last seen {_clock_text(event.last_seen_wall_s)})"
+            text = _offline_text(event.node_id, event.last_seen_wall_s)
             self._set(rule, Subject(event.node_id, event.node_id), offline, text)
         if offline:  # its MIG slices no longer count (its GPUs' states say so for whole GPUs)
             for rule in self._rules.get(Kind.GPUS_FREE, ()):
@@ -189,6 +243,8 @@ class Conditions:
         node_id = event.node_id
         self._nodes.pop(node_id, None)
         self._confirming.pop(node_id, None)
+        if self._held_restores:
+            self._held_restores.pop(node_id, None)
         for key in [k for k in self._gpu_faults if k[0] == node_id]:
             del self._gpu_faults[key]
         for tally in self._free.values():

@@ -17,7 +17,7 @@ from hub.alerts import messages, persist
 from hub.alerts.conditions import Conditions
 from hub.alerts.config import DEFAULT_MAX_PER_MINUTE, AlertConfig
 from hub.alerts.delivery import Delivery, Outgoing
-from hub.alerts.engine import AlertEngine, Message
+from hub.alerts.engine import AlertEngine, Message, Silence
 from hub.domain.events import AlertNotified, EventBus
 from hub.domain.gpus import GpuFreeRule
 from hub.domain.nodes import Clock, Naming
@@ -49,6 +49,7 @@ class AlertService:
         self._events = events
         self._conditions = Conditions(self.engine, config, names, gpu_free, clock)
         self._conditions.subscribe(events)
+        self._conditions.hold_restored()  # until the firing alerts are back: see _load
         self._loop: asyncio.AbstractEventLoop | None = None
         self.delivery = delivery or Delivery(on_result=self._result_on_worker)
         if delivery is None:
@@ -59,21 +60,34 @@ class AlertService:
         self._store: StoreSync | None = None
         self._save_problem: str | None = None
         self._saved_silences = 0  # the engine's silences_version the file holds
+        self._loaded = False  # the firing alerts and silences were read back from the file
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, store: StoreSync | None) -> None:
-        """Takes the firing alerts back from the state file (they are not sent again)."""
+        """Takes the firing alerts back from the state file (they are not sent again), then
+        judges the nodes the store restored as offline."""
         self._loop = asyncio.get_running_loop()
         self._store = store
-        if store is None:
-            return
-        try:
-            rows, silences = await store.on_store(lambda opened: persist.load(opened.connection))
-        except StoreError:  # no file open: the store logged why, and nothing was remembered
-            return
-        except sqlite3.Error as exc:
-            log.error("alerts: cannot read the firing alerts from the state file: %s", exc)
-            return
+        await self._load()
+
+    async def _load(self) -> None:
+        """Reads the firing alerts and silences back, once, and then lets the conditions judge
+        the restored nodes. While the file cannot be opened, :meth:`run` tries again: the store
+        restores its nodes when it opens the file later, and they wait for this."""
+        store = self._store
+        if store is not None:
+            try:
+                rows, silences = await store.on_store(lambda opened: persist.load(opened.connection))
+            except StoreError:  # no file open (the store logged why): no node restored either
+                return
+            except sqlite3.Error as exc:
+                log.error("alerts: cannot read the firing alerts from the state file: %s", exc)
+                rows, silences = [], []
+            self._restore(rows, silences)
+        self._loaded = True
+        self._conditions.judge_restored()
+
+    def _restore(self, rows: list[persist.FiringRow], silences: list[Silence]) -> None:
         for silence in silences:
             self.engine.restore_silence(silence)
         self._saved_silences = self.engine.silences_version
@@ -95,6 +109,8 @@ class AlertService:
                 log.exception("alerts: evaluation failed")
             if time.monotonic() - saved_at >= SAVE_EVERY_S:
                 saved_at = time.monotonic()
+                if not self._loaded:
+                    await self._load()
                 await self.save()
 
     async def close(self) -> None:

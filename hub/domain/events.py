@@ -148,6 +148,20 @@ class AlertNotified(NamedTuple):
     at_wall_s: float
 
 
+class NodeRestored(NamedTuple):
+    """A node remembered in the hub's state file came back into the registry as offline (the
+    hub restarted; :meth:`hub.registry.NodeRegistry.restore`). Not a :class:`StatusChanged`:
+    nothing happened to the node, so the presenter, the store, the liveness and event logs, usage
+    accounting and idle-holder tracking have nothing to do (the page reads restored nodes from the
+    registry). Alerts subscribe: a node still offline after a restart can fire ``node_offline``,
+    counted from ``last_seen_wall_s``."""
+
+    node_id: str
+    hello: Hello | None  # the last hello remembered (its GPUs' models), if any
+    group: str | None
+    last_seen_wall_s: float  # when the hub last heard from the node, before the restart
+
+
 class NodeRemoved(NamedTuple):
     """The node was forgotten (``DELETE /api/v1/nodes/{id}``)."""
 
@@ -164,6 +178,7 @@ Event = (
     | GpuHealthChanged
     | IdleHeldChanged
     | AlertNotified
+    | NodeRestored
     | NodeRemoved
 )
 E = TypeVar(
@@ -177,6 +192,7 @@ E = TypeVar(
     GpuHealthChanged,
     IdleHeldChanged,
     AlertNotified,
+    NodeRestored,
     NodeRemoved,
 )
 

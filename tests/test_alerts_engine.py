@@ -3,11 +3,13 @@ repeat_s, quiet hours, silences, and alerts restored after a restart; and the co
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 from typing import Any
 
 import pytest
 
+from hub.alerts import persist
 from hub.alerts.config import ConfigError, Kind, Severity, parse_alerts
 from hub.alerts.engine import AlertEngine, Message, Status, Subject
 from hub.alerts.messages import body, title
@@ -210,6 +212,47 @@ def test_unconfirmed_restored_alerts_resolve() -> None:
     assert [[line.subject.key for line in m.lines] for m in run(engine, clock, 10)] == [["gpu01/0"]]
 
 
+def restarted(engine: AlertEngine, clock: ManualClock, **rule: Any) -> AlertEngine:
+    """A new engine holding what ``engine`` left in a state file (a real SQLite one, in memory),
+    restored in the hub's order: the silences, then the firing alerts."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    changes = [persist.change_of(key, alert) for key, alert in engine.changed.items()]
+    persist.save(db, changes, list(engine.silences.values()))
+    rows, silences = persist.load(db)
+    again = AlertEngine(config(**rule), clock)
+    for silence in silences:
+        again.restore_silence(silence)
+    for row in rows:
+        assert again.restore(row.rule, row.subject, row.text, row.fired_epoch_s, row.notified)
+    return again
+
+
+def test_a_message_held_by_quiet_hours_is_sent_when_they_end_even_across_a_restart() -> None:
+    rule = {"for_s": 0, "quiet_hours": "11:00-12:30", "severity": "warning"}
+    engine, clock = engine_for(**rule)
+    down(engine, "gpu01")
+    assert run(engine, clock, 600, step_s=10) == []  # held: 12:10
+    engine = restarted(engine, clock, **rule)
+    assert run(engine, clock, 18 * 60, step_s=10) == []  # 12:28: still quiet
+    released = run(engine, clock, 120, step_s=10)
+    assert [(m.status, [line.subject.key for line in m.lines]) for m in released] == [
+        (Status.FIRING, ["gpu01"])
+    ]
+    engine = restarted(engine, clock, **rule)  # sent now: a later restart sends nothing
+    assert run(engine, clock, 600, step_s=10) == [] and [a.subject.key for a in engine.firing()] == ["gpu01"]
+
+
+def test_a_silenced_alert_restored_stays_unsent_until_its_silence_ends() -> None:
+    engine, clock = engine_for(for_s=0)
+    silence = engine.add_silence("maintenance", "admin", 600, node="gpu01")
+    down(engine, "gpu01")
+    assert run(engine, clock, 10) == []
+    engine = restarted(engine, clock)
+    assert [s.silence_id for s in engine.silences.values()] == [silence.silence_id]
+    assert run(engine, clock, 500, step_s=10) == []
+    assert [m.status for m in run(engine, clock, 120, step_s=10)] == [Status.FIRING]
+
+
 def test_changes_are_recorded_for_the_state_file() -> None:
     engine, clock = engine_for(for_s=0)
     down(engine, "gpu01")
@@ -292,7 +335,7 @@ alice = "mailto://alice@lab.example"
         load_settings(["--config", str(path)], env={})
 
 
-def test_the_readme_alert_config_is_valid_and_means_what_it_says() -> None:
+def test_the_readme_alert_config_is_valid_and_means_what_it_says(tmp_path: Any) -> None:
     import tomllib
 
     from tests.procs import REPO
@@ -312,3 +355,13 @@ def test_the_readme_alert_config_is_valid_and_means_what_it_says() -> None:
         "2 A100 free": Kind.GPUS_FREE,
     }
     assert alerts.rules[2].for_s == 7200 and alerts.rules[3].min_free == 2 and alerts.rules[3].model == "A100"
+    # and as the hub reads it: the block as a whole hub TOML, through the settings loader
+    path = tmp_path / "hub.toml"
+    path.write_text(block)
+    loaded = load_settings(["--config", str(path)], env={}).alerts
+    assert loaded.enabled and loaded == alerts
+    assert dict(loaded.users) == {
+        "alice": "mailto://alice@lab.example",
+        "bob": "ntfy://ntfy.lab.example/bob-gpus",
+    }
+    assert loaded.rules[0].channels == ("lab-chat",) and loaded.rules[3].users == ("bob",)

@@ -64,6 +64,9 @@ class Alert:
     firing: bool = False
     fired_wall: float = 0.0
     notified: bool = False  # a firing message went out (or is on its way) for it
+    # its firing message left the engine for the delivery (not still grouping or held by quiet
+    # hours): what the state file keeps, so a restart re-sends one that never left
+    sent: bool = False
     restored: bool = False  # firing from the state file, not yet seen again since the restart
     resolved_wall: float = 0.0
 
@@ -194,16 +197,22 @@ class AlertEngine:
                 if alert.firing:
                     self.changed[key] = None
 
-    def restore(self, rule_name: str, subject: Subject, text: str, fired_wall: float, notified: bool) -> bool:
-        """A firing alert from the state file: firing again, without a message. False when its
-        rule is no longer configured."""
+    def restore(self, rule_name: str, subject: Subject, text: str, fired_wall: float, sent: bool) -> bool:
+        """A firing alert from the state file: firing again, without a message if its firing
+        message was ``sent`` before the restart; else (it was still held by quiet hours, or
+        grouping) its message is queued again, unless a silence holds it. False when its rule is
+        no longer configured."""
         rule = self.rules.get(rule_name)
         if rule is None or (rule.name, subject.key) in self._alerts:
             return False
-        alert = Alert(rule, subject, _clip(text), self._clock.monotonic(), firing=True, restored=True)
+        now = self._clock.monotonic()
+        alert = Alert(rule, subject, _clip(text), now, firing=True, restored=True)
         alert.fired_wall = fired_wall
-        alert.notified = notified
+        alert.notified = alert.sent = sent
         self._alerts[alert.key] = alert
+        if not sent and not self.silenced(alert):
+            alert.notified = True
+            self._queue(alert, Status.FIRING, now)
         if rule.repeat_s:
             self._push_repeat(alert, self._clock.monotonic())
         return True
@@ -310,7 +319,18 @@ class AlertEngine:
         if len(self._held) > MAX_HELD:
             self.held_dropped += len(self._held) - MAX_HELD
             del self._held[: len(self._held) - MAX_HELD]
+        for message in ready:
+            if message.status is Status.FIRING and not message.reminder:
+                self._mark_sent(message)
         return ready
+
+    def _mark_sent(self, message: Message) -> None:
+        for line in message.lines:
+            key = (message.rule.name, line.subject.key)
+            alert = self._alerts.get(key)
+            if alert is not None and not alert.sent:
+                alert.sent = True
+                self.changed[key] = alert  # the state file learns it went out
 
     def _expire_silences(self) -> None:
         now = self._clock.wall()

@@ -41,7 +41,7 @@ class FiringRow(NamedTuple):
     subject: Subject
     text: str
     fired_epoch_s: float
-    notified: bool
+    notified: bool  # its firing message left for the delivery (not held by quiet hours)
 
 
 class Change(NamedTuple):
@@ -56,7 +56,7 @@ def change_of(key: tuple[str, str], alert: Alert | None) -> Change:
     return Change(
         key[0],
         key[1],
-        FiringRow(alert.rule.name, alert.subject, alert.text, alert.fired_wall, alert.notified),
+        FiringRow(alert.rule.name, alert.subject, alert.text, alert.fired_wall, alert.sent),
     )
 
 

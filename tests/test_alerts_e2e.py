@@ -307,6 +307,36 @@ def test_a_hub_restarted_while_an_offline_node_waits_out_for_s_fires_once_counte
     )
 
 
+def test_a_state_file_that_opens_only_after_the_restart_still_sends_nothing_twice(
+    tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver
+) -> None:
+    config = write_config(tmp_path / "hub.toml", {"hook": f"json://127.0.0.1:{webhooks.port}/hook"})
+    hub = start_hub(tmp_path, procs, config)
+    gpu01, gpu02 = agent(hub, procs, "gpu01"), agent(hub, procs, "gpu02")
+    hub.wait_status("gpu01", "live")
+    hub.wait_status("gpu02", "live")
+    gpu01.kill()
+    wait_until(lambda: webhooks.on("/hook"), 20, what="gpu01's firing message")
+    settle(2.5)  # written to the state file
+    gpu02.kill()
+    hub.wait_status("gpu02", "offline")
+    assert hub.proc is not None
+    hub.proc.stop()  # gpu02's alert still waits out its for_s
+    state = tmp_path / "hub.sqlite3"  # where Hub keeps it
+    kept = state.rename(tmp_path / "kept.sqlite3")
+    state.write_bytes(b"not a state file " * 100)  # the restarted hub cannot use it at first
+    hub = start_hub(tmp_path, procs, config, port=hub.port)
+    assert hub.nodes() == {}
+    kept.replace(state)  # now it can: the store opens it within 10 s and restores both nodes
+    wait_until(lambda: len(webhooks.on("/hook")) == 2, 30, what="gpu02's firing message")
+    settle(FOR_S + GROUP_WAIT_S + 1)
+    assert [b["title"] for b in webhooks.on("/hook")] == [
+        "[FIRING] node down: gpu01",
+        "[FIRING] node down: gpu02",
+    ]
+    assert {a["subject"] for a in hub.get("/api/v1/alerts")["firing"]} == {"gpu01", "gpu02"}
+
+
 def test_gpu_rules_from_real_agents_gpus_free_to_the_waiting_user_fault_and_collector_down(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver, mail: MailReceiver
 ) -> None:

@@ -262,12 +262,17 @@ def stored_charts(
 
 # --------------------------------------------------------------------------- header line
 def memory_text(size_bytes: int | None, oldest_s: float | None, newest_s: float | None) -> str:
-    """ "memory 12.3 MiB · 14 d" for the page header."""
+    """ "memory 12.3M · 14 d since 2026-11-23" (or "· 3 h since 06:00", "· 20 min since 09:40")
+    for the page header: what the file holds and how far back it remembers."""
     if size_bytes is None:
         return ""
     span = ""
     if oldest_s is not None and newest_s is not None:
-        days = (newest_s - oldest_s) / 86400
-        span = f" · {days:.0f} d" if days >= 1 else f" · {(newest_s - oldest_s) / 3600:.0f} h"
-        span += f" since {dt.datetime.fromtimestamp(oldest_s).strftime('%Y-%m-%d')}"
+        seconds = max(0.0, newest_s - oldest_s)
+        oldest = dt.datetime.fromtimestamp(oldest_s)
+        if seconds >= 86400:
+            span = f" · {seconds / 86400:.0f} d since {oldest.strftime('%Y-%m-%d')}"
+        else:
+            length = f"{seconds / 3600:.0f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+            span = f" · {length} since {oldest.strftime('%H:%M')}"
     return f"memory {fmt_bytes(size_bytes)}{span}"

@@ -3,6 +3,7 @@ rendered by a hub whose memory was written from registry events (in-process)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import re
 from pathlib import Path
@@ -10,10 +11,14 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
+from frontend.usage_views import memory_text
 from hub.app import create_app
 from hub.clock import ManualClock
 from hub.domain.nodes import Naming
 from hub.settings import HubSettings
+from hub.store import NodeStore
+from hub.usage.schema import USAGE_COLUMNS
+from hub.usage.store import store_info
 from tests.test_usage_api import HOSTILE, T0, lab, range_query, run_lab  # lab: the fixture, shared
 
 __all__ = ["lab"]
@@ -69,7 +74,7 @@ def test_the_node_page_has_stored_charts_and_events_and_the_wall_a_memory_line(l
     assert "offline → live (hello)" in stored
     wall = client.get("/").text
     assert re.search(
-        r'class="memory-line" href="usage">memory [0-9.]+[KM] · [0-9]+ [hd] since 2026-12-0[67]<', wall
+        r'class="memory-line" href="usage">memory [0-9.]+[KM] · [0-9]+ (min|h) since [0-9]{2}:[0-9]{2}<', wall
     )
 
 
@@ -84,3 +89,34 @@ def test_a_store_that_fails_is_warned_of_in_the_header(tmp_path: Path) -> None:
         assert 'class="memory-warn"' in wall and "is a folder" in wall
         assert client.get("/usage").status_code == 503
         assert client.get("/node/gpu01").status_code == 200  # live monitoring goes on
+
+
+def test_the_header_says_how_far_back_the_file_remembers_not_since_midnight(tmp_path: Path) -> None:
+    """A day's usage row starts at midnight; a hub that began counting at 09:55 remembers since
+    09:55, not since 00:00 (the hourly rows, the history and the events say when it began)."""
+    path = str(tmp_path / "hub.sqlite3")
+    store = NodeStore(path)
+    db = store.connection
+    midnight = dt.datetime(2026, 12, 7).timestamp()
+    began = midnight + 9 * 3600 + 55 * 60
+    zeros = ", 0" * len(USAGE_COLUMNS)
+    for table, start in (("usage_daily", midnight), ("usage_hourly", midnight + 9 * 3600)):
+        db.execute(f"INSERT INTO {table} VALUES (?, 'alice', 'gpu01', 'A100', '', ''{zeros})", (start,))
+    db.execute(
+        "INSERT INTO events (at_s, node_id, kind, summary) VALUES (?, 'gpu01', 'status', 'offline → live')",
+        (began,),
+    )
+    db.execute(
+        "INSERT INTO events (at_s, node_id, kind, summary) VALUES (?, 'gpu01', 'status', 'live → offline')",
+        (began + 20 * 60,),
+    )
+    info = store_info(path, db)
+    assert info.oldest_s == began and info.newest_s == began + 20 * 60
+    assert memory_text(4096, info.oldest_s, info.newest_s) == "memory 4.0K · 20 min since 09:55"
+    # once the hourly rows are past their retention, the daily ones say how far back it goes
+    db.execute("DELETE FROM usage_hourly")
+    db.execute("UPDATE usage_daily SET day_start_s = ?", (midnight - 40 * 86400,))
+    info = store_info(path, db)
+    assert info.oldest_s == midnight - 40 * 86400
+    assert memory_text(4096, info.oldest_s, info.newest_s).startswith("memory 4.0K · 40 d since 2026-10-28")
+    store.close()

@@ -384,14 +384,30 @@ def store_info(path: str, db: sqlite3.Connection) -> StoreInfo:
     for suffix in ("", "-wal"):
         with contextlib.suppress(OSError):
             size += os.stat(path + suffix).st_size
-    ends: list[float] = []
+    # how far back the file remembers: from its finest rows (1-minute history, the event log);
+    # an hour's or a day's usage row starts at the top of the hour or at midnight, so it counts
+    # only where it reaches back further than that (else a hub started at 09:55 would claim to
+    # remember since 00:00), as after the finer rows' retention
+    oldest: float | None = None
+    newest: list[float] = []
     for sql in (
-        "SELECT min(day_start_s), NULL FROM usage_daily",  # kept longest
-        "SELECT NULL, max(hour_start_s) FROM usage_hourly",
+        "SELECT min(bucket_start_s), max(bucket_start_s) FROM history_host",
         "SELECT min(at_s), max(at_s) FROM events",
     ):
-        ends.extend(v for v in db.execute(sql).fetchone() if v is not None)
-    return StoreInfo(size, min(ends) if ends else None, max(ends) if ends else None)
+        first, last = db.execute(sql).fetchone()
+        if first is not None:
+            oldest = first if oldest is None else min(oldest, first)
+            newest.append(last)
+    for sql, span_s in (
+        ("SELECT min(hour_start_s), max(hour_start_s) FROM usage_hourly", 3600.0),
+        ("SELECT min(day_start_s), max(day_start_s) FROM usage_daily", DAY_S),
+    ):
+        first, last = db.execute(sql).fetchone()
+        if first is not None:
+            if oldest is None or first < oldest - span_s:
+                oldest = first
+            newest.append(last)
+    return StoreInfo(size, oldest, max(newest) if newest else None)
 
 
 # --------------------------------------------------------------------------- offline

@@ -40,6 +40,13 @@ def number(text: str) -> float:
     return float(text.split()[0].replace(",", ""))
 
 
+def test_attribution_cost_prints_what_the_fields_add_per_sample() -> None:
+    figures = run_bench("attribution_cost", 60)
+    assert number(figures["us_per_sample_without_attribution"]) > 0
+    assert number(figures["us_per_sample_with_attribution"]) > 0
+    assert "attribution_us_per_sample" in figures
+
+
 def test_idle_holders_prints_the_trackers_cost_per_message() -> None:
     figures = run_bench("idle_holders", 60)
     assert number(figures["us_per_message_merge_without_tracker"]) > 0

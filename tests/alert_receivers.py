@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -23,6 +24,17 @@ REFUSE_PATH = "/refuse"  # answers 500
 HANG_PATH = "/hang"  # answers nothing for a minute
 # nodes a1 and a2 in one group, for the rules and the strip that count free GPUs by group
 A100_ROOM_TOML = '[names.a1]\ngroup = "A100 room"\n[names.a2]\ngroup = "A100 room"\n'
+# a gpus_free rule for bob (an [alerts.users] name): two A100s free at once in the A100 room
+TWO_A100_FREE_RULE: Mapping[str, Any] = MappingProxyType(
+    {
+        "name": "2 A100 free",
+        "when": "gpus_free",
+        "model": "A100",
+        "min_free": 2,
+        "group": "A100 room",
+        "users": ["bob"],
+    }
+)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import pytest
 from node_agent.gpu import GpuCollector
 from tests import fakes
 from tests.alert_receivers import MailReceiver, WebhookReceiver, mail_receiver, webhook_receiver
+from tests.browser import chromium
 from tests.fakes import MakeCollector
 from tests.procs import Hub, Proc, free_port, killed_at_exit, sleeping_child
 
@@ -45,6 +46,13 @@ def mail() -> Iterator[MailReceiver]:
     """A real SMTP server taking the hub's mails."""
     with mail_receiver() as receiver:
         yield receiver
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium, one per test module (:func:`tests.browser.chromium`)."""
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ come from the fake NVML."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 
 from tests import fakes
 from tests.alert_receivers import A100_ROOM_TOML, WebhookReceiver, alerts_toml
-from tests.browser import CHROMIUM, chromium, new_tab
+from tests.browser import CHROMIUM, new_tab
 from tests.procs import Proc, start_agent, start_hub, wait_until
 
 pytest.importorskip("playwright.sync_api")
@@ -32,12 +31,6 @@ RECORD_NOTIFICATIONS = """
   Object.defineProperty(window.Notification, "permission", { get: () => Real.permission });
 })();
 """
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with chromium() as launched:
-        yield launched
 
 
 def free_a100(index: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from tests.alert_receivers import (
     A100_ROOM_TOML,
     HANG_PATH,
     REFUSE_PATH,
+    TWO_A100_FREE_RULE,
     MailReceiver,
     WebhookReceiver,
     alerts_toml,
@@ -286,14 +287,7 @@ def test_gpu_rules_from_real_agents_gpus_free_to_the_waiting_user_fault_and_coll
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver, mail: MailReceiver
 ) -> None:
     rules = [
-        {
-            "name": "2 A100 free",
-            "when": "gpus_free",
-            "model": "A100",
-            "min_free": 2,
-            "group": "A100 room",
-            "users": ["bob"],
-        },
+        TWO_A100_FREE_RULE,
         {"name": "GPU fault", "when": "gpu_fault", "channels": ["hook"]},
         {"name": "collector down", "when": "gpu_collector_down", "channels": ["hook"]},
     ]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests import fakes
-from tests.browser import CHROMIUM, chromium, new_tab
+from tests.browser import CHROMIUM, new_tab
 from tests.procs import Hub, Proc, free_port, start_agent, wait_until
 
 pytest.importorskip("playwright.sync_api")
@@ -49,12 +49,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         hub.proc.kill()
         sleeper.kill()
         sleeper.wait()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from node_agent.protocol import MAX_STRING_CHARS
 from tests import fakes, wsclients
-from tests.browser import CHROMIUM, chromium, new_tab
+from tests.browser import CHROMIUM, new_tab
 from tests.procs import Hub, Proc, killed_at_exit, start_agent, start_hub, wait_until
 
 pytest.importorskip("playwright.sync_api")
@@ -32,12 +32,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as launched:
-        yield launched
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     with new_tab(browser, viewport={"width": 1600, "height": 900}) as tab:

@@ -1,18 +1,19 @@
 """Real endpoints for alert deliveries: an HTTP server taking webhooks (Apprise's ``json://`` and a
 Mattermost-shaped ``mmost://`` hook), which can also refuse or hang on chosen paths, and a real
-SMTP server (aiosmtpd) for ``mailto://``."""
+SMTP server (aiosmtpd) for ``mailto://``; and the hub TOML's ``[alerts]`` table that points at them."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -21,6 +22,19 @@ from tests.procs import free_port
 
 REFUSE_PATH = "/refuse"  # answers 500
 HANG_PATH = "/hang"  # answers nothing for a minute
+# nodes a1 and a2 in one group, for the rules and the strip that count free GPUs by group
+A100_ROOM_TOML = '[names.a1]\ngroup = "A100 room"\n[names.a2]\ngroup = "A100 room"\n'
+# a gpus_free rule for bob (an [alerts.users] name): two A100s free at once in the A100 room
+TWO_A100_FREE_RULE: Mapping[str, Any] = MappingProxyType(
+    {
+        "name": "2 A100 free",
+        "when": "gpus_free",
+        "model": "A100",
+        "min_free": 2,
+        "group": "A100 room",
+        "users": ["bob"],
+    }
+)
 
 
 @dataclass
@@ -39,6 +53,10 @@ class WebhookReceiver:
     def on(self, path: str) -> list[dict[str, Any]]:
         with self.lock:
             return [r.body for r in self.received if r.path == path]
+
+    def url(self, path: str) -> str:
+        """Apprise's ``json://`` URL posting to ``path`` here."""
+        return f"json://127.0.0.1:{self.port}{path}"
 
 
 @contextmanager
@@ -106,6 +124,27 @@ def mail_receiver() -> Iterator[MailReceiver]:
         yield receiver
     finally:
         controller.stop()
+
+
+def alerts_toml(
+    channels: Mapping[str, str],
+    rules: Sequence[Mapping[str, Any]],
+    group_wait_s: float,
+    users: Mapping[str, str] | None = None,
+) -> str:
+    """The hub TOML's ``[alerts]`` table: ``channels`` (name -> Apprise URL), ``rules`` (each with
+    its keys as the README spells them) and the ``users``' own URLs. Values are written as JSON,
+    which TOML reads the same for strings, numbers and lists."""
+    lines = ["[alerts]", f"group_wait_s = {group_wait_s}"]
+    if users:
+        lines.append(
+            "users = { " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in users.items()) + " }"
+        )
+    for name, url in channels.items():
+        lines += ["[[alerts.channels]]", f"name = {json.dumps(name)}", f"url = {json.dumps(url)}"]
+    for rule in rules:
+        lines += ["[[alerts.rules]]", *(f"{key} = {json.dumps(value)}" for key, value in rule.items())]
+    return "\n".join(lines) + "\n"
 
 
 def settle(seconds: float) -> None:

@@ -12,18 +12,17 @@ import pytest
 
 from node_agent.gpu import GpuCollector
 from tests import fakes
+from tests.alert_receivers import MailReceiver, WebhookReceiver, mail_receiver, webhook_receiver
+from tests.browser import chromium
 from tests.fakes import MakeCollector
-from tests.procs import Hub, Proc, free_port, sleeping_child
+from tests.procs import Hub, Proc, free_port, killed_at_exit, sleeping_child
 
 
 @pytest.fixture
 def procs() -> Iterator[list[Proc]]:
     """Register child processes here; they are stopped when the test ends."""
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.popen.poll() is None:
-            proc.kill()
+    with killed_at_exit() as started:
+        yield started
 
 
 @pytest.fixture
@@ -33,6 +32,27 @@ def hub(tmp_path: Path, procs: list[Proc]) -> Iterator[Hub]:
     assert running.proc is not None
     procs.append(running.proc)
     yield running
+
+
+@pytest.fixture
+def webhooks() -> Iterator[WebhookReceiver]:
+    """A real HTTP server taking the hub's webhooks (:mod:`tests.alert_receivers`)."""
+    with webhook_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def mail() -> Iterator[MailReceiver]:
+    """A real SMTP server taking the hub's mails."""
+    with mail_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium, one per test module (:func:`tests.browser.chromium`)."""
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

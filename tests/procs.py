@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -152,6 +153,42 @@ class Hub:
         started = time.monotonic()
         wait_until(lambda: self.status(node) == status, timeout_s, what=f"{node} to be {status}")
         return time.monotonic() - started
+
+
+def start_hub(
+    started: list[Proc], tmp: Path, *args: str, toml: str | None = None, port: int | None = None
+) -> Hub:
+    """A real hub on ``port`` (a free one by default), its process put in ``started`` to be
+    stopped with the others; with ``toml``, that text is its ``--config`` file (tmp/hub.toml).
+    A restart on the same port and config: ``start_hub(started, hub.tmp, *hub.args, port=hub.port)``."""
+    if toml is not None:
+        config = tmp / "hub.toml"
+        config.write_text(toml)
+        args = ("--config", str(config), *args)
+    hub = Hub(port=port or free_port(), tmp=tmp, args=args).start()
+    assert hub.proc is not None
+    started.append(hub.proc)
+    return hub
+
+
+def stop_cleanly(hub: Hub) -> None:
+    """SIGTERM, and the hub's shutdown ran to its end (its last flush and state file written)."""
+    assert hub.proc is not None
+    hub.proc.stop()
+    assert "Application shutdown complete" in hub.proc.log()
+
+
+@contextmanager
+def killed_at_exit() -> Iterator[list[Proc]]:
+    """A list for child processes, each killed when the block ends if still running (the
+    ``procs`` fixture; module-scoped fixtures, which cannot use it, use this directly)."""
+    started: list[Proc] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            if proc.popen.poll() is None:
+                proc.kill()
 
 
 def start_agent(

@@ -8,35 +8,15 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.alert_receivers import (
-    REFUSE_PATH,
-    MailReceiver,
-    WebhookReceiver,
-    mail_receiver,
-    settle,
-    webhook_receiver,
-)
-from tests.procs import REPO, Hub, Proc, base_env, free_port, start_agent, wait_until
+from tests.alert_receivers import REFUSE_PATH, MailReceiver, WebhookReceiver, alerts_toml, settle
+from tests.procs import REPO, Hub, Proc, base_env, start_agent, start_hub, wait_until
 
 ADMIN = "admin-secret-token"
-
-
-@pytest.fixture
-def webhooks() -> Iterator[WebhookReceiver]:
-    with webhook_receiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def mail() -> Iterator[MailReceiver]:
-    with mail_receiver() as receiver:
-        yield receiver
 
 
 def request(hub: Hub, method: str, path: str, body: Any = None, token: str | None = ADMIN) -> tuple[int, Any]:
@@ -56,24 +36,9 @@ def request(hub: Hub, method: str, path: str, body: Any = None, token: str | Non
 def test_silence_create_list_suppress_and_expire(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver
 ) -> None:
-    config = tmp_path / "hub.toml"
-    config.write_text(
-        f"""
-[alerts]
-group_wait_s = 1
-[[alerts.channels]]
-name = "hook"
-url = "json://127.0.0.1:{webhooks.port}/hook"
-[[alerts.rules]]
-name = "node down"
-when = "node_offline"
-for_s = 1
-channels = ["hook"]
-"""
-    )
-    hub = Hub(port=free_port(), tmp=tmp_path, args=("--config", str(config), "--admin-token", ADMIN)).start()
-    assert hub.proc is not None
-    procs.append(hub.proc)
+    rule = {"name": "node down", "when": "node_offline", "for_s": 1, "channels": ["hook"]}
+    toml = alerts_toml({"hook": webhooks.url("/hook")}, [rule], group_wait_s=1)
+    hub = start_hub(procs, tmp_path, "--admin-token", ADMIN, toml=toml)
     silence = {
         "node": "gpu0*",
         "duration_s": 3600,
@@ -118,26 +83,9 @@ channels = ["hook"]
     assert hub.get("/api/v1/alerts")["silences"] == []
 
 
-def test_alerts_test_command_says_per_channel_delivered_or_why_not(
-    tmp_path: Path, webhooks: WebhookReceiver, mail: MailReceiver
-) -> None:
-    config = tmp_path / "hub.toml"
-    config.write_text(
-        f"""
-[[alerts.channels]]
-name = "hook"
-url = "json://127.0.0.1:{webhooks.port}/hook"
-[[alerts.channels]]
-name = "broken"
-url = "json://127.0.0.1:{webhooks.port}{REFUSE_PATH}"
-[[alerts.channels]]
-name = "unknown"
-url = "nosuchservice://x"
-[alerts.users]
-alice = "{mail.url("alice@lab.example")}"
-"""
-    )
-    done = subprocess.run(
+def alerts_test(config: Path) -> subprocess.CompletedProcess[str]:
+    """``sers-hub alerts test --config config``, run to its end."""
+    return subprocess.run(
         [sys.executable, "-m", "hub", "alerts", "test", "--config", str(config)],
         capture_output=True,
         text=True,
@@ -145,6 +93,21 @@ alice = "{mail.url("alice@lab.example")}"
         cwd=REPO,
         timeout=60,
     )
+
+
+def test_alerts_test_command_says_per_channel_delivered_or_why_not(
+    tmp_path: Path, webhooks: WebhookReceiver, mail: MailReceiver
+) -> None:
+    channels = {
+        "hook": webhooks.url("/hook"),
+        "broken": webhooks.url(REFUSE_PATH),
+        "unknown": "nosuchservice://x",
+    }
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        alerts_toml(channels, [], group_wait_s=1, users={"alice": mail.url("alice@lab.example")})
+    )
+    done = alerts_test(config)
     lines = dict(line.split(None, 1) for line in done.stdout.splitlines())
     assert done.returncode == 1, done.stderr
     assert lines["hook"] == "delivered" and lines["user:alice"] == "delivered"
@@ -154,12 +117,5 @@ alice = "{mail.url("alice@lab.example")}"
     assert mail.subjects("alice@lab.example") == ["[TEST] sers-monitor alerts"]
     bad = tmp_path / "bad.toml"
     bad.write_text('[[alerts.rules]]\nname = "r"\nwhen = "nope"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "hub", "alerts", "test", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        env=base_env(),
-        cwd=REPO,
-        timeout=60,
-    )
+    done = alerts_test(bad)
     assert done.returncode == 2 and "alerts.rules[0].when: expected one of" in done.stderr

@@ -5,20 +5,18 @@ come from the fake NVML."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import fakes
-from tests.alert_receivers import webhook_receiver
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.procs import Hub, Proc, free_port, start_agent, wait_until
+from tests.alert_receivers import A100_ROOM_TOML, WebhookReceiver, alerts_toml
+from tests.browser import CHROMIUM, new_tab
+from tests.procs import Proc, start_agent, start_hub, wait_until
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
-TIMEOUT_MS = 20_000
 
 # records every Notification the page makes, then makes the real one
 RECORD_NOTIFICATIONS = """
@@ -35,54 +33,27 @@ RECORD_NOTIFICATIONS = """
 """
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def free_a100(index: int) -> dict[str, Any]:
     return fakes.gpu(index, "A100", util_gpu=0, mem_used_bytes=0)
 
 
-def test_strip_and_free_gpu_notification(tmp_path: Path, procs: list[Proc], browser: Any) -> None:
-    with webhook_receiver() as hooks:
-        config = tmp_path / "hub.toml"
-        config.write_text(
-            f"""
-[names.a1]
-group = "A100 room"
-[names.a2]
-group = "A100 room"
-[alerts]
-group_wait_s = 0
-[[alerts.channels]]
-name = "hook"
-url = "json://127.0.0.1:{hooks.port}/hook"
-[[alerts.rules]]
-name = "node down"
-when = "node_offline"
-channels = ["hook"]
-"""
-        )
-        hub = Hub(port=free_port(), tmp=tmp_path, args=("--config", str(config))).start()
-        assert hub.proc is not None
-        procs.append(hub.proc)
-        one_free = fakes.scenario([free_a100(0), fakes.gpu(1, "A100", util_gpu=90)])
-        procs.append(
-            start_agent(hub, "a1", env=fakes.fake_env(fakes.write_scenario(tmp_path / "a1.json", one_free)))
-        )
-        cpu = start_agent(hub, "cpu1")
-        procs.append(cpu)
-        hub.wait_status("a1", "live")
-        hub.wait_status("cpu1", "live")
+def test_strip_and_free_gpu_notification(
+    tmp_path: Path, procs: list[Proc], browser: Any, webhooks: WebhookReceiver
+) -> None:
+    rule = {"name": "node down", "when": "node_offline", "channels": ["hook"]}
+    alerts = alerts_toml({"hook": webhooks.url("/hook")}, [rule], group_wait_s=0)
+    hub = start_hub(procs, tmp_path, toml=A100_ROOM_TOML + alerts)
+    one_free = fakes.scenario([free_a100(0), fakes.gpu(1, "A100", util_gpu=90)])
+    procs.append(
+        start_agent(hub, "a1", env=fakes.fake_env(fakes.write_scenario(tmp_path / "a1.json", one_free)))
+    )
+    cpu = start_agent(hub, "cpu1")
+    procs.append(cpu)
+    hub.wait_status("a1", "live")
+    hub.wait_status("cpu1", "live")
 
-        context = browser.new_context(viewport={"width": 1600, "height": 900}, permissions=["notifications"])
-        context.add_init_script(RECORD_NOTIFICATIONS)
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+    options = {"viewport": {"width": 1600, "height": 900}, "permissions": ["notifications"]}
+    with new_tab(browser, RECORD_NOTIFICATIONS, **options) as page:
         page.goto(hub.url + "/")
         page.wait_for_selector("html[data-conn=live]")
         assert page.locator("#summary .alerts").count() == 0
@@ -120,7 +91,7 @@ channels = ["hook"]
         strip.wait_for()
         assert strip.inner_text() == "🔔 1 alert: node down: cpu1"
         assert "sev-critical" in (strip.get_attribute("class") or "")
-        wait_until(lambda: hooks.on("/hook"), 10, what="the firing webhook")
+        wait_until(lambda: webhooks.on("/hook"), 10, what="the firing webhook")
         strip.click()
         page.wait_for_selector("#firing")
         assert "cpu1 offline" in page.locator("#firing").inner_text()
@@ -137,4 +108,3 @@ channels = ["hook"]
         page.click("button[data-expire]")
         page.wait_for_selector("text=No silences.")
         assert hub.get("/api/v1/alerts")["silences"] == []
-        context.close()

@@ -14,6 +14,7 @@ from hub.domain.gpus import GpuFreeRule
 from hub.domain.nodes import Naming, Node, NodeStatus
 from hub.registry import NodeRegistry
 from node_agent.protocol import Delta, Hello
+from tests.alert_receivers import TWO_A100_FREE_RULE
 
 GIB = 1024**3
 A100 = "NVIDIA A100-SXM4-40GB"
@@ -157,19 +158,7 @@ def test_thresholds_for_gpu_temperature_disk_and_memory() -> None:
 
 
 def test_gpus_free_fires_once_when_enough_of_a_model_are_free_in_the_group() -> None:
-    lab = Lab(
-        [
-            {
-                "name": "2 A100 free",
-                "when": "gpus_free",
-                "model": "A100",
-                "min_free": 2,
-                "group": "A100 room",
-                "users": ["bob"],
-            }
-        ],
-        users={"bob": "mailto://bob@lab.example"},
-    )
+    lab = Lab([dict(TWO_A100_FREE_RULE)], users={"bob": "mailto://bob@lab.example"})
     lab.hello("gpu01", [A100, A100])
     lab.hello("gpu02", [A100, T4])
     lab.hello("cpu01", [A100])  # not in the group

@@ -8,23 +8,21 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests import fakes
 from tests.alert_receivers import (
+    A100_ROOM_TOML,
     HANG_PATH,
     REFUSE_PATH,
+    TWO_A100_FREE_RULE,
     MailReceiver,
     WebhookReceiver,
-    mail_receiver,
+    alerts_toml,
     settle,
-    webhook_receiver,
 )
-from tests.procs import Hub, Proc, free_port, start_agent, wait_until
+from tests.procs import Hub, Proc, start_agent, start_hub, stop_cleanly, wait_until
 
 FOR_S = 3
 GROUP_WAIT_S = 2
@@ -32,42 +30,34 @@ GROUP_WAIT_S = 2
 MANY_AGENTS = 30
 
 
-@pytest.fixture
-def webhooks() -> Iterator[WebhookReceiver]:
-    with webhook_receiver() as receiver:
-        yield receiver
+def node_down(channels: dict[str, str], for_s: float = FOR_S, flush_every_s: float | None = None) -> str:
+    """The hub's TOML: one "node down" rule (node_offline) sent to every channel; with
+    ``flush_every_s``, the event log written that often."""
+    rule = {"name": "node down", "when": "node_offline", "for_s": for_s, "channels": list(channels)}
+    toml = alerts_toml(channels, [rule], GROUP_WAIT_S)
+    return toml if flush_every_s is None else toml + f"[memory]\nflush_every_s = {flush_every_s}\n"
 
 
-@pytest.fixture
-def mail() -> Iterator[MailReceiver]:
-    with mail_receiver() as receiver:
-        yield receiver
-
-
-def write_config(path: Path, channels: dict[str, str], for_s: float = FOR_S, **rule: Any) -> Path:
-    lines = [f"[alerts]\ngroup_wait_s = {GROUP_WAIT_S}"]
-    for name, url in channels.items():
-        lines.append(f'[[alerts.channels]]\nname = "{name}"\nurl = "{url}"')
-    names = ", ".join(f'"{n}"' for n in channels)
-    extra = "".join(f"\n{k} = {json.dumps(v)}" for k, v in rule.items())
-    lines.append(
-        f'[[alerts.rules]]\nname = "node down"\nwhen = "node_offline"\nfor_s = {for_s}\nchannels = [{names}]{extra}'
-    )
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def start_hub(tmp_path: Path, procs: list[Proc], config: Path, port: int | None = None) -> Hub:
-    hub = Hub(port=port or free_port(), tmp=tmp_path, args=("--config", str(config))).start()
-    assert hub.proc is not None
-    procs.append(hub.proc)
-    return hub
+def restart(hub: Hub, procs: list[Proc]) -> Hub:
+    """The hub again, on its port with its config and state file."""
+    return start_hub(procs, hub.tmp, *hub.args, port=hub.port)
 
 
 def agent(hub: Hub, procs: list[Proc], name: str) -> Proc:
     proc = start_agent(hub, name, interval_s=0.5)
     procs.append(proc)
     return proc
+
+
+def gpu01_back_resolves(hub: Hub, procs: list[Proc], webhooks: WebhookReceiver) -> None:
+    """gpu01's agent started again: the firing message on /hook is followed by one resolved."""
+    agent(hub, procs, "gpu01")
+    wait_until(lambda: len(webhooks.on("/hook")) == 2, 20, what="the resolved message")
+    settle(GROUP_WAIT_S + 1)
+    assert firing_and_resolved(webhooks.on("/hook")) == (
+        ["[FIRING] node down: gpu01"],
+        ["[RESOLVED] node down: gpu01"],
+    )
 
 
 def firing_and_resolved(bodies: list[dict[str, Any]], key: str = "title") -> tuple[list[str], list[str]]:
@@ -78,17 +68,12 @@ def firing_and_resolved(bodies: list[dict[str, Any]], key: str = "title") -> tup
 def test_kill_one_agent_one_firing_then_one_resolved_on_every_channel(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver, mail: MailReceiver
 ) -> None:
-    config = write_config(
-        tmp_path / "hub.toml",
-        {
-            "hook": f"json://127.0.0.1:{webhooks.port}/hook",
-            "chat": f"mmost://127.0.0.1:{webhooks.port}/lab-hook-id",
-            "mail": mail.url("ops@lab.example"),
-        },
-    )
-    with config.open("a") as toml:
-        toml.write("[memory]\nflush_every_s = 1\n")  # the event log written within a second
-    hub = start_hub(tmp_path, procs, config)
+    channels = {
+        "hook": webhooks.url("/hook"),
+        "chat": f"mmost://127.0.0.1:{webhooks.port}/lab-hook-id",
+        "mail": mail.url("ops@lab.example"),
+    }
+    hub = start_hub(procs, tmp_path, toml=node_down(channels, flush_every_s=1))
     gpu01 = agent(hub, procs, "gpu01")
     agent(hub, procs, "gpu02")
     hub.wait_status("gpu01", "live")
@@ -106,14 +91,8 @@ def test_kill_one_agent_one_firing_then_one_resolved_on_every_channel(
     assert "[FIRING] node down: gpu01" in chat["text"]
     assert mail.subjects("ops@lab.example") == ["[FIRING] node down: gpu01"]
 
-    agent(hub, procs, "gpu01")
-    wait_until(lambda: len(webhooks.on("/hook")) == 2, 20, what="the resolved webhook")
+    gpu01_back_resolves(hub, procs, webhooks)
     wait_until(lambda: len(mail.subjects()) == 2, 20, what="the resolved mail")
-    settle(GROUP_WAIT_S + 1)
-    assert firing_and_resolved(webhooks.on("/hook")) == (
-        ["[FIRING] node down: gpu01"],
-        ["[RESOLVED] node down: gpu01"],
-    )
     assert mail.subjects() == ["[FIRING] node down: gpu01", "[RESOLVED] node down: gpu01"]
     # the page and the API say what happened
     alerts = hub.get("/api/v1/alerts")
@@ -133,8 +112,7 @@ def test_kill_one_agent_one_firing_then_one_resolved_on_every_channel(
 def test_many_agents_killed_at_once_make_one_grouped_message(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver
 ) -> None:
-    config = write_config(tmp_path / "hub.toml", {"hook": f"json://127.0.0.1:{webhooks.port}/hook"})
-    hub = start_hub(tmp_path, procs, config)
+    hub = start_hub(procs, tmp_path, toml=node_down({"hook": webhooks.url("/hook")}))
     names = [f"rackb-{i:02}" for i in range(MANY_AGENTS)]
     agents = [agent(hub, procs, name) for name in names]
     wait_until(
@@ -160,10 +138,7 @@ def test_an_agent_flapping_faster_than_for_s_sends_nothing(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver
 ) -> None:
     for_s = 8
-    config = write_config(
-        tmp_path / "hub.toml", {"hook": f"json://127.0.0.1:{webhooks.port}/hook"}, for_s=for_s
-    )
-    hub = start_hub(tmp_path, procs, config)
+    hub = start_hub(procs, tmp_path, toml=node_down({"hook": webhooks.url("/hook")}, for_s=for_s))
     proc = agent(hub, procs, "flappy")
     hub.wait_status("flappy", "live")
     for _ in range(3):
@@ -179,18 +154,12 @@ def test_an_agent_flapping_faster_than_for_s_sends_nothing(
 def test_a_refusing_and_a_hanging_channel_cost_the_hub_and_other_channels_nothing(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver
 ) -> None:
-    base = f"json://127.0.0.1:{webhooks.port}"
-    config = write_config(
-        tmp_path / "hub.toml",
-        {
-            "refuses": f"{base}{REFUSE_PATH}",
-            "hangs": f"{base}{HANG_PATH}?rto=2&cto=2",
-            "good": f"{base}/good",
-        },
-    )
-    with config.open("a") as toml:
-        toml.write("[memory]\nflush_every_s = 1\n")  # the event log written within a second
-    hub = start_hub(tmp_path, procs, config)
+    channels = {
+        "refuses": webhooks.url(REFUSE_PATH),
+        "hangs": webhooks.url(f"{HANG_PATH}?rto=2&cto=2"),
+        "good": webhooks.url("/good"),
+    }
+    hub = start_hub(procs, tmp_path, toml=node_down(channels, flush_every_s=1))
     gpu01 = agent(hub, procs, "gpu01")
     agent(hub, procs, "gpu02")
     hub.wait_status("gpu01", "live")
@@ -229,8 +198,7 @@ def test_a_refusing_and_a_hanging_channel_cost_the_hub_and_other_channels_nothin
 def test_a_hub_restarted_while_an_alert_fires_does_not_send_it_again(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver
 ) -> None:
-    config = write_config(tmp_path / "hub.toml", {"hook": f"json://127.0.0.1:{webhooks.port}/hook"})
-    hub = start_hub(tmp_path, procs, config)
+    hub = start_hub(procs, tmp_path, toml=node_down({"hook": webhooks.url("/hook")}))
     gpu01 = agent(hub, procs, "gpu01")
     hub.wait_status("gpu01", "live")
     silence = {"node": "other*", "duration_s": 3600, "comment": "kept across the restart"}
@@ -245,21 +213,14 @@ def test_a_hub_restarted_while_an_alert_fires_does_not_send_it_again(
     gpu01.kill()
     wait_until(lambda: webhooks.on("/hook"), 20, what="the firing message")
     settle(2.5)  # the firing alert is written to the state file within 2 s
-    assert hub.proc is not None
-    hub.proc.stop()  # SIGTERM: a clean shutdown (uvicorn exits by the signal, -15)
-    assert "Application shutdown complete" in hub.proc.log()
-    hub = start_hub(tmp_path, procs, config, port=hub.port)
+    stop_cleanly(hub)
+    hub = restart(hub, procs)
     wait_until(lambda: hub.get("/api/v1/alerts")["firing"], 10, what="the alert firing again, from the file")
     [kept] = hub.get("/api/v1/alerts")["silences"]
     assert (kept["id"], kept["node"], kept["comment"]) == (silence_id, "other*", "kept across the restart")
     settle(FOR_S + GROUP_WAIT_S + 1)
     assert len(webhooks.on("/hook")) == 1, "sent again after the restart"
-    agent(hub, procs, "gpu01")
-    wait_until(lambda: len(webhooks.on("/hook")) == 2, 20, what="the resolved message")
-    assert firing_and_resolved(webhooks.on("/hook")) == (
-        ["[FIRING] node down: gpu01"],
-        ["[RESOLVED] node down: gpu01"],
-    )
+    gpu01_back_resolves(hub, procs, webhooks)
 
 
 def test_a_hub_restarted_while_an_offline_node_waits_out_for_s_fires_once_counted_from_last_seen(
@@ -267,24 +228,17 @@ def test_a_hub_restarted_while_an_offline_node_waits_out_for_s_fires_once_counte
 ) -> None:
     for_s = 12
     hub_down_s = 6  # long enough that counting for_s from the restart would show
-    config = write_config(
-        tmp_path / "hub.toml", {"hook": f"json://127.0.0.1:{webhooks.port}/hook"}, for_s=for_s
-    )
-    with config.open("a") as toml:
-        toml.write("[memory]\nflush_every_s = 1\n")  # the event log written within a second
-    hub = start_hub(tmp_path, procs, config)
+    hub = start_hub(procs, tmp_path, toml=node_down({"hook": webhooks.url("/hook")}, for_s, flush_every_s=1))
     gpu01 = agent(hub, procs, "gpu01")
     hub.wait_status("gpu01", "live")
     killed_at = time.monotonic()
     gpu01.kill()
     hub.wait_status("gpu01", "offline")
-    assert hub.proc is not None
-    hub.proc.stop()  # well before for_s: the alert is still pending, and only in memory
-    assert "Application shutdown complete" in hub.proc.log()
+    stop_cleanly(hub)  # well before for_s: the alert is still pending, and only in memory
     assert webhooks.on("/hook") == []
     settle(hub_down_s)
     restarted_at = time.monotonic()
-    hub = start_hub(tmp_path, procs, config, port=hub.port)
+    hub = restart(hub, procs)
     assert hub.status("gpu01") == "offline"
     wait_until(lambda: webhooks.on("/hook"), for_s + 20, what="the firing message after the restart")
     fired_after_s = time.monotonic() - killed_at
@@ -298,20 +252,13 @@ def test_a_hub_restarted_while_an_offline_node_waits_out_for_s_fires_once_counte
     # the restore is no transition: the event log holds gpu01's two real ones, and no third
     statuses = [e["summary"] for e in hub.get("/api/v1/events?node=gpu01&kind=status")["events"]]
     assert len(statuses) == 2 and all("offline" in s for s in statuses)
-    agent(hub, procs, "gpu01")
-    wait_until(lambda: len(webhooks.on("/hook")) == 2, 20, what="the resolved message")
-    settle(GROUP_WAIT_S + 1)
-    assert firing_and_resolved(webhooks.on("/hook")) == (
-        ["[FIRING] node down: gpu01"],
-        ["[RESOLVED] node down: gpu01"],
-    )
+    gpu01_back_resolves(hub, procs, webhooks)
 
 
 def test_a_state_file_that_opens_only_after_the_restart_still_sends_nothing_twice(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver
 ) -> None:
-    config = write_config(tmp_path / "hub.toml", {"hook": f"json://127.0.0.1:{webhooks.port}/hook"})
-    hub = start_hub(tmp_path, procs, config)
+    hub = start_hub(procs, tmp_path, toml=node_down({"hook": webhooks.url("/hook")}))
     gpu01, gpu02 = agent(hub, procs, "gpu01"), agent(hub, procs, "gpu02")
     hub.wait_status("gpu01", "live")
     hub.wait_status("gpu02", "live")
@@ -320,12 +267,11 @@ def test_a_state_file_that_opens_only_after_the_restart_still_sends_nothing_twic
     settle(2.5)  # written to the state file
     gpu02.kill()
     hub.wait_status("gpu02", "offline")
-    assert hub.proc is not None
-    hub.proc.stop()  # gpu02's alert still waits out its for_s
+    stop_cleanly(hub)  # gpu02's alert still waits out its for_s
     state = tmp_path / "hub.sqlite3"  # where Hub keeps it
     kept = state.rename(tmp_path / "kept.sqlite3")
     state.write_bytes(b"not a state file " * 100)  # the restarted hub cannot use it at first
-    hub = start_hub(tmp_path, procs, config, port=hub.port)
+    hub = restart(hub, procs)
     assert hub.nodes() == {}
     kept.replace(state)  # now it can: the store opens it within 10 s and restores both nodes
     wait_until(lambda: len(webhooks.on("/hook")) == 2, 30, what="gpu02's firing message")
@@ -340,25 +286,15 @@ def test_a_state_file_that_opens_only_after_the_restart_still_sends_nothing_twic
 def test_gpu_rules_from_real_agents_gpus_free_to_the_waiting_user_fault_and_collector_down(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver, mail: MailReceiver
 ) -> None:
-    config = tmp_path / "hub.toml"
-    config.write_text(
-        f"""
-[names.a1]
-group = "A100 room"
-[names.a2]
-group = "A100 room"
-[alerts]
-group_wait_s = 1
-users = {{ bob = "{mail.url("bob@lab.example")}" }}
-channels = [{{ name = "hook", url = "json://127.0.0.1:{webhooks.port}/hook" }}]
-rules = [
-  {{ name = "2 A100 free", when = "gpus_free", model = "A100", min_free = 2, group = "A100 room", users = ["bob"] }},
-  {{ name = "GPU fault", when = "gpu_fault", channels = ["hook"] }},
-  {{ name = "collector down", when = "gpu_collector_down", channels = ["hook"] }},
-]
-"""
+    rules = [
+        TWO_A100_FREE_RULE,
+        {"name": "GPU fault", "when": "gpu_fault", "channels": ["hook"]},
+        {"name": "collector down", "when": "gpu_collector_down", "channels": ["hook"]},
+    ]
+    alerts = alerts_toml(
+        {"hook": webhooks.url("/hook")}, rules, 1, users={"bob": mail.url("bob@lab.example")}
     )
-    hub = start_hub(tmp_path, procs, config)
+    hub = start_hub(procs, tmp_path, toml=A100_ROOM_TOML + alerts)
 
     def fake(name: str, scenario: dict[str, Any], *args: str) -> None:
         env = fakes.fake_env(fakes.write_scenario(tmp_path / f"{name}.json", scenario))

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from tests import fakes
-from tests.alert_receivers import WebhookReceiver, settle, webhook_receiver
+from tests.alert_receivers import WebhookReceiver, alerts_toml, settle
 from tests.fakes import GIB
-from tests.procs import Hub, Proc, free_port, spawn, start_agent, wait_until
+from tests.procs import Hub, Proc, spawn, start_agent, start_hub, wait_until
 from tests.test_hardening_faults import write_atomically
 
 GROUP_WAIT_S = 1
@@ -34,19 +34,10 @@ FOR_S = 2
 USER = pwd.getpwuid(os.getuid()).pw_name
 
 
-@pytest.fixture
-def webhooks() -> Iterator[WebhookReceiver]:
-    with webhook_receiver() as receiver:
-        yield receiver
-
-
-def start_hub(tmp_path: Path, procs: list[Proc], toml: str) -> Hub:
-    config = tmp_path / "hub.toml"
-    config.write_text(toml)
-    hub = Hub(port=free_port(), tmp=tmp_path, args=("--config", str(config))).start()
-    assert hub.proc is not None
-    procs.append(hub.proc)
-    return hub
+def with_rules(tmp_path: Path, procs: list[Proc], channels: dict[str, str], *rules: dict[str, Any]) -> Hub:
+    """A real hub whose ``rules`` (each waiting FOR_S unless it says otherwise) send to ``channels``."""
+    toml = alerts_toml(channels, [{"for_s": FOR_S, **rule} for rule in rules], GROUP_WAIT_S)
+    return start_hub(procs, tmp_path, toml=toml)
 
 
 def titles(webhooks: WebhookReceiver, path: str) -> list[str]:
@@ -63,19 +54,12 @@ def wait_titles(webhooks: WebhookReceiver, path: str, count: int, timeout_s: flo
 def test_gpu_warning_and_gpu_temp_above_from_a_real_agent_fire_once_and_resolve_once(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver
 ) -> None:
-    base = f"json://127.0.0.1:{webhooks.port}"
-    hub = start_hub(
+    hub = with_rules(
         tmp_path,
         procs,
-        f"""
-[alerts]
-group_wait_s = {GROUP_WAIT_S}
-channels = [{{ name = "warn", url = "{base}/warn" }}, {{ name = "hot", url = "{base}/hot" }}]
-rules = [
-  {{ name = "GPU warning", when = "gpu_warning", for_s = {FOR_S}, channels = ["warn"] }},
-  {{ name = "GPU hot", when = "gpu_temp_above", threshold = 85, for_s = {FOR_S}, channels = ["hot"] }},
-]
-""",
+        {"warn": webhooks.url("/warn"), "hot": webhooks.url("/hot")},
+        {"name": "GPU warning", "when": "gpu_warning", "channels": ["warn"]},
+        {"name": "GPU hot", "when": "gpu_temp_above", "threshold": 85, "channels": ["hot"]},
     )
     path = tmp_path / "nvml.json"
 
@@ -143,19 +127,12 @@ def scratch_disk(tmp_path: Path) -> Iterator[Path]:
 def test_disk_used_above_and_mem_used_above_from_a_real_agents_host_sampling(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver, scratch_disk: Path
 ) -> None:
-    base = f"json://127.0.0.1:{webhooks.port}"
-    hub = start_hub(
+    hub = with_rules(
         tmp_path,
         procs,
-        f"""
-[alerts]
-group_wait_s = {GROUP_WAIT_S}
-channels = [{{ name = "disk", url = "{base}/disk" }}, {{ name = "mem", url = "{base}/mem" }}]
-rules = [
-  {{ name = "disk full", when = "disk_used_above", threshold = 50, for_s = {FOR_S}, channels = ["disk"] }},
-  {{ name = "memory", when = "mem_used_above", threshold = 90, for_s = {FOR_S}, channels = ["mem"] }},
-]
-""",
+        {"disk": webhooks.url("/disk"), "mem": webhooks.url("/mem")},
+        {"name": "disk full", "when": "disk_used_above", "threshold": 50, "channels": ["disk"]},
+        {"name": "memory", "when": "mem_used_above", "threshold": 90, "channels": ["mem"]},
     )
     real = Path("/proc/meminfo").read_text()
     total_kb = 64 * 1024 * 1024
@@ -200,20 +177,10 @@ rules = [
 def test_gpu_idle_held_goes_to_the_holders_own_url_once_and_resolves_when_busy(
     tmp_path: Path, procs: list[Proc], webhooks: WebhookReceiver, sleeper: subprocess.Popen[bytes]
 ) -> None:
-    base = f"json://127.0.0.1:{webhooks.port}"
-    hub = start_hub(
-        tmp_path,
-        procs,
-        f"""
-[idle_holders]
-max_util_percent = 5
-min_idle_s = 1
-[alerts]
-group_wait_s = {GROUP_WAIT_S}
-users = {{ {USER} = "{base}/holder", someone-else = "{base}/else" }}
-rules = [{{ name = "idle-held", when = "gpu_idle_held", for_s = 3 }}]
-""",
-    )
+    idle_rule = {"name": "idle-held", "when": "gpu_idle_held", "for_s": 3}
+    users = {USER: webhooks.url("/holder"), "someone-else": webhooks.url("/else")}
+    toml = alerts_toml({}, [idle_rule], GROUP_WAIT_S, users=users)
+    hub = start_hub(procs, tmp_path, toml="[idle_holders]\nmax_util_percent = 5\nmin_idle_s = 1\n" + toml)
     path = tmp_path / "nvml.json"
 
     def gpus(util_0: int) -> dict[str, Any]:

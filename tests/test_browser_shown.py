@@ -14,16 +14,15 @@ from typing import Any
 import pytest
 
 from tests import fakes
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.procs import Hub, Proc, free_port, start_agent
+from tests.browser import CHROMIUM, chromium, new_tab
+from tests.procs import Hub, killed_at_exit, start_agent, start_hub
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 
 NODES = [f"wall{i}" for i in range(6)]  # sorted by name: wall0 on top, wall5 at the bottom
 FAR = NODES[-1]
-TIMEOUT_MS = 20_000
 
 # Records every frame the page receives and every message it sends, with the time.
 COUNT_FRAMES = """
@@ -50,34 +49,21 @@ window.WebSocket = class extends NativeWebSocket {
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Hub]:
     """A hub and six agents sampling every 0.5 s, each with one fake GPU."""
-    started: list[Proc] = []
-    hub = Hub(port=free_port(), tmp=tmp_path).start()
-    assert hub.proc is not None
-    started.append(hub.proc)
-    try:
+    with killed_at_exit() as started:
+        hub = start_hub(started, tmp_path)
         for name in NODES:
             scenario = fakes.write_scenario(tmp_path / f"{name}.json", fakes.scenario([fakes.gpu(0)]))
             started.append(start_agent(hub, name, interval_s=0.5, env=fakes.fake_env(scenario)))
         for name in NODES:
             hub.wait_status(name, "live", timeout_s=30)
         yield hub
-    finally:
-        for proc in started:
-            if proc.popen.poll() is None:
-                proc.kill()
 
 
 @pytest.fixture
 def page(lab: Hub) -> Iterator[Any]:
-    with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # one column of cards, about two of them on screen: the last ones are far below
-        context = browser.new_context(viewport={"width": 420, "height": 360})
-        context.add_init_script(COUNT_FRAMES)
-        tab = context.new_page()
-        tab.set_default_timeout(TIMEOUT_MS)
+    # one column of cards, about two of them on screen: the last ones are far below
+    with chromium() as browser, new_tab(browser, COUNT_FRAMES, viewport={"width": 420, "height": 360}) as tab:
         yield tab
-        browser.close()
 
 
 def last_show(tab: Any) -> tuple[float, list[str] | None]:

@@ -15,16 +15,15 @@ from typing import Any
 import pytest
 
 from tests import fakes
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, new_tab
 from tests.procs import Hub, Proc, free_port, start_agent, wait_until
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 
 USER = pwd.getpwuid(os.getuid()).pw_name
 XSS_MODEL = '<img src=x onerror="window.__xss=1">'
 GIB = 1024**3
-TIMEOUT_MS = 20_000
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +51,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         sleeper.wait()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
-    tab = context.new_page()
-    tab.set_default_timeout(TIMEOUT_MS)
-    failed: list[str] = []
-    tab.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    yield tab
-    assert failed == []
-    context.close()
+    with new_tab(browser, viewport={"width": 1400, "height": 900}, accept_downloads=True) as tab:
+        failed: list[str] = []
+        tab.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        yield tab
+        assert failed == []
 
 
 def test_the_usage_page_its_user_detail_and_its_csv(page: Any, lab: Hub) -> None:

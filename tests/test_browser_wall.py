@@ -17,37 +17,25 @@ import pytest
 
 from node_agent.protocol import MAX_STRING_CHARS
 from tests import fakes, wsclients
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.procs import Hub, Proc, free_port, start_agent, wait_until
+from tests.browser import CHROMIUM, new_tab
+from tests.procs import Hub, Proc, killed_at_exit, start_agent, start_hub, wait_until
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 XSS_NAME = "<script>window.__xss=1</script>"
 XSS_GROUP = '<img src=x onerror="window.__xss=2">'
 XSS_GPU = '"><img src=x onerror="window.__xss=3">'
 XSS_COMMAND = "<u>cmd</u>&lt;"  # a process name is at most 15 bytes (the kernel's comm)
 LONG_NAME = "W" * MAX_STRING_CHARS  # the longest display name the settings take
-TIMEOUT_MS = 20_000
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1600, "height": 900})
-    tab = context.new_page()
-    tab.set_default_timeout(TIMEOUT_MS)
-    yield tab
-    context.close()
+    with new_tab(browser, viewport={"width": 1600, "height": 900}) as tab:
+        yield tab
 
 
 def fake_gpus(tmp: Path, name: str, scenario: dict[str, Any]) -> dict[str, str]:
@@ -86,11 +74,8 @@ display_name = '{XSS_NAME}'
 group = '{XSS_GROUP}'
 """
     )
-    started: list[Proc] = []
-    hub = Hub(port=free_port(), tmp=tmp, args=("--config", str(config))).start()
-    assert hub.proc is not None
-    started.append(hub.proc)
-    try:
+    with killed_at_exit() as started:
+        hub = start_hub(started, tmp, "--config", str(config))
         worker = named_process(XSS_COMMAND, tmp / "worker.log")
         started.append(worker)
         scenarios = {
@@ -104,10 +89,6 @@ group = '{XSS_GROUP}'
         for name in scenarios:
             hub.wait_status(name, "live", timeout_s=30)
         yield hub
-    finally:
-        for proc in started:
-            if proc.popen.poll() is None:
-                proc.kill()
 
 
 def open_wall(page: Any, hub: Hub, query: str = "", cards: int = 1) -> None:
@@ -312,10 +293,7 @@ def test_a_click_opens_the_node_page_which_refreshes_itself(page: Any, lab: Hub)
 
 
 def test_cycle_mode_turns_pages_when_nodes_do_not_fit(browser: Any, lab: Hub) -> None:
-    context = browser.new_context(viewport={"width": 420, "height": 520})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
+    with new_tab(browser, viewport={"width": 420, "height": 520}) as page:
         open_wall(page, lab, "?cycle=3", cards=4)
         page.wait_for_function("!document.getElementById('pager').hidden")
         first = shown_nodes(page)
@@ -329,8 +307,6 @@ def test_cycle_mode_turns_pages_when_nodes_do_not_fit(browser: Any, lab: Hub) ->
         )
         assert page.locator("#pager").inner_text().startswith("page 2/")
         assert page.evaluate("document.documentElement.scrollHeight <= innerHeight + 1"), "one screenful"
-    finally:
-        context.close()
 
 
 def test_a_lab_without_gpus_and_a_node_with_256_cores(page: Any, hub: Hub) -> None:
@@ -492,10 +468,7 @@ def fake_row(node: str, text: str) -> str:
 def test_a_part_applied_at_once_is_not_undone_by_an_older_stashed_one(browser: Any, hub: Hub) -> None:
     """Parts of cards off the screen wait in a stash; a message with a whole card applies every
     part in it at once, and the stash must then forget the older part of the same element."""
-    context = browser.new_context(viewport={"width": 800, "height": 300})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
+    with new_tab(browser, viewport={"width": 800, "height": 300}) as page:
         page.add_init_script(FAKE_SOCKET)
         page.goto(hub.url + "/")
         nodes = [f"n{i:02d}" for i in range(12)]
@@ -517,8 +490,6 @@ def test_a_part_applied_at_once_is_not_undone_by_an_older_stashed_one(browser: A
         page.evaluate("id => document.getElementById(id).scrollIntoView()", f"node-{far}")
         page.wait_for_timeout(1500)  # the observer, and the once-a-second flush
         assert page.locator(f"#gpu-0-{far} .us").inner_text() == "carol", "the older stashed part stays void"
-    finally:
-        context.close()
 
 
 def test_a_connection_that_never_opens_shows_as_lost_and_is_retried(page: Any, hub: Hub) -> None:

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
-from jinja2 import meta
+from jinja2 import Environment, meta
 
 from frontend.render import Renderer, build_environment
 from frontend.viewmodels import (
@@ -132,6 +132,23 @@ def lab_node(
 
 
 # --------------------------------------------------------------------------- template contexts
+# Each page with the templates it extends or includes: what its renderer has to pass.
+_BASE = {"theme", "root_path", "back_query"}
+
+
+def _reads(env: Environment, template: str) -> set[str]:
+    """The variables ``template`` reads, with those of the templates it extends or includes."""
+    assert env.loader is not None
+    source = env.loader.get_source(env, template)[0]
+    assert "|safe" not in source.replace(" ", ""), "agent text is never marked safe"
+    tree = env.parse(source)
+    names = set(meta.find_undeclared_variables(tree))
+    for other in meta.find_referenced_templates(tree):
+        assert other is not None, f"{template}: a template name computed at render time"
+        names |= _reads(env, other)
+    return names
+
+
 @pytest.mark.parametrize(
     ("template", "context"),
     [
@@ -158,17 +175,15 @@ def lab_node(
             },
         ),
         ("_people.html", {"p"}),
-        ("users.html", {"theme", "root_path", "ws_path", "summary_html", "people_html", "back_query"}),
-        ("node.html", {"theme", "root_path", "d", "back_query", "chart", "now_epoch_s", "stored_html"}),
-        # (both include _events.html, which reads "events")
-        ("_stored.html", {"node_id", "charts", "problem", "chart"}),
-        ("events.html", {"theme", "root_path", "node", "kind", "kinds", "since", "until", "error"}),
+        ("users.html", _BASE | {"ws_path", "summary_html", "people_html"}),
+        ("node.html", _BASE | {"d", "chart", "now_epoch_s", "stored_html"}),
+        ("_stored.html", {"node_id", "charts", "problem", "chart", "events"}),
+        ("events.html", _BASE | {"node", "kind", "kinds", "since", "until", "error", "events"}),
         ("_events.html", {"events"}),
         (
             "usage.html",
-            {
-                "theme",
-                "root_path",
+            _BASE
+            | {
                 "v",
                 "ranges",
                 "range_name",
@@ -183,15 +198,13 @@ def lab_node(
                 "busy_above",
             },
         ),
+        ("alerts.html", _BASE | {"a", "clock"}),
     ],
 )
 def test_template_contexts_are_pinned(template: str, context: set[str]) -> None:
     env = build_environment()
     assert env.autoescape is True
-    assert env.loader is not None
-    source = env.loader.get_source(env, template)[0]
-    assert meta.find_undeclared_variables(env.parse(source)) == context
-    assert "|safe" not in source.replace(" ", ""), "agent text is never marked safe"
+    assert _reads(env, template) == context
 
 
 # --------------------------------------------------------------------------- fragment shape and size

@@ -16,25 +16,25 @@ from pathlib import Path
 import pytest
 
 from tests import fakes
-from tests.procs import Hub, Proc, free_port, start_agent
+from tests.procs import Hub, Proc, start_agent, start_hub, stop_cleanly
 
 GIB = 1024**3
 INTERVAL_S = 0.5
 FLUSH_S = 2.0
 USER = pwd.getpwuid(os.getuid()).pw_name
+MEMORY_TOML = f"[memory]\nflush_every_s = {FLUSH_S}\n"
 
 
-def config(tmp: Path) -> Path:
-    path = tmp / "hub.toml"
-    path.write_text(f"[memory]\nflush_every_s = {FLUSH_S}\n")
-    return path
-
-
-def agent_env(tmp: Path, pid: int) -> dict[str, str]:
+def holding_agent(hub: Hub, procs: list[Proc], pid: int) -> Proc:
+    """A real agent, live, named gpu01, whose one A100 (80 % busy) is held by process ``pid``."""
     one_gpu = fakes.scenario(
         [fakes.gpu(0, "A100", util_gpu=80, compute_processes=[fakes.process(pid, 4 * GIB)])]
     )
-    return fakes.fake_env(fakes.write_scenario(tmp / "scenario.json", one_gpu))
+    env = fakes.fake_env(fakes.write_scenario(hub.tmp / "scenario.json", one_gpu))
+    agent = start_agent(hub, "gpu01", interval_s=INTERVAL_S, env=env)
+    procs.append(agent)
+    hub.wait_status("gpu01", "live")
+    return agent
 
 
 def stored(path: Path) -> tuple[float, float, float]:
@@ -70,17 +70,12 @@ def hellos_and_goodbyes(path: Path) -> list[tuple[float, str]]:
 def test_gpu_hours_from_a_real_agent_match_the_time_seen(
     tmp_path: Path, procs: list[Proc], sleeper: subprocess.Popen[bytes]
 ) -> None:
-    hub = Hub(port=free_port(), tmp=tmp_path, args=("--config", str(config(tmp_path)))).start()
-    assert hub.proc is not None
-    procs.append(hub.proc)
-    agent = start_agent(hub, "gpu01", interval_s=INTERVAL_S, env=agent_env(tmp_path, sleeper.pid))
-    procs.append(agent)
-    hub.wait_status("gpu01", "live")
+    hub = start_hub(procs, tmp_path, toml=MEMORY_TOML)
+    agent = holding_agent(hub, procs, sleeper.pid)
     time.sleep(40.0)
     agent.stop()  # a goodbye: the node goes offline at once
     hub.wait_status("gpu01", "offline")
-    hub.proc.stop()  # SIGTERM: the last flush
-    assert "Application shutdown complete" in hub.proc.log()
+    stop_cleanly(hub)  # SIGTERM: the last flush
     path = tmp_path / "hub.sqlite3"
     (hello_at, hello), (goodbye_at, goodbye) = hellos_and_goodbyes(path)
     assert (hello, goodbye) == ("offline → live (hello)", "live → offline (goodbye)")
@@ -97,14 +92,9 @@ def test_a_hub_killed_loses_at_most_one_flush_and_counts_nothing_twice(
     tmp_path: Path, procs: list[Proc], sleeper: subprocess.Popen[bytes]
 ) -> None:
     path = tmp_path / "hub.sqlite3"
-    args = ("--config", str(config(tmp_path)))
-    port = free_port()
-    first = Hub(port=port, tmp=tmp_path, args=args).start()
+    first = start_hub(procs, tmp_path, toml=MEMORY_TOML)
     assert first.proc is not None
-    procs.append(first.proc)
-    agent = start_agent(first, "gpu01", interval_s=INTERVAL_S, env=agent_env(tmp_path, sleeper.pid))
-    procs.append(agent)
-    first.wait_status("gpu01", "live")
+    holding_agent(first, procs, sleeper.pid)
     time.sleep(9.0)
     killed_at = time.time()
     first.proc.kill()  # SIGKILL: no last flush
@@ -115,13 +105,10 @@ def test_a_hub_killed_loses_at_most_one_flush_and_counts_nothing_twice(
     assert seen_s - FLUSH_S - 2 * INTERVAL_S <= counted_before <= seen_s + INTERVAL_S
     assert (seen_s - FLUSH_S) / INTERVAL_S - 2 <= samples_before <= seen_s / INTERVAL_S + 2
 
-    second = Hub(port=port, tmp=tmp_path, args=args).start()  # the agent reconnects to the same port
-    assert second.proc is not None
-    procs.append(second.proc)
+    second = start_hub(procs, tmp_path, *first.args, port=first.port)  # the agent reconnects to it
     second.wait_status("gpu01", "live")
     time.sleep(6.0)
-    second.proc.stop()
-    assert "Application shutdown complete" in second.proc.log()
+    stop_cleanly(second)
     stopped_at = time.time()
     events = hellos_and_goodbyes(path)
     hello2_at = [at for at, summary in events if summary.endswith("(hello)")][-1]

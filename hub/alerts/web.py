@@ -18,6 +18,7 @@ from starlette.routing import Route
 from frontend.render import build_environment
 from hub.alerts.engine import Alert, Silence
 from hub.alerts.service import AlertService
+from hub.pages import theme_from
 from hub.security import admin_denial
 from hub.state import HubState
 
@@ -93,14 +94,12 @@ async def api_alerts(request: Request) -> Response:
 
 
 async def alerts_page(request: Request) -> Response:
-    hub: HubState = request.app.state.hub
     data = alerts_json(request.app.state.alerts)
     html = _ENV.get_template("alerts.html").render(
         a=data,
         clock=_clock,
         root_path=request.scope.get("root_path", "").rstrip("/"),
-        theme="light" if request.query_params.get("theme") == "light" else "dark",
-        now_epoch_s=hub.scene.now(),
+        theme=theme_from(request.query_params),
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 

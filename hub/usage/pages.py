@@ -4,6 +4,8 @@ store's thread. (The node page's stored part and the header's line: :mod:`hub.us
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 from urllib.parse import quote
 
 from markupsafe import escape
@@ -22,6 +24,7 @@ from hub.usage.timerange import NAMED_DAYS, RangeError, iso
 
 RANGE_LABELS = {"today": "today", "7d": "7 days", "30d": "30 days"}
 _HTML_HEADERS = {"Cache-Control": "no-store"}
+_Query = TypeVar("_Query")
 
 
 def _root(request: Request) -> str:
@@ -35,6 +38,17 @@ def _no_memory(what: str) -> Response:
     )
 
 
+def _query_or_default(
+    read: Callable[[Mapping[str, str]], _Query], params: Mapping[str, str], default: Mapping[str, str]
+) -> tuple[_Query, str]:
+    """The page's query ``read`` from the URL's ``params``; when they are bad, the query of
+    ``default`` and the problem in words, which the page shows above what it found."""
+    try:
+        return read(params), ""
+    except (RangeError, BadRequest) as exc:
+        return read(default), str(exc)
+
+
 async def usage_page(request: Request) -> Response:
     memory = memory_of(request)
     if memory is None:
@@ -42,12 +56,10 @@ async def usage_page(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     params = request.query_params
     user = (params.get("user") or "")[:256] or None
-    error = ""
-    try:
-        start, end, by, query = usage_query(memory, params, hub.scene.now())
-    except (RangeError, BadRequest) as exc:
-        error = str(exc)
-        start, end, by, query = usage_query(memory, {"by": "user"}, hub.scene.now())
+    now = hub.scene.now()
+    (start, end, by, query), error = _query_or_default(
+        lambda given: usage_query(memory, given, now), params, {"by": "user"}
+    )
     try:
         report = await memory.read(query)
     except (StoreError, sqlite3.Error) as exc:
@@ -89,12 +101,7 @@ async def events_page(request: Request) -> Response:
         return _no_memory("events")
     hub: HubState = request.app.state.hub
     params = request.query_params
-    error = ""
-    try:
-        query = events_query(params)
-    except (RangeError, BadRequest) as exc:
-        error = str(exc)
-        query = events_query({})
+    query, error = _query_or_default(events_query, params, {})
     try:
         events = await memory.read(query)
     except (StoreError, sqlite3.Error) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,31 @@ def test_hub_load_compares_the_hub_with_and_without_alert_rules() -> None:
     figures = run_bench("hub_load", 150, "--alerts", "--no-bare")
     assert number(figures["n5.hub_cpu_with_alert_rules"]) > 0
     assert number(figures["n5.alert_rules_cpu_ratio"]) > 0
+
+
+@pytest.mark.timeout(240)
+def test_hub_load_compares_the_hub_with_its_memory_and_with_every_feature_on() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hub_load", "--tiny", "--memory", "--all-features", "--no-bare"],
+        cwd=REPO,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = dict(re.findall(r"^figure hub_load (\S+) = (.+?)\s*(?:\[|$)", done.stdout, re.MULTILINE))
+    for variant in ("memory", "all_features"):
+        assert number(figures[f"n5.{variant}.cpu_ratio"]) > 0, figures
+        assert number(figures[f"n5.{variant}.delivered_min"]) == 100.0, figures
+        assert f"n5.{variant}.hub_rss_max" in figures
+    # the runs with a state file counted usage; with every feature on, node n00000 is a MIG node
+    logs = Path(re.search(r"logs: (\S+)", done.stdout)[1])  # type: ignore[index]
+    models = {}
+    for name in ("memory", "features"):
+        with sqlite3.connect(logs / f"{name}-5.sqlite3") as db:
+            models[name] = {row[0] for row in db.execute("SELECT DISTINCT model FROM usage_hourly")}
+    assert models == {
+        "memory": {"NVIDIA H100 80GB HBM3"},
+        "features": {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"},
+    }

@@ -43,6 +43,9 @@ class _NodeFacts:
     # (kind, GPU index or None) -> the rules that apply: rules, the node's group and its GPUs'
     # names are fixed until its next hello (which makes new facts), so each is matched once
     matching: dict[tuple[Kind, str | None], tuple[Rule, ...]] = field(default_factory=dict)
+    # the host's disk list last judged: the registry shares it between samples while no disk
+    # changed, and the same list gives the same verdicts
+    disks_judged: object = None
 
 
 @dataclass(slots=True)
@@ -254,6 +257,11 @@ class Conditions:
         disks = host.get("disks")
         if disks is None:
             return
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            if facts.disks_judged is disks:
+                return
+            facts.disks_judged = disks
         for rule in self._matching(Kind.DISK_USED_ABOVE, node_id):
             assert rule.threshold is not None
             for disk in disks:

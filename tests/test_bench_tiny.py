@@ -113,11 +113,11 @@ def test_browser_load_runs_when_present() -> None:
     assert "bytes_per_s_showing_every_node" in figures, figures
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(200)
 def test_peer_prometheus_scrapes_every_node_then_runs_the_hub() -> None:
     if not (shutil.which("prometheus") and (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())):
         pytest.skip("needs Debian's prometheus and nginx (.ci/run installs them)")
-    figures = run_bench("peer_prometheus", 150)
+    figures = run_bench("peer_prometheus", 170, "--all-features")
     assert number(figures["n5.prometheus_targets_up"]) == 5, "Prometheus scraped every simulated node"
     # about 200 series a node (a 64-core host, 8 GPUs and their processes) plus up and scrape_*
     assert 5 * 150 < number(figures["n5.prometheus_head_series"]) < 5 * 300, figures
@@ -126,6 +126,7 @@ def test_peer_prometheus_scrapes_every_node_then_runs_the_hub() -> None:
     assert number(figures["n5.delivered_min"]) == 100.0, "the hub's run beside it delivered everything"
     for name in ("n5.hub_vs_prometheus_cpu", "n5.hub_vs_prometheus_rss"):
         assert name in figures, figures
+        assert f"n5.all_features.{name[3:]}" in figures, figures  # the hub with its features on
 
 
 @pytest.mark.timeout(180)

@@ -1,7 +1,7 @@
 """Hub load: N simulated agents at R Hz and B viewers against a real ``sers-hub`` process.
 
     python -m bench.hub_load [--nodes 2000[,3000,5000]] [--rate 1] [--viewers 50] [--shown 24] [--tiny]
-                             [--alerts [FILE]]
+                             [--alerts [FILE]] [--memory] [--all-features]
 
 For each node count: start ``python -m hub --port P --state-db none`` (``--state-db FILE``: with the
 hub's memory on: usage accounting, history, the event log); connect the agents
@@ -15,7 +15,11 @@ latency from the agent's sample to a viewer's receipt (p50/p99/max, read back fr
 HTML, see :mod:`bench.simnode`), hub CPU (% of one core) and RSS, bytes/s per viewer, and the
 load generator's own CPU. With ``--alerts`` the hub runs a second time right after, with the
 alert rules of FILE (default :data:`ALERT_RULES`, ten rules), and its CPU is printed as a ratio
-to the run without rules. With ``--shown K`` every viewer tells the hub it shows K cards (a
+to the run without rules. ``--memory`` runs it again with a state file (usage accounting,
+history, the event log; target ≤ 1.10x the CPU of the run without), ``--all-features`` with
+every feature on: a state file, the ten alert rules (or FILE), and a quarter of the simulated
+nodes A100s in MIG mode (target ≤ 1.15x the CPU of the run without, p99 ≤ 250 ms, RSS ≤ 300
+MiB); idle-holder tracking is always on. With ``--shown K`` every viewer tells the hub it shows K cards (a
 different K for each, :mod:`bench.load_viewers`), as the page does, and is expected to receive
 exactly those nodes' updates: bytes/s per viewer then has a target (≤ 60 KB/s for 24 of 2,000
 nodes). ``--against DIR`` runs the same load on the hub of another tree right after (its viewers
@@ -53,6 +57,7 @@ from bench.workers import REPO, Worker, free_port, get_json, wait_for
 
 MIB = 1024**2
 ALERT_RULES = Path(__file__).with_name("alert_rules.toml")
+MIG_EVERY = 4  # --all-features: every fourth simulated family (a quarter of the nodes) in MIG mode
 PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 
 
@@ -113,11 +118,16 @@ async def run_phase(
     bare_sizes: Path | None = None,
     py_spy_out: Path | None = None,
     alerts_config: Path | None = None,
+    state_db: str | None = None,
+    mig_every: int = 0,
+    label: str = "",
 ) -> Phase:
+    """One run; ``state_db``, ``alerts_config`` and ``mig_every`` (every K-th simulated family in
+    MIG mode) turn features on for this run only."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     ws_base = f"ws://127.0.0.1:{port}"
-    label = "bare" if bare_sizes else "hub-alerts" if alerts_config else "hub"
+    label = label or ("bare" if bare_sizes else "hub-alerts" if alerts_config else "hub")
     if bare_sizes:
         argv = [sys.executable, "-m", "bench.bare_broadcast", "--port", str(port), "--sizes", str(bare_sizes)]
     else:
@@ -128,7 +138,7 @@ async def run_phase(
             "--port",
             str(port),
             "--state-db",
-            args.state_db,
+            state_db or args.state_db,
             "--log-level",
             "WARNING",
             *(["--config", str(alerts_config)] if alerts_config else []),
@@ -194,6 +204,8 @@ async def run_phase(
                         str(args.rate),
                         "--busy-fraction",
                         str(args.busy_fraction),
+                        "--mig-every",
+                        str(mig_every),
                     ],
                     log_dir,
                 )
@@ -398,6 +410,20 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.alerts:
             with_rules = await run_phase(args, nodes, log_dir, alerts_config=Path(args.alerts))
             report_alerts(fig, nodes, hub, with_rules)
+        if args.memory:
+            memory = await run_phase(args, nodes, log_dir, state_db=str(log_dir / f"memory-{nodes}.sqlite3"))
+            report_variant(fig, nodes, "memory", hub, memory, max_cpu_ratio=1.10)
+        if args.all_features:
+            features = await run_phase(
+                args,
+                nodes,
+                log_dir,
+                state_db=str(log_dir / f"features-{nodes}.sqlite3"),
+                alerts_config=Path(args.alerts or ALERT_RULES),
+                mig_every=MIG_EVERY,
+                label="hub-all-features",
+            )
+            report_variant(fig, nodes, "all_features", hub, features, max_cpu_ratio=1.15, max_rss_mib=300)
         if args.against:
             await compare_against(fig, args, nodes, log_dir, hub)
         if args.bare:
@@ -406,6 +432,55 @@ async def main_async(args: argparse.Namespace) -> int:
             bare = await run_phase(args, nodes, log_dir, bare_sizes=sizes)
             report_bare(fig, nodes, hub, bare, delivered, bytes_per_update)
     return fig.done()
+
+
+def report_variant(
+    fig: Figures,
+    nodes: int,
+    name: str,
+    hub: Phase,
+    variant: Phase,
+    *,
+    max_cpu_ratio: float,
+    max_rss_mib: float | None = None,
+) -> None:
+    """The hub with some features on (``variant``) against the run just before without them,
+    same load: its CPU as a ratio, and its own delivery, p99 and RSS."""
+    tag = f"n{nodes}.{name}"
+    without = hub.server_cpu_s / hub.duration_s
+    with_them = variant.server_cpu_s / variant.duration_s
+    fig.add(f"{tag}.hub_cpu", 100 * with_them, "% of one core")
+    fig.add(
+        f"{tag}.hub_cpu_wait", 100 * variant.server_wait_s / variant.duration_s, "% (runnable, no CPU free)"
+    )
+    ratio = with_them / without if without else math.inf
+    fig.add(
+        f"{tag}.cpu_ratio",
+        ratio,
+        "x the hub without them",
+        target=f"≤ {max_cpu_ratio:.2f}x",
+        ok=ratio <= max_cpu_ratio,
+        digits=3,
+    )
+    a, viewers = variant.agents, variant.viewers["viewers"]
+    if a["deltas_in_window"]:
+        per_message = 1e6 * variant.server_cpu_s / a["deltas_in_window"]
+        fig.add(f"{tag}.hub_cpu_per_agent_message", per_message, "µs (fan-out included)", digits=0)
+    expected = [expected_updates(a, t) for t in viewers]
+    ratios = [(t["host"] + t["gpu"]) / e if e else 0.0 for t, e in zip(viewers, expected, strict=True)]
+    if ratios:
+        worst = min(ratios)
+        fig.add(
+            f"{tag}.delivered_min", 100 * worst, "% of expected", target="100%", ok=worst >= 0.9995, digits=2
+        )
+    lat = variant.viewers["latency_ms"]
+    if lat["count"]:
+        fig.add(f"{tag}.latency_p99", lat["p99"], "ms", target="≤ 250 ms", ok=lat["p99"] <= 250, digits=0)
+    rss = variant.server_rss_max / MIB
+    if max_rss_mib is None:
+        fig.add(f"{tag}.hub_rss_max", rss, "MiB")
+    else:
+        fig.add(f"{tag}.hub_rss_max", rss, "MiB", target=f"≤ {max_rss_mib:g} MiB", ok=rss <= max_rss_mib)
 
 
 def report_alerts(fig: Figures, nodes: int, hub: Phase, with_rules: Phase) -> None:
@@ -513,6 +588,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         const=str(ALERT_RULES),
         metavar="FILE",
         help="run the hub again with the alert rules of FILE (default: ten rules) and compare its CPU",
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="run the hub again with a state file (usage accounting, history, event log) and compare its CPU",
+    )
+    parser.add_argument(
+        "--all-features",
+        action="store_true",
+        help="run the hub again with every feature on (a state file, the alert rules of --alerts or "
+        "the ten default ones, MIG slices on a quarter of the nodes) and compare its CPU, p99 and RSS",
     )
     parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub into DIR")
     parser.add_argument(

@@ -104,7 +104,12 @@ async def main_async(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     indexes = range(args.first, args.first + args.nodes)
     families = {
-        k: Family(args.seed * 1000 + k, args.busy_fraction, 1 / args.rate)
+        k: Family(
+            args.seed * 1000 + k,
+            args.busy_fraction,
+            1 / args.rate,
+            mig=args.mig_every > 0 and k % args.mig_every == 0,
+        )
         for k in sorted({i % args.families for i in indexes})
     }
     sims = [SimAgent(f"n{i:05d}", families[i % args.families]) for i in indexes]
@@ -178,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--busy-fraction", type=float, default=0.6)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--families", type=int, default=100, help="distinct simulated behaviours")
+    parser.add_argument(
+        "--mig-every",
+        type=int,
+        default=0,
+        help="every K-th family is a node of A100s in MIG mode (4: a quarter of the nodes; 0: none)",
+    )
     parser.add_argument("--connect-concurrency", type=int, default=50)
     args = parser.parse_args(argv)
     asyncio.run(main_async(args))

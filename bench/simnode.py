@@ -5,6 +5,10 @@ utilization moves by at least one percent every sample (so its row visibly chang
 and temperature follow, its memory grows now and then. An idle GPU never changes, so its row is
 never sent again. The host changes every sample (CPU, network, disk, uptime).
 
+With ``mig`` the node is an 8 x A100 80GB server in MIG mode instead: each GPU split into two
+3g.40gb slices; a busy GPU's process runs in its first slice (NVML lists it on the GPU too), the
+second slice stays free. Slices report no utilization of their own, as on most drivers.
+
 For thousands of agents in one load-generating process, :class:`Family` precomputes a loop of
 merge patches from one ``SimNode`` (with the protocol's ``make_patch``) and :class:`SimAgent`
 replays it under its own name, so an agent's send costs an ``encode`` and a WebSocket frame,
@@ -29,6 +33,7 @@ GIB = 1024**3
 MARK_MODULO_MS = 100_000_000
 CORES = 64
 GPUS = 8
+MIG_PROFILES = ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
 USERS = ("alice", "bob", "chen", "dmitri", "eva", "farid", "grace", "hiro")
 COMMANDS = ("python", "torchrun", "python3", "jupyter-kernel", "deepspeed")
 
@@ -63,8 +68,12 @@ def mark_age_ms(mark_ms: int, now_epoch_s: float) -> int:
 class SimNode:
     """One simulated node. ``next_delta`` returns the encoded frame the real agent would send."""
 
-    def __init__(self, name: str, seed: int, busy_fraction: float = 0.6, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, name: str, seed: int, busy_fraction: float = 0.6, interval_s: float = 1.0, mig: bool = False
+    ) -> None:
         self.name = name
+        self.mig = mig
+        self.model = "NVIDIA A100-SXM4-80GB" if mig else "NVIDIA H100 80GB HBM3"
         self.interval_s = interval_s
         self._seed = seed
         self._rng = random.Random(seed)
@@ -120,11 +129,12 @@ class SimNode:
                 {
                     "index": i,
                     "uuid": self._uuid(i),
-                    "name": "NVIDIA H100 80GB HBM3",
+                    "name": self.model,
                     "mem_total_bytes": 80 * GIB,
-                    "power_limit_watts": 700.0,
+                    "power_limit_watts": 400.0 if self.mig else 700.0,
                     "pci_bus_id": f"00000000:{0x18 + i:02X}:00.0",
-                    "mig_mode": "disabled",
+                    "mig_mode": "enabled" if self.mig else "disabled",
+                    "mig_profiles": MIG_PROFILES if self.mig else None,
                 }
                 for i in range(GPUS)
             ],
@@ -192,10 +202,10 @@ class SimNode:
         else:
             processes = []
             power = 69.0
-        return {
+        gpu = {
             "index": i,
             "uuid": self._uuid(i),
-            "name": "NVIDIA H100 80GB HBM3",
+            "name": self.model,
             "util_gpu_percent": self._util[i],
             "util_mem_percent": round(self._util[i] * 0.4),
             "mem_used_bytes": int(self._gpu_mem[i]) + 530 * 1024**2,
@@ -213,6 +223,21 @@ class SimNode:
             "ecc_volatile_uncorrected": 0,
             "processes": processes,
             "error": None,
+        }
+        if self.mig:
+            gpu["mig_slices"] = [self._slice(i, 0, 1, processes), self._slice(i, 1, 2, [])]
+        return gpu
+
+    def _slice(self, i: int, k: int, gpu_instance: int, processes: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "uuid": f"MIG-{self._seed % 16**8:08x}-{i:04x}-{k:04x}-0000-000000000000",
+            "profile": "3g.40gb",
+            "gpu_instance_id": gpu_instance,
+            "compute_instance_id": 0,
+            "mem_used_bytes": sum(p["gpu_mem_bytes"] for p in processes) + 13 * 1024**2,
+            "mem_total_bytes": 40 * GIB,
+            "util_gpu_percent": None,
+            "processes": processes,
         }
 
     def next_delta(self, now_epoch_s: float, *, quiet: bool = False, mark: bool = True) -> str:
@@ -240,8 +265,10 @@ class Family:
     differs between consecutive samples, across the wrap too, so each step changes its row.
     """
 
-    def __init__(self, seed: int, busy_fraction: float, interval_s: float, length: int = 30) -> None:
-        sim = SimNode(f"family{seed}", seed, busy_fraction, interval_s)
+    def __init__(
+        self, seed: int, busy_fraction: float, interval_s: float, length: int = 30, mig: bool = False
+    ) -> None:
+        sim = SimNode(f"family{seed}", seed, busy_fraction, interval_s, mig)
         self.interval_s = interval_s
         self.busy_gpus = sim.busy_gpus
         self.hello = sim.hello()

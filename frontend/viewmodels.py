@@ -695,13 +695,27 @@ class GpuTally(NamedTuple):
     idle_held: int = 0  # as in GpuView: the GPU and its slices that are idle-held
 
 
+def slice_states(gpu: Mapping[str, Any], rule: GpuFreeRule) -> tuple[tuple[str, bool], ...]:
+    """(profile, free by the GPU free rule) of each MIG slice, as :func:`slice_views` judges
+    them, without the words: what a card's tally needs, per rendered GPU row."""
+    return tuple(
+        (str(mig.get("profile") or "?"), _slice_free(mig, rule)) for mig in gpu.get("mig_slices") or ()
+    )
+
+
+def _slice_free(mig: Mapping[str, Any], rule: GpuFreeRule) -> bool:
+    used, total = mig.get("mem_used_bytes"), mig.get("mem_total_bytes")
+    return rule.allows(mig.get("processes"), mig.get("util_gpu_percent"), ratio_percent(used, total))
+
+
 def gpu_tally(
     gpu: Mapping[str, Any],
     state: GpuState,
     health: Level = Level.OK,
-    slices: Iterable[SliceView] = (),
+    slices: Iterable[tuple[str, bool]] = (),
     idle_held: int = 0,
 ) -> GpuTally:
+    """``slices``: :func:`slice_states`."""
     get = gpu.get  # positional below: one per rendered GPU row
     return GpuTally(
         short_gpu_name(get("name")),
@@ -709,7 +723,7 @@ def gpu_tally(
         get("mem_used_bytes") or 0,
         get("mem_total_bytes") or 0,
         health,
-        tuple((s.profile, s.state is _FREE and state is not _NOT_CURRENT) for s in slices) if slices else (),
+        tuple((profile, free and state is not _NOT_CURRENT) for profile, free in slices) if slices else (),
         idle_held,
     )
 
@@ -981,7 +995,7 @@ def slice_views(
     out = []
     for mig in gpu.get("mig_slices") or ():
         used, total = mig.get("mem_used_bytes"), mig.get("mem_total_bytes")
-        free = rule.allows(mig.get("processes"), mig.get("util_gpu_percent"), ratio_percent(used, total))
+        free = _slice_free(mig, rule)
         out.append(
             SliceView(
                 uuid=str(mig.get("uuid") or "?"),

@@ -31,7 +31,7 @@ from frontend.viewmodels import (
     gpu_view,
     head_view,
     host_view,
-    slice_views,
+    slice_states,
     spark_view,
     summary_view,
 )
@@ -346,7 +346,7 @@ class Scene:
         held = self._idle.get(node_id)
         idle = _idle_of(held, index) if held else None
         view = gpu_view(node_id, index, gpu, rule, live, health, self._wall() if idle else None, idle)
-        slices = slice_views(gpu, rule) if gpu.get("mig_slices") else ()
+        slices = slice_states(gpu, rule) if gpu.get("mig_slices") else ()
         rendered.tallies[index] = gpu_tally(gpu, view.state, view.health, slices, view.idle_held)
         return self._renderer.gpu(view)
 

@@ -290,3 +290,19 @@ def test_a_restored_node_whose_alert_fired_before_the_restart_is_not_told_again(
     assert [(s, k) for s, k, _ in lab.messages()] == [(Status.FIRING, ["gpu03"])]
     lab.hello("gpu01", [])  # back: the alert from before the restart resolves, once
     assert [(s, k) for s, k, _ in lab.messages(60)] == [(Status.RESOLVED, ["gpu01"])]
+
+
+def test_a_disk_list_unchanged_between_samples_keeps_its_verdict_until_it_changes() -> None:
+    lab = Lab([{"name": "disk", "when": "disk_used_above", "threshold": 90}])
+    lab.hello("gpu01", [A100])
+    full = [{"mount": "/", "used_bytes": 95, "total_bytes": 100}]
+    lab.delta("gpu01", {"host": {"mem_used_bytes": 1, "mem_total_bytes": 100, "disks": full}})
+    assert [(s, k) for s, k, _ in lab.messages()] == [(Status.FIRING, ["gpu01:/"])]
+    for used in (2, 3, 4):  # the host changes, its disks do not: judged once, still firing
+        lab.delta("gpu01", {"host": {"mem_used_bytes": used}})
+    assert lab.messages() == []
+    lab.delta("gpu01", {"host": {"disks": [{"mount": "/", "used_bytes": 50, "total_bytes": 100}]}})
+    assert [(s, k) for s, k, _ in lab.messages()] == [(Status.RESOLVED, ["gpu01:/"])]
+    lab.hello("gpu01", [A100])  # a reconnect judges the disks again
+    lab.delta("gpu01", {"host": {"disks": full}})
+    assert [(s, k) for s, k, _ in lab.messages()] == [(Status.FIRING, ["gpu01:/"])]

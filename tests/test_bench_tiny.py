@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -119,11 +120,11 @@ def test_browser_load_runs_when_present() -> None:
     assert "bytes_per_s_showing_every_node" in figures, figures
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(200)
 def test_peer_prometheus_scrapes_every_node_then_runs_the_hub() -> None:
     if not (shutil.which("prometheus") and (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())):
         pytest.skip("needs Debian's prometheus and nginx (.ci/run installs them)")
-    figures = run_bench("peer_prometheus", 150)
+    figures = run_bench("peer_prometheus", 170, "--all-features")
     assert number(figures["n5.prometheus_targets_up"]) == 5, "Prometheus scraped every simulated node"
     # about 200 series a node (a 64-core host, 8 GPUs and their processes) plus up and scrape_*
     assert 5 * 150 < number(figures["n5.prometheus_head_series"]) < 5 * 300, figures
@@ -132,6 +133,7 @@ def test_peer_prometheus_scrapes_every_node_then_runs_the_hub() -> None:
     assert number(figures["n5.delivered_min"]) == 100.0, "the hub's run beside it delivered everything"
     for name in ("n5.hub_vs_prometheus_cpu", "n5.hub_vs_prometheus_rss"):
         assert name in figures, figures
+        assert f"n5.all_features.{name[3:]}" in figures, figures  # the hub with its features on
 
 
 @pytest.mark.timeout(180)
@@ -139,3 +141,31 @@ def test_hub_load_compares_the_hub_with_and_without_alert_rules() -> None:
     figures = run_bench("hub_load", 150, "--alerts", "--no-bare")
     assert number(figures["n5.hub_cpu_with_alert_rules"]) > 0
     assert number(figures["n5.alert_rules_cpu_ratio"]) > 0
+
+
+@pytest.mark.timeout(240)
+def test_hub_load_compares_the_hub_with_its_memory_and_with_every_feature_on() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hub_load", "--tiny", "--memory", "--all-features", "--no-bare"],
+        cwd=REPO,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = dict(re.findall(r"^figure hub_load (\S+) = (.+?)\s*(?:\[|$)", done.stdout, re.MULTILINE))
+    for variant in ("memory", "all_features"):
+        assert number(figures[f"n5.{variant}.cpu_ratio"]) > 0, figures
+        assert number(figures[f"n5.{variant}.delivered_min"]) == 100.0, figures
+        assert f"n5.{variant}.hub_rss_max" in figures
+    # the runs with a state file counted usage; with every feature on, node n00000 is a MIG node
+    logs = Path(re.search(r"logs: (\S+)", done.stdout)[1])  # type: ignore[index]
+    models = {}
+    for name in ("memory", "features"):
+        with sqlite3.connect(logs / f"{name}-5.sqlite3") as db:
+            models[name] = {row[0] for row in db.execute("SELECT DISTINCT model FROM usage_hourly")}
+    assert models == {
+        "memory": {"NVIDIA H100 80GB HBM3"},
+        "features": {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"},
+    }

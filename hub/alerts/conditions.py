@@ -41,6 +41,12 @@ SAMPLES_TO_CONFIRM = 2  # after a hello: the first full sample, and its health j
 class _NodeFacts:
     group: str | None
     gpu_names: dict[str, str] = field(default_factory=dict)  # index -> the hello's GPU name
+    # (kind, GPU index or None) -> the rules that apply: rules, the node's group and its GPUs'
+    # names are fixed until its next hello (which makes new facts), so each is matched once
+    matching: dict[tuple[Kind, str | None], tuple[Rule, ...]] = field(default_factory=dict)
+    # the host's disk list last judged: the registry shares it between samples while no disk
+    # changed, and the same list gives the same verdicts
+    disks_judged: object = None
 
 
 @dataclass(slots=True)
@@ -159,14 +165,23 @@ class Conditions:
             self._active.discard(key)
         self._engine.observe(rule, subject, active, text, since_mono, users)
 
-    def _matching(self, kind: Kind, node_id: str, gpu: str | None = None) -> Iterable[Rule]:
+    def _matching(self, kind: Kind, node_id: str, gpu: str | None = None) -> tuple[Rule, ...]:
         rules = self._rules.get(kind)
         if not rules:
             return ()
         facts = self._nodes.get(node_id)
+        if facts is not None:
+            known = facts.matching.get((kind, gpu))
+            if known is not None:
+                return known
         group = facts.group if facts else None
         name = facts.gpu_names.get(gpu) if facts and gpu is not None else None
-        return [r for r in rules if r.matches_node(node_id, group) and (gpu is None or r.matches_model(name))]
+        found = tuple(
+            r for r in rules if r.matches_node(node_id, group) and (gpu is None or r.matches_model(name))
+        )
+        if facts is not None:
+            facts.matching[(kind, gpu)] = found
+        return found
 
     def _gpu_name(self, node_id: str, index: str, gpu: Mapping[str, Any]) -> str | None:
         facts = self._nodes.get(node_id)
@@ -273,11 +288,14 @@ class Conditions:
             for index in event.gpus:
                 gpu = gpus.get(index)
                 temp = gpu.get("temp_celsius") if gpu else None
+                subject_key = f"{node_id}/{index}"
                 for rule in self._matching(Kind.GPU_TEMP_ABOVE, node_id, index):
                     assert rule.threshold is not None
                     hot = temp is not None and temp > rule.threshold
+                    if not hot and (rule.name, subject_key) not in self._active:
+                        continue  # cool, as it was: the common case, nothing to build
                     text = f"{node_id} GPU {index} at {temp:g} °C (above {rule.threshold:g})" if hot else ""
-                    self._set(rule, Subject(f"{node_id}/{index}", node_id, index), hot, text)
+                    self._set(rule, Subject(subject_key, node_id, index), hot, text)
         if Kind.GPUS_FREE in rules and any(r.mig_profile for r in rules[Kind.GPUS_FREE]):
             gpus = state.get("gpus") or {}
             indexes = gpus.keys() if (event.came_live or event.gpu_set_changed) else event.gpus
@@ -288,17 +306,26 @@ class Conditions:
             assert rule.threshold is not None
             used = ratio_percent(host.get("mem_used_bytes"), host.get("mem_total_bytes"))
             full = used is not None and used > rule.threshold
+            if not full and (rule.name, f"{node_id}:mem") not in self._active:
+                continue
             text = f"{node_id} memory {used:.0f}% used (above {rule.threshold:g}%)" if full else ""
             self._set(rule, Subject(f"{node_id}:mem", node_id), full, text)
         disks = host.get("disks")
         if disks is None:
             return
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            if facts.disks_judged is disks:
+                return
+            facts.disks_judged = disks
         for rule in self._matching(Kind.DISK_USED_ABOVE, node_id):
             assert rule.threshold is not None
             for disk in disks:
                 mount = disk.get("mount")
                 used = ratio_percent(disk.get("used_bytes"), disk.get("total_bytes"))
                 full = used is not None and used > rule.threshold
+                if not full and (rule.name, f"{node_id}:{mount}") not in self._active:
+                    continue
                 text = f"{node_id} disk {mount} {used:.0f}% used (above {rule.threshold:g}%)" if full else ""
                 self._set(rule, Subject(f"{node_id}:{mount}", node_id), full, text)
 

@@ -56,14 +56,18 @@ def process_job(process: Mapping[str, Any]) -> str:
     return ""
 
 
+def sole_holder(process: Mapping[str, Any]) -> tuple[str, str, float]:
+    """(user, job, bytes held) of a GPU's or slice's only process, which holds all of it (the
+    case of most held GPUs, which usage accounting counts without building :func:`shares`)."""
+    return process_user(process), process_job(process), _bytes(process.get("gpu_mem_bytes")) or 0.0
+
+
 def shares(processes: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], tuple[float, float]]:
     """Per (user, job) on one GPU or slice: (share of it, bytes held). Shares add up to 1 for a
     held GPU; ``{}`` for one with no processes. See the module's docstring for the rule."""
     if len(processes) == 1:  # most GPUs: one process, the whole GPU
-        process = processes[0]
-        return {
-            (process_user(process), process_job(process)): (1.0, _bytes(process.get("gpu_mem_bytes")) or 0.0)
-        }
+        user, job, held_bytes = sole_holder(processes[0])
+        return {(user, job): (1.0, held_bytes)}
     held: dict[tuple[str, str], float] = {}
     counts: dict[tuple[str, str], int] = {}
     for process in processes:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from hub.domain.events import EventBus, IdleHeldChanged, NodeConnected, NodeRemoved, SampleApplied
 from hub.domain.gpus import IdleRule
 from hub.domain.nodes import Clock, Liveness, Naming
-from hub.domain.usage import covered_s, shares, slice_weights
+from hub.domain.usage import covered_s, shares, slice_weights, sole_holder
 
 HOUR_S = 3600.0
 UNKNOWN_MODEL = "unknown"
@@ -150,6 +150,7 @@ class UsageAccounting:
         """((user, job, model), share of a GPU, busy, idle-held, bytes) for every held GPU or
         slice. Hot: runs for every sample; a free GPU costs two lookups."""
         idle_held = self.idle_held
+        models = facts.models
         charges: list[Charge] = []
         for index, gpu in gpus.items():
             if gpu.__class__ is not dict:
@@ -158,7 +159,7 @@ class UsageAccounting:
             slices: Any = gpu.get("mig_slices")
             if not (processes or slices) or gpu.get("error"):
                 continue
-            model = gpu.get("name") or facts.models.get(index) or UNKNOWN_MODEL
+            model = gpu.get("name") or models.get(index) or UNKNOWN_MODEL
             util = gpu.get("util_gpu_percent")
             if slices:
                 for weight, mig in zip(slice_weights(gpu, slices), slices, strict=True):
@@ -173,6 +174,10 @@ class UsageAccounting:
                 continue  # in MIG mode the GPU's own list repeats its slices' processes
             busy = self._busy(util)
             held_idle = bool(idle_held) and (node_id, index, None) in idle_held
+            if len(processes) == 1:  # most held GPUs: one process holds all of it
+                user, job, mem = sole_holder(processes[0])
+                charges.append(((user, job, model), 1.0, busy, held_idle, mem))
+                continue
             for (user, job), (share, mem) in shares(processes).items():
                 charges.append(((user, job, model), share, busy, held_idle, mem))
         return charges

@@ -3,7 +3,9 @@ buckets of the mean and maximum of GPU utilization, memory, temperature and powe
 host's CPU, memory and network. Pure: no I/O, the clock is injected.
 
 A new sample adds its values to the current 1-minute bucket of its node (by the hub's wall clock
-when it arrived). :meth:`HistoryAggregator.take` hands the store what was added since the last
+when it arrived). A GPU whose values did not change keeps its very dict in the merged state (the
+registry shares unchanged branches), so such a repeat is only counted on the event loop and
+added in one step later (:meth:`Series.settle`, on the store's thread for a taken minute). :meth:`HistoryAggregator.take` hands the store what was added since the last
 take, and :func:`tiers` makes both tiers of it (on the store's thread): a 15-minute bucket is
 the sum of the 1-minute buckets in it. The store adds
 each batch to the rows it holds (sums, counts and maxima), so a bucket written in several
@@ -33,12 +35,46 @@ class SeriesKey(NamedTuple):
 
 Aggregate = list[float]  # per metric: sum, count, max (NaN max: no value yet)
 Batch = dict[SeriesKey, Aggregate]
-Minutes = dict[tuple[str, int], dict[str | None, Aggregate]]  # (node, minute start) -> series -> aggregate
 _NAN = float("nan")
 
 
-def _empty(metrics: int) -> Aggregate:
-    return [0.0, 0.0, _NAN] * metrics
+class Series:
+    """One series' 1-minute bucket: the aggregate of the values added, and how many more
+    samples repeated the last source (the same dict) without being added yet."""
+
+    __slots__ = ("aggregate", "last", "metrics", "repeats")
+
+    def __init__(self, metrics: tuple[str, ...]) -> None:
+        self.metrics = metrics
+        self.aggregate: Aggregate = [0.0, 0.0, _NAN] * len(metrics)
+        self.last: Mapping[str, Any] | None = None  # the source added last
+        self.repeats = 0
+
+    def add(self, source: Mapping[str, Any]) -> None:
+        if self.repeats:
+            self.settle()
+        _add_values(self.aggregate, source, self.metrics)
+        self.last = source
+
+    def settle(self) -> Aggregate:
+        """Adds the repeats of the last source (each value times the repeats: its maximum is
+        already in); returns the aggregate."""
+        times, last = self.repeats, self.last
+        if times and last is not None:
+            into = self.aggregate
+            j = 0
+            for metric in self.metrics:
+                value: Any = last.get(metric)
+                kind = value.__class__
+                if kind is float or kind is int:
+                    into[j] += value * times
+                    into[j + 1] += times
+                j += 3
+        self.repeats = 0
+        return self.aggregate
+
+
+Minutes = dict[tuple[str, int], dict[str | None, Series]]  # (node, minute start) -> series (None: host)
 
 
 def _add_values(into: Aggregate, source: Mapping[str, Any], metrics: tuple[str, ...]) -> None:
@@ -92,17 +128,23 @@ class HistoryAggregator:
         if host.__class__ is dict:
             into = series.get(None)
             if into is None:
-                into = series[None] = _empty(len(HOST_METRICS))
-            _add_values(into, host, HOST_METRICS)
+                into = series[None] = Series(HOST_METRICS)
+            if into.last is host:
+                into.repeats += 1
+            else:
+                into.add(host)
         gpus = state.get("gpus")
         if gpus.__class__ is dict:
             for index, gpu in gpus.items():
+                into = series.get(index)
+                if into is not None and into.last is gpu:  # unchanged since the last sample
+                    into.repeats += 1
+                    continue
                 if gpu.__class__ is not dict or gpu.get("error"):
                     continue
-                into = series.get(index)
                 if into is None:
-                    into = series[index] = _empty(len(GPU_METRICS))
-                _add_values(into, gpu, GPU_METRICS)
+                    into = series[index] = Series(GPU_METRICS)
+                into.add(gpu)
 
     @property
     def pending(self) -> int:
@@ -123,12 +165,12 @@ class HistoryAggregator:
             if series is None:
                 self._minutes[node_key] = more
                 continue
-            for index, aggregate in more.items():
+            for index, more_series in more.items():
                 have = series.get(index)
                 if have is None:
-                    series[index] = aggregate
+                    series[index] = more_series
                 else:
-                    merge(have, aggregate)
+                    merge(have.settle(), more_series.settle())
         over = self.pending - max_rows
         dropped = 0
         for node_key in sorted(self._minutes, key=lambda k: k[1]):
@@ -143,7 +185,8 @@ def tiers(minutes: Minutes) -> Batch:
     batch: Batch = {}
     for (node_id, bucket), series in minutes.items():
         quarter = bucket - bucket % QUARTER_S
-        for index, aggregate in series.items():
+        for index, one in series.items():
+            aggregate = one.settle()
             batch[SeriesKey(node_id, MINUTE_S, bucket, index)] = aggregate
             key = SeriesKey(node_id, QUARTER_S, quarter, index)
             have = batch.get(key)

@@ -1,0 +1,90 @@
+"""The downsampled history's counting: a GPU whose dict repeats (unchanged since the last
+sample) is counted without being read again, and comes out as if each sample had been added."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from hub.clock import ManualClock
+from hub.domain.events import SampleApplied
+from hub.usage.history import MINUTE_S, QUARTER_S, HistoryAggregator, SeriesKey, tiers
+
+T0 = 1_796_600_040.0  # 00:40 into a quarter, on a minute
+
+
+def _sample(node: str, state: dict[str, Any], new_sample: bool = True) -> SampleApplied:
+    return SampleApplied(node, state, True, frozenset(), new_sample, False, False, False, 0.0)
+
+
+def _gpu(util: float, temp: int) -> dict[str, Any]:
+    return {"util_gpu_percent": util, "mem_used_bytes": 1000, "temp_celsius": temp, "power_draw_watts": None}
+
+
+def test_a_repeated_gpu_counts_every_sample_across_takes_and_minutes() -> None:
+    clock = ManualClock(wall_s=T0)
+    history = HistoryAggregator(clock)
+    idle, busy = _gpu(0.0, 31), [_gpu(50.0 + k, 60 + k) for k in range(6)]
+    host = {"cpu_percent": 10.0}
+    for k in range(4):  # the idle GPU's dict is the same object every time
+        history.sample(_sample("n1", {"host": host, "gpus": {"0": idle, "1": busy[k]}}))
+        clock.advance(1.0)
+    history.sample(_sample("n1", {"host": host, "gpus": {"0": idle}}, new_sample=False))  # a heartbeat
+    first = history.take()
+    history.sample(_sample("n1", {"host": host, "gpus": {"0": idle, "1": busy[4]}}))  # same minute
+    clock.advance(MINUTE_S)
+    history.sample(_sample("n1", {"host": host, "gpus": {"0": _gpu(7.0, 40), "1": busy[5]}}))
+    batch = tiers(first)
+    minute = T0 - T0 % MINUTE_S
+    quarter = T0 - T0 % QUARTER_S
+    idle_minute = batch[SeriesKey("n1", MINUTE_S, int(minute), "0")]
+    assert idle_minute[:3] == [0.0, 4.0, 0.0]  # util: 4 samples of 0
+    assert idle_minute[6:9] == [31 * 4, 4.0, 31]  # temp
+    assert idle_minute[9:11] == [0.0, 0.0] and math.isnan(idle_minute[11])  # power: never a number
+    assert batch[SeriesKey("n1", MINUTE_S, int(minute), "1")][:3] == [50 + 51 + 52 + 53, 4.0, 53.0]
+    assert batch[SeriesKey("n1", MINUTE_S, int(minute), None)][:3] == [
+        40.0,
+        4.0,
+        10.0,
+    ]  # the host repeats too
+    assert batch[SeriesKey("n1", QUARTER_S, int(quarter), "0")][:3] == [0.0, 4.0, 0.0]
+
+    second = tiers(history.take())
+    assert second[SeriesKey("n1", MINUTE_S, int(minute), "0")][:3] == [0.0, 1.0, 0.0]
+    next_minute = second[SeriesKey("n1", MINUTE_S, int(minute + MINUTE_S), "0")]
+    assert next_minute[:3] == [7.0, 1.0, 7.0]
+    quarter_idle = second[SeriesKey("n1", QUARTER_S, int(quarter), "0")]
+    assert quarter_idle[:3] == [7.0, 2.0, 7.0]
+
+
+def test_put_back_keeps_repeats_pending_on_both_sides() -> None:
+    clock = ManualClock(wall_s=T0)
+    history = HistoryAggregator(clock)
+    idle = _gpu(0.0, 31)
+    for _ in range(3):
+        history.sample(_sample("n1", {"gpus": {"0": idle}}))
+    taken = history.take()
+    for _ in range(2):  # the same minute goes on while the write fails
+        history.sample(_sample("n1", {"gpus": {"0": idle}}))
+    assert history.put_back(taken, 1000) == 0
+    history.sample(_sample("n1", {"gpus": {"0": idle}}))
+    batch = tiers(history.take())
+    minute = T0 - T0 % MINUTE_S
+    assert batch[SeriesKey("n1", MINUTE_S, int(minute), "0")][6:9] == [31 * 6, 6.0, 31]
+    assert tiers(history.take()) == {}
+
+
+@pytest.mark.parametrize("error", ["lost", None])
+def test_a_failed_gpu_is_not_counted_and_a_recovered_one_is(error: str | None) -> None:
+    clock = ManualClock(wall_s=T0)
+    history = HistoryAggregator(clock)
+    failed = {**_gpu(0.0, 31), "error": error}
+    for _ in range(3):
+        history.sample(_sample("n1", {"gpus": {"0": failed}}))
+    batch = tiers(history.take())
+    key = SeriesKey("n1", MINUTE_S, int(T0 - T0 % MINUTE_S), "0")
+    assert (key in batch) is (error is None)
+    if error is None:
+        assert batch[key][:3] == [0.0, 3.0, 0.0]

@@ -40,7 +40,7 @@ from hub.eventlog import EventLog, EventRow
 from hub.registry import NodeRegistry
 from hub.store import NodeStore
 from hub.usage.accounting import UsageAccounting, UsageKey, usage_rows
-from hub.usage.history import MINUTE_S, QUARTER_S, HistoryAggregator, SeriesKey, tiers
+from hub.usage.history import MINUTE_S, QUARTER_S, HistoryAggregator, SeriesKey, minute_rows
 from hub.usage.store import MemoryBatch, prune, write_batch
 from node_agent.protocol import Delta, decode
 
@@ -125,7 +125,7 @@ def flushing(figures: Figures, nodes: int, folder: Path) -> None:
         usage, minutes, events = lab.accounting.take(), lab.history.take(), lab.events.take()
         taken_s = time.perf_counter() - started
         started, started_cpu = time.perf_counter(), time.process_time()
-        batch = MemoryBatch(usage_rows(usage), tiers(minutes), events)
+        batch = MemoryBatch(usage_rows(usage), minute_rows(minutes), events)
         write_batch(store, batch)
         written_s, written_cpu_s = time.perf_counter() - started, time.process_time() - started_cpu
         figures.add(f"flush_rows.{label}", float(batch.rows()), f"rows at {nodes:,} nodes", digits=0)

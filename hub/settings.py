@@ -322,7 +322,7 @@ class HubSettings:
         MemoryLimits,
         "table",
         "the hub's memory in the state file: written every `flush_every_s` (60, at most 60); "
-        "kept: 1-minute history `history_1m_keep_h` (48), 15-minute history `history_15m_keep_d` (90), "
+        "kept: 1-minute history `history_1m_keep_h` (48, at least 1), 15-minute history `history_15m_keep_d` (90), "
         "hourly usage `usage_hourly_keep_d` (90), daily usage `usage_daily_keep_d` (731), events "
         "`events_keep_d` (90); `pending_max_rows` (200000) rows of each kind wait in memory while the "
         "file cannot be written; past `max_file_mib` (10240; 0: none) the oldest days of 15-minute "

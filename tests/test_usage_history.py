@@ -10,13 +10,28 @@ import pytest
 
 from hub.clock import ManualClock
 from hub.domain.events import SampleApplied
-from hub.usage.history import MINUTE_S, QUARTER_S, HistoryAggregator, SeriesKey, tiers
+from hub.usage.history import MINUTE_S, HistoryAggregator, SeriesKey, minute_rows
 
 T0 = 1_796_600_040.0  # 00:40 into a quarter, on a minute
 
 
+_sent: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sent() -> None:
+    _sent.clear()
+
+
 def _sample(node: str, state: dict[str, Any], new_sample: bool = True) -> SampleApplied:
-    return SampleApplied(node, state, True, frozenset(), new_sample, False, False, False, 0.0)
+    """The event the registry publishes: ``gpus`` names the GPUs whose dicts are new."""
+    before = _sent.get(node, {})
+    gpus = state.get("gpus", {})
+    changed = frozenset(i for i, gpu in gpus.items() if gpu is not before.get("gpus", {}).get(i))
+    set_changed = gpus.keys() != before.get("gpus", {}).keys()
+    _sent[node] = state
+    host = state.get("host") is not before.get("host")
+    return SampleApplied(node, state, host, changed, new_sample, set_changed, False, False, 0.0)
 
 
 def _gpu(util: float, temp: int) -> dict[str, Any]:
@@ -36,9 +51,8 @@ def test_a_repeated_gpu_counts_every_sample_across_takes_and_minutes() -> None:
     history.sample(_sample("n1", {"host": host, "gpus": {"0": idle, "1": busy[4]}}))  # same minute
     clock.advance(MINUTE_S)
     history.sample(_sample("n1", {"host": host, "gpus": {"0": _gpu(7.0, 40), "1": busy[5]}}))
-    batch = tiers(first)
+    batch = minute_rows(first)
     minute = T0 - T0 % MINUTE_S
-    quarter = T0 - T0 % QUARTER_S
     idle_minute = batch[SeriesKey("n1", MINUTE_S, int(minute), "0")]
     assert idle_minute[:3] == [0.0, 4.0, 0.0]  # util: 4 samples of 0
     assert idle_minute[6:9] == [31 * 4, 4.0, 31]  # temp
@@ -49,14 +63,12 @@ def test_a_repeated_gpu_counts_every_sample_across_takes_and_minutes() -> None:
         4.0,
         10.0,
     ]  # the host repeats too
-    assert batch[SeriesKey("n1", QUARTER_S, int(quarter), "0")][:3] == [0.0, 4.0, 0.0]
 
-    second = tiers(history.take())
+    second = minute_rows(history.take())
     assert second[SeriesKey("n1", MINUTE_S, int(minute), "0")][:3] == [0.0, 1.0, 0.0]
     next_minute = second[SeriesKey("n1", MINUTE_S, int(minute + MINUTE_S), "0")]
     assert next_minute[:3] == [7.0, 1.0, 7.0]
-    quarter_idle = second[SeriesKey("n1", QUARTER_S, int(quarter), "0")]
-    assert quarter_idle[:3] == [7.0, 2.0, 7.0]
+    assert {key.tier_s for key in second} == {MINUTE_S}  # 15-minute buckets are made in the file
 
 
 def test_put_back_keeps_repeats_pending_on_both_sides() -> None:
@@ -70,10 +82,10 @@ def test_put_back_keeps_repeats_pending_on_both_sides() -> None:
         history.sample(_sample("n1", {"gpus": {"0": idle}}))
     assert history.put_back(taken, 1000) == 0
     history.sample(_sample("n1", {"gpus": {"0": idle}}))
-    batch = tiers(history.take())
+    batch = minute_rows(history.take())
     minute = T0 - T0 % MINUTE_S
     assert batch[SeriesKey("n1", MINUTE_S, int(minute), "0")][6:9] == [31 * 6, 6.0, 31]
-    assert tiers(history.take()) == {}
+    assert minute_rows(history.take()) == {}
 
 
 @pytest.mark.parametrize("error", ["lost", None])
@@ -83,7 +95,7 @@ def test_a_failed_gpu_is_not_counted_and_a_recovered_one_is(error: str | None) -
     failed = {**_gpu(0.0, 31), "error": error}
     for _ in range(3):
         history.sample(_sample("n1", {"gpus": {"0": failed}}))
-    batch = tiers(history.take())
+    batch = minute_rows(history.take())
     key = SeriesKey("n1", MINUTE_S, int(T0 - T0 % MINUTE_S), "0")
     assert (key in batch) is (error is None)
     if error is None:

@@ -24,6 +24,7 @@ from hub.usage.accounting import UsageKey
 from hub.usage.history import QUARTER_S, SeriesKey
 from hub.usage.store import (
     MemoryBatch,
+    SeriesPoint,
     hold_size,
     live_bytes,
     read_events,
@@ -124,6 +125,8 @@ def test_counts_are_written_in_batches_and_read_back_exactly(tmp_path: Path) -> 
         hub.registry.events.publish(IdleHeldChanged("gpu01", "0", None, True, T0, (), hub.clock.wall()))
         for _ in range(5):
             hub.sample(1.0, alice(1.0))  # idle-held: 5 s, not busy
+        written.append(await hub.memory.flush())
+        hub.clock.advance(QUARTER_S)  # the quarter is complete: its 15-minute bucket is made
         written.append(await hub.memory.flush())
         await hub.store.close()
         return written
@@ -258,16 +261,21 @@ def test_retention_drops_what_is_past_it(tmp_path: Path) -> None:
         await hub.memory.flush()  # the first flush prunes too: nothing is old yet
         hub.clock.advance(2 * 3600)  # the 1-minute history is now past its hour
         hub.sample(1.0, alice(80.0))
+        last_minute.append(int(hub.clock.wall() - hub.clock.wall() % 60))
         hub.memory._prune_at_mono = 0.0  # prune now rather than in 10 minutes
-        await hub.memory.flush()
+        await hub.memory.flush()  # the first quarter is made before its minutes go
+        hub.clock.advance(QUARTER_S)
+        await hub.memory.flush()  # and the second, once complete
         await hub.store.close()
+
+    last_minute: list[int] = []
 
     asyncio.run(scenario())
     with contextlib.closing(sqlite3.connect(path)) as db:
         minutes = [r[0] for r in db.execute("SELECT bucket_start_s FROM history_gpu WHERE tier_s = 60")]
         quarters = db.execute("SELECT count(*) FROM history_gpu WHERE tier_s = 900").fetchone()[0]
         hours = db.execute("SELECT count(*) FROM usage_hourly").fetchone()[0]
-    assert minutes == [int(hub.clock.wall() - hub.clock.wall() % 60)]  # the old minute is gone
+    assert minutes == last_minute  # the old minute is gone
     assert quarters == 2 and hours == 2  # kept a day
 
 
@@ -318,3 +326,53 @@ def test_a_gap_in_the_samples_is_logged_not_counted(tmp_path: Path) -> None:
         (gap,) = read_events(db, kinds=("sample_gap",))
     assert row.gpu_seconds == pytest.approx(1.0 + 1.0 + 3.0)
     assert gap.node_id == "gpu01" and "no samples for 27 s" in gap.summary
+
+
+def test_a_quarter_a_stopped_hub_left_unmade_is_made_by_the_next_once(tmp_path: Path) -> None:
+    """15-minute buckets are made from the 1-minute rows once a quarter is complete; a hub that
+    stops (or is killed) before then leaves the quarter to the next hub, which makes it from the
+    file's rows, the same however often it is made."""
+    path = tmp_path / "state.sqlite3"
+    first = Hub(path)
+
+    async def stopped_mid_quarter() -> None:
+        await first.store.open()
+        await first.memory.open()
+        first.connect()
+        for k in range(10):
+            first.sample(1.0, alice(70.0 + k))
+        await first.memory.flush()
+        await first.store.close()  # no flush of the memory after this one: as if killed
+
+    asyncio.run(stopped_mid_quarter())
+
+    def week_points() -> list[SeriesPoint]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return read_history(db, "gpu01", QUARTER_S, T0 - 3600)["gpu0"]["util_gpu_percent"]
+
+    unmade = week_points()  # the quarter going on, summed from its minutes
+    assert unmade == [SeriesPoint(int(T0 - T0 % QUARTER_S), pytest.approx(74.5), 79.0)]
+    second = Hub(path)
+    second.clock.advance(QUARTER_S + 60.0)  # gpu01 stays away; its quarter is over
+
+    async def next_hub() -> None:
+        await second.store.open()
+        await second.memory.open()
+        await second.memory.flush()
+        await second.memory.flush()
+        await second.store.close()
+
+    asyncio.run(next_hub())
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        quarters = db.execute(
+            "SELECT bucket_start_s, util_gpu_percent_n, util_gpu_percent_sum, util_gpu_percent_max,"
+            " temp_celsius_max FROM history_gpu WHERE tier_s = 900"
+        ).fetchall()
+        hosts = db.execute(
+            "SELECT cpu_percent_n, cpu_percent_max FROM history_host WHERE tier_s = 900"
+        ).fetchall()
+    assert quarters == [
+        (int(T0 - T0 % QUARTER_S), 10, pytest.approx(sum(70.0 + k for k in range(10))), 79.0, 57.9)
+    ]
+    assert hosts == [(10, 100.0)]
+    assert week_points() == unmade  # made: read from its row alone

@@ -134,6 +134,11 @@ class MemoryLimits:
         ):
             if not getattr(self, name) > 0:
                 found.append(f"{name}: must be positive")
+        if self.history_1m_keep_h < 1.0:
+            found.append(
+                f"history_1m_keep_h: must be at least 1 (the 15-minute history is made from it), "
+                f"got {self.history_1m_keep_h:g}"
+            )
         if self.max_file_mib < 0:
             found.append(f"max_file_mib: must be 0 (no limit) or more, got {self.max_file_mib:g}")
         if self.pending_max_rows < 1000:

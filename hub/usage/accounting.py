@@ -53,10 +53,11 @@ def local_day_start(epoch_s: float) -> float:
 
 
 class _NodeFacts:
-    __slots__ = ("group", "interval_s", "last_mono_s", "models")
+    __slots__ = ("group", "interval_s", "last_mono_s", "late_after_s", "models")
 
-    def __init__(self, interval_s: float, group: str, models: dict[str, str]) -> None:
+    def __init__(self, interval_s: float, late_after_s: float, group: str, models: dict[str, str]) -> None:
         self.interval_s = interval_s
+        self.late_after_s = late_after_s  # the most one sample counts for (Liveness.late_after_s)
         self.group = group
         self.models = models  # GPU index -> model name from the hello
         self.last_mono_s: float | None = None  # when the previous new sample arrived
@@ -105,11 +106,15 @@ class UsageAccounting:
         models = {
             str(g.get("index")): g["name"] for g in hello.gpus if isinstance(g.get("name"), str) and g["name"]
         }
+        late_after_s = self._liveness.late_after_s(hello.interval_s)
         facts = self._nodes.get(event.node_id)
         if facts is None:
-            self._nodes[event.node_id] = _NodeFacts(hello.interval_s, naming.group or "", models)
+            self._nodes[event.node_id] = _NodeFacts(
+                hello.interval_s, late_after_s, naming.group or "", models
+            )
         else:  # a reconnect: the series goes on (the gap is capped like any other)
-            facts.interval_s, facts.group, facts.models = hello.interval_s, naming.group or "", models
+            facts.interval_s, facts.late_after_s = hello.interval_s, late_after_s
+            facts.group, facts.models = naming.group or "", models
 
     def removed(self, event: NodeRemoved) -> None:
         self._nodes.pop(event.node_id, None)
@@ -129,9 +134,8 @@ class UsageAccounting:
         if facts is None:
             return  # no hello seen by this accounting (it cannot happen in one hub process)
         previous, facts.last_mono_s = facts.last_mono_s, event.at_mono_s
-        late_after_s = self._liveness.late_after_s(facts.interval_s)
         seconds, uncounted = covered_s(
-            None if previous is None else event.at_mono_s - previous, facts.interval_s, late_after_s
+            None if previous is None else event.at_mono_s - previous, facts.interval_s, facts.late_after_s
         )
         now_wall = self._clock.wall()
         if uncounted > 0 and self._on_gap is not None:
@@ -151,6 +155,7 @@ class UsageAccounting:
         slice. Hot: runs for every sample; a free GPU costs two lookups."""
         idle_held = self.idle_held
         models = facts.models
+        busy_above = self.busy_above_percent
         charges: list[Charge] = []
         for index, gpu in gpus.items():
             if gpu.__class__ is not dict:
@@ -160,7 +165,8 @@ class UsageAccounting:
             if not (processes or slices) or gpu.get("error"):
                 continue
             model = gpu.get("name") or models.get(index) or UNKNOWN_MODEL
-            util = gpu.get("util_gpu_percent")
+            util: Any = gpu.get("util_gpu_percent")
+            kind = util.__class__
             if slices:
                 for weight, mig in zip(slice_weights(gpu, slices), slices, strict=True):
                     mig_processes = mig.get("processes")
@@ -172,7 +178,7 @@ class UsageAccounting:
                     for (user, job), (share, mem) in shares(mig_processes).items():
                         charges.append(((user, job, model), share * weight, busy, held_idle, mem))
                 continue  # in MIG mode the GPU's own list repeats its slices' processes
-            busy = self._busy(util)
+            busy = (kind is float or kind is int) and util > busy_above
             held_idle = bool(idle_held) and (node_id, index, None) in idle_held
             if len(processes) == 1:  # most held GPUs: one process holds all of it
                 user, job, mem = sole_holder(processes[0])

@@ -12,7 +12,7 @@ import math
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +36,10 @@ class MemoryBatch:
     """What the hub counted since its last write."""
 
     usage: Pending = field(default_factory=dict)
-    history: Batch = field(default_factory=dict)
+    history: Batch = field(default_factory=dict)  # 1-minute buckets
     events: list[EventRow] = field(default_factory=list)
+    # node -> (from, to): the complete quarters whose 15-minute buckets to make (QuarterBook)
+    quarters: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def rows(self) -> int:
         return len(self.usage) + len(self.history) + len(self.events)
@@ -70,20 +72,36 @@ def _history_upsert(table: str, metrics: tuple[str, ...], gpu: bool) -> str:
     )
 
 
+def _quarter_picks(metrics: tuple[str, ...]) -> str:
+    """A quarter's values from its 1-minute rows: sums of the sums and counts, maximum of the maxima."""
+    return ", ".join(f"max({c})" if c.endswith("_max") else f"sum({c})" for c in metric_columns(metrics))
+
+
+_QUARTER_OF = f"bucket_start_s - bucket_start_s % {QUARTER_S}"
+
+
+def _quarter_upsert(table: str, metrics: tuple[str, ...], gpu: bool) -> str:
+    """A node's 15-minute buckets over a time range, made from its 1-minute rows, replacing what
+    the file held for them."""
+    columns = metric_columns(metrics)
+    keys = "node_id, tier_s, bucket_start_s" + (", gpu_index" if gpu else "")
+    series = ", gpu_index" if gpu else ""
+    return (
+        f"INSERT INTO {table} ({keys}, {', '.join(columns)}) "
+        f"SELECT node_id, {QUARTER_S}, {_QUARTER_OF}{series}, {_quarter_picks(metrics)} FROM {table} "
+        f"WHERE node_id = ? AND tier_s = {MINUTE_S} AND bucket_start_s >= ? AND bucket_start_s < ? "
+        f"GROUP BY {_QUARTER_OF}{series} "
+        f"ON CONFLICT ({keys}) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in columns)}"
+    )
+
+
 _HOURLY = _usage_upsert("usage_hourly", "hour_start_s")
 _DAILY = _usage_upsert("usage_daily", "day_start_s")
 _GPU_HISTORY = _history_upsert("history_gpu", GPU_METRICS, gpu=True)
 _HOST_HISTORY = _history_upsert("history_host", HOST_METRICS, gpu=False)
+_GPU_QUARTERS = _quarter_upsert("history_gpu", GPU_METRICS, gpu=True)
+_HOST_QUARTERS = _quarter_upsert("history_host", HOST_METRICS, gpu=False)
 _EVENT = "INSERT INTO events (at_s, node_id, kind, gpu, summary, detail_json) VALUES (?, ?, ?, ?, ?, ?)"
-
-
-def _aggregate_row(aggregate: list[float]) -> Iterator[float | None]:
-    for j in range(0, len(aggregate), 3):
-        count = aggregate[j + 1]
-        yield aggregate[j] if count else None
-        yield int(count)
-        top = aggregate[j + 2]
-        yield None if math.isnan(top) else top
 
 
 def write_batch(store: NodeStore, batch: MemoryBatch) -> None:
@@ -110,10 +128,12 @@ def write_batch(store: NodeStore, batch: MemoryBatch) -> None:
     with store.transaction():
         db.executemany(_HOURLY, [(*k, *v) for k, v in hourly.items()])
         db.executemany(_DAILY, [(*k, *v) for k, v in daily.items()])
+        # an aggregate is the row's values as they are: SQLite binds a NaN maximum (no value
+        # yet) as NULL, and a sum with a count of 0 means no value
         db.executemany(
             _GPU_HISTORY,
             [
-                (k.node_id, k.tier_s, k.bucket_start_s, k.gpu_index, *_aggregate_row(v))
+                (k.node_id, k.tier_s, k.bucket_start_s, k.gpu_index, *v)
                 for k, v in batch.history.items()
                 if k.gpu_index is not None
             ],
@@ -121,11 +141,14 @@ def write_batch(store: NodeStore, batch: MemoryBatch) -> None:
         db.executemany(
             _HOST_HISTORY,
             [
-                (k.node_id, k.tier_s, k.bucket_start_s, *_aggregate_row(v))
+                (k.node_id, k.tier_s, k.bucket_start_s, *v)
                 for k, v in batch.history.items()
                 if k.gpu_index is None
             ],
         )
+        for node_id, (from_s, to_s) in batch.quarters.items():
+            db.execute(_GPU_QUARTERS, (node_id, from_s, to_s))
+            db.execute(_HOST_QUARTERS, (node_id, from_s, to_s))
         db.executemany(
             _EVENT,
             [
@@ -133,6 +156,81 @@ def write_batch(store: NodeStore, batch: MemoryBatch) -> None:
                 for e in batch.events
             ],
         )
+
+
+class QuarterBook:
+    """Which nodes' 15-minute buckets are due: they are made from the 1-minute rows once a
+    quarter is complete (all of it written), one statement per node, instead of being added to
+    with every write. Made again from scratch, a bucket comes out the same, so a quarter made
+    twice (after a restart) is still exact. Used on the store's thread only.
+
+    ``due`` maps a node to the start of its first quarter not made yet.
+    """
+
+    def __init__(self) -> None:
+        self.due: dict[str, int] = {}
+        self.read = False  # the file's own lag was read (quarters_lagging)
+        # 1-minute rows before this were dropped by this hub's last prune (None: not yet; a
+        # hub before it dropped those older than its retention, as of then)
+        self.pruned_below_s: float | None = None
+
+    def wrote(self, minutes: Iterable[tuple[str, int]]) -> dict[str, int]:
+        """Notes the (node, minute start) buckets of a batch; returns each node's latest."""
+        latest: dict[str, int] = {}
+        for node_id, minute in minutes:
+            if minute > latest.get(node_id, -1):
+                latest[node_id] = minute
+            quarter = minute - minute % QUARTER_S
+            if quarter < self.due.get(node_id, quarter + 1):
+                self.due[node_id] = quarter
+        return latest
+
+    def ready(self, now_s: float, keep_1m_s: float) -> dict[str, tuple[int, int]]:
+        """node -> (from, to) of the complete quarters to make now: those ended by ``now_s``
+        (the batch's take: every sample of them is in the file or the batch) and whose minutes
+        no prune has touched (a quarter is made within a flush of its end, long before)."""
+        to_s = int(now_s - now_s % QUARTER_S)
+        pruned_below_s = now_s - keep_1m_s if self.pruned_below_s is None else self.pruned_below_s
+        oldest_whole = math.ceil(pruned_below_s / QUARTER_S) * QUARTER_S
+        return {
+            node_id: (max(from_s, oldest_whole), to_s)
+            for node_id, from_s in self.due.items()
+            if max(from_s, oldest_whole) < to_s
+        }
+
+    def made(self, quarters: Mapping[str, tuple[int, int]], latest: Mapping[str, int]) -> None:
+        """After the batch that made ``quarters`` was written."""
+        for node_id, (_, to_s) in quarters.items():
+            if latest.get(node_id, -1) >= to_s:
+                self.due[node_id] = to_s  # the quarter going on now
+            else:
+                del self.due[node_id]
+
+
+def quarters_lagging(db: sqlite3.Connection) -> dict[str, int]:
+    """For a file just opened: each node's first quarter whose 15-minute buckets may lag its
+    1-minute rows (a hub stopped or killed before it made them), one index seek each."""
+    due: dict[str, int] = {}
+    for table in ("history_host", "history_gpu"):
+        for node_id in _node_ids(db, table):
+            last_minute, first_minute = db.execute(
+                f"SELECT max(bucket_start_s), min(bucket_start_s) FROM {table} WHERE node_id = ? AND tier_s = ?",
+                (node_id, MINUTE_S),
+            ).fetchone()
+            if last_minute is None:
+                continue
+            last_quarter = db.execute(
+                f"SELECT max(bucket_start_s) FROM {table} WHERE node_id = ? AND tier_s = ?",
+                (node_id, QUARTER_S),
+            ).fetchone()[0]
+            if last_quarter is None:
+                from_s = first_minute - first_minute % QUARTER_S
+            elif last_minute >= last_quarter:
+                from_s = last_quarter  # made again: it may have been made before it was complete
+            else:
+                continue
+            due[node_id] = min(due.get(node_id, from_s), from_s)
+    return due
 
 
 def prune(store: NodeStore, limits: MemoryLimits, now_s: float) -> int:
@@ -348,19 +446,29 @@ class SeriesPoint:
 def read_history(
     db: sqlite3.Connection, node_id: str, tier_s: int, since_s: float
 ) -> dict[str, dict[str, list[SeriesPoint]]]:
-    """A node's stored buckets since ``since_s``: ``{"host": {metric: points}, "gpu<i>": {...}}``."""
+    """A node's stored buckets since ``since_s``: ``{"host": {metric: points}, "gpu<i>": {...}}``.
+    The 15-minute tier ends with the quarters not made yet (the one going on), summed from
+    their 1-minute rows as the file holds them now."""
     out: dict[str, dict[str, list[SeriesPoint]]] = {}
-    for table, metrics, series in (
-        ("history_host", HOST_METRICS, "'host'"),
-        ("history_gpu", GPU_METRICS, "'gpu' || gpu_index"),
+    for table, metrics, series, gpu_index in (
+        ("history_host", HOST_METRICS, "'host'", ""),
+        ("history_gpu", GPU_METRICS, "'gpu' || gpu_index", ", gpu_index"),
     ):
         columns = ", ".join(metric_columns(metrics))
-        rows = db.execute(
+        sql = (
             f"SELECT {series}, bucket_start_s, {columns} FROM {table}"
-            " WHERE node_id = ? AND tier_s = ? AND bucket_start_s >= ? ORDER BY bucket_start_s",
-            (node_id, tier_s, int(since_s)),
+            " WHERE node_id = ? AND tier_s = ? AND bucket_start_s >= ?"
         )
-        for row in rows:
+        args: list[Any] = [node_id, tier_s, int(since_s)]
+        if tier_s == QUARTER_S:
+            sql += (
+                f" UNION ALL SELECT {series}, {_QUARTER_OF}, {_quarter_picks(metrics)} FROM {table}"
+                f" WHERE node_id = ? AND tier_s = {MINUTE_S} AND bucket_start_s >= max(?, (SELECT"
+                f" coalesce(max(bucket_start_s) + {QUARTER_S}, 0) FROM {table} WHERE node_id = ? AND"
+                f" tier_s = {QUARTER_S})) GROUP BY {_QUARTER_OF}{gpu_index}"
+            )
+            args += [node_id, int(since_s), node_id]
+        for row in db.execute(sql + " ORDER BY 2", args):
             name, bucket = row[0], row[1]
             per_metric = out.setdefault(name, {})
             for i, metric in enumerate(metrics):

@@ -30,12 +30,14 @@ from hub.eventlog import EventLog, EventRow
 from hub.registry import NodeRegistry
 from hub.store import NodeStore, StoreError, StoreSync, describe_sqlite_error
 from hub.usage.accounting import Counted, UsageAccounting, usage_rows
-from hub.usage.history import HistoryAggregator, Minutes, tiers
+from hub.usage.history import HistoryAggregator, Minutes, minute_rows
 from hub.usage.store import (
     MemoryBatch,
+    QuarterBook,
     StoreInfo,
     hold_size,
     prune,
+    quarters_lagging,
     remembered_versions,
     store_info,
     write_batch,
@@ -71,6 +73,7 @@ class MemorySync:
         self._problem: str | None = None  # why writing fails, as logged when it started
         self._seeded = False  # the event log has the versions the file remembers
         self._prune_at_mono = 0.0
+        self._quarters = QuarterBook()  # on the store's thread only
         # node id -> (until when, on the monotonic clock; the node page's stored part as HTML)
         self.node_page_cache: dict[str, tuple[float, str]] = {}
 
@@ -111,11 +114,20 @@ class MemorySync:
 
         def write(store: NodeStore) -> tuple[int, StoreInfo, dict[str, tuple[str | None, str | None]] | None]:
             versions = None if self._seeded else remembered_versions(store)
-            batch = MemoryBatch(usage_rows(usage), tiers(minutes), events)
-            if batch.rows():
+            book = self._quarters
+            if not book.read:
+                for node_id, from_s in quarters_lagging(store.connection).items():
+                    book.due[node_id] = min(book.due.get(node_id, from_s), from_s)
+                book.read = True
+            latest = book.wrote(minutes)
+            quarters = book.ready(now_s, self.limits.history_1m_keep_h * 3600.0)
+            batch = MemoryBatch(usage_rows(usage), minute_rows(minutes), events, quarters)
+            if batch.rows() or quarters:
                 write_batch(store, batch)
+            book.made(quarters, latest)
             if prune_now:
                 dropped = prune(store, self.limits, now_s)
+                book.pruned_below_s = now_s - self.limits.history_1m_keep_h * 3600.0
                 if dropped:
                     log.info("memory: dropped %d rows past their retention", dropped)
                 over = hold_size(store, self.limits)

@@ -54,20 +54,20 @@ def test_a_repeated_gpu_counts_every_sample_across_takes_and_minutes() -> None:
     batch = minute_rows(first)
     minute = T0 - T0 % MINUTE_S
     idle_minute = batch[SeriesKey("n1", MINUTE_S, int(minute), "0")]
-    assert idle_minute[:3] == [0.0, 4.0, 0.0]  # util: 4 samples of 0
-    assert idle_minute[6:9] == [31 * 4, 4.0, 31]  # temp
-    assert idle_minute[9:11] == [0.0, 0.0] and math.isnan(idle_minute[11])  # power: never a number
-    assert batch[SeriesKey("n1", MINUTE_S, int(minute), "1")][:3] == [50 + 51 + 52 + 53, 4.0, 53.0]
-    assert batch[SeriesKey("n1", MINUTE_S, int(minute), None)][:3] == [
+    assert list(idle_minute[:3]) == [0.0, 4.0, 0.0]  # util: 4 samples of 0
+    assert list(idle_minute[6:9]) == [31 * 4, 4.0, 31]  # temp
+    assert list(idle_minute[9:11]) == [0.0, 0.0] and math.isnan(idle_minute[11])  # power: never a number
+    assert list(batch[SeriesKey("n1", MINUTE_S, int(minute), "1")][:3]) == [50 + 51 + 52 + 53, 4.0, 53.0]
+    assert list(batch[SeriesKey("n1", MINUTE_S, int(minute), None)][:3]) == [
         40.0,
         4.0,
         10.0,
     ]  # the host repeats too
 
     second = minute_rows(history.take())
-    assert second[SeriesKey("n1", MINUTE_S, int(minute), "0")][:3] == [0.0, 1.0, 0.0]
+    assert list(second[SeriesKey("n1", MINUTE_S, int(minute), "0")][:3]) == [0.0, 1.0, 0.0]
     next_minute = second[SeriesKey("n1", MINUTE_S, int(minute + MINUTE_S), "0")]
-    assert next_minute[:3] == [7.0, 1.0, 7.0]
+    assert list(next_minute[:3]) == [7.0, 1.0, 7.0]
     assert {key.tier_s for key in second} == {MINUTE_S}  # 15-minute buckets are made in the file
 
 
@@ -84,7 +84,7 @@ def test_put_back_keeps_repeats_pending_on_both_sides() -> None:
     history.sample(_sample("n1", {"gpus": {"0": idle}}))
     batch = minute_rows(history.take())
     minute = T0 - T0 % MINUTE_S
-    assert batch[SeriesKey("n1", MINUTE_S, int(minute), "0")][6:9] == [31 * 6, 6.0, 31]
+    assert list(batch[SeriesKey("n1", MINUTE_S, int(minute), "0")][6:9]) == [31 * 6, 6.0, 31]
     assert minute_rows(history.take()) == {}
 
 
@@ -99,4 +99,4 @@ def test_a_failed_gpu_is_not_counted_and_a_recovered_one_is(error: str | None) -
     key = SeriesKey("n1", MINUTE_S, int(T0 - T0 % MINUTE_S), "0")
     assert (key in batch) is (error is None)
     if error is None:
-        assert batch[key][:3] == [0.0, 3.0, 0.0]
+        assert list(batch[key][:3]) == [0.0, 3.0, 0.0]

@@ -14,8 +14,9 @@ time zone, half-hour zones and daylight saving included.
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from hub.domain.events import EventBus, IdleHeldChanged, NodeConnected, NodeRemoved, SampleApplied
 from hub.domain.gpus import IdleRule
@@ -25,6 +26,7 @@ from hub.domain.usage import covered_s, shares, slice_weights, sole_holder
 HOUR_S = 3600.0
 UNKNOWN_MODEL = "unknown"
 FIELDS = ("gpu_seconds", "busy_gpu_seconds", "idle_held_gpu_seconds", "gpu_mem_byte_seconds")
+_ZEROS = (0.0,) * len(FIELDS)
 
 
 class UsageKey(NamedTuple):
@@ -37,8 +39,8 @@ class UsageKey(NamedTuple):
     job: str  # "" where the agent knows none (hub.domain.usage.process_job)
 
 
-Totals = list[float]  # in FIELDS order
-Pending = dict[UsageKey, Totals]
+Totals: TypeAlias = "array[float]"  # in FIELDS order: doubles in one block, not four float objects
+Pending = dict[UsageKey, list[float]]  # in FIELDS order
 # (hour start, day start, node, group) -> (user, job, model) -> totals
 Counted = dict[tuple[float, float, str, str], dict[tuple[str, str, str], Totals]]
 Charge = tuple[
@@ -206,7 +208,7 @@ class UsageAccounting:
                 gpu_s = share * seconds
                 totals = per_key.get(key)
                 if totals is None:
-                    totals = per_key[key] = [0.0, 0.0, 0.0, 0.0]
+                    totals = per_key[key] = array("d", _ZEROS)
                 totals[0] += gpu_s
                 if busy:
                     totals[1] += gpu_s

@@ -16,8 +16,9 @@ made in the file from the 1-minute buckets in it once its quarter is complete.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from hub.domain.events import EventBus, NodeRemoved, SampleApplied
 from hub.domain.nodes import Clock
@@ -35,7 +36,7 @@ class SeriesKey(NamedTuple):
     gpu_index: str | None  # None: the host
 
 
-Aggregate = list[float]  # per metric: sum, count, max (NaN max: no value yet)
+Aggregate: TypeAlias = "array[float]"  # per metric: sum, count, max (NaN max: no value yet)
 Batch = dict[SeriesKey, Aggregate]
 _NAN = float("nan")
 
@@ -50,7 +51,8 @@ class Series:
     def __init__(self, metrics: tuple[str, ...]) -> None:
         self.metrics = metrics
         self._add = _ADDERS[metrics]
-        self.aggregate: Aggregate = [0.0, 0.0, _NAN] * len(metrics)
+        # doubles in one block: a list would hold a float object per value, scattered in memory
+        self.aggregate: Aggregate = array("d", [0.0, 0.0, _NAN] * len(metrics))
         self.last: Mapping[str, Any] | None = None  # the source added last; None: no longer current
         self.added_at = 0  # the node-minute's sample number when ``last`` was added
 

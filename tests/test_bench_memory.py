@@ -12,3 +12,4 @@ def test_memory_store_prints_counting_and_flush_costs() -> None:
     for label in ("new_file", "next_minute"):
         assert number(figures[f"flush_rows.{label}"]) > 0
         assert number(figures[f"flush_write_ms_store_thread.{label}"]) > 0
+    assert number(figures["quarter_make_ms_store_thread"]) > 0

@@ -17,6 +17,7 @@ from hub.clock import ManualClock
 from hub.domain.nodes import Naming
 from hub.settings import HubSettings
 from hub.store import NodeStore
+from hub.usage.schema import HOST_METRICS, metric_columns
 from hub.usage.schema import USAGE_COLUMNS
 from hub.usage.store import store_info
 from tests.test_usage_api import HOSTILE, T0, lab, range_query, run_lab  # lab: the fixture, shared
@@ -119,4 +120,30 @@ def test_the_header_says_how_far_back_the_file_remembers_not_since_midnight(tmp_
     info = store_info(path, db)
     assert info.oldest_s == midnight - 40 * 86400
     assert memory_text(4096, info.oldest_s, info.newest_s).startswith("memory 4.0K · 40 d since 2026-10-28")
+    store.close()
+
+
+def test_the_header_s_time_range_reads_no_table_whole(tmp_path: Path) -> None:
+    """The page header's span is read after every flush: each statement must be an index seek
+    (a min() and a max() in one query, or over a column that leads no index, read the whole
+    table: seconds for a 500-node file)."""
+    path = str(tmp_path / "hub.sqlite3")
+    store = NodeStore(path)
+    db = store.connection
+    for node, tier, bucket in (("gpu01", 60, 600), ("gpu01", 900, 0), ("gpu02", 60, 660)):
+        db.execute(
+            "INSERT INTO history_host (node_id, tier_s, bucket_start_s, "
+            + ", ".join(c for c in metric_columns(HOST_METRICS) if c.endswith("_n"))
+            + ") VALUES (?, ?, ?"
+            + ", 1" * len(HOST_METRICS)
+            + ")",
+            (node, tier, bucket),
+        )
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    info = store_info(path, db)
+    db.set_trace_callback(None)
+    assert (info.oldest_s, info.newest_s) == (0, 660)
+    plans = [" ".join(str(step[3]) for step in db.execute(f"EXPLAIN QUERY PLAN {sql}")) for sql in statements]
+    assert plans and not [plan for plan in plans if "SCAN" in plan], list(zip(statements, plans, strict=True))
     store.close()

@@ -487,31 +487,57 @@ class StoreInfo:
     newest_s: float | None
 
 
-def store_info(path: str, db: sqlite3.Connection) -> StoreInfo:
+Span = tuple[float | None, float | None]  # (oldest, newest)
+
+
+def history_span(db: sqlite3.Connection) -> Span:
+    """The oldest and the newest bucket of the host history, a few index seeks per node (a min()
+    or max() over a column that leads no index reads the whole table)."""
+    oldest: float | None = None
+    newest: float | None = None
+    for node_id in _node_ids(db, "history_host"):
+        for tier_s in (MINUTE_S, QUARTER_S):
+            for pick in ("min", "max"):
+                found = db.execute(
+                    f"SELECT {pick}(bucket_start_s) FROM history_host WHERE node_id = ? AND tier_s = ?",
+                    (node_id, tier_s),
+                ).fetchone()[0]
+                if found is not None:
+                    oldest = found if oldest is None else min(oldest, found)
+                    newest = found if newest is None else max(newest, found)
+    return oldest, newest
+
+
+def _bounds(db: sqlite3.Connection, table: str, column: str) -> Span:
+    """min() and max() of a column that leads an index, as two seeks (one query asking both
+    reads the whole table)."""
+    first = db.execute(f"SELECT min({column}) FROM {table}").fetchone()[0]
+    last = db.execute(f"SELECT max({column}) FROM {table}").fetchone()[0]
+    return first, last
+
+
+def store_info(path: str, db: sqlite3.Connection, history: Span | None = None) -> StoreInfo:
+    """The file's size and time range; ``history``: the host history's span where the caller
+    kept it up to date (:func:`history_span` otherwise)."""
     size = 0
     for suffix in ("", "-wal"):
         with contextlib.suppress(OSError):
             size += os.stat(path + suffix).st_size
-    # how far back the file remembers: from its finest rows (1-minute history, the event log);
-    # an hour's or a day's usage row starts at the top of the hour or at midnight, so it counts
+    # how far back the file remembers: from its finest rows (the history, the event log); an
+    # hour's or a day's usage row starts at the top of the hour or at midnight, so it counts
     # only where it reaches back further than that (else a hub started at 09:55 would claim to
     # remember since 00:00), as after the finer rows' retention
     oldest: float | None = None
     newest: list[float] = []
-    for sql in (
-        "SELECT min(bucket_start_s), max(bucket_start_s) FROM history_host",
-        "SELECT min(at_s), max(at_s) FROM events",
-    ):
-        first, last = db.execute(sql).fetchone()
-        if first is not None:
+    for first, last in (history_span(db) if history is None else history, _bounds(db, "events", "at_s")):
+        if first is not None and last is not None:
             oldest = first if oldest is None else min(oldest, first)
             newest.append(last)
-    for sql, span_s in (
-        ("SELECT min(hour_start_s), max(hour_start_s) FROM usage_hourly", 3600.0),
-        ("SELECT min(day_start_s), max(day_start_s) FROM usage_daily", DAY_S),
+    for (first, last), span_s in (
+        (_bounds(db, "usage_hourly", "hour_start_s"), 3600.0),
+        (_bounds(db, "usage_daily", "day_start_s"), DAY_S),
     ):
-        first, last = db.execute(sql).fetchone()
-        if first is not None:
+        if first is not None and last is not None:
             if oldest is None or first < oldest - span_s:
                 oldest = first
             newest.append(last)

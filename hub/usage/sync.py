@@ -34,7 +34,9 @@ from hub.usage.history import HistoryAggregator, Minutes, minute_rows
 from hub.usage.store import (
     MemoryBatch,
     QuarterBook,
+    Span,
     StoreInfo,
+    history_span,
     hold_size,
     prune,
     quarters_lagging,
@@ -74,6 +76,9 @@ class MemorySync:
         self._seeded = False  # the event log has the versions the file remembers
         self._prune_at_mono = 0.0
         self._quarters = QuarterBook()  # on the store's thread only
+        # the host history's (oldest, newest) bucket, read whole only when pruning (on the
+        # store's thread only)
+        self._history_span: Span | None = None
         # node id -> (until when, on the monotonic clock; the node page's stored part as HTML)
         self.node_page_cache: dict[str, tuple[float, str]] = {}
 
@@ -103,7 +108,11 @@ class MemorySync:
         with contextlib.suppress(StoreError, sqlite3.Error):
             self.events.seed(await self._store.on_store(remembered_versions))
             self._seeded = True
-            self.info = await self._store.on_store(lambda store: store_info(self._path, store.connection))
+            self.info = await self._store.on_store(self._read_info)
+
+    def _read_info(self, store: NodeStore) -> StoreInfo:
+        self._history_span = history_span(store.connection)
+        return store_info(self._path, store.connection, self._history_span)
 
     async def flush(self) -> int:
         """Writes what was counted since the last flush; returns how many rows (0 on failure)."""
@@ -139,7 +148,16 @@ class MemorySync:
                         self.limits.max_file_mib,
                         over,
                     )
-            return batch.rows(), store_info(self._path, store.connection), versions
+            if prune_now or self._history_span is None:
+                info = self._read_info(store)
+            else:
+                oldest, newest = self._history_span
+                for minute in latest.values():
+                    oldest = minute if oldest is None else min(oldest, minute)
+                    newest = minute if newest is None else max(newest, minute)
+                self._history_span = (oldest, newest)
+                info = store_info(self._path, store.connection, self._history_span)
+            return batch.rows(), info, versions
 
         try:
             rows, self.info, versions = await self._store.on_store(write)

@@ -17,8 +17,7 @@ from hub.clock import ManualClock
 from hub.domain.nodes import Naming
 from hub.settings import HubSettings
 from hub.store import NodeStore
-from hub.usage.schema import HOST_METRICS, metric_columns
-from hub.usage.schema import USAGE_COLUMNS
+from hub.usage.schema import HOST_METRICS, USAGE_COLUMNS, metric_columns
 from hub.usage.store import store_info
 from tests.test_usage_api import HOSTILE, T0, lab, range_query, run_lab  # lab: the fixture, shared
 

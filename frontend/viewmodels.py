@@ -699,13 +699,8 @@ def slice_states(gpu: Mapping[str, Any], rule: GpuFreeRule) -> tuple[tuple[str, 
     """(profile, free by the GPU free rule) of each MIG slice, as :func:`slice_views` judges
     them, without the words: what a card's tally needs, per rendered GPU row."""
     return tuple(
-        (str(mig.get("profile") or "?"), _slice_free(mig, rule)) for mig in gpu.get("mig_slices") or ()
+        [(str(mig.get("profile") or "?"), rule.allows_sample(mig)) for mig in gpu.get("mig_slices") or ()]
     )
-
-
-def _slice_free(mig: Mapping[str, Any], rule: GpuFreeRule) -> bool:
-    used, total = mig.get("mem_used_bytes"), mig.get("mem_total_bytes")
-    return rule.allows(mig.get("processes"), mig.get("util_gpu_percent"), ratio_percent(used, total))
 
 
 def gpu_tally(
@@ -723,9 +718,16 @@ def gpu_tally(
         get("mem_used_bytes") or 0,
         get("mem_total_bytes") or 0,
         health,
-        tuple((profile, free and state is not _NOT_CURRENT) for profile, free in slices) if slices else (),
+        _tallied_slices(slices, state) if slices else (),
         idle_held,
     )
+
+
+def _tallied_slices(slices: Iterable[tuple[str, bool]], state: GpuState) -> tuple[tuple[str, bool], ...]:
+    """The slices as the tally keeps them: none free on a GPU whose row is not current."""
+    if state is _NOT_CURRENT:
+        return tuple([(profile, False) for profile, _ in slices])
+    return tuple(slices)  # slice_states' tuple itself, no copy (a MIG row per sample)
 
 
 def summary_view(
@@ -995,7 +997,7 @@ def slice_views(
     out = []
     for mig in gpu.get("mig_slices") or ():
         used, total = mig.get("mem_used_bytes"), mig.get("mem_total_bytes")
-        free = _slice_free(mig, rule)
+        free = rule.allows_sample(mig)
         out.append(
             SliceView(
                 uuid=str(mig.get("uuid") or "?"),

@@ -306,3 +306,44 @@ def test_a_disk_list_unchanged_between_samples_keeps_its_verdict_until_it_change
     lab.hello("gpu01", [A100])  # a reconnect judges the disks again
     lab.delta("gpu01", {"host": {"disks": full}})
     assert [(s, k) for s, k, _ in lab.messages()] == [(Status.FIRING, ["gpu01:/"])]
+
+
+def test_temperature_rules_of_other_models_and_nodes_do_not_lower_what_a_gpu_is_held_to() -> None:
+    """Each GPU is held to the rules that apply to it, while samples under every threshold of
+    the node's rules are passed over (the fast path) and those above are judged rule by rule."""
+    lab = Lab(
+        [
+            {"name": "hot A100", "when": "gpu_temp_above", "threshold": 80, "model": "A100"},
+            {"name": "hot", "when": "gpu_temp_above", "threshold": 90},
+            {"name": "hot rack 2", "when": "gpu_temp_above", "threshold": 50, "nodes": ["gpu02"]},
+        ]
+    )
+    lab.hello("gpu01", [A100, T4])
+    lab.delta("gpu01", {"gpus": {"0": free_gpu(A100), "1": free_gpu(T4)}})
+    lab.delta("gpu01", {"gpus": {"0": {"temp_celsius": 70.0}, "1": {"temp_celsius": 85.0}}})
+    assert lab.messages() == []  # the T4 is under 90; rack 2's 50 is not gpu01's
+    lab.delta("gpu01", {"gpus": {"0": {"temp_celsius": 85.0}}})
+    assert [(s, r, k) for s, k, r in lab.messages()] == [
+        (Status.FIRING, "gpu01 GPU 0 at 85 °C (above 80)", ["gpu01/0"])
+    ]
+    # with a condition holding, the node's other GPUs are judged by each rule as before
+    lab.delta("gpu01", {"gpus": {"1": {"temp_celsius": 95.0}}})
+    assert [(s, k) for s, k, _ in lab.messages()] == [(Status.FIRING, ["gpu01/1"])]
+    lab.delta("gpu01", {"gpus": {"0": {"temp_celsius": 60.0}, "1": {"temp_celsius": 60.0}}})
+    resolved = sorted((s, key) for s, keys, _ in lab.messages() for key in keys)
+    assert resolved == [(Status.RESOLVED, "gpu01/0"), (Status.RESOLVED, "gpu01/1")]
+    # none holds again: a GPU crossing a threshold still fires
+    lab.delta("gpu01", {"gpus": {"1": {"temp_celsius": 91.0}}})
+    assert [(s, k) for s, k, _ in lab.messages()] == [(Status.FIRING, ["gpu01/1"])]
+
+
+def test_removing_a_node_keeps_the_alerts_of_a_node_whose_name_starts_with_its_own() -> None:
+    lab = Lab([{"name": "hot", "when": "gpu_temp_above", "threshold": 85}])
+    for node in ("gpu1", "gpu10"):
+        lab.hello(node, [A100])
+        lab.delta(node, {"gpus": {"0": {**free_gpu(A100), "temp_celsius": 90.0}}})
+    assert [(s, sorted(k)) for s, k, _ in lab.messages()] == [(Status.FIRING, ["gpu1/0", "gpu10/0"])]
+    lab.registry.remove("gpu1")
+    lab.delta("gpu10", {"gpus": {"0": {"temp_celsius": 60.0}}})
+    assert [(s, k) for s, k, _ in lab.messages()] == [(Status.RESOLVED, ["gpu10/0"])]
+    assert lab.engine.firing() == []

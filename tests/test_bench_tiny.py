@@ -55,6 +55,18 @@ def test_idle_holders_prints_the_trackers_cost_per_message() -> None:
     assert "tracker_us_per_message" in figures
 
 
+def test_feature_cost_prints_what_alert_rules_and_mig_nodes_add_per_message() -> None:
+    figures = run_bench("feature_cost", 120, "--parts")
+    for variant in ("plain", "alerts", "mig", "all"):
+        assert number(figures[f"us_per_message.{variant}"]) > 0, figures
+    assert {"added_us_per_message.alerts", "added_us_per_message.mig", "ratio.all"} <= figures.keys()
+    parts = [name for name in figures if name.startswith("part_us_per_message.")]
+    assert "part_us_per_message.alerts.SampleApplied>Conditions.sample_applied" in parts, parts
+    assert "part_us_per_message.plain.decode" in parts and not any(
+        ".plain.SampleApplied>Cond" in p for p in parts
+    )
+
+
 def test_render_prints_cost_per_changed_node_and_its_parts() -> None:
     figures = run_bench("render", 60, "--parts")
     for name in ("us_per_changed_node", "bytes_per_changed_node", "host_fragment_bytes", "us_per_whole_card"):

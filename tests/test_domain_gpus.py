@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub.domain.gpus import GpuFreeRule, GpuState, IdleRule, gpu_is_free, gpu_state, user_totals
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hub.domain.gpus import (
+    GpuFreeRule,
+    GpuState,
+    IdleRule,
+    gpu_is_free,
+    gpu_state,
+    ratio_percent,
+    user_totals,
+)
 
 GIB = 1024**3
 RULE = GpuFreeRule(max_util_percent=10, max_mem_percent=5)
@@ -31,6 +42,26 @@ def test_the_state_is_fault_first_then_not_current_then_the_free_rule() -> None:
     assert {state.value for state in GpuState} == {"f", "b", "e", "o"}, (
         "the CSS classes of style.css and app.js"
     )
+
+
+@given(
+    processes=st.none() | st.lists(st.fixed_dictionaries({"pid": st.integers(1, 9)}), max_size=2),
+    util=st.none() | st.floats(0, 100),
+    used=st.none() | st.integers(0, 80 * GIB) | st.floats(allow_nan=True, allow_infinity=True),
+    total=st.none() | st.sampled_from([0, 40 * GIB, 80 * GIB]),
+)
+def test_the_rule_on_a_sample_is_the_rule_on_its_values(
+    processes: list[dict[str, int]] | None, util: float | None, used: float | None, total: int | None
+) -> None:
+    """allows_sample (the registry's and the slices' hot path) skips the memory share of a GPU
+    that processes hold: its verdict must be allows' on the same values, always."""
+    sample = {
+        "processes": processes,
+        "util_gpu_percent": util,
+        "mem_used_bytes": used,
+        "mem_total_bytes": total,
+    }
+    assert RULE.allows_sample(sample) == RULE.allows(processes, util, ratio_percent(used, total))
 
 
 def test_idle_held_needs_processes_low_utilization_and_time() -> None:

@@ -11,6 +11,7 @@ reads it), a GPU's model from its hello's facts.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ class _NodeFacts:
     # the host's disk list last judged: the registry shares it between samples while no disk
     # changed, and the same list gives the same verdicts
     disks_judged: object = None
+    # the lowest threshold of the gpu_temp_above and mem_used_above rules for the node (inf:
+    # none applies): while no condition of the node holds, a sample at or under it is judged
+    # by one comparison, with no rule looked at (most samples of every node)
+    temp_floor: float = math.inf
+    mem_floor: float = math.inf
 
 
 @dataclass(slots=True)
@@ -103,10 +109,12 @@ class Conditions:
             self._rules.setdefault(rule.when, []).append(rule)
         self._nodes: dict[str, _NodeFacts] = {}
         self._active: set[tuple[str, str]] = set()  # (rule, subject key) whose condition holds
+        self._holding: dict[str, int] = {}  # node -> how many of _active are of its subjects
         self._confirming: dict[str, int] = {}  # node -> new samples until restored alerts are judged
         self._gpu_faults: dict[tuple[str, str], set[str]] = {}  # (node, gpu) -> "health", "state"
         # gpus_free, per rule: its free GPUs, or free MIG slices of its profile
         self._free = {rule.name: _FreeTally() for rule in self._rules.get(Kind.GPUS_FREE, ())}
+        self._counts_slices = any(rule.mig_profile for rule in self._rules.get(Kind.GPUS_FREE, ()))
         # restored nodes not judged yet, while held (None: judged as they come): see hold_restored
         self._held_restores: dict[str, NodeRestored] | None = None
 
@@ -155,14 +163,23 @@ class Conditions:
         users: tuple[str, ...] = (),
     ) -> None:
         key = (rule.name, subject.key)
+        node_id = subject.node
         if active:
             if key in self._active:
                 return
             self._active.add(key)
+            if node_id is not None:
+                self._holding[node_id] = self._holding.get(node_id, 0) + 1
         else:
             if key not in self._active:
                 return
             self._active.discard(key)
+            if node_id is not None:
+                left = self._holding.get(node_id, 0) - 1
+                if left > 0:
+                    self._holding[node_id] = left
+                else:
+                    self._holding.pop(node_id, None)
         self._engine.observe(rule, subject, active, text, since_mono, users)
 
     def _matching(self, kind: Kind, node_id: str, gpu: str | None = None) -> tuple[Rule, ...]:
@@ -196,6 +213,18 @@ class Conditions:
             name = gpu.get("name")
             if isinstance(name, str):
                 facts.gpu_names[str(gpu.get("index"))] = name
+        facts.temp_floor = self._floor(Kind.GPU_TEMP_ABOVE, node_id, group)
+        facts.mem_floor = self._floor(Kind.MEM_USED_ABOVE, node_id, group)
+
+    def _floor(self, kind: Kind, node_id: str, group: str | None) -> float:
+        """The lowest threshold of the ``kind`` rules that may apply to the node (whatever its
+        GPUs' models): no value at or under it crosses any of them."""
+        thresholds = [
+            rule.threshold
+            for rule in self._rules.get(kind, ())
+            if rule.threshold is not None and rule.matches_node(node_id, group)
+        ]
+        return min(thresholds, default=math.inf)
 
     def node_connected(self, event: NodeConnected) -> None:
         hello = event.hello
@@ -264,8 +293,9 @@ class Conditions:
             del self._gpu_faults[key]
         for tally in self._free.values():
             tally.drop_node(node_id)
-        prefix = (node_id, node_id + "/", node_id + ":")
-        self._active = {k for k in self._active if not k[1].startswith(prefix)}
+        prefix = (node_id + "/", node_id + ":")  # its GPUs' and disks' subjects (node names hold neither)
+        self._active = {k for k in self._active if k[1] != node_id and not k[1].startswith(prefix)}
+        self._holding.pop(node_id, None)
         self._engine.forget_node(node_id)
         self._update_free()
 
@@ -281,30 +311,44 @@ class Conditions:
                 self._engine.resolve_unconfirmed(node_id)
         state = event.state
         rules = self._rules
+        facts = self._nodes.get(node_id)
+        # while no condition of the node holds, values at or under the floors need no rule looked at
+        quiet = facts if facts is not None and node_id not in self._holding else None
         if event.host and (Kind.DISK_USED_ABOVE in rules or Kind.MEM_USED_ABOVE in rules):
-            self._host(node_id, state.get("host") or {})
-        if Kind.GPU_TEMP_ABOVE in rules and event.gpus:
-            gpus = state.get("gpus") or {}
-            for index in event.gpus:
-                gpu = gpus.get(index)
-                temp = gpu.get("temp_celsius") if gpu else None
-                subject_key = f"{node_id}/{index}"
-                for rule in self._matching(Kind.GPU_TEMP_ABOVE, node_id, index):
-                    assert rule.threshold is not None
-                    hot = temp is not None and temp > rule.threshold
-                    if not hot and (rule.name, subject_key) not in self._active:
-                        continue  # cool, as it was: the common case, nothing to build
-                    text = f"{node_id} GPU {index} at {temp:g} °C (above {rule.threshold:g})" if hot else ""
-                    self._set(rule, Subject(subject_key, node_id, index), hot, text)
-        if Kind.GPUS_FREE in rules and any(r.mig_profile for r in rules[Kind.GPUS_FREE]):
+            self._host(node_id, state.get("host") or {}, quiet)
+        if event.gpus and Kind.GPU_TEMP_ABOVE in rules and (quiet is None or quiet.temp_floor < math.inf):
+            self._temps(node_id, state.get("gpus") or {}, event.gpus, quiet)
+        if self._counts_slices:
             gpus = state.get("gpus") or {}
             indexes = gpus.keys() if (event.came_live or event.gpu_set_changed) else event.gpus
             self._mig_free(node_id, gpus, indexes)
 
-    def _host(self, node_id: str, host: Mapping[str, Any]) -> None:
-        for rule in self._matching(Kind.MEM_USED_ABOVE, node_id):
+    def _temps(
+        self, node_id: str, gpus: Mapping[str, Any], indexes: Iterable[str], quiet: _NodeFacts | None
+    ) -> None:
+        """gpu_temp_above on the GPUs of a sample; ``quiet``: the node's facts while no
+        condition of the node holds (the fast path)."""
+        for index in indexes:
+            gpu = gpus.get(index)
+            temp = gpu.get("temp_celsius") if gpu else None
+            if quiet is not None and (temp is None or temp <= quiet.temp_floor):
+                continue  # under every rule's threshold, and no condition to end
+            subject_key = f"{node_id}/{index}"
+            for rule in self._matching(Kind.GPU_TEMP_ABOVE, node_id, index):
+                assert rule.threshold is not None
+                hot = temp is not None and temp > rule.threshold
+                if not hot and (rule.name, subject_key) not in self._active:
+                    continue  # cool, as it was: nothing to build
+                text = f"{node_id} GPU {index} at {temp:g} °C (above {rule.threshold:g})" if hot else ""
+                self._set(rule, Subject(subject_key, node_id, index), hot, text)
+
+    def _host(self, node_id: str, host: Mapping[str, Any], quiet: _NodeFacts | None = None) -> None:
+        """mem_used_above and disk_used_above on a sample's host part; ``quiet``: as in
+        :meth:`_temps`."""
+        used = ratio_percent(host.get("mem_used_bytes"), host.get("mem_total_bytes"))
+        under = quiet is not None and (used is None or used <= quiet.mem_floor)
+        for rule in () if under else self._matching(Kind.MEM_USED_ABOVE, node_id):
             assert rule.threshold is not None
-            used = ratio_percent(host.get("mem_used_bytes"), host.get("mem_total_bytes"))
             full = used is not None and used > rule.threshold
             if not full and (rule.name, f"{node_id}:mem") not in self._active:
                 continue

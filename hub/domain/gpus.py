@@ -40,6 +40,16 @@ class GpuFreeRule:
             and (mem_percent is None or mem_percent <= self.max_mem_percent)
         )
 
+    def allows_sample(self, sample: Mapping[str, Any]) -> bool:
+        """:meth:`allows` on a GPU's (or MIG slice's) sample. Hot (the registry judges each
+        changed GPU per sample): a GPU held by processes, most busy ones, is not free whatever
+        the rest says, so its memory share is not worked out."""
+        processes = sample.get("processes")
+        if processes:
+            return False
+        used, total = sample.get("mem_used_bytes"), sample.get("mem_total_bytes")
+        return self.allows(processes, sample.get("util_gpu_percent"), ratio_percent(used, total))
+
 
 @dataclass(frozen=True, slots=True)
 class IdleRule:
@@ -82,10 +92,7 @@ def gpu_state(gpu: Mapping[str, Any], rule: GpuFreeRule, node_reporting: bool) -
         return GpuState.FAULT
     if not node_reporting:
         return GpuState.NOT_CURRENT
-    mem_pct = ratio_percent(gpu.get("mem_used_bytes"), gpu.get("mem_total_bytes"))
-    if rule.allows(gpu.get("processes"), gpu.get("util_gpu_percent"), mem_pct):
-        return GpuState.FREE
-    return GpuState.BUSY
+    return GpuState.FREE if rule.allows_sample(gpu) else GpuState.BUSY
 
 
 def gpu_is_free(gpu: Mapping[str, Any], rule: GpuFreeRule, node_reporting: bool = True) -> bool:

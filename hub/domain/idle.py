@@ -117,12 +117,14 @@ class IdleHolders:
         for index in indexes:
             gpu = gpus.get(index)
             if spells is None and gpu is not None:
-                # the common case, inlined: busy or free now, no spell to end, no MIG slices
-                util = gpu.get("util_gpu_percent")
-                if ((util is not None and util > max_util) or not gpu.get("processes")) and not gpu.get(
-                    "mig_slices"
-                ):
-                    continue
+                # the common case, inlined: busy or free now, no spell to end
+                slices = gpu.get("mig_slices")
+                if not slices:
+                    util = gpu.get("util_gpu_percent")
+                    if (util is not None and util > max_util) or not gpu.get("processes"):
+                        continue
+                elif not idle_now(gpu) and not any(map(idle_now, slices)):
+                    continue  # in MIG mode: neither the GPU nor a slice idle now
             if gpu is None:  # gone: its spells and its slices' end
                 if spells:
                     for key in [k for k in spells if k.gpu_index == index]:

@@ -44,7 +44,7 @@ Send = Callable[[Outgoing], str | None]  # None when delivered, else why not
 
 def apprise_sender(url: str) -> Send:
     """A send function for one Apprise URL; raises ValueError when Apprise does not know it."""
-    import apprise  # only hubs with alerts pay for importing it
+    import apprise  # only a hub that sends a message pays for importing it (hub.alerts.url_check)
 
     notifier = apprise.Apprise()
     if not notifier.add(url):

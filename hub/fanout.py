@@ -88,6 +88,11 @@ MAX_CARDS_PER_TICK = 64
 """Whole cards a viewer gets in one tick for nodes that joined its shown set: a screenful
 scrolled into view at once, while a page that keeps claiming new sets costs a bounded amount."""
 RESYNC_EVERY_S = 2.0  # how often viewers that fell further behind get a fresh full state
+JOIN_MAX_BYTES = 1024 * 1024
+"""A viewer catching up gets its queued batches joined into messages of about this size (one
+batch more at most), not all into one: the joined bytes are that viewer's own copy (and the
+WebSocket frame another), and 50 viewers each joining 20 batches of 220 KB (2,000 nodes) held
+hundreds of MiB when the hub fell behind (#20.3)."""
 
 
 class Viewer:
@@ -182,13 +187,25 @@ class Viewer:
             self.closed.set()
 
     def _take(self) -> bytes:
-        shared, self._shared = self._shared, []
-        payloads = [
-            item if isinstance(item, bytes) else item.payload(self.filter, self.shown) for item in shared
-        ]
+        """The next message: the full state and the queued batches, in order, joined up to
+        :data:`JOIN_MAX_BYTES`; what is left goes in the next one."""
+        payloads = []
+        size = 0
         if self._first is not None:
-            payloads.insert(0, self._first)
+            payloads.append(self._first)
+            size = len(self._first)
             self._first = None
+        shared = self._shared
+        taken = 0
+        while taken < len(shared) and size < JOIN_MAX_BYTES:
+            item = shared[taken]
+            payload = item if isinstance(item, bytes) else item.payload(self.filter, self.shown)
+            payloads.append(payload)
+            size += len(payload)
+            taken += 1
+        del shared[:taken]
+        if shared:
+            self._wake.set()
         if len(payloads) == 1:
             return payloads[0]
         return b"".join(payloads)  # nothing at all: a keepalive

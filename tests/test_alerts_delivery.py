@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from hub.clock import ManualClock
 from hub.domain.events import AlertNotified, EventBus, IdleHeldChanged
 from hub.domain.gpus import GpuFreeRule
 from tests.alert_receivers import mail_receiver, webhook_receiver
-from tests.procs import wait_until
+from tests.procs import REPO, wait_until
 
 ITEM = Outgoing("t", "b", "info")
 
@@ -134,6 +136,38 @@ def test_an_unknown_url_is_reported_not_raised() -> None:
     delivery.add("bad", "nosuchservice://x", 10)
     assert delivery.broken == {"bad": "not a URL Apprise knows (see https://github.com/caronc/apprise/wiki)"}
     assert not delivery.offer("bad", ITEM)
+
+
+def test_apprise_is_loaded_by_the_first_message_not_by_the_channels() -> None:
+    """The URLs are checked by a child process (a bad one is still reported at once), so a hub
+    that sends nothing holds none of Apprise's modules (#20.3: about 28 MiB); the first message
+    loads it and is delivered."""
+    script = (
+        "import sys\n"
+        "from hub.alerts.delivery import Delivery, Outgoing\n"
+        "from tests.alert_receivers import webhook_receiver\n"
+        "from tests.procs import wait_until\n"
+        "with webhook_receiver() as hook:\n"
+        "    results = []\n"
+        "    delivery = Delivery(on_result=lambda name, item, ok, why: results.append(ok))\n"
+        "    delivery.add_all([('hook', hook.url('/h'), 10), ('bad', 'nosuchservice://x', 10)])\n"
+        "    print('broken', sorted(delivery.broken))\n"
+        "    print('loaded before', 'apprise' in sys.modules)\n"
+        "    delivery.offer('hook', Outgoing('t', 'b', 'info'))\n"
+        "    wait_until(lambda: results, 10, what='a result')\n"
+        "    assert hook.on('/h'), 'nothing arrived'\n"
+        "    print('delivered', results, 'loaded after', 'apprise' in sys.modules)\n"
+        "    delivery.stop()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "broken ['bad']",
+        "loaded before False",
+        "delivered [True] loaded after True",
+    ]
 
 
 def test_idle_held_is_mailed_to_the_holder_through_apprise() -> None:

@@ -67,6 +67,13 @@ def test_feature_cost_prints_what_alert_rules_and_mig_nodes_add_per_message() ->
     )
 
 
+def test_feature_memory_prints_rss_at_rest_and_flush_peaks() -> None:
+    figures = run_bench("feature_memory", 120, "--trace", "--top", "3")
+    assert number(figures["rss_mib.minute1_rest"]) > number(figures["rss_mib.before_app"]) > 0
+    assert number(figures["rss_mib.minute1_flush_peak"]) > 0  # a state file: the memory flushed
+    assert number(figures["traced_mib.minute1_rest"]) > 0
+
+
 def test_render_prints_cost_per_changed_node_and_its_parts() -> None:
     figures = run_bench("render", 60, "--parts")
     for name in ("us_per_changed_node", "bytes_per_changed_node", "host_fragment_bytes", "us_per_whole_card"):

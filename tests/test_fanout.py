@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.simnode import SimNode
 from frontend.render import Renderer
+from hub import fanout
 from hub.clock import ManualClock
 from hub.fanout import MAX_SHARED_BATCHES, Fanout, Viewer
 from hub.registry import NodeRegistry
@@ -84,6 +85,43 @@ def test_every_viewer_gets_the_same_shared_bytes() -> None:
             assert all(a is b for a, b in zip(other.received[1:], first[1:], strict=True)), (
                 "shared, not copied"
             )
+        for task in tasks:
+            task.cancel()
+
+    run(main())
+
+
+def test_a_viewer_catching_up_gets_its_batches_joined_up_to_a_size(monkeypatch: Any) -> None:
+    """Each message holds the queued batches in order up to JOIN_MAX_BYTES (one batch more at
+    most), the rest follow in the next ones: every byte arrives, in order, and no viewer joins
+    everything it missed into one copy of its own (#20.3)."""
+
+    async def main() -> None:
+        lab = Lab()
+        steady, held = Browser(), Browser()
+        fast = Viewer(steady.send, ViewFilter(), 60.0)
+        slow = Viewer(held.send, ViewFilter(), 60.0)
+        tasks = [asyncio.create_task(v.run()) for v in (fast, slow)]
+        lab.fanout.add_viewer(fast)
+        lab.fanout.add_viewer(slow)
+        await settle()
+        held.open.clear()
+        lab.tick()  # the send of this batch waits on the held browser
+        await settle()
+        for _ in range(6):  # these queue up
+            lab.tick()
+            await settle()
+        batches = steady.received[2:]
+        assert len(batches) == 6 and all(batches)
+        cap = 2 * max(len(b) for b in batches)
+        monkeypatch.setattr(fanout, "JOIN_MAX_BYTES", cap)
+        held.open.set()
+        for _ in range(5):
+            await settle()
+        messages = held.received[2:]
+        assert b"".join(messages) == b"".join(batches), "every batch, in order"
+        assert 1 < len(messages) < len(batches), [len(m) for m in messages]
+        assert all(len(m) < cap + max(len(b) for b in batches) for m in messages)
         for task in tasks:
             task.cancel()
 

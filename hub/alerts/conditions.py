@@ -43,7 +43,8 @@ class _NodeFacts:
     group: str | None
     gpu_names: dict[str, str] = field(default_factory=dict)  # index -> the hello's GPU name
     # (kind, GPU index or None) -> the rules that apply: rules, the node's group and its GPUs'
-    # names are fixed until its next hello (which makes new facts), so each is matched once
+    # names are fixed until its next hello (which makes new facts), so each is matched once;
+    # nodes alike for every rule share one such dict (Conditions._learn)
     matching: dict[tuple[Kind, str | None], tuple[Rule, ...]] = field(default_factory=dict)
     # the host's disk list last judged: the registry shares it between samples while no disk
     # changed, and the same list gives the same verdicts
@@ -90,6 +91,12 @@ def _offline_text(node_id: str, last_seen_wall_s: float) -> str:
     return f"{node_id} offline (last seen {_clock_text(last_seen_wall_s)})"
 
 
+MAX_SHARED_MATCHING = 1000
+"""Kinds of node (group, GPU names, the rules whose node patterns match) whose cache of
+matching rules is shared; nodes of further kinds each keep their own. At 2,000 nodes of a few
+kinds, one cache per node held about 5 MiB (#20.3)."""
+
+
 class Conditions:
     def __init__(
         self,
@@ -108,6 +115,7 @@ class Conditions:
         for rule in config.rules:
             self._rules.setdefault(rule.when, []).append(rule)
         self._nodes: dict[str, _NodeFacts] = {}
+        self._shared_matching: dict[tuple[object, ...], dict[tuple[Kind, str | None], tuple[Rule, ...]]] = {}
         self._active: set[tuple[str, str]] = set()  # (rule, subject key) whose condition holds
         self._holding: dict[str, int] = {}  # node -> how many of _active are of its subjects
         self._confirming: dict[str, int] = {}  # node -> new samples until restored alerts are judged
@@ -213,6 +221,17 @@ class Conditions:
             name = gpu.get("name")
             if isinstance(name, str):
                 facts.gpu_names[str(gpu.get("index"))] = name
+        # which rules apply to a node or one of its GPUs depends on nothing else than this
+        alike = (
+            group,
+            tuple(sorted(facts.gpu_names.items())),
+            tuple(rule.matches_node(node_id, group) for rules in self._rules.values() for rule in rules),
+        )
+        shared = self._shared_matching.get(alike)
+        if shared is None and len(self._shared_matching) < MAX_SHARED_MATCHING:
+            shared = self._shared_matching[alike] = {}
+        if shared is not None:
+            facts.matching = shared
         facts.temp_floor = self._floor(Kind.GPU_TEMP_ABOVE, node_id, group)
         facts.mem_floor = self._floor(Kind.MEM_USED_ABOVE, node_id, group)
 

@@ -15,9 +15,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from hub.alerts.url_check import UNKNOWN_URL, refusals
 
 log = logging.getLogger("sers.hub")
 
@@ -42,11 +44,11 @@ Send = Callable[[Outgoing], str | None]  # None when delivered, else why not
 
 def apprise_sender(url: str) -> Send:
     """A send function for one Apprise URL; raises ValueError when Apprise does not know it."""
-    import apprise  # only hubs with alerts pay for importing it
+    import apprise  # only a hub that sends a message pays for importing it (hub.alerts.url_check)
 
     notifier = apprise.Apprise()
     if not notifier.add(url):
-        raise ValueError("not a URL Apprise knows (see https://github.com/caronc/apprise/wiki)")
+        raise ValueError(UNKNOWN_URL)
 
     def send(item: Outgoing) -> str | None:
         try:
@@ -58,6 +60,22 @@ def apprise_sender(url: str) -> Send:
         # Apprise (2.x) keeps the log of each call with its result: its last warning says why
         problems = [e.message for e in result.logs() if e.level in ("WARNING", "ERROR", "CRITICAL")]
         return problems[-1] if problems else "the service refused the message"
+
+    return send
+
+
+def first_use_sender(url: str) -> Send:
+    """:func:`apprise_sender` made when the first message is sent (on the channel's worker
+    thread): a hub that sends nothing never loads Apprise (:mod:`hub.alerts.url_check`)."""
+    made: list[Send] = []
+
+    def send(item: Outgoing) -> str | None:
+        if not made:
+            try:
+                made.append(apprise_sender(url))
+            except ValueError as exc:
+                return str(exc)
+        return made[0](item)
 
     return send
 
@@ -194,13 +212,22 @@ class Delivery:
         self._on_result = on_result
 
     def add(self, name: str, url: str, max_per_minute: int, send: Send | None = None) -> None:
-        try:
-            sender = send or apprise_sender(url)
-        except ValueError as exc:
-            self.broken[name] = str(exc)
-            log.error("alert channel %s: %s; its messages are not sent", name, exc)
-            return
-        self.workers[name] = ChannelWorker(name, sender, max_per_minute, self._on_result)
+        if send is not None:
+            self.workers[name] = ChannelWorker(name, send, max_per_minute, self._on_result)
+        else:
+            self.add_all([(name, url, max_per_minute)])
+
+    def add_all(self, channels: Sequence[tuple[str, str, int]]) -> None:
+        """Channels sent through Apprise, as (name, URL, max per minute): their URLs checked
+        at once, by one child process (:mod:`hub.alerts.url_check`)."""
+        for (name, url, max_per_minute), reason in zip(
+            channels, refusals([url for _, url, _ in channels]), strict=True
+        ):
+            if reason is not None:
+                self.broken[name] = reason
+                log.error("alert channel %s: %s; its messages are not sent", name, reason)
+                continue
+            self.workers[name] = ChannelWorker(name, first_use_sender(url), max_per_minute, self._on_result)
 
     def offer(self, channel: str, item: Outgoing) -> bool:
         worker = self.workers.get(channel)

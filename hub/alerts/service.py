@@ -53,10 +53,10 @@ class AlertService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.delivery = delivery or Delivery(on_result=self._result_on_worker)
         if delivery is None:
-            for channel in config.channels:
-                self.delivery.add(channel.name, channel.url, channel.max_per_minute)
-            for user, url in config.users.items():
-                self.delivery.add(user_channel(user), url, DEFAULT_MAX_PER_MINUTE)
+            self.delivery.add_all(
+                [(channel.name, channel.url, channel.max_per_minute) for channel in config.channels]
+                + [(user_channel(user), url, DEFAULT_MAX_PER_MINUTE) for user, url in config.users.items()]
+            )
         self._store: StoreSync | None = None
         self._save_problem: str | None = None
         self._saved_silences = 0  # the engine's silences_version the file holds

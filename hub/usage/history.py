@@ -105,6 +105,7 @@ class NodeMinute:
         for one in self.series.values():
             one.settle(self.samples)
             one.last = None
+        self.complete = False  # a later sample into it (a clock set back) reads the whole state
         return self.series
 
 
@@ -169,6 +170,11 @@ class HistoryAggregator:
         minute = self._minutes.get(node_key)
         if minute is None:
             minute = self._minutes[node_key] = NodeMinute()
+            # the node's minute before is over: settled now, it stops holding the state it
+            # added last (a minute-old snapshot of every node) until the store takes it
+            before = self._minutes.get((event.node_id, node_key[1] - MINUTE_S))
+            if before is not None:
+                before.settle()
         minute.samples += 1
         sample = minute.samples
         series = minute.series

@@ -126,35 +126,36 @@ def write_batch(store: NodeStore, batch: MemoryBatch) -> None:
             for i, value in enumerate(totals):
                 have[i] += value
     with store.transaction():
-        db.executemany(_HOURLY, [(*k, *v) for k, v in hourly.items()])
-        db.executemany(_DAILY, [(*k, *v) for k, v in daily.items()])
+        db.executemany(_HOURLY, ((*k, *v) for k, v in hourly.items()))
+        db.executemany(_DAILY, ((*k, *v) for k, v in daily.items()))
+        # rows made as they are bound (generators): a batch's tuples never all exist at once;
         # an aggregate is the row's values as they are: SQLite binds a NaN maximum (no value
         # yet) as NULL, and a sum with a count of 0 means no value
         db.executemany(
             _GPU_HISTORY,
-            [
+            (
                 (k.node_id, k.tier_s, k.bucket_start_s, k.gpu_index, *v)
                 for k, v in batch.history.items()
                 if k.gpu_index is not None
-            ],
+            ),
         )
         db.executemany(
             _HOST_HISTORY,
-            [
+            (
                 (k.node_id, k.tier_s, k.bucket_start_s, *v)
                 for k, v in batch.history.items()
                 if k.gpu_index is None
-            ],
+            ),
         )
         for node_id, (from_s, to_s) in batch.quarters.items():
             db.execute(_GPU_QUARTERS, (node_id, from_s, to_s))
             db.execute(_HOST_QUARTERS, (node_id, from_s, to_s))
         db.executemany(
             _EVENT,
-            [
+            (
                 (e.at_s, e.node_id, e.kind, e.gpu, e.summary, orjson.dumps(e.detail).decode())
                 for e in batch.events
-            ],
+            ),
         )
 
 

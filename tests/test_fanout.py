@@ -61,6 +61,18 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def two_viewers(lab: Lab) -> tuple[Browser, Browser, Viewer, list[asyncio.Task[None]]]:
+    """Two browsers watching everything, each through its viewer, both caught up; returns the
+    browsers, the second one's viewer and the viewers' tasks."""
+    browsers = Browser(), Browser()
+    viewers = [Viewer(browser.send, ViewFilter(), 60.0) for browser in browsers]
+    tasks = [asyncio.create_task(viewer.run()) for viewer in viewers]
+    for viewer in viewers:
+        lab.fanout.add_viewer(viewer)
+    await settle()
+    return browsers[0], browsers[1], viewers[1], tasks
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -98,13 +110,7 @@ def test_a_viewer_catching_up_gets_its_batches_joined_up_to_a_size(monkeypatch: 
 
     async def main() -> None:
         lab = Lab()
-        steady, held = Browser(), Browser()
-        fast = Viewer(steady.send, ViewFilter(), 60.0)
-        slow = Viewer(held.send, ViewFilter(), 60.0)
-        tasks = [asyncio.create_task(v.run()) for v in (fast, slow)]
-        lab.fanout.add_viewer(fast)
-        lab.fanout.add_viewer(slow)
-        await settle()
+        steady, held, _, tasks = await two_viewers(lab)
         held.open.clear()
         lab.tick()  # the send of this batch waits on the held browser
         await settle()
@@ -131,13 +137,7 @@ def test_a_viewer_catching_up_gets_its_batches_joined_up_to_a_size(monkeypatch: 
 def test_a_viewer_far_behind_is_resynchronized_from_one_full_state() -> None:
     async def main() -> None:
         lab = Lab()
-        steady, stuck = Browser(), Browser()
-        fast = Viewer(steady.send, ViewFilter(), 60.0)
-        slow = Viewer(stuck.send, ViewFilter(), 60.0)
-        tasks = [asyncio.create_task(v.run()) for v in (fast, slow)]
-        lab.fanout.add_viewer(fast)
-        lab.fanout.add_viewer(slow)
-        await settle()
+        steady, stuck, slow, tasks = await two_viewers(lab)
         stuck.open.clear()  # the stuck browser stops reading after its full state...
         lab.tick()
         await settle()

@@ -8,7 +8,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -406,17 +405,15 @@ def test_failure_log_logs_once_per_source_per_minute(caplog: pytest.LogCaptureFi
 
 def test_failure_log_holds_a_bounded_table_against_endless_sources(caplog: pytest.LogCaptureFixture) -> None:
     """Refusals from ever new addresses (an IPv6 network has endless ones) within one window:
-    the table stays at its limit, each refusal costs a lookup (not a pass over the table), and
-    the sources past the limit are logged together once per window."""
+    the table stays at its limit, and the sources past the limit are logged together once per
+    window. (What a refusal costs is not timed here: speed is the benchmarks' to measure.)"""
     from hub.security import MAX_TRACKED_SOURCES, FailureLog
 
     now = [0.0]
     failures = FailureLog(every_s=60, clock=lambda: now[0])
     with caplog.at_level("WARNING", logger="sers.hub"):
-        started = time.process_time()
         for i in range(3 * MAX_TRACKED_SOURCES):
             failures.refused(f"2001:db8::{i:x}", "a wrong view token")
-        spent_s = time.process_time() - started
         assert len(failures._last) == MAX_TRACKED_SOURCES
         now[0] = 61.0  # a new window: the old sources are forgotten, new ones tracked again
         assert failures.refused("2001:db8::ffff:1", "a wrong view token")
@@ -427,7 +424,6 @@ def test_failure_log_holds_a_bounded_table_against_endless_sources(caplog: pytes
         f"refused a wrong view token from 2001:db8::{MAX_TRACKED_SOURCES:x} "
         f"(sources past the {MAX_TRACKED_SOURCES} tracked per 60 s: 1 refusal(s) since the last such line)"
     )
-    assert spent_s < 2.0, f"{spent_s:.1f} s for {3 * MAX_TRACKED_SOURCES} refusals"
 
 
 @pytest.mark.parametrize(

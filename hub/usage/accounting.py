@@ -157,7 +157,6 @@ class UsageAccounting:
         slice. Hot: runs for every sample; a free GPU costs two lookups."""
         idle_held = self.idle_held
         models = facts.models
-        busy_above = self.busy_above_percent
         charges: list[Charge] = []
         for index, gpu in gpus.items():
             if gpu.__class__ is not dict:
@@ -167,8 +166,7 @@ class UsageAccounting:
             if not (processes or slices) or gpu.get("error"):
                 continue
             model = gpu.get("name") or models.get(index) or UNKNOWN_MODEL
-            util: Any = gpu.get("util_gpu_percent")
-            kind = util.__class__
+            util = gpu.get("util_gpu_percent")
             if slices:
                 for weight, mig in zip(slice_weights(gpu, slices), slices, strict=True):
                     mig_processes = mig.get("processes")
@@ -180,7 +178,7 @@ class UsageAccounting:
                     for (user, job), (share, mem) in shares(mig_processes).items():
                         charges.append(((user, job, model), share * weight, busy, held_idle, mem))
                 continue  # in MIG mode the GPU's own list repeats its slices' processes
-            busy = (kind is float or kind is int) and util > busy_above
+            busy = self._busy(util)
             held_idle = bool(idle_held) and (node_id, index, None) in idle_held
             if len(processes) == 1:  # most held GPUs: one process holds all of it
                 user, job, mem = sole_holder(processes[0])

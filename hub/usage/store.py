@@ -175,15 +175,24 @@ class QuarterBook:
         # hub before it dropped those older than its retention, as of then)
         self.pruned_below_s: float | None = None
 
+    def _due_from(self, node_id: str, quarter_s: int) -> None:
+        if quarter_s < self.due.get(node_id, quarter_s + 1):
+            self.due[node_id] = quarter_s
+
+    def catch_up(self, db: sqlite3.Connection) -> None:
+        """Once, at the first write: adds the quarters the file's rows leave unmade."""
+        if not self.read:
+            for node_id, from_s in quarters_lagging(db).items():
+                self._due_from(node_id, from_s)
+            self.read = True
+
     def wrote(self, minutes: Iterable[tuple[str, int]]) -> dict[str, int]:
         """Notes the (node, minute start) buckets of a batch; returns each node's latest."""
         latest: dict[str, int] = {}
         for node_id, minute in minutes:
             if minute > latest.get(node_id, -1):
                 latest[node_id] = minute
-            quarter = minute - minute % QUARTER_S
-            if quarter < self.due.get(node_id, quarter + 1):
-                self.due[node_id] = quarter
+            self._due_from(node_id, minute - minute % QUARTER_S)
         return latest
 
     def ready(self, now_s: float, keep_1m_s: float) -> dict[str, tuple[int, int]]:

@@ -39,7 +39,6 @@ from hub.usage.store import (
     history_span,
     hold_size,
     prune,
-    quarters_lagging,
     remembered_versions,
     store_info,
     write_batch,
@@ -120,23 +119,21 @@ class MemorySync:
         usage, minutes, events = self.accounting.take(), self.history.take(), self.events.take()
         now_s = self._clock.wall()
         prune_now = time.monotonic() >= self._prune_at_mono
+        keep_1m_s = self.limits.history_1m_keep_h * 3600.0
 
         def write(store: NodeStore) -> tuple[int, StoreInfo, dict[str, tuple[str | None, str | None]] | None]:
             versions = None if self._seeded else remembered_versions(store)
             book = self._quarters
-            if not book.read:
-                for node_id, from_s in quarters_lagging(store.connection).items():
-                    book.due[node_id] = min(book.due.get(node_id, from_s), from_s)
-                book.read = True
+            book.catch_up(store.connection)
             latest = book.wrote(minutes)
-            quarters = book.ready(now_s, self.limits.history_1m_keep_h * 3600.0)
+            quarters = book.ready(now_s, keep_1m_s)
             batch = MemoryBatch(usage_rows(usage), minute_rows(minutes), events, quarters)
             if batch.rows() or quarters:
                 write_batch(store, batch)
             book.made(quarters, latest)
             if prune_now:
                 dropped = prune(store, self.limits, now_s)
-                book.pruned_below_s = now_s - self.limits.history_1m_keep_h * 3600.0
+                book.pruned_below_s = now_s - keep_1m_s
                 if dropped:
                     log.info("memory: dropped %d rows past their retention", dropped)
                 over = hold_size(store, self.limits)

@@ -422,6 +422,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 alerts_config=Path(args.alerts or ALERT_RULES),
                 mig_every=MIG_EVERY,
                 label="hub-all-features",
+                py_spy_out=spy.with_name(f"hub-{nodes}-all-features.collapsed.txt") if spy else None,
             )
             report_variant(fig, nodes, "all_features", hub, features, max_cpu_ratio=1.15, max_rss_mib=300)
         if args.against:
@@ -600,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the hub again with every feature on (a state file, the alert rules of --alerts or "
         "the ten default ones, MIG slices on a quarter of the nodes) and compare its CPU, p99 and RSS",
     )
-    parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub into DIR")
+    parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub (and of the --all-features hub) into DIR")
     parser.add_argument(
         "--against",
         metavar="DIR",

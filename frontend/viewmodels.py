@@ -730,19 +730,73 @@ def _tallied_slices(slices: Iterable[tuple[str, bool]], state: GpuState) -> tupl
     return tuple(slices)  # slice_states' tuple itself, no copy (a MIG row per sample)
 
 
+class NodeTally(NamedTuple):
+    """What one node's GPUs add to the summary bar: its :class:`GpuTally` values summed once
+    (:func:`node_tally`), so that the bar, made once a second per filter, adds a few numbers per
+    node instead of walking every GPU. The hub keeps one per node until a tally of it changes."""
+
+    gpus: int
+    models: tuple[tuple[str, int, int], ...]  # (model, free, total), in the order first seen
+    mem_used_bytes: int
+    mem_total_bytes: int
+    errors: int  # GPUs whose row is an error (lost, unreadable)
+    warnings: int  # GPUs whose health is a warning
+    health_faults: int  # GPUs whose health is a fault
+    idle_held: int  # GPUs and MIG slices idle-held
+    slices: tuple[tuple[str, int, int], ...] = ()  # MIG (profile, free, total)
+
+
+def node_tally(tallies: Iterable[GpuTally]) -> NodeTally:
+    """The sums of one node's GPU tallies (a free GPU counts only in a live row's state)."""
+    models: dict[str, list[int]] = {}
+    slices: dict[str, list[int]] = {}
+    gpus = mem_used = mem_total = errors = warnings = health_faults = idle_held = 0
+    for tally in tallies:
+        gpus += 1
+        counts = models.get(tally.model)
+        if counts is None:
+            counts = models[tally.model] = [0, 0]
+        counts[1] += 1
+        mem_used += tally.mem_used_bytes
+        mem_total += tally.mem_total_bytes
+        if tally.state is _FAULT:
+            errors += 1
+        elif tally.state is _FREE:
+            counts[0] += 1
+        warnings += tally.health is Level.WARNING
+        health_faults += tally.health is Level.FAULT
+        idle_held += tally.idle_held
+        for profile, free in tally.slices:
+            slice_counts = slices.get(profile)
+            if slice_counts is None:
+                slice_counts = slices[profile] = [0, 0]
+            slice_counts[0] += free
+            slice_counts[1] += 1
+    return NodeTally(
+        gpus,
+        tuple([(model, free, total) for model, (free, total) in models.items()]),
+        mem_used,
+        mem_total,
+        errors,
+        warnings,
+        health_faults,
+        idle_held,
+        tuple([(profile, free, total) for profile, (free, total) in slices.items()]),
+    )
+
+
 def summary_view(
-    nodes: Iterable[
-        tuple[NodeStatus, Iterable[GpuTally]] | tuple[NodeStatus, Iterable[GpuTally], str | None]
-    ],
+    nodes: Iterable[tuple[NodeStatus, NodeTally] | tuple[NodeStatus, NodeTally, str | None]],
     gpu_collectors_down: int = 0,
     alerts_firing: int = 0,
     alerts: tuple[AlertBadge, ...] = (),
 ) -> SummaryView:
-    """Counts over (node status, its GPUs' tallies[, its group]): GPUs of offline nodes are left
-    out; a GPU is free only on a reporting node (its row's state says so). ``gpu_collectors_down``
-    and the alerts are passed through (the nodes :func:`gpu_collector_down` names; the hub's
-    firing alerts). With groups given, ``free_json`` counts free GPUs per group and model
-    (``""``: no group) for the page's "notify me when N are free" (app.js)."""
+    """Counts over (node status, its GPUs' :func:`node_tally`[, its group]): GPUs of offline
+    nodes are left out; a GPU is free only on a reporting node (its row's state says so).
+    ``gpu_collectors_down`` and the alerts are passed through (the nodes
+    :func:`gpu_collector_down` names; the hub's firing alerts). With groups given, ``free_json``
+    counts free GPUs per group and model (``""``: no group) for the page's "notify me when N are
+    free" (app.js)."""
     status_counts: Counter[NodeStatus] = Counter()
     free_by_model: Counter[str] = Counter()
     total_by_model: Counter[str] = Counter()
@@ -753,27 +807,29 @@ def summary_view(
     mem_used = 0
     mem_total = 0
     free_by_group: Counter[tuple[str, str]] = Counter()
-    for status, tallies, *group in nodes:
+    offline = NodeStatus.OFFLINE
+    for status, tally, *group in nodes:
         status_counts[status] += 1
-        if status is NodeStatus.OFFLINE:
-            offline_gpus += sum(1 for _ in tallies)
+        if status is offline:
+            offline_gpus += tally.gpus
             continue
-        for tally in tallies:
-            total_by_model[tally.model] += 1
-            mem_used += tally.mem_used_bytes
-            mem_total += tally.mem_total_bytes
-            if tally.state is _FAULT:
-                errors += 1
-            elif tally.state is _FREE:
-                free_by_model[tally.model] += 1
+        if not tally.gpus:
+            continue
+        for model, free, total in tally.models:
+            total_by_model[model] += total
+            if free:
+                free_by_model[model] += free
                 if group:
-                    free_by_group[(group[0] or "", tally.model)] += 1
-            warnings += tally.health is Level.WARNING
-            health_faults += tally.health is Level.FAULT
-            idle_held += tally.idle_held
-            for profile, free in tally.slices:
-                total_slices[profile] += 1
-                free_slices[profile] += free
+                    free_by_group[(group[0] or "", model)] += free
+        mem_used += tally.mem_used_bytes
+        mem_total += tally.mem_total_bytes
+        errors += tally.errors
+        warnings += tally.warnings
+        health_faults += tally.health_faults
+        idle_held += tally.idle_held
+        for profile, free, total in tally.slices:
+            total_slices[profile] += total
+            free_slices[profile] += free
     return SummaryView(
         live=status_counts[NodeStatus.LIVE],
         stale=status_counts[NodeStatus.STALE],

@@ -24,6 +24,7 @@ from frontend.viewmodels import (
     AlertBadge,
     DetailView,
     GpuTally,
+    NodeTally,
     SummaryView,
     detail_view,
     gpu_collector_down,
@@ -31,6 +32,7 @@ from frontend.viewmodels import (
     gpu_view,
     head_view,
     host_view,
+    node_tally,
     slice_states,
     spark_view,
     summary_view,
@@ -112,6 +114,16 @@ class RenderedNode:
     gpus: dict[str, str] = field(default_factory=dict)
     gpu_sparks: dict[str, str] = field(default_factory=dict)
     tallies: dict[str, GpuTally] = field(default_factory=dict)  # per GPU, for the summary bar
+    tally: NodeTally | None = None  # their sums, made when the summary asks; None: to be made
+
+    def node_tally(self) -> NodeTally:
+        tally = self.tally
+        if tally is None:
+            tally = self.tally = node_tally(self.tallies.values())
+        return tally
+
+
+_NO_GPUS = node_tally(())
 
 
 def gpu_order(gpus: Iterable[str]) -> list[str]:
@@ -240,17 +252,12 @@ class Scene:
 
     def summary_view(self, view_filter: ViewFilter) -> SummaryView:
         """The summary bar's counts, from the GPU tallies kept as rows render."""
-        rendered = self._rendered
-        empty: dict[str, GpuTally] = {}
+        rendered = self._rendered.get
         nodes = [node for node in self._registry.nodes.values() if view_filter.selects(node)]
         alerts_firing, alerts = self.alert_strip()
         return summary_view(
             (
-                (
-                    node.status,
-                    (rendered[node.node_id].tallies if node.node_id in rendered else empty).values(),
-                    node.group,
-                )
+                (node.status, part.node_tally() if (part := rendered(node.node_id)) else _NO_GPUS, node.group)
                 for node in nodes
             ),
             gpu_collectors_down=sum(1 for node in nodes if gpu_collector_down(node)),
@@ -347,7 +354,19 @@ class Scene:
         idle = _idle_of(held, index) if held else None
         view = gpu_view(node_id, index, gpu, rule, live, health, self._wall() if idle else None, idle)
         slices = slice_states(gpu, rule) if gpu.get("mig_slices") else ()
-        rendered.tallies[index] = gpu_tally(gpu, view.state, view.health, slices, view.idle_held)
+        tally = gpu_tally(gpu, view.state, view.health, slices, view.idle_held)
+        old = rendered.tallies.get(index)
+        if tally != old:
+            rendered.tallies[index] = tally
+            sums = rendered.tally
+            if sums is not None and old is not None and _same_but_memory(tally, old):
+                # most changes are a busy GPU's memory: the node's sums follow without a recount
+                rendered.tally = sums._replace(
+                    mem_used_bytes=sums.mem_used_bytes + tally.mem_used_bytes - old.mem_used_bytes,
+                    mem_total_bytes=sums.mem_total_bytes + tally.mem_total_bytes - old.mem_total_bytes,
+                )
+            else:
+                rendered.tally = None
         return self._renderer.gpu(view)
 
     def _render_cpu_spark(self, node_id: str) -> str:
@@ -367,6 +386,16 @@ class Scene:
                 history.card_points(f"m{index}"),
             )
         )
+
+
+def _same_but_memory(tally: GpuTally, old: GpuTally) -> bool:
+    return (
+        tally.state is old.state
+        and tally.model == old.model
+        and tally.health is old.health
+        and tally.idle_held == old.idle_held
+        and tally.slices == old.slices
+    )
 
 
 def _idle_of(held: dict[tuple[str, str | None], float], index: str) -> tuple[float, int] | None:

@@ -4,6 +4,7 @@ the detail page's every-field listing. Pure: nodes come from a real registry on 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import fields
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from frontend.viewmodels import (
     MAX_USERS_SHOWN,
+    GpuTally,
     detail_view,
     field_label,
     field_text,
@@ -35,6 +37,7 @@ from frontend.viewmodels import (
     head_view,
     host_view,
     meter,
+    node_tally,
     process_holder,
     short_gpu_name,
     spark_path,
@@ -43,7 +46,8 @@ from frontend.viewmodels import (
     tiny_gpu_name,
 )
 from hub.clock import ManualClock
-from hub.domain.gpus import GpuFreeRule, gpu_is_free
+from hub.domain.gpus import GpuFreeRule, GpuState, gpu_is_free
+from hub.domain.health import Level
 from hub.registry import Naming, Node, NodeRegistry, NodeStatus
 from node_agent.protocol import (
     DiskUsage,
@@ -320,10 +324,10 @@ def test_summary_counts_free_gpus_of_live_nodes_only() -> None:
     view = summary_view(
         (
             node.status,
-            [
+            node_tally(
                 gpu_tally(g, gpu_view(n, i, g, RULE, node.status is NodeStatus.LIVE).state)
                 for i, g in gpus.items()
-            ],
+            ),
         )
         for n, node in registry.nodes.items()
         for gpus in [node.state["gpus"]]
@@ -557,7 +561,7 @@ def test_cards_and_node_page_build_whatever_the_numbers(value: object) -> None:
     detail = detail_view(node, {"cpu": [1.0]}, 15, 0.0, RULE)
     assert len(detail.gpus) == 1 and all(f.text for f in detail.host_sample)
     assert head_view(node).detail
-    summary_view([(NodeStatus.LIVE, [gpu_tally(gpu_state, row.state)])])
+    summary_view([(NodeStatus.LIVE, node_tally([gpu_tally(gpu_state, row.state)]))])
 
 
 # --------------------------------------------------------------------------- one format per quantity
@@ -614,3 +618,35 @@ def test_the_card_and_the_node_page_show_the_same_text_for_the_same_values(scale
     [process] = detail.gpus[0].processes
     if process.gpu_mem_text != "0B":
         assert row.users == (f"ann {process.gpu_mem_text}",)
+
+
+def test_summary_adds_each_nodes_tally_of_models_slices_memory_and_groups() -> None:
+    """A node's GPU tallies are summed once (node_tally); the bar adds the sums per node."""
+    h100, a100 = "H100 80GB HBM3", "A100-SXM4-40GB"
+    node_a = node_tally(
+        [
+            GpuTally(h100, GpuState.FREE, 1 * GIB, 80 * GIB),
+            GpuTally(h100, GpuState.BUSY, 70 * GIB, 80 * GIB, Level.WARNING, idle_held=1),
+            GpuTally(a100, GpuState.FAULT, 0, 40 * GIB, Level.FAULT),
+            GpuTally(a100, GpuState.BUSY, 9 * GIB, 40 * GIB, slices=(("3g.20gb", True), ("3g.20gb", False))),
+        ]
+    )
+    assert node_a.gpus == 4 and node_a.models == ((h100, 1, 2), (a100, 0, 2))
+    assert node_a.slices == (("3g.20gb", 1, 2),)
+    node_b = node_tally([GpuTally(a100, GpuState.FREE, 0, 40 * GIB, slices=(("1g.5gb", True),))])
+    gone = node_tally([GpuTally(h100, GpuState.FREE, 0, 80 * GIB)] * 3)
+    view = summary_view(
+        [
+            (NodeStatus.LIVE, node_a, "nlp"),
+            (NodeStatus.STALE, node_b, None),
+            (NodeStatus.OFFLINE, gone, "nlp"),
+            (NodeStatus.LIVE, node_tally(()), "cv"),
+        ]
+    )
+    assert (view.live, view.stale, view.offline) == (2, 1, 1)
+    assert (view.gpus_free, view.gpus_total, view.gpus_error, view.gpus_offline) == (2, 5, 1, 3)
+    assert [(m.model, m.free, m.total) for m in view.models] == [(a100, 1, 3), (h100, 1, 2)]
+    assert [(m.model, m.free, m.total) for m in view.slices] == [("1g.5gb", 1, 1), ("3g.20gb", 1, 2)]
+    assert (view.gpus_warning, view.gpus_health_fault, view.gpus_idle_held) == (1, 1, 1)
+    assert (view.gpu_mem_used_text, view.gpu_mem_total_text) == ("80G", "280G")
+    assert json.loads(view.free_json) == {"": {a100: 1}, "nlp": {h100: 1}}

@@ -411,20 +411,28 @@ async def main_async(args: argparse.Namespace) -> int:
             with_rules = await run_phase(args, nodes, log_dir, alerts_config=Path(args.alerts))
             report_alerts(fig, nodes, hub, with_rules)
         if args.memory:
-            memory = await run_phase(args, nodes, log_dir, state_db=str(log_dir / f"memory-{nodes}.sqlite3"))
-            report_variant(fig, nodes, "memory", hub, memory, max_cpu_ratio=1.10)
-        if args.all_features:
-            features = await run_phase(
+            pairs = await variant_pairs(
                 args,
                 nodes,
                 log_dir,
+                hub,
+                state_db=str(log_dir / f"memory-{nodes}.sqlite3"),
+                label="hub-memory",
+            )
+            report_variant(fig, nodes, "memory", pairs, max_cpu_ratio=1.10)
+        if args.all_features:
+            pairs = await variant_pairs(
+                args,
+                nodes,
+                log_dir,
+                hub,
                 state_db=str(log_dir / f"features-{nodes}.sqlite3"),
                 alerts_config=Path(args.alerts or ALERT_RULES),
                 mig_every=MIG_EVERY,
                 label="hub-all-features",
                 py_spy_out=spy.with_name(f"hub-{nodes}-all-features.collapsed.txt") if spy else None,
             )
-            report_variant(fig, nodes, "all_features", hub, features, max_cpu_ratio=1.15, max_rss_mib=300)
+            report_variant(fig, nodes, "all_features", pairs, max_cpu_ratio=1.15, max_rss_mib=300)
         if args.against:
             await compare_against(fig, args, nodes, log_dir, hub)
         if args.bare:
@@ -435,19 +443,51 @@ async def main_async(args: argparse.Namespace) -> int:
     return fig.done()
 
 
+async def variant_pairs(
+    args: argparse.Namespace, nodes: int, log_dir: Path, hub: Phase, **variant: Any
+) -> list[tuple[Phase, Phase]]:
+    """The hub run just before (``hub``) and the hub with ``variant``'s options, then ``--repeat``
+    - 1 more pairs, the two alternating: (without, with) per pair. The machine's noise moves one
+    run by 5-15 %, so a ratio is only worth its median over pairs."""
+    pairs = [(hub, await run_phase(args, nodes, log_dir, **variant))]
+    variant.pop("py_spy_out", None)
+    for k in range(2, args.repeat + 1):
+        without = await run_phase(args, nodes, log_dir)
+        if variant.get("state_db"):  # each run starts from a new file, as the first did
+            variant["state_db"] = str(Path(variant["state_db"]).with_suffix(f".{k}.sqlite3"))
+        pairs.append((without, await run_phase(args, nodes, log_dir, **variant)))
+    return pairs
+
+
+def _cpu_ratio(pair: tuple[Phase, Phase]) -> float:
+    without, with_them = pair
+    return (with_them.server_cpu_s / with_them.duration_s) / max(
+        without.server_cpu_s / without.duration_s, 1e-9
+    )
+
+
 def report_variant(
     fig: Figures,
     nodes: int,
     name: str,
-    hub: Phase,
-    variant: Phase,
+    pairs: list[tuple[Phase, Phase]],
     *,
     max_cpu_ratio: float,
     max_rss_mib: float | None = None,
 ) -> None:
-    """The hub with some features on (``variant``) against the run just before without them,
-    same load: its CPU as a ratio, and its own delivery, p99 and RSS."""
+    """The hub with some features on against the run just before without them, same load, in
+    ``pairs`` of (without, with): the CPU ratio of each pair, and of the median pair its CPU,
+    delivery and p99 (the highest RSS of all)."""
     tag = f"n{nodes}.{name}"
+    ranked = sorted(pairs, key=_cpu_ratio)
+    hub, variant = ranked[len(ranked) // 2]
+    if len(pairs) > 1:
+        ratios = [_cpu_ratio(pair) for pair in pairs]
+        fig.note(
+            f"{name}: {len(pairs)} pairs, the hub without and with them alternating; CPU ratios in order "
+            + ", ".join(f"{r:.3f}x" for r in ratios)
+            + f" (mean {statistics.fmean(ratios):.3f}x); the figures below are the median pair's"
+        )
     without = hub.server_cpu_s / hub.duration_s
     with_them = variant.server_cpu_s / variant.duration_s
     fig.add(f"{tag}.hub_cpu", 100 * with_them, "% of one core")
@@ -467,6 +507,9 @@ def report_variant(
     if a["deltas_in_window"]:
         per_message = 1e6 * variant.server_cpu_s / a["deltas_in_window"]
         fig.add(f"{tag}.hub_cpu_per_agent_message", per_message, "µs (fan-out included)", digits=0)
+    if viewers:  # what the features add to the bytes every viewer gets
+        bytes_per_s = statistics.fmean(t["bytes_in_measure"] for t in viewers) / variant.duration_s
+        fig.add(f"{tag}.bytes_per_s_per_viewer", bytes_per_s / 1024, "KiB/s", digits=0)
     expected = [expected_updates(a, t) for t in viewers]
     ratios = [(t["host"] + t["gpu"]) / e if e else 0.0 for t, e in zip(viewers, expected, strict=True)]
     if ratios:
@@ -477,7 +520,7 @@ def report_variant(
     lat = variant.viewers["latency_ms"]
     if lat["count"]:
         fig.add(f"{tag}.latency_p99", lat["p99"], "ms", target="≤ 250 ms", ok=lat["p99"] <= 250, digits=0)
-    rss = variant.server_rss_max / MIB
+    rss = max(phase.server_rss_max for _, phase in pairs) / MIB
     if max_rss_mib is None:
         fig.add(f"{tag}.hub_rss_max", rss, "MiB")
     else:
@@ -601,7 +644,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the hub again with every feature on (a state file, the alert rules of --alerts or "
         "the ten default ones, MIG slices on a quarter of the nodes) and compare its CPU, p99 and RSS",
     )
-    parser.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile of the hub (and of the --all-features hub) into DIR")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="pairs of runs (without, with) for --memory and --all-features, alternating; the "
+        "ratio is the median pair's",
+    )
+    parser.add_argument(
+        "--py-spy",
+        metavar="DIR",
+        help="record a py-spy profile of the hub (and of the --all-features hub) into DIR",
+    )
     parser.add_argument(
         "--against",
         metavar="DIR",

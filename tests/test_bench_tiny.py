@@ -165,7 +165,17 @@ def test_hub_load_compares_the_hub_with_and_without_alert_rules() -> None:
 @pytest.mark.timeout(240)
 def test_hub_load_compares_the_hub_with_its_memory_and_with_every_feature_on() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.hub_load", "--tiny", "--memory", "--all-features", "--no-bare"],
+        [
+            sys.executable,
+            "-m",
+            "bench.hub_load",
+            "--tiny",
+            "--memory",
+            "--all-features",
+            "--no-bare",
+            "--repeat",
+            "2",
+        ],
         cwd=REPO,
         env=base_env(),
         capture_output=True,
@@ -178,6 +188,8 @@ def test_hub_load_compares_the_hub_with_its_memory_and_with_every_feature_on() -
         assert number(figures[f"n5.{variant}.cpu_ratio"]) > 0, figures
         assert number(figures[f"n5.{variant}.delivered_min"]) == 100.0, figures
         assert f"n5.{variant}.hub_rss_max" in figures
+        # two pairs each, alternating: both ratios named, the figures the median pair's
+        assert re.search(rf"{variant}: 2 pairs, .* ratios in order [0-9.]+x, [0-9.]+x \(mean", done.stdout)
     # the runs with a state file counted usage; with every feature on, node n00000 is a MIG node
     logs = Path(re.search(r"logs: (\S+)", done.stdout)[1])  # type: ignore[index]
     models = {}

@@ -451,10 +451,11 @@ async def variant_pairs(
     run by 5-15 %, so a ratio is only worth its median over pairs."""
     pairs = [(hub, await run_phase(args, nodes, log_dir, **variant))]
     variant.pop("py_spy_out", None)
+    first_db = variant.get("state_db")
     for k in range(2, args.repeat + 1):
         without = await run_phase(args, nodes, log_dir)
-        if variant.get("state_db"):  # each run starts from a new file, as the first did
-            variant["state_db"] = str(Path(variant["state_db"]).with_suffix(f".{k}.sqlite3"))
+        if first_db:  # each run starts from a new file, as the first did
+            variant["state_db"] = str(Path(first_db).with_suffix(f".{k}.sqlite3"))
         pairs.append((without, await run_phase(args, nodes, log_dir, **variant)))
     return pairs
 
@@ -463,6 +464,16 @@ def _cpu_ratio(pair: tuple[Phase, Phase]) -> float:
     without, with_them = pair
     return (with_them.server_cpu_s / with_them.duration_s) / max(
         without.server_cpu_s / without.duration_s, 1e-9
+    )
+
+
+def _summary(phase: Phase) -> str:
+    """One run in a line: CPU, p99 and the highest RSS."""
+    lat = phase.viewers["latency_ms"]
+    p99 = f"p99 {lat['p99']:.0f} ms, " if lat["count"] else ""
+    return (
+        f"{100 * phase.server_cpu_s / phase.duration_s:.1f} % of one core, {p99}"
+        f"RSS {phase.server_rss_max / MIB:.0f} MiB"
     )
 
 
@@ -488,6 +499,8 @@ def report_variant(
             + ", ".join(f"{r:.3f}x" for r in ratios)
             + f" (mean {statistics.fmean(ratios):.3f}x); the figures below are the median pair's"
         )
+        for k, (off, on) in enumerate(pairs, 1):
+            fig.note(f"  pair {k}: without {_summary(off)}; with {_summary(on)}")
     without = hub.server_cpu_s / hub.duration_s
     with_them = variant.server_cpu_s / variant.duration_s
     fig.add(f"{tag}.hub_cpu", 100 * with_them, "% of one core")

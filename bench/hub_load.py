@@ -471,9 +471,11 @@ def _summary(phase: Phase) -> str:
     """One run in a line: CPU, p99 and the highest RSS."""
     lat = phase.viewers["latency_ms"]
     p99 = f"p99 {lat['p99']:.0f} ms, " if lat["count"] else ""
+    viewers = phase.viewers["viewers"]
+    cards = sum(t["cards"] for t in viewers) / max(len(viewers), 1)  # a full state again: every card
     return (
         f"{100 * phase.server_cpu_s / phase.duration_s:.1f} % of one core, {p99}"
-        f"RSS {phase.server_rss_max / MIB:.0f} MiB"
+        f"RSS {phase.server_rss_max / MIB:.0f} MiB, {cards:.0f} whole cards a viewer"
     )
 
 

@@ -20,12 +20,15 @@ environment is left alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import gc
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
 
 log = logging.getLogger("sers.hub")
 
@@ -61,6 +64,35 @@ def tune_malloc() -> None:
 def tune_gc() -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+_pause_lock = threading.Lock()
+_pauses = 0  # blocks in collector_paused now, on any thread
+_resume = False  # whether the collector was on when the first of them began
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the block runs, on any thread (blocks may nest and
+    overlap). For bulk work whose objects reference counting frees at its end, such as a write
+    of the state file: its allocations would otherwise start a collection, and a collection in
+    this process traverses every young live object of the hub, the nodes' current states (every
+    agent message replaces them: ~115,000 containers at 2,000 nodes), holding the GIL for
+    about 100 ms. A minute's memory flush started two or three such pauses on the event loop.
+    The hub's own steady work allocates about as much as it frees and starts none."""
+    global _pauses, _resume
+    with _pause_lock:
+        if _pauses == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _resume:
+                gc.enable()
 
 
 def release_free_memory() -> float:

@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 
 from hub.domain.events import NodeConnected, NodeRemoved, StatusChanged
 from hub.domain.nodes import Naming, Node, NodeStatus
+from hub.memory import collector_paused
 from hub.registry import NodeRegistry
 from hub.security import admin_denial
 from hub.state import HubState
@@ -491,7 +492,7 @@ class StoreSync:
         self._written.pop(event.node_id, None)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _paused_call, fn, *args)
 
     async def on_store(self, fn: Callable[[NodeStore], T]) -> T:
         """Runs ``fn(store)`` on the store's thread; raises :class:`StoreError` (saying why)
@@ -733,3 +734,10 @@ async def forget_node(request: Request) -> Response:
         return JSONResponse({"error": f"no node {node_id!r}"}, status_code=404)
     log.info("forgot node %s (asked by %s)", node_id, request.client.host if request.client else "?")
     return JSONResponse({"forgotten": node_id})
+
+
+def _paused_call(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the store's thread with the garbage collector paused: a write builds and
+    drops tens of thousands of rows (:func:`hub.memory.collector_paused`)."""
+    with collector_paused():
+        return fn(*args)

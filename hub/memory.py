@@ -40,8 +40,13 @@ _M_MMAP_THRESHOLD = -3  # malloc.h
 # threshold (700 allocations) runs a collection every few messages and a full one every few
 # seconds (25-60 ms pauses at 1,500 nodes, BENCHMARKS.md). The hub's data has no reference
 # cycles to speak of (reference counting frees it), so collect far less often, and freeze the
-# objects of startup (modules, templates) out of every collection.
-GC_THRESHOLDS = (50_000, 20, 100)
+# objects of startup (modules, templates) out of every collection. Whenever it runs, a
+# generation-0 collection traverses the nodes' current states (young: every message replaces
+# them; ~115,000 containers at 2,000 nodes), ~100 ms with the GIL held. The hub alone frees
+# about what it allocates, but its memory grows by ~47,000 tracked objects at each minute's
+# start (the history's buckets, freed by the flush): at 50,000 that ran a collection every few
+# seconds with every feature on (p99 170-361 ms); at 200,000, about one a minute (p99 125 ms).
+GC_THRESHOLDS = (200_000, 20, 100)
 
 
 @functools.cache

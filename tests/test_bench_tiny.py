@@ -191,7 +191,13 @@ def test_hub_load_compares_the_hub_with_its_memory_and_with_every_feature_on() -
         # two pairs each, alternating: both ratios named, the figures the median pair's
         assert re.search(rf"{variant}: 2 pairs, .* ratios in order [0-9.]+x, [0-9.]+x \(mean", done.stdout)
     assert (
-        len(re.findall(r"pair 2: without [0-9.]+ % of one core, .*RSS [0-9]+ MiB, [0-9]+ whole cards a viewer; with ", done.stdout)) == 2
+        len(
+            re.findall(
+                r"pair 2: without [0-9.]+ % of one core, .*RSS [0-9]+ MiB, [0-9]+ whole cards a viewer; with ",
+                done.stdout,
+            )
+        )
+        == 2
     )
     # the runs with a state file counted usage; with every feature on, node n00000 is a MIG node
     logs = Path(re.search(r"logs: (\S+)", done.stdout)[1])  # type: ignore[index]

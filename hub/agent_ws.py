@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.frames import CloseCode
 
+from hub.memory import connection_closed
 from hub.security import FailureLog, bearer_token, route_path, tokens_equal
 from hub.settings import HubSettings
 from hub.state import HubState
@@ -120,7 +121,10 @@ class AgentRoute:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and route_path(scope) == AGENT_PATH:
-            await agent_endpoint(WebSocket(scope, receive, send), self._hub, self._failures)
+            try:
+                await agent_endpoint(WebSocket(scope, receive, send), self._hub, self._failures)
+            finally:
+                connection_closed()
         else:
             await self._app(scope, receive, send)
 

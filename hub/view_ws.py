@@ -25,6 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.frames import CloseCode
 
 from hub.fanout import MAX_VIEW_FILTERS, Viewer
+from hub.memory import connection_closed
 from hub.pages import view_filter_from
 from hub.security import FailureLog, OriginPolicy, client_address
 from hub.state import HubState
@@ -35,6 +36,13 @@ CLOSE_TIMEOUT_S = 2.0
 
 
 async def view_endpoint(websocket: WebSocket) -> None:
+    try:
+        await _view(websocket)
+    finally:
+        connection_closed()
+
+
+async def _view(websocket: WebSocket) -> None:
     hub: HubState = websocket.app.state.hub
     origins: OriginPolicy = websocket.app.state.origins
     failures: FailureLog = websocket.app.state.failures

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hub import memory
 from hub.clock import ManualClock
 from hub.memory import collector_paused
 from hub.registry import NodeRegistry
@@ -96,3 +97,27 @@ def test_a_write_on_the_store_thread_starts_no_collection(tmp_path: Path) -> Non
     assert asyncio.run(main()) == 5_000
     assert collections == []
     assert gc.isenabled()
+
+
+@pytest.mark.usefixtures("collector_on")
+def test_every_few_closed_connections_collect_their_cycles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closed connection leaves reference cycles, which the hub's high threshold would let pile
+    up while connections churn (``test_hub_memory_stays_bounded_under_churn`` holds the hub to
+    it): every COLLECT_AFTER_CLOSES closes collect the young generations, and nothing else does."""
+    collected: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            collected.append(info["generation"])
+
+    monkeypatch.setattr(memory, "_closed", 0)  # connections this process closed before
+    gc.set_threshold(10**9)  # no collection of the allocator's own in between
+    gc.callbacks.append(count)
+    try:
+        for _ in range(memory.COLLECT_AFTER_CLOSES - 1):
+            memory.connection_closed()
+        assert collected == []
+        memory.connection_closed()
+        assert collected == [1]
+    finally:
+        gc.callbacks.remove(count)

@@ -78,6 +78,11 @@ class Phase:
     connected: dict[str, Any] = field(default_factory=dict)
     count_window_s: float = 0.0
 
+    @property
+    def cpu_cores(self) -> float:
+        """The server's CPU in the window, in cores (0.5: half of one)."""
+        return self.server_cpu_s / self.duration_s if self.duration_s else 0.0
+
 
 def _sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = {}
@@ -462,19 +467,17 @@ async def variant_pairs(
 
 def _cpu_ratio(pair: tuple[Phase, Phase]) -> float:
     without, with_them = pair
-    return (with_them.server_cpu_s / with_them.duration_s) / max(
-        without.server_cpu_s / without.duration_s, 1e-9
-    )
+    return with_them.cpu_cores / without.cpu_cores if without.cpu_cores else math.inf
 
 
 def _summary(phase: Phase) -> str:
-    """One run in a line: CPU, p99 and the highest RSS."""
+    """One run in a line: CPU, p99, the highest RSS and the whole cards a viewer got again."""
     lat = phase.viewers["latency_ms"]
     p99 = f"p99 {lat['p99']:.0f} ms, " if lat["count"] else ""
     viewers = phase.viewers["viewers"]
     cards = sum(t["cards"] for t in viewers) / max(len(viewers), 1)  # a full state again: every card
     return (
-        f"{100 * phase.server_cpu_s / phase.duration_s:.1f} % of one core, {p99}"
+        f"{100 * phase.cpu_cores:.1f} % of one core, {p99}"
         f"RSS {phase.server_rss_max / MIB:.0f} MiB, {cards:.0f} whole cards a viewer"
     )
 
@@ -495,21 +498,19 @@ def report_variant(
     ranked = sorted(pairs, key=_cpu_ratio)
     hub, variant = ranked[len(ranked) // 2]
     if len(pairs) > 1:
-        ratios = [_cpu_ratio(pair) for pair in pairs]
+        cpu_ratios = [_cpu_ratio(pair) for pair in pairs]
         fig.note(
             f"{name}: {len(pairs)} pairs, the hub without and with them alternating; CPU ratios in order "
-            + ", ".join(f"{r:.3f}x" for r in ratios)
-            + f" (mean {statistics.fmean(ratios):.3f}x); the figures below are the median pair's"
+            + ", ".join(f"{r:.3f}x" for r in cpu_ratios)
+            + f" (mean {statistics.fmean(cpu_ratios):.3f}x); the figures below are the median pair's"
         )
         for k, (off, on) in enumerate(pairs, 1):
             fig.note(f"  pair {k}: without {_summary(off)}; with {_summary(on)}")
-    without = hub.server_cpu_s / hub.duration_s
-    with_them = variant.server_cpu_s / variant.duration_s
-    fig.add(f"{tag}.hub_cpu", 100 * with_them, "% of one core")
+    fig.add(f"{tag}.hub_cpu", 100 * variant.cpu_cores, "% of one core")
     fig.add(
         f"{tag}.hub_cpu_wait", 100 * variant.server_wait_s / variant.duration_s, "% (runnable, no CPU free)"
     )
-    ratio = with_them / without if without else math.inf
+    ratio = _cpu_ratio((hub, variant))
     fig.add(
         f"{tag}.cpu_ratio",
         ratio,

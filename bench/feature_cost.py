@@ -1,11 +1,14 @@
-"""What the alert rules and MIG nodes add to the hub's CPU per agent message, A/B in one process.
+"""What the alert rules, the memory and MIG nodes add to the hub's CPU per agent message, A/B in one process.
 
 The hub's message path, in-process: simulated agents' real frames (:mod:`bench.simnode`,
 replayed as ``bench.load_agents`` does) are decoded and merged into a :class:`NodeRegistry` with
 every subscriber the hub has (:func:`hub.app.build_state`: the idle-holder tracker, the scene
 rendering each change for the fan-out, whose tick runs every 200 messages), and, per variant,
-the ten alert rules of ``bench/alert_rules.toml`` (:class:`AlertService`) and a quarter of the
-nodes A100s in MIG mode (two slices each, as ``bench.hub_load --all-features``). No viewers,
+the ten alert rules of ``bench/alert_rules.toml`` (:class:`AlertService`), the memory's
+counting (:class:`MemorySync`: usage accounting, history and the event log, each taking what it
+counted once a simulated minute as the flush does; writing is on the store's thread and not
+timed) and a quarter of the nodes A100s in MIG mode (two slices each, as
+``bench.hub_load --all-features``). No viewers,
 no sockets: what is left is the Python work each message costs, which is what the features add
 to. Each variant's lab gets the same nodes; rounds (one message from every node) alternate
 between the variants so the machine's noise falls on all alike. Prints the CPU time per
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -37,27 +41,42 @@ from hub.app import build_state
 from hub.clock import ManualClock
 from hub.memory import tune_gc
 from hub.settings import load_settings
+from hub.store import StoreSync
+from hub.usage.sync import MemorySync
 from node_agent.protocol import decode
 
 ALERT_RULES = Path(__file__).with_name("alert_rules.toml")
 MIG_EVERY = 4  # as bench.hub_load --all-features: every fourth family in MIG mode
 FAMILIES = 100  # as bench.load_agents
 FLUSH_EVERY = 200  # messages between two fan-out ticks (2,000 a second, 10 ticks)
-VARIANTS = {  # name -> (the ten alert rules, every K-th family in MIG mode)
-    "plain": (False, 0),
-    "alerts": (True, 0),
-    "mig": (False, MIG_EVERY),
-    "all": (True, MIG_EVERY),
+VARIANTS = {  # name -> (the ten alert rules, every K-th family in MIG mode, the memory)
+    "plain": (False, 0, False),
+    "alerts": (True, 0, False),
+    "mig": (False, MIG_EVERY, False),
+    "memory": (False, 0, True),
+    "all": (True, MIG_EVERY, True),
 }
 
 
 class Lab:
     """One hub's message path fed ``nodes`` simulated agents."""
 
-    def __init__(self, nodes: int, alerts: bool, mig_every: int) -> None:
+    def __init__(self, nodes: int, alerts: bool, mig_every: int, memory: bool) -> None:
         self.clock = ManualClock()
         settings = load_settings(["--config", str(ALERT_RULES)] if alerts else [], env={})
         self.state = build_state(settings, self.clock)
+        self.memory = None
+        if memory:  # counting as in the hub; the store is never opened (writing is on its thread)
+            self.memory = MemorySync(
+                StoreSync(os.devnull, self.state.registry, settings.names),
+                os.devnull,
+                self.state.registry,
+                self.clock,
+                settings.memory,
+                settings.idle_holders,
+                settings.liveness,
+                settings.names,
+            )
         self.alerts = None
         if alerts:  # evaluated as in the hub; nothing fires, so nothing is delivered
             self.alerts = AlertService(
@@ -104,6 +123,9 @@ class Lab:
         fanout.flush()
         if self.alerts is not None:
             self.alerts.tick()
+        memory = self.memory
+        if memory is not None and self.clock.wall() % 60 < 1:  # the flush's swap, each minute
+            memory.accounting.take(), memory.history.take(), memory.events.take()
         elapsed = clock() - started
         if gc_off:
             gc.enable()

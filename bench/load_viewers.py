@@ -33,11 +33,13 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.simnode import mark_age_ms, mark_from_fragment, mark_of
 from bench.workers import commands, emit, next_command, quantiles_ms
+from hub.fanout import MORE_ATTRIBUTE
 
 # A card, host part or GPU row: group 1 the tag, 2 "host", 3 a GPU index, 4 the node id.
 PART_RE = re.compile(rb'<([a-z]+) id="(?:node-|(host)-|gpu-([0-9]+)-)([^"]+)"')
 HOST_START = b'<div id="host-'
 GPU_START = b'<div id="gpu-'
+FULL_STATE_MORE = re.compile(rb'<main id="nodes"[^>]*\s' + MORE_ATTRIBUTE.encode() + rb'="(\d+)"')
 SPARK_ID = b' id="spark-'  # sparklines: pushed as history buckets close, not counted as updates
 
 
@@ -63,7 +65,8 @@ class Window:
 class ViewerTally:
     probe: bool
     messages: int = 0
-    first_message_bytes: int = 0
+    first_message_bytes: int = 0  # the full state on joining, all its parts
+    full_state_parts_left: int = 0
     bytes_in_window: int = 0
     bytes_in_measure: int = 0  # received during [start, end]: compared with the bare server
     host: int = 0
@@ -148,10 +151,16 @@ async def run_viewer(ws: ClientConnection, tally: ViewerTally, window: Window) -
         async for message in ws:
             received_at = time.time()
             payload = message if isinstance(message, bytes) else message.encode()
-            if tally.messages == 0:
-                tally.first_message_bytes = len(payload)
-                tally.messages = 1
-                tally.ready.set()
+            if tally.messages == 0 or tally.full_state_parts_left:  # the full state, maybe in parts
+                tally.first_message_bytes += len(payload)
+                if tally.messages == 0:
+                    more = FULL_STATE_MORE.match(payload)
+                    tally.full_state_parts_left = int(more[1]) if more else 0
+                else:
+                    tally.full_state_parts_left -= 1
+                tally.messages += 1
+                if not tally.full_state_parts_left:
+                    tally.ready.set()
                 continue
             tally.messages += 1
             if window.start_s <= received_at <= window.end_s:

@@ -89,10 +89,40 @@ MAX_CARDS_PER_TICK = 64
 scrolled into view at once, while a page that keeps claiming new sets costs a bounded amount."""
 RESYNC_EVERY_S = 2.0  # how often viewers that fell further behind get a fresh full state
 JOIN_MAX_BYTES = 1024 * 1024
-"""A viewer catching up gets its queued batches joined into messages of about this size (one
-batch more at most), not all into one: the joined bytes are that viewer's own copy (and the
-WebSocket frame another), and 50 viewers each joining 20 batches of 220 KB (2,000 nodes) held
-hundreds of MiB when the hub fell behind (#20.3)."""
+"""No message to a viewer is much larger than this (one card or batch more at most). A viewer
+catching up gets its queued batches joined into messages of about this size, not all into one,
+and a full state comes in parts of about this size, cut between cards: each message's WebSocket
+frame is that viewer's own copy, and so is what its socket has not taken yet. 50 viewers each
+joining 20 batches of 220 KB (2,000 nodes) held hundreds of MiB when the hub fell behind, and
+50 full states of 8.6 MB sent at once (3,000 nodes, each viewer resynchronized) held 400-700 MiB
+(#20.3)."""
+MORE_ATTRIBUTE = "data-more"
+"""On the grid of a full state in several messages: how many messages after this one complete it
+(the page joins them and swaps the grid once)."""
+
+
+def full_state_parts(cards: list[str], tail: str, max_chars: int) -> tuple[bytes, ...]:
+    """The grid (``<main id="nodes">``, its cards, then ``tail``: the summary and board) as
+    messages of about ``max_chars`` each, cut between cards; the first message's grid carries
+    :data:`MORE_ATTRIBUTE` when more follow. Joined, they are the grid in one piece."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for card in cards:
+        if size >= max_chars:
+            groups.append([])
+            size = 0
+        groups[-1].append(card)
+        size += len(card)
+    more = len(groups) - 1
+    head = (
+        f'<main id="nodes" class="grid" {MORE_ATTRIBUTE}="{more}">'
+        if more
+        else '<main id="nodes" class="grid">'
+    )
+    texts = ["".join(group) for group in groups]
+    texts[0] = head + texts[0]
+    texts[-1] += "</main>" + tail
+    return tuple(text.encode() for text in texts)
 
 
 class Viewer:
@@ -108,7 +138,7 @@ class Viewer:
         self.filter = view_filter
         self._send_timeout_s = send_timeout_s
         self._shared: list[Batch | bytes] = []  # shared batches, and this viewer's own cards
-        self._first: bytes | None = None
+        self._first: tuple[bytes, ...] = ()  # the parts of a full state not sent yet
         self.shown: Shown = None
         self._cards_due: dict[str, None] = {}  # nodes that joined the shown set, in order
         self.needs_full_state = False
@@ -118,8 +148,9 @@ class Viewer:
         self.sent_messages = 0
         self.resyncs = 0
 
-    def start_with(self, full_state: bytes) -> None:
-        """The whole grid, sent before anything else; it supersedes every batch before it."""
+    def start_with(self, full_state: tuple[bytes, ...]) -> None:
+        """The whole grid (:meth:`Fanout.full_state`), sent before anything else; it supersedes
+        every batch before it, and the rest of a full state not sent yet."""
         self._first = full_state
         self._shared.clear()
         self._cards_due.clear()
@@ -187,14 +218,18 @@ class Viewer:
             self.closed.set()
 
     def _take(self) -> bytes:
-        """The next message: the full state and the queued batches, in order, joined up to
-        :data:`JOIN_MAX_BYTES`; what is left goes in the next one."""
+        """The next message: the next part of a full state, or its last part and the queued
+        batches, in order, joined up to :data:`JOIN_MAX_BYTES`; what is left goes in the next
+        one."""
         payloads = []
         size = 0
-        if self._first is not None:
-            payloads.append(self._first)
-            size = len(self._first)
-            self._first = None
+        if self._first:
+            first, self._first = self._first[0], self._first[1:]
+            if self._first:  # more parts of the full state come first
+                self._wake.set()
+                return first
+            payloads.append(first)
+            size = len(first)
         shared = self._shared
         taken = 0
         while taken < len(shared) and size < JOIN_MAX_BYTES:
@@ -222,7 +257,7 @@ class Fanout:
         self._last_summaries: dict[ViewFilter, SummaryView] = {}
         self._last_boards: dict[ViewFilter, PeopleView | None] = {}  # people boards (?panel=users, /users)
         self._summary_due_at = 0.0
-        self._full_states: dict[ViewFilter, bytes] = {}  # valid until the next tick sends parts
+        self._full_states: dict[ViewFilter, tuple[bytes, ...]] = {}  # valid until the next tick sends parts
         self._resync_at = 0.0
         subscribe_changes(registry.events, self.note)
 
@@ -246,16 +281,16 @@ class Fanout:
             pending.update(parts)
 
     # ------------------------------------------------------------------ viewers
-    def full_state(self, view_filter: ViewFilter) -> bytes:
-        """The whole grid and summary for a joining viewer. Built once per filter between two
+    def full_state(self, view_filter: ViewFilter) -> tuple[bytes, ...]:
+        """The whole grid and summary for a joining viewer, in messages of about
+        :data:`JOIN_MAX_BYTES` (:func:`full_state_parts`). Built once per filter between two
         ticks: viewers that join together (a hub restart, a wall of screens) share the bytes."""
         cached = self._full_states.get(view_filter)
         if cached is None:
             cards = self._scene.cards(view_filter)
             summary = self._scene.summary(self._scene.summary_view(view_filter))
             board = self._scene.people(self._scene.people_view(view_filter))
-            html = '<main id="nodes" class="grid">' + "".join(cards) + "</main>" + summary + board
-            cached = self._full_states[view_filter] = html.encode()
+            cached = self._full_states[view_filter] = full_state_parts(cards, summary + board, JOIN_MAX_BYTES)
         return cached
 
     def takes(self, view_filter: ViewFilter) -> bool:

@@ -170,7 +170,7 @@ def test_full_states_are_built_once_per_filter_and_tick() -> None:
     lab = Lab()
     everything = lab.fanout.full_state(ViewFilter())
     assert lab.fanout.full_state(ViewFilter()) is everything, "viewers joining together share it"
-    one = lab.fanout.full_state(ViewFilter(names=frozenset({"gpu0"})))
+    one = b"".join(lab.fanout.full_state(ViewFilter(names=frozenset({"gpu0"}))))
     assert b"node-gpu0" in one and b"node-gpu1" not in one
     lab.tick()
     assert lab.fanout.full_state(ViewFilter()) is not everything, "a tick that changed nodes renews it"
@@ -181,7 +181,7 @@ def test_a_viewer_joining_a_quiet_hub_gets_the_hub_clock_of_now() -> None:
     lab.fanout.full_state(ViewFilter())
     lab.clock.advance(3600.0)  # an hour with nothing to send (every node gone quiet)
     lab.fanout.flush()
-    full = lab.fanout.full_state(ViewFilter()).decode()
+    full = b"".join(lab.fanout.full_state(ViewFilter())).decode()
     assert f'data-now="{lab.clock.wall():.3f}"' in full or f'data-now="{lab.clock.wall()}' in full, full[
         -400:
     ]
@@ -265,6 +265,54 @@ def test_a_change_that_fails_to_render_costs_only_itself() -> None:
         batch = browser.received[-1]
         assert b"host-gpu1" in batch, "the other node's parts still go out on the tick"
         assert b"node-gpu0-" not in batch
+        task.cancel()
+
+    run(main())
+
+
+def test_a_full_state_comes_in_parts_cut_between_cards(monkeypatch: Any) -> None:
+    """No message much larger than JOIN_MAX_BYTES: a full state is cut between cards, the first
+    part saying how many follow; joined, the parts are the grid in one piece (#20.3: 50 viewers
+    resynchronized at once each held a frame of the whole grid)."""
+    lab = Lab(nodes=12)
+    whole = lab.fanout.full_state(ViewFilter())
+    assert len(whole) == 1 and f"{fanout.MORE_ATTRIBUTE}=".encode() not in whole[0], (
+        "a small lab: one message"
+    )
+    card_chars = max(len(lab.scene.card(node)) for node in lab.registry.nodes.values())
+    monkeypatch.setattr(fanout, "JOIN_MAX_BYTES", 3 * card_chars)
+    lab.tick()  # a new tick: the full state is built again
+    parts = lab.fanout.full_state(ViewFilter())
+    assert len(parts) == 4, [len(p) for p in parts]  # 12 cards, 3 a message (the last may take 4)
+    assert parts[0].startswith(
+        f'<main id="nodes" class="grid" {fanout.MORE_ATTRIBUTE}="{len(parts) - 1}">'.encode()
+    )
+    assert all(len(part) < 5 * card_chars for part in parts)
+    for part in parts[1:-1]:  # whole cards only
+        assert part.startswith(b"<article") and part.endswith(b"</article>"), part[-40:]
+    joined = b"".join(parts).replace(f' {fanout.MORE_ATTRIBUTE}="{len(parts) - 1}"'.encode(), b"")
+    assert joined.count(b"<article") == 12 and joined.count(b"</main>") == 1
+    assert joined.index(b"</main>") > joined.rindex(b"</article>"), "the summary after the grid"
+
+
+def test_a_viewer_gets_the_parts_of_a_full_state_before_any_batch(monkeypatch: Any) -> None:
+    async def main() -> None:
+        lab = Lab(nodes=12)
+        card_chars = max(len(lab.scene.card(node)) for node in lab.registry.nodes.values())
+        monkeypatch.setattr(fanout, "JOIN_MAX_BYTES", 3 * card_chars)
+        lab.tick()
+        browser = Browser()
+        viewer = Viewer(browser.send, ViewFilter(), send_timeout_s=5)
+        lab.fanout.add_viewer(viewer)
+        parts = lab.fanout.full_state(ViewFilter())
+        lab.tick()  # a batch queued while the parts are still to send
+        task = asyncio.create_task(viewer.run())
+        for _ in range(len(parts) + 3):
+            await settle()
+        assert browser.received[: len(parts) - 1] == list(parts[:-1]), "each part a message, in order"
+        last = browser.received[len(parts) - 1]
+        assert last.startswith(parts[-1]), "the batch comes after the last part"
+        assert len(browser.received) == len(parts) or len(last) > len(parts[-1])
         task.cancel()
 
     run(main())

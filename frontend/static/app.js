@@ -339,7 +339,24 @@
     swap(html); // later parts of the same id come later in the text: the newest one stays
   }
 
+  // A full state larger than the hub's message size comes in parts cut between cards; its grid
+  // says how many follow (data-more). They are joined and swapped as one: never half a grid.
+  let fullParts = null;
+  let fullPartsLeft = 0;
+  const MORE = /^<main id="nodes"[^>]*\sdata-more="(\d+)"/;
+
   function receive(text) {
+    if (text.startsWith('<main id="nodes"')) {
+      const more = MORE.exec(text);
+      fullParts = more ? [text] : null; // a new full state supersedes one still arriving
+      fullPartsLeft = more ? Number(more[1]) : 0;
+      if (fullPartsLeft) return;
+    } else if (fullPartsLeft) {
+      fullParts.push(text);
+      if (--fullPartsLeft) return;
+      text = fullParts.join("");
+      fullParts = null;
+    }
     if (text.startsWith('<main id="nodes"')) {
       pending = []; // the full state supersedes everything before it
       flush();
@@ -370,6 +387,8 @@
     };
     socket.onclose = () => {
       socket = null;
+      fullParts = null; // the next connection starts with a full state of its own
+      fullPartsLeft = 0;
       setConn("lost", "no connection to hub");
       const delay = retryMs / 2 + Math.random() * retryMs;
       retryMs = Math.min(retryMs * 2, 5000);

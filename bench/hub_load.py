@@ -53,6 +53,7 @@ import psutil
 from websockets.asyncio.client import connect
 
 from bench.figures import Figures
+from bench.load_viewers import FULL_STATE_MORE
 from bench.workers import REPO, Worker, free_port, get_json, wait_for
 
 MIB = 1024**2
@@ -108,11 +109,16 @@ async def _sleep_until(epoch_s: float) -> None:
 
 
 async def late_viewer(url: str, origin: str) -> dict[str, float]:
-    """One more viewer joining the loaded hub: how big its full state is, how long it takes."""
+    """One more viewer joining the loaded hub: how big its full state is (all its parts), how
+    long it takes."""
     started = time.monotonic()
     async with connect(url, origin=origin, max_size=None, open_timeout=60) as ws:  # type: ignore[arg-type]
         first = await asyncio.wait_for(ws.recv(decode=False), 120)
-        return {"bytes": len(first), "s": time.monotonic() - started}
+        more = FULL_STATE_MORE.match(first)
+        size = len(first)
+        for _ in range(int(more[1]) if more else 0):
+            size += len(await asyncio.wait_for(ws.recv(decode=False), 120))
+        return {"bytes": size, "s": time.monotonic() - started}
 
 
 async def run_phase(

@@ -55,16 +55,23 @@ def test_idle_holders_prints_the_trackers_cost_per_message() -> None:
     assert "tracker_us_per_message" in figures
 
 
-def test_feature_cost_prints_what_alert_rules_and_mig_nodes_add_per_message() -> None:
+def test_feature_cost_prints_what_alert_rules_memory_and_mig_nodes_add_per_message() -> None:
     figures = run_bench("feature_cost", 120, "--parts")
-    for variant in ("plain", "alerts", "mig", "all"):
+    for variant in ("plain", "alerts", "mig", "memory", "all"):
         assert number(figures[f"us_per_message.{variant}"]) > 0, figures
     assert {"added_us_per_message.alerts", "added_us_per_message.mig", "ratio.all"} <= figures.keys()
+    assert "part_us_per_message.memory.SampleApplied>UsageAccounting.sample" in figures, figures
     parts = [name for name in figures if name.startswith("part_us_per_message.")]
     assert "part_us_per_message.alerts.SampleApplied>Conditions.sample_applied" in parts, parts
     assert "part_us_per_message.plain.decode" in parts and not any(
         ".plain.SampleApplied>Cond" in p for p in parts
     )
+
+
+def test_viewer_burst_prints_the_hubs_rss_while_slow_viewers_join() -> None:
+    figures = run_bench("viewer_burst", 120)
+    assert number(figures["rss_highest_mib"]) >= number(figures["rss_before_mib"]) > 0
+    assert "rss_added_per_viewer_mib" in figures
 
 
 def test_feature_memory_prints_rss_at_rest_and_flush_peaks() -> None:

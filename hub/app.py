@@ -52,7 +52,7 @@ def build_state(settings: HubSettings, clock: Clock) -> HubState:
     idle_holders = IdleHolders(registry.events, clock, settings.idle_holders)
     renderer = Renderer()
     scene = Scene(registry, renderer, settings.gpu_free, clock.wall, History(settings.history_s))
-    fanout = Fanout(registry, scene, settings.viewer_max_rate_hz)
+    fanout = Fanout(registry, scene, settings.viewer_max_rate_hz, clock.monotonic)
     return HubState(
         settings=settings,
         registry=registry,

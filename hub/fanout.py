@@ -10,7 +10,9 @@ would wait for it (20 to 30 ms at 2,000 nodes). Each viewer has its own sender t
 drops them and gets the next full state, built once per filter at most every
 :data:`RESYNC_EVERY_S` for all such viewers. So a slow browser costs the others nothing, and a
 hub that cannot keep up holds one picture per filter, not one per browser. A viewer whose send
-does not complete within ``send_timeout_s`` is dropped.
+does not complete within ``send_timeout_s`` is dropped. A hub whose ticks come late on average
+(more agent messages than it can render) sheds work: it renders each node at most every
+:data:`SHED_RENDER_EVERY_S`, joining the changes in between, until the ticks are punctual again.
 
 A viewer that says which cards it shows (:mod:`hub.view_show`) gets only those nodes' parts,
 plus every whole card and removal (the page lays out every card) and the summary: the bytes
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -96,6 +99,15 @@ frame is that viewer's own copy, and so is what its socket has not taken yet. 50
 joining 20 batches of 220 KB (2,000 nodes) held hundreds of MiB when the hub fell behind, and
 50 full states of 8.6 MB sent at once (3,000 nodes, each viewer resynchronized) held 400-700 MiB
 (#20.3)."""
+SHED_AFTER_LAG_S = 0.25
+"""Ticks this late on average (the event loop cannot keep up: more agent messages than the hub
+can render) make the fan-out shed work: each node's parts are then rendered at most every
+:data:`SHED_RENDER_EVERY_S`, the changes in between joined into one render. The page shows the
+same values, up to that much later, instead of every viewer falling further behind (#20.3:
+3,000 agents with every feature on a 2-core machine: p99 of several seconds)."""
+SHED_UNTIL_LAG_S = 0.05  # back to a render per change once ticks are this punctual again
+SHED_RENDER_EVERY_S = 2.0
+LAG_SMOOTHING = 0.1  # weight of each tick in the mean lateness (about the last ten ticks)
 MORE_ATTRIBUTE = "data-more"
 """On the grid of a full state in several messages: how many messages after this one complete it
 (the page joins them and swaps the grid once)."""
@@ -247,10 +259,21 @@ class Viewer:
 
 
 class Fanout:
-    def __init__(self, registry: NodeRegistry, scene: Scene, max_rate_hz: float) -> None:
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        scene: Scene,
+        max_rate_hz: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._registry = registry
         self._scene = scene
         self._tick_s = 1.0 / max_rate_hz
+        self._monotonic = monotonic
+        self.shedding = False  # rendering each node at most every SHED_RENDER_EVERY_S
+        self.tick_lag_s = 0.0  # how late the ticks come, on average
+        self._deferred: dict[str, NodeChange] = {}  # while shedding: changes not rendered yet
+        self._rendered_at: dict[str, float] = {}  # while shedding: when each node was rendered
         self._rendered: dict[str, dict[str, str]] = {}  # since the last tick: node id -> element id -> HTML
         self._carded: set[str] = set()  # since the last tick: nodes rendered whole (or removed)
         self.viewers: set[Viewer] = set()
@@ -263,9 +286,63 @@ class Fanout:
 
     # ------------------------------------------------------------------ input
     def note(self, change: NodeChange) -> None:
-        """Renders a node change now; its parts go out with the next tick. A whole card (or a
-        removal) replaces the node's parts rendered before it in the same tick; later parts
-        are applied over it, the newest per element."""
+        """Renders a node change now (while :attr:`shedding`, maybe later: :meth:`_shed`); its
+        parts go out with the next tick. A whole card (or a removal) replaces the node's parts
+        rendered before it in the same tick; later parts are applied over it, the newest per
+        element."""
+        if self.shedding:
+            due = self._shed(change)
+            if due is None:
+                return
+            change = due
+        self._render(change)
+
+    def _shed(self, change: NodeChange) -> NodeChange | None:
+        """The change to render now, joined with the node's deferred one; ``None``: deferred,
+        as the node was rendered less than :data:`SHED_RENDER_EVERY_S` ago. Whole cards and
+        removals are never deferred (a card supersedes the parts deferred before it)."""
+        node_id = change.node_id
+        deferred = self._deferred.pop(node_id, None)
+        now = self._monotonic()
+        if change.card or change.removed:
+            self._rendered_at[node_id] = now
+            return change
+        if deferred is not None:
+            change = change._replace(host=change.host or deferred.host, gpus=change.gpus | deferred.gpus)
+        if now - self._rendered_at.get(node_id, -math.inf) < SHED_RENDER_EVERY_S:
+            self._deferred[node_id] = change
+            return None
+        self._rendered_at[node_id] = now
+        return change
+
+    def observe_lag(self, lag_s: float) -> None:
+        """How late a tick came: turns shedding on past :data:`SHED_AFTER_LAG_S` on average,
+        off under :data:`SHED_UNTIL_LAG_S` (then every deferred change renders at once)."""
+        self.tick_lag_s += (lag_s - self.tick_lag_s) * LAG_SMOOTHING
+        if not self.shedding and self.tick_lag_s > SHED_AFTER_LAG_S:
+            self.shedding = True
+            log.warning(
+                "the hub cannot keep up (ticks %.0f ms late): each node's card is updated at most "
+                "every %g s until it can",
+                1000 * self.tick_lag_s,
+                SHED_RENDER_EVERY_S,
+            )
+        elif self.shedding and self.tick_lag_s < SHED_UNTIL_LAG_S:
+            self.shedding = False
+            log.info("the hub keeps up again: every change is rendered as it comes")
+
+    def _render_deferred(self, now: float) -> None:
+        """Renders the deferred changes that are due (all of them once shedding has stopped)."""
+        rendered_at = self._rendered_at
+        for node_id, change in list(self._deferred.items()):
+            if not self.shedding or now - rendered_at.get(node_id, -math.inf) >= SHED_RENDER_EVERY_S:
+                del self._deferred[node_id]
+                rendered_at[node_id] = now
+                self._render(change)
+        if not self.shedding:
+            rendered_at.clear()
+
+    def _render(self, change: NodeChange) -> None:
         try:
             parts = self._scene.render_change(change)
         except Exception:  # one bad render must not cost the agent its connection
@@ -322,13 +399,17 @@ class Fanout:
     # ------------------------------------------------------------------ the tick
     async def run(self) -> None:
         while True:
+            due = self._monotonic() + self._tick_s
             await asyncio.sleep(self._tick_s)
+            self.observe_lag(max(0.0, self._monotonic() - due))
             try:
                 self.flush()
             except Exception:  # one bad render must not stop the page for everyone
                 log.exception("fan-out tick failed")
 
     def flush(self) -> None:
+        if self._deferred or self._rendered_at:
+            self._render_deferred(self._monotonic())
         now = time.monotonic()
         fragments, self._rendered = self._rendered, {}
         carded, self._carded = frozenset(self._carded), set()

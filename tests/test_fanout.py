@@ -12,7 +12,14 @@ from bench.simnode import SimNode
 from frontend.render import Renderer
 from hub import fanout
 from hub.clock import ManualClock
-from hub.fanout import MAX_SHARED_BATCHES, Fanout, Viewer
+from hub.fanout import (
+    MAX_SHARED_BATCHES,
+    SHED_AFTER_LAG_S,
+    SHED_RENDER_EVERY_S,
+    SHED_UNTIL_LAG_S,
+    Fanout,
+    Viewer,
+)
 from hub.registry import NodeRegistry
 from hub.scene import Scene, ViewFilter
 from hub.settings import GpuFreeRule
@@ -24,7 +31,7 @@ class Lab:
         self.clock = ManualClock()
         self.registry = NodeRegistry(self.clock)
         self.scene = Scene(self.registry, Renderer(), GpuFreeRule(), self.clock.wall)
-        self.fanout = Fanout(self.registry, self.scene, max_rate_hz=10)
+        self.fanout = Fanout(self.registry, self.scene, max_rate_hz=10, monotonic=self.clock.monotonic)
         self.sims = [SimNode(f"gpu{i}", seed=i) for i in range(nodes)]
         self.connections: dict[str, int] = {}
         for sim in self.sims:
@@ -316,3 +323,55 @@ def test_a_viewer_gets_the_parts_of_a_full_state_before_any_batch(monkeypatch: A
         task.cancel()
 
     run(main())
+
+
+def _host_part(card: str, node_id: str) -> str:
+    start = card.index(f'<div id="host-{node_id}"')
+    return card[start : card.index("</div>\n</div>", start)]
+
+
+def test_a_hub_that_sheds_renders_each_node_at_most_every_interval_and_loses_no_change() -> None:
+    lab = Lab(nodes=3)
+    renders: list[str] = []
+    render_change = lab.scene.render_change
+    lab.scene.render_change = lambda change: renders.append(change.node_id) or render_change(change)  # type: ignore[method-assign]
+    lab.fanout.shedding = True
+    ticks = 10
+    for _ in range(ticks):  # a sample from every node a second, one tick each
+        lab.tick()
+    per_node = ticks / SHED_RENDER_EVERY_S + 1
+    assert all(renders.count(sim.name) <= per_node for sim in lab.sims), renders
+    assert all(renders.count(sim.name) >= ticks / SHED_RENDER_EVERY_S - 1 for sim in lab.sims), renders
+    lab.fanout.shedding = False  # punctual again: what was deferred renders on the next tick
+    lab.fanout.flush()
+    fresh = Scene(lab.registry, Renderer(), GpuFreeRule(), lab.clock.wall)
+    for sim in lab.sims:
+        node = lab.registry.nodes[sim.name]
+        assert _host_part(lab.scene.card(node), sim.name) == _host_part(fresh.card(node), sim.name), sim.name
+
+
+def test_a_hub_that_sheds_still_renders_whole_cards_at_once() -> None:
+    lab = Lab(nodes=2)
+    lab.fanout.shedding = True
+    lab.tick()
+    lab.tick()  # gpu0's parts of this sample are deferred
+    lab.registry.disconnect("gpu0", lab.connections["gpu0"])  # offline: a whole card
+    assert "node-gpu0" in lab.fanout._rendered["gpu0"], "the card is rendered now"
+    assert "gpu0" not in lab.fanout._deferred, "it supersedes the deferred parts"
+
+
+def test_ticks_that_come_late_turn_shedding_on_and_punctual_ones_off(caplog: Any) -> None:
+    lab = Lab(nodes=1)
+    for _ in range(5):
+        lab.fanout.observe_lag(SHED_AFTER_LAG_S * 0.8)
+    assert not lab.fanout.shedding, "a little late: every change still renders as it comes"
+    for _ in range(30):
+        lab.fanout.observe_lag(SHED_AFTER_LAG_S * 3)
+    assert lab.fanout.shedding
+    assert "cannot keep up" in caplog.text
+    for _ in range(5):
+        lab.fanout.observe_lag(0.0)
+    assert lab.fanout.shedding, "not until the ticks are punctual on average"
+    for _ in range(60):
+        lab.fanout.observe_lag(0.0)
+    assert lab.fanout.shedding is False and lab.fanout.tick_lag_s < SHED_UNTIL_LAG_S

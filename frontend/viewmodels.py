@@ -673,6 +673,9 @@ class SummaryView:
     alerts_firing: int = 0  # hub.alerts: how many alerts fire
     alerts: tuple[AlertBadge, ...] = ()  # the worst few, the worst first
     free_json: str = "{}"  # free GPUs per group and model, for the page's own notifications
+    # while the hub cannot keep up with its agents (hub.fanout sheds): cards are updated at most
+    # this often; 0: as the samples come
+    cards_every_s: float = 0.0
 
 
 class AlertBadge(NamedTuple):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -468,6 +469,8 @@ class Fanout:
         changed = {}
         for view_filter in {v.filter for v in self.viewers}:
             view = self._scene.summary_view(view_filter)
+            if self.shedding:  # the page says its cards come slower, and why
+                view = dataclasses.replace(view, cards_every_s=SHED_RENDER_EVERY_S)
             # the summary carries the server's clock; only its numbers decide whether to resend
             if self._last_summaries.get(view_filter) != view:
                 self._last_summaries[view_filter] = view

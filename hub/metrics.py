@@ -214,6 +214,14 @@ class NodeReading:
     reporting: bool = True  # live with fresh samples (Node.reporting): only then is a GPU free
 
 
+@dataclass(frozen=True, slots=True)
+class FanoutLoad:
+    """Whether the fan-out keeps up (:class:`hub.fanout.Fanout`), as a scrape sees it."""
+
+    tick_lag_s: float = 0.0
+    shedding: bool = False
+
+
 def read_nodes(registry: NodeRegistry) -> list[NodeReading]:
     """Every node's current state, by reference (cheap: call it on the event loop)."""
     return [
@@ -236,12 +244,18 @@ class HubCollector:
     """Turns node readings into metric families (a ``prometheus_client`` collector)."""
 
     def __init__(
-        self, nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int, idle: IdleSet | None = None
+        self,
+        nodes: Sequence[NodeReading],
+        gpu_free: GpuFreeRule,
+        viewers: int,
+        idle: IdleSet | None = None,
+        fanout: FanoutLoad | None = None,
     ) -> None:
         self._nodes = nodes
         self._gpu_free = gpu_free
         self._viewers = viewers
         self._idle = idle or {}
+        self._fanout = fanout or FanoutLoad()
 
     def collect(self) -> Iterator[Metric]:
         nodes = self._nodes
@@ -295,6 +309,16 @@ class HubCollector:
             by_status.add_metric([status.value], sum(1 for n in nodes if n.status is status))
         yield by_status
         yield GaugeMetricFamily("sers_hub_viewers", "Dashboard viewers connected.", value=self._viewers)
+        yield GaugeMetricFamily(
+            "sers_hub_fanout_tick_lag_seconds",
+            "How late the fan-out's ticks come, on average (the event loop's backlog).",
+            value=self._fanout.tick_lag_s,
+        )
+        yield GaugeMetricFamily(
+            "sers_hub_shedding",
+            "1 while the hub cannot keep up with its agents and updates each card at most every few seconds.",
+            value=float(self._fanout.shedding),
+        )
 
     def _node_families(self, nodes: Sequence[NodeReading]) -> Iterator[Metric]:
         up = UniqueGauge(
@@ -552,7 +576,11 @@ def _add_mig_slices(
 
 
 def exposition(
-    nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int, idle: IdleSet | None = None
+    nodes: Sequence[NodeReading],
+    gpu_free: GpuFreeRule,
+    viewers: int,
+    idle: IdleSet | None = None,
+    fanout: FanoutLoad | None = None,
 ) -> bytes:
     """The whole ``/metrics`` body: the nodes, plus the hub process's own CPU, memory and files.
 
@@ -560,16 +588,21 @@ def exposition(
     worker thread.
     """
     registry = CollectorRegistry()
-    registry.register(HubCollector(nodes, gpu_free, viewers, idle))
+    registry.register(HubCollector(nodes, gpu_free, viewers, idle, fanout))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return generate_latest(registry)
 
 
 def _body(
-    nodes: Sequence[NodeReading], gpu_free: GpuFreeRule, viewers: int, idle: IdleSet, compress: bool
+    nodes: Sequence[NodeReading],
+    gpu_free: GpuFreeRule,
+    viewers: int,
+    idle: IdleSet,
+    fanout: FanoutLoad,
+    compress: bool,
 ) -> bytes:
-    text = exposition(nodes, gpu_free, viewers, idle)
+    text = exposition(nodes, gpu_free, viewers, idle, fanout)
     # The text repeats long labels on every line: level 1 shrinks it ~25x in ~2% of the time.
     return gzip.compress(text, compresslevel=1) if compress else text
 
@@ -597,8 +630,9 @@ async def metrics(request: Request) -> Response:
     nodes = read_nodes(hub.registry)
     compress = accepts_gzip(request.headers.get("accept-encoding", ""))
     idle = hub.idle_holders.held()  # a copy, taken on the event loop
+    fanout = FanoutLoad(hub.fanout.tick_lag_s, hub.fanout.shedding)
     body = await asyncio.to_thread(
-        _body, nodes, hub.settings.gpu_free, len(hub.fanout.viewers), idle, compress
+        _body, nodes, hub.settings.gpu_free, len(hub.fanout.viewers), idle, fanout, compress
     )
     headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
     if compress:

@@ -375,3 +375,17 @@ def test_ticks_that_come_late_turn_shedding_on_and_punctual_ones_off(caplog: Any
     for _ in range(60):
         lab.fanout.observe_lag(0.0)
     assert lab.fanout.shedding is False and lab.fanout.tick_lag_s < SHED_UNTIL_LAG_S
+
+
+def test_a_hub_that_sheds_says_so_in_the_summary_bar() -> None:
+    lab = Lab(nodes=1)
+    viewer = Viewer(Browser().send, ViewFilter(), send_timeout_s=5)
+    lab.fanout.add_viewer(viewer)
+    summaries = []
+    for shedding in (False, True, False):
+        lab.fanout.shedding = shedding
+        lab.fanout._summary_due_at = 0.0  # the summary bar is due now
+        lab.fanout.flush()
+        summaries.append(lab.scene.summary(lab.fanout._last_summaries[ViewFilter()]))
+    assert "cards every" not in summaries[0] and "cards every" not in summaries[2]
+    assert f"⏱ cards every {SHED_RENDER_EVERY_S:.0f} s" in summaries[1], summaries[1]

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.clock import ManualClock
-from hub.metrics import exposition, read_nodes
+from hub.metrics import FanoutLoad, exposition, read_nodes
 from hub.registry import NodeRegistry
 from hub.settings import GpuFreeRule
 from node_agent.protocol import Delta, Hello
@@ -310,3 +310,14 @@ def test_no_series_appears_twice_whatever_the_node_state_repeats() -> None:
         assert value(found, "sers_gpu_user_memory_used_bytes", user="alice", **gpu_labels) == 4 * GIB
         assert value(found, "sers_gpu_user_processes", user="unknown", **gpu_labels) == 3
         assert value(found, "sers_gpu_processes", **gpu_labels) == 6
+
+
+def test_the_fanout_load_is_exported() -> None:
+    registry = NodeRegistry(ManualClock())
+    quiet = samples(exposition(read_nodes(registry), GpuFreeRule(), viewers=0).decode())
+    assert (
+        value(quiet, "sers_hub_shedding") == 0.0 and value(quiet, "sers_hub_fanout_tick_lag_seconds") == 0.0
+    )
+    load = FanoutLoad(tick_lag_s=0.4, shedding=True)
+    shed = samples(exposition(read_nodes(registry), GpuFreeRule(), viewers=0, fanout=load).decode())
+    assert value(shed, "sers_hub_shedding") == 1.0 and value(shed, "sers_hub_fanout_tick_lag_seconds") == 0.4

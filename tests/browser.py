@@ -21,6 +21,28 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Records every frame the page receives (window.__frames: [time, text]) and every message it
+# sends (window.__sent), installed before app.js runs (new_tab's init_script).
+COUNT_FRAMES = """
+window.__frames = [];
+window.__sent = [];
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(...args) {
+    super(...args);
+    const decoder = new TextDecoder();
+    this.addEventListener("message", (event) => {
+      const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
+      window.__frames.push([performance.now(), text]);
+    });
+  }
+  send(data) {
+    window.__sent.push([performance.now(), data]);
+    super.send(data);
+  }
+};
+"""
+
 # the longest a test's browser waits for one step (a selector, a navigation) before failing
 TIMEOUT_MS = 20_000
 

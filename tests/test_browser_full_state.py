@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hub.fanout import JOIN_MAX_BYTES, MORE_ATTRIBUTE
-from tests.browser import CHROMIUM, new_tab
+from tests.browser import CHROMIUM, COUNT_FRAMES, new_tab
 from tests.procs import REPO, Hub, Proc, base_env, wait_until
 
 pytest.importorskip("playwright.sync_api")
@@ -23,22 +23,10 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 
 NODES = 450  # about 3 KB a card: a full state of about 1.3 MB, two parts
 
-# Every WebSocket frame the page receives (its size and head), and the card count of every grid
-# that replaced the one before it (the server-rendered one is parsed as it streams in).
-RECORD = """
-window.__frames = [];
+# The card count of every grid that replaced the one before it (the server-rendered one is
+# parsed as it streams in), beside every frame the page receives (COUNT_FRAMES).
+RECORD_GRIDS = """
 window.__grids = [];
-const NativeWebSocket = window.WebSocket;
-window.WebSocket = class extends NativeWebSocket {
-  constructor(...args) {
-    super(...args);
-    const decoder = new TextDecoder();
-    this.addEventListener("message", (event) => {
-      const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
-      window.__frames.push([text.length, text.slice(0, 80)]);
-    });
-  }
-};
 let grid = null;
 new MutationObserver(() => {
   const now = document.getElementById("nodes");
@@ -73,10 +61,10 @@ def test_a_full_state_in_parts_is_shown_whole(
         )
     procs.append(Proc(agents, log_path))
     wait_until(lambda: hub.get("/healthz")["nodes"] >= NODES, 60, what=f"{NODES} simulated nodes")
-    with new_tab(browser, init_script=RECORD) as page:
+    with new_tab(browser, init_script=COUNT_FRAMES + RECORD_GRIDS) as page:
         page.goto(hub.url + "/")
         page.wait_for_function(f"document.getElementById('nodes').hasAttribute('{MORE_ATTRIBUTE}')")
-        frames = page.evaluate("window.__frames")
+        frames = [(len(text), text[:80]) for _, text in page.evaluate("window.__frames")]
         grids = page.evaluate("window.__grids")
         more = int(frames[0][1].split(f'{MORE_ATTRIBUTE}="')[1].split('"')[0])
         assert more >= 1, frames[0]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests import fakes
-from tests.browser import CHROMIUM, chromium, new_tab
+from tests.browser import CHROMIUM, COUNT_FRAMES, chromium, new_tab
 from tests.procs import Hub, killed_at_exit, start_agent, start_hub
 
 pytest.importorskip("playwright.sync_api")
@@ -23,27 +23,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 
 NODES = [f"wall{i}" for i in range(6)]  # sorted by name: wall0 on top, wall5 at the bottom
 FAR = NODES[-1]
-
-# Records every frame the page receives and every message it sends, with the time.
-COUNT_FRAMES = """
-window.__frames = [];
-window.__sent = [];
-const NativeWebSocket = window.WebSocket;
-window.WebSocket = class extends NativeWebSocket {
-  constructor(...args) {
-    super(...args);
-    const decoder = new TextDecoder();
-    this.addEventListener("message", (event) => {
-      const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
-      window.__frames.push([performance.now(), text]);
-    });
-  }
-  send(data) {
-    window.__sent.push([performance.now(), data]);
-    super.send(data);
-  }
-};
-"""
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 from bench.figures import Figures
-from bench.workers import REPO, child_env, free_port, get_json
+from bench.workers import REPO, child_env, free_port, get_json, wait_until
 
 MIB = 1024**2
 FAKE_NVML_DIR = REPO / "tests" / "fake_nvml"
@@ -86,18 +86,6 @@ def stop(peer: Peer) -> None:
         except subprocess.TimeoutExpired:
             peer.popen.kill()
             peer.popen.wait(10)
-
-
-def wait_until(predicate: object, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():  # type: ignore[operator]
-                return True
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return False
 
 
 def fake_gpu_env(log_dir: Path, pids: Sequence[int], mig: bool = False) -> dict[str, str] | None:

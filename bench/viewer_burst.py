@@ -19,29 +19,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from bench.figures import Figures
-from bench.workers import REPO, free_port, get_json
+from bench.workers import REPO, free_port, get_json, wait_until
 
 MIB = 1024 * 1024
 RECEIVE_BUFFER_BYTES = 64 * 1024
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"viewer_burst: timed out waiting for {what}")
 
 
 def open_slow_viewer(port: int) -> socket.socket:
@@ -86,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     agents = None
     sockets: list[socket.socket] = []
     try:
-        wait_until(lambda: get_json(base + "/healthz"), 30, "the hub")
+        if not wait_until(lambda: get_json(base + "/healthz"), 30):
+            raise SystemExit("viewer_burst: the hub did not answer")
         agent_url = f"ws://127.0.0.1:{port}/ws/agent"
         agents = subprocess.Popen(
             [sys.executable, "-m", "bench.load_agents", "--nodes", str(args.nodes), "--url", agent_url],
@@ -95,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             env={**os.environ, "PYTHONPATH": str(REPO)},
             cwd=REPO,
         )
-        wait_until(lambda: get_json(base + "/healthz")["nodes"] >= args.nodes, 120, "every node")
+        if not wait_until(lambda: get_json(base + "/healthz")["nodes"] >= args.nodes, 120):
+            raise SystemExit(f"viewer_burst: {args.nodes} nodes did not connect")
         time.sleep(5)  # every node's card rendered, the hub at rest
         process = psutil.Process(hub.pid)
         before = process.memory_info().rss

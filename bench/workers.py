@@ -76,6 +76,20 @@ def get_json(url: str, timeout_s: float = 5.0) -> Any:
         return json.loads(response.read())
 
 
+def wait_until(predicate: Callable[[], Any], timeout_s: float, every_s: float = 0.1) -> bool:
+    """Whether ``predicate`` came true within ``timeout_s`` (an ``OSError`` counts as not yet),
+    for benchmarks that wait outside an event loop."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except OSError:
+            pass
+        time.sleep(every_s)
+    return False
+
+
 async def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:

@@ -793,6 +793,7 @@ def summary_view(
     gpu_collectors_down: int = 0,
     alerts_firing: int = 0,
     alerts: tuple[AlertBadge, ...] = (),
+    cards_every_s: float = 0.0,
 ) -> SummaryView:
     """Counts over (node status, its GPUs' :func:`node_tally`[, its group]): GPUs of offline
     nodes are left out; a GPU is free only on a reporting node (its row's state says so).
@@ -849,6 +850,7 @@ def summary_view(
         gpu_mem_total_text=fmt_bytes(mem_total),
         gpu_mem_p=round(ratio_percent(mem_used, mem_total) or 0),
         gpu_collectors_down=gpu_collectors_down,
+        cards_every_s=cards_every_s,
         gpus_warning=warnings,
         gpus_health_fault=health_faults,
         slices=tuple(

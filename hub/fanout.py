@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import time
@@ -321,7 +320,7 @@ class Fanout:
         off under :data:`SHED_UNTIL_LAG_S` (then every deferred change renders at once)."""
         self.tick_lag_s += (lag_s - self.tick_lag_s) * LAG_SMOOTHING
         if not self.shedding and self.tick_lag_s > SHED_AFTER_LAG_S:
-            self.shedding = True
+            self.set_shedding(True)
             log.warning(
                 "the hub cannot keep up (ticks %.0f ms late): each node's card is updated at most "
                 "every %g s until it can",
@@ -329,8 +328,13 @@ class Fanout:
                 SHED_RENDER_EVERY_S,
             )
         elif self.shedding and self.tick_lag_s < SHED_UNTIL_LAG_S:
-            self.shedding = False
+            self.set_shedding(False)
             log.info("the hub keeps up again: every change is rendered as it comes")
+
+    def set_shedding(self, on: bool) -> None:
+        """Sheds (or stops), and every summary bar says so from now on (the scene's)."""
+        self.shedding = on
+        self._scene.cards_every_s = SHED_RENDER_EVERY_S if on else 0.0
 
     def _render_deferred(self, now: float) -> None:
         """Renders the deferred changes that are due (all of them once shedding has stopped)."""
@@ -469,8 +473,6 @@ class Fanout:
         changed = {}
         for view_filter in {v.filter for v in self.viewers}:
             view = self._scene.summary_view(view_filter)
-            if self.shedding:  # the page says its cards come slower, and why
-                view = dataclasses.replace(view, cards_every_s=SHED_RENDER_EVERY_S)
             # the summary carries the server's clock; only its numbers decide whether to resend
             if self._last_summaries.get(view_filter) != view:
                 self._last_summaries[view_filter] = view

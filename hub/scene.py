@@ -187,6 +187,9 @@ class Scene:
         registry.events.subscribe(IdleHeldChanged, self._idle_changed)
         # the top bar's alert strip: (how many fire, the worst few); set by hub.alerts when on
         self.alert_strip: Callable[[], tuple[int, tuple[AlertBadge, ...]]] = lambda: (0, ())
+        # while the fan-out sheds (hub.fanout): each card is updated at most this often; 0: as
+        # samples come. Every summary says so: the page's, a full state's, the ticks'.
+        self.cards_every_s = 0.0
 
     def _idle_changed(self, event: IdleHeldChanged) -> None:
         key = (event.gpu_index, event.mig_uuid)
@@ -263,6 +266,7 @@ class Scene:
             gpu_collectors_down=sum(1 for node in nodes if gpu_collector_down(node)),
             alerts_firing=alerts_firing,
             alerts=alerts,
+            cards_every_s=self.cards_every_s,
         )
 
     def people_view(self, view_filter: ViewFilter) -> PeopleView | None:

@@ -335,14 +335,14 @@ def test_a_hub_that_sheds_renders_each_node_at_most_every_interval_and_loses_no_
     renders: list[str] = []
     render_change = lab.scene.render_change
     lab.scene.render_change = lambda change: renders.append(change.node_id) or render_change(change)  # type: ignore[method-assign]
-    lab.fanout.shedding = True
+    lab.fanout.set_shedding(True)
     ticks = 10
     for _ in range(ticks):  # a sample from every node a second, one tick each
         lab.tick()
     per_node = ticks / SHED_RENDER_EVERY_S + 1
     assert all(renders.count(sim.name) <= per_node for sim in lab.sims), renders
     assert all(renders.count(sim.name) >= ticks / SHED_RENDER_EVERY_S - 1 for sim in lab.sims), renders
-    lab.fanout.shedding = False  # punctual again: what was deferred renders on the next tick
+    lab.fanout.set_shedding(False)  # punctual again: what was deferred renders on the next tick
     lab.fanout.flush()
     fresh = Scene(lab.registry, Renderer(), GpuFreeRule(), lab.clock.wall)
     for sim in lab.sims:
@@ -352,7 +352,7 @@ def test_a_hub_that_sheds_renders_each_node_at_most_every_interval_and_loses_no_
 
 def test_a_hub_that_sheds_still_renders_whole_cards_at_once() -> None:
     lab = Lab(nodes=2)
-    lab.fanout.shedding = True
+    lab.fanout.set_shedding(True)
     lab.tick()
     lab.tick()  # gpu0's parts of this sample are deferred
     lab.registry.disconnect("gpu0", lab.connections["gpu0"])  # offline: a whole card
@@ -382,10 +382,14 @@ def test_a_hub_that_sheds_says_so_in_the_summary_bar() -> None:
     viewer = Viewer(Browser().send, ViewFilter(), send_timeout_s=5)
     lab.fanout.add_viewer(viewer)
     summaries = []
+    joined = []
     for shedding in (False, True, False):
-        lab.fanout.shedding = shedding
+        lab.fanout.set_shedding(shedding)
         lab.fanout._summary_due_at = 0.0  # the summary bar is due now
         lab.fanout.flush()
         summaries.append(lab.scene.summary(lab.fanout._last_summaries[ViewFilter()]))
+        joined.append(b"".join(lab.fanout.full_state(ViewFilter())).decode())  # a viewer joining now
     assert "cards every" not in summaries[0] and "cards every" not in summaries[2]
     assert f"⏱ cards every {SHED_RENDER_EVERY_S:.0f} s" in summaries[1], summaries[1]
+    assert "cards every" not in joined[0] and "cards every" not in joined[2]
+    assert f"⏱ cards every {SHED_RENDER_EVERY_S:.0f} s" in joined[1], "a viewer joining meanwhile is told too"

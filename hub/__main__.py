@@ -33,6 +33,7 @@ from hub.memory import release_free_memory_forever, tune_gc, tune_malloc
 from hub.settings import HubSettings, SettingsError, default_state_db, load_settings
 from hub.store import StoreError, forget_offline
 from hub.usage.cli import usage_cli
+from hub.ws_direct import DirectWebSocketProtocol
 from node_agent.given import env_value
 from node_agent.protocol import MAX_MESSAGE_BYTES
 
@@ -88,6 +89,7 @@ def uvicorn_config(settings: HubSettings) -> uvicorn.Config:
         root_path=settings.root_path,
         http=header_timeout_protocol(settings.header_timeout_s),
         proxy_headers=False,  # create_app applies uvicorn's proxy middleware itself (ProxyTrust)
+        ws=DirectWebSocketProtocol,  # agent messages skip the ASGI queue (hub.ws_direct)
         ws_max_size=MAX_MESSAGE_BYTES,  # agents send a few KiB; browsers send nothing
         ws_per_message_deflate=False,  # fragments are small; per-viewer compression costs 5x CPU
         ws_ping_interval=20.0,

@@ -14,6 +14,10 @@ connection, with a close code that says why (see ``docs/security.md``):
   would take the node's merged state over a limit (more than ``MAX_GPUS`` GPUs, or more than
   ``MAX_STATE_BYTES`` as JSON): the node keeps its previous state;
 - 1003: binary frames.
+
+Once the hello is in, the deltas take the direct path of :mod:`hub.ws_direct`: decoded and
+merged as uvicorn parses them. A message that fails any check there goes the ASGI way to the
+endpoint's loop, which raises what failed: one error path for both.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from hub.memory import connection_closed
 from hub.security import FailureLog, bearer_token, route_path, tokens_equal
 from hub.settings import HubSettings
 from hub.state import HubState
+from hub.ws_direct import DIRECT_TEXT
 from node_agent.protocol import (
     CLOSE_BAD_DATA,
     CLOSE_INTERNAL_ERROR,
@@ -175,24 +180,43 @@ async def agent_endpoint(websocket: WebSocket, hub: HubState, failures: FailureL
     # an agent sends about one message per interval: a fast interval gets a higher limit
     max_per_s = max(hub.settings.agent_max_messages_per_s, 3.0 / hello.interval_s)
     limit = RateLimit(max_per_s)
+    failure: list[Exception] = []  # what the direct path met; the loop below raises it
+
+    def handle(text: str) -> None:
+        if not limit.allow():
+            raise ProtocolError(f"more than {max_per_s:g} messages per second", CLOSE_POLICY)
+        decoded = decode(text)
+        if not isinstance(decoded, Delta):
+            raise ProtocolError("a second hello on the same connection", CLOSE_POLICY)
+        hub.registry.delta(hello.node, connection, decoded, len(text))
+
+    def handle_direct(text: str) -> bool:
+        """Called by the protocol as each message arrives (hub.ws_direct); False sends this
+        message, and every one after it, the ASGI way, where the failure is raised."""
+        if failure:
+            return False
+        try:
+            handle(text)
+        except Exception as exc:
+            failure.append(exc)
+            return False
+        return True
+
+    set_direct = websocket.scope.get("extensions", {}).get(DIRECT_TEXT)
+    if set_direct is not None:
+        set_direct(handle_direct)
     try:
         while True:
             message = await websocket.receive()
+            if failure:
+                raise failure[0]
             if message["type"] == "websocket.disconnect":
                 _log_transport_close(message, hello.node, address)
                 break
             text = message.get("text")
             if text is None:
                 raise ProtocolError("binary frames are not part of the protocol", CLOSE_UNSUPPORTED_DATA)
-            if not limit.allow():
-                raise ProtocolError(
-                    f"more than {max_per_s:g} messages per second",
-                    CLOSE_POLICY,
-                )
-            decoded = decode(text)
-            if not isinstance(decoded, Delta):
-                raise ProtocolError("a second hello on the same connection", CLOSE_POLICY)
-            hub.registry.delta(hello.node, connection, decoded, len(text))
+            handle(text)
     except ProtocolError as exc:
         await _close(websocket, exc, node=hello.node, address=address)
     except WebSocketDisconnect:
@@ -203,6 +227,8 @@ async def agent_endpoint(websocket: WebSocket, hub: HubState, failures: FailureL
             websocket, ProtocolError("internal error", CLOSE_INTERNAL_ERROR), node=hello.node, address=address
         )
     finally:
+        if set_direct is not None:
+            set_direct(None)
         current = hub.agent_sockets.get(hello.node)
         if current is not None and current[0] == connection:
             del hub.agent_sockets[hello.node]

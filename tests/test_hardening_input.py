@@ -114,6 +114,38 @@ def test_bad_input_closes_only_that_connection(hub: Hub, node: str, frames: list
     assert_unaffected(hub)
 
 
+LATE_CASES: list[tuple[str, object, int]] = [
+    ("late-malformed-json", "{not json", 1007),
+    ("late-binary-frame", b"\x00\x01 not text", 1003),
+    ("late-second-hello", "HELLO", 1008),
+    ("late-huge-number", delta(2, {"host": {"cpu_percent": 1e300}}), 1007),
+    ("late-bad-utf8-in-text", "\ud800", 1007),
+]
+
+
+@pytest.mark.parametrize(("node", "frame", "code"), LATE_CASES, ids=[c[0] for c in LATE_CASES])
+def test_bad_input_after_good_deltas_closes_that_connection(
+    hub: Hub, node: str, frame: object, code: int
+) -> None:
+    """The same closes once the node reports: its messages then take the direct path
+    (hub.ws_direct), and a bad one must leave it for the one error path."""
+    ws = open_agent(hub)
+    ws.send(hello(node))
+    ws.send(delta(1, snapshot(17.0)))
+    wait_until(lambda: hub.status(node) == "live", 5, what=f"{node} live")
+    ws.send(delta(2, snapshot(18.0)))
+    wait_until(lambda: hub.nodes()[node]["state"]["host"]["cpu_percent"] == 18.0, 5, what="the second delta")
+    if frame == "\ud800":  # a lone surrogate: not UTF-8, sent as a text frame's raw bytes
+        ws.send(b"\xed\xa0\x80", text=True)
+    else:
+        ws.send(hello(node) if frame == "HELLO" else frame)  # type: ignore[arg-type]
+    got, reason = close_code(ws)
+    assert got == code, (got, reason)
+    wait_until(lambda: hub.status(node) == "offline", 5, what=f"{node} offline after its close")
+    assert hub.nodes()[node]["state"]["host"]["cpu_percent"] == 18.0  # nothing of the bad frame
+    assert_unaffected(hub)
+
+
 def test_message_over_64_kib_is_closed_with_1009_and_one_just_under_is_fine(hub: Hub) -> None:
     # unknown fields are dropped by the decoder, so padding makes a valid message of any size
     ws = open_agent(hub)

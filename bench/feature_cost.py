@@ -8,8 +8,8 @@ the ten alert rules of ``bench/alert_rules.toml`` (:class:`AlertService`), the m
 counting (:class:`MemorySync`: usage accounting, history and the event log, each taking what it
 counted once a simulated minute as the flush does; writing is on the store's thread and not
 timed) and a quarter of the nodes A100s in MIG mode (two slices each, as
-``bench.hub_load --all-features``). No viewers,
-no sockets: what is left is the Python work each message costs, which is what the features add
+``bench.hub_load --all-features``). One viewer of every node that takes each tick's batch at
+once, no sockets: what is left is the Python work each message costs, which is what the features add
 to. Each variant's lab gets the same nodes; rounds (one message from every node) alternate
 between the variants so the machine's noise falls on all alike. Prints the CPU time per
 message (the median round) of each variant and what each feature adds; ``--parts`` also times
@@ -39,7 +39,9 @@ from hub.alerts.delivery import Delivery
 from hub.alerts.service import AlertService
 from hub.app import build_state
 from hub.clock import ManualClock
+from hub.fanout import Viewer
 from hub.memory import tune_gc
+from hub.scene import ViewFilter
 from hub.settings import load_settings
 from hub.store import StoreSync
 from hub.usage.sync import MemorySync
@@ -92,6 +94,10 @@ class Lab:
             for k in range(min(FAMILIES, nodes))
         }
         self.agents = [SimAgent(f"n{i:05d}", families[i % len(families)], start=i) for i in range(nodes)]
+        # a wall of every node, taking each tick's batch at once: every change renders, as in
+        # the hub with viewers (with none, the scene defers them: Scene.defer)
+        self.viewer = Viewer(_discard, ViewFilter(), 10.0)
+        self.state.fanout.add_viewer(self.viewer)
         self.connections = {}
         for agent in self.agents:
             hello = decode(agent.hello_frame())
@@ -100,7 +106,7 @@ class Lab:
 
     def round_us(self, gc_off: bool, parts: dict[str, float] | None = None) -> float:
         """One message from every agent: CPU µs per message (decode, merge, every subscriber,
-        the fan-out's ticks). ``parts``: seconds spent decoding are added under "decode"."""
+        the fan-out's ticks, for a viewer of every node). ``parts``: seconds spent decoding are added under "decode"."""
         self.clock.advance(1.0)
         frames = [(agent.name, agent.next_frame(self.clock.wall())) for agent in self.agents]
         registry, fanout, connections = self.state.registry, self.state.fanout, self.connections
@@ -120,7 +126,9 @@ class Lab:
             registry.delta(name, connections[name], delta, len(text))  # type: ignore[arg-type]
             if count % FLUSH_EVERY == 0:
                 fanout.flush()
+                self.viewer.start_with(())
         fanout.flush()
+        self.viewer.start_with(())
         if self.alerts is not None:
             self.alerts.tick()
         memory = self.memory
@@ -140,6 +148,10 @@ class Lab:
             for i, handler in enumerate(subscribed):
                 name = f"{kind.__name__} > {getattr(handler, '__qualname__', repr(handler))}"
                 subscribed[i] = _timed(handler, name, parts)
+
+
+async def _discard(payload: bytes) -> None:
+    pass
 
 
 def _timed(handler: Callable[[Any], None], name: str, parts: dict[str, float]) -> Callable[[Any], None]:

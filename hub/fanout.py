@@ -282,6 +282,9 @@ class Fanout:
         self._summary_due_at = 0.0
         self._full_states: dict[ViewFilter, tuple[bytes, ...]] = {}  # valid until the next tick sends parts
         self._resync_at = 0.0
+        # the nodes some viewer shows (None: every node), from the viewers' filters and shown
+        # sets: a change of any other node is not rendered (Scene.defer)
+        self._wanted: frozenset[str] | None = frozenset()
         subscribe_changes(registry.events, self.note)
 
     # ------------------------------------------------------------------ input
@@ -289,7 +292,10 @@ class Fanout:
         """Renders a node change now (while :attr:`shedding`, maybe later: :meth:`_shed`); its
         parts go out with the next tick. A whole card (or a removal) replaces the node's parts
         rendered before it in the same tick; later parts are applied over it, the newest per
-        element."""
+        element. A change of parts of a node that no viewer shows is deferred by the scene."""
+        wanted = self._wanted
+        if wanted is not None and change.node_id not in wanted and self._scene.defer(change):
+            return
         if self.shedding:
             due = self._shed(change)
             if due is None:
@@ -362,6 +368,27 @@ class Fanout:
         else:
             pending.update(parts)
 
+    def _want(self) -> None:
+        """Works out which nodes some viewer shows; the deferred changes of those that were
+        not shown before render now, so their parts go out with the next tick."""
+        before = self._wanted
+        wanted: set[str] = set()
+        nodes = self._registry.nodes
+        every = False
+        for view_filter, shown in {(viewer.filter, viewer.shown) for viewer in self.viewers}:
+            if shown is not None:
+                wanted |= shown
+            elif view_filter.every_card:
+                every = True  # a viewer of every node
+                break
+            else:
+                wanted.update(node_id for node_id, node in nodes.items() if view_filter.matches(node))
+        self._wanted = now = None if every else frozenset(wanted)
+        if now != before:  # a node deferred was not wanted then
+            for node_id in self._scene.unrendered():
+                if now is None or node_id in now:
+                    self._render(NodeChange(node_id))
+
     # ------------------------------------------------------------------ viewers
     def full_state(self, view_filter: ViewFilter) -> tuple[bytes, ...]:
         """The whole grid and summary for a joining viewer, in messages of about
@@ -383,6 +410,7 @@ class Fanout:
     def add_viewer(self, viewer: Viewer) -> None:
         viewer.start_with(self.full_state(viewer.filter))
         self.viewers.add(viewer)
+        self._want()
 
     def show(self, viewer: Viewer, shown: Shown) -> None:
         """What a viewer's page says it shows (:mod:`hub.view_show`). Back to every node: the
@@ -392,6 +420,7 @@ class Fanout:
         elif viewer.shown is not None:
             viewer.shown = None
             viewer.start_with(self.full_state(viewer.filter))
+        self._want()
 
     def remove_viewer(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
@@ -413,6 +442,7 @@ class Fanout:
                 log.exception("fan-out tick failed")
 
     def flush(self) -> None:
+        self._want()  # nodes come and go, and filters select by what nodes report
         if self._deferred or self._rendered_at:
             self._render_deferred(self._monotonic())
         now = time.monotonic()

@@ -6,6 +6,12 @@ host or one GPU renders only that part, and a GPU row is pushed only when its HT
 Sparklines show closed history buckets, so they are pushed only when a bucket group closes
 (every 20 s per node, staggered). Status changes and hellos render the whole card.
 
+A change of a node that no viewer shows (:meth:`Scene.defer`, as the fan-out decides) is not
+rendered: its history is recorded and its GPUs' tallies for the summary bar are kept, and what
+it touched waits until the card is asked for (a page, a joining viewer, a card scrolled into
+view) or the node's next rendered change, which render it first. The hub's rendering then
+follows what the walls show, not the size of the lab.
+
 :func:`subscribe_changes` is where the presenter learns what to render: it turns the registry's
 events (:mod:`hub.domain.events`) into :class:`NodeChange`, one per agent message or sweep
 verdict that changed what a card shows.
@@ -48,8 +54,8 @@ from hub.domain.events import (
     StatusCause,
     StatusChanged,
 )
-from hub.domain.gpus import GpuFreeRule
-from hub.domain.health import HEALTHY, Health
+from hub.domain.gpus import GpuFreeRule, GpuState, gpu_state
+from hub.domain.health import HEALTHY, Health, Level
 from hub.domain.nodes import Node, NodeStatus, sort_key
 from hub.domain.people import PeopleSort, holdings
 from hub.history import History, sample_values
@@ -123,6 +129,15 @@ class RenderedNode:
         return tally
 
 
+@dataclass(slots=True)
+class _Unrendered:
+    """What deferred changes of a node touched, not rendered yet."""
+
+    host: bool = False
+    gpus: set[str] = field(default_factory=set)
+    sparks: bool = False  # its history closed a sparkline bucket
+
+
 _NO_GPUS = node_tally(())
 
 
@@ -145,6 +160,11 @@ class ViewFilter:
     def matches(self, node: Node) -> bool:
         """Whether the viewer shows ``node``'s card."""
         return self.cards and self.selects(node)
+
+    @property
+    def every_card(self) -> bool:
+        """Whether the viewer shows every node's card."""
+        return self.cards and not (self.groups or self.names or self.gpu_only)
 
     def selects(self, node: Node) -> bool:
         """Whether ``node`` is in the viewer's part of the lab (its summary bar, its board)."""
@@ -181,6 +201,7 @@ class Scene:
         self._wall = wall_clock
         self.history = history or History(DEFAULT_HISTORY_S)
         self._rendered: dict[str, RenderedNode] = {}
+        self._unrendered: dict[str, _Unrendered] = {}  # node id -> deferred parts (no viewer shows it)
         # node id -> (GPU index, MIG uuid or None) -> idle-held since: kept from the events,
         # before the fan-out renders the row (it subscribes later)
         self._idle: dict[str, dict[tuple[str, str | None], float]] = {}
@@ -211,6 +232,7 @@ class Scene:
         node_id = change.node_id
         card_id = element_id("node", node_id)
         node = self._registry.nodes.get(node_id)
+        unrendered = self._unrendered.pop(node_id, None)
         if change.removed or node is None:
             self._rendered.pop(node_id, None)
             self.history.forget(node_id)
@@ -219,13 +241,18 @@ class Scene:
         rendered = self._rendered.get(node_id)
         if change.card or rendered is None:
             return {card_id: self._render_card(node)}
+        host, changed_gpus = change.host, change.gpus
+        if unrendered is not None:  # what deferred changes touched renders with this one
+            host = host or unrendered.host
+            changed_gpus = changed_gpus | unrendered.gpus
+            sparks_changed = sparks_changed or unrendered.sparks
         out = {}
-        if change.host:
+        if host:
             rendered.host = out[element_id("host", node_id)] = self._render_host(node)
         gpus = node.state.get("gpus") or {}
         live = node.reporting
         verdicts = node.gpu_health
-        for index in gpu_order(change.gpus):
+        for index in gpu_order(changed_gpus):
             if index in gpus:
                 row = self._render_gpu(
                     rendered, node_id, index, gpus[index], live, verdicts.get(index, HEALTHY)
@@ -239,8 +266,51 @@ class Scene:
                 rendered.gpu_sparks[index] = out[element_id("spark-gpu", node_id, index)] = spark
         return out
 
+    def defer(self, change: NodeChange) -> bool:
+        """Takes a change of parts without rendering them (no viewer shows the node): records
+        the history, keeps the GPUs' tallies for the summary bar, and keeps what it touched for
+        the next render of the node. False for a change that must render now (a whole card, a
+        removal, a node not rendered yet)."""
+        node_id = change.node_id
+        node = self._registry.nodes.get(node_id)
+        rendered = self._rendered.get(node_id)
+        if change.card or change.removed or node is None or rendered is None:
+            return False
+        unrendered = self._unrendered.get(node_id)
+        if unrendered is None:
+            unrendered = self._unrendered[node_id] = _Unrendered()
+        if self._record(node):
+            unrendered.sparks = True
+        unrendered.host = unrendered.host or change.host
+        if change.gpus:
+            unrendered.gpus |= change.gpus
+            gpus = node.state.get("gpus") or {}
+            live = node.reporting
+            verdicts = node.gpu_health
+            held = self._idle.get(node_id)
+            for index in change.gpus:
+                gpu = gpus.get(index)
+                if gpu is not None:
+                    idle = _idle_of(held, index) if held else None
+                    self._tally(
+                        rendered,
+                        index,
+                        gpu,
+                        gpu_state(gpu, self._gpu_free, live),
+                        verdicts.get(index, HEALTHY).level,
+                        idle[1] if idle else 0,
+                    )
+        return True
+
+    def unrendered(self) -> list[str]:
+        """The nodes with deferred changes not rendered yet."""
+        return list(self._unrendered)
+
     def card(self, node: Node) -> str:
-        """The whole card from cached parts (for a page load or a new viewer)."""
+        """The whole card from cached parts (for a page load or a new viewer), its deferred
+        changes rendered first."""
+        if node.node_id in self._unrendered:
+            self.render_change(NodeChange(node.node_id))
         rendered = self._rendered.get(node.node_id)
         if rendered is None:
             return self._render_card(node)
@@ -357,8 +427,21 @@ class Scene:
         held = self._idle.get(node_id)
         idle = _idle_of(held, index) if held else None
         view = gpu_view(node_id, index, gpu, rule, live, health, self._wall() if idle else None, idle)
-        slices = slice_states(gpu, rule) if gpu.get("mig_slices") else ()
-        tally = gpu_tally(gpu, view.state, view.health, slices, view.idle_held)
+        self._tally(rendered, index, gpu, view.state, view.health, view.idle_held)
+        return self._renderer.gpu(view)
+
+    def _tally(
+        self,
+        rendered: RenderedNode,
+        index: str,
+        gpu: dict[str, Any],
+        state: GpuState,
+        health: Level,
+        idle_held: int,
+    ) -> None:
+        """Refreshes the GPU's tally for the summary bar, and the node's sums."""
+        slices = slice_states(gpu, self._gpu_free) if gpu.get("mig_slices") else ()
+        tally = gpu_tally(gpu, state, health, slices, idle_held)
         old = rendered.tallies.get(index)
         if tally != old:
             rendered.tallies[index] = tally
@@ -371,7 +454,6 @@ class Scene:
                 )
             else:
                 rendered.tally = None
-        return self._renderer.gpu(view)
 
     def _render_cpu_spark(self, node_id: str) -> str:
         history = self.history.node(node_id)

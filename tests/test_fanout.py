@@ -332,6 +332,7 @@ def _host_part(card: str, node_id: str) -> str:
 
 def test_a_hub_that_sheds_renders_each_node_at_most_every_interval_and_loses_no_change() -> None:
     lab = Lab(nodes=3)
+    lab.fanout.add_viewer(Viewer(Browser().send, ViewFilter(), 60.0))  # every node is shown
     renders: list[str] = []
     render_change = lab.scene.render_change
     lab.scene.render_change = lambda change: renders.append(change.node_id) or render_change(change)  # type: ignore[method-assign]
@@ -352,9 +353,11 @@ def test_a_hub_that_sheds_renders_each_node_at_most_every_interval_and_loses_no_
 
 def test_a_hub_that_sheds_still_renders_whole_cards_at_once() -> None:
     lab = Lab(nodes=2)
+    lab.fanout.add_viewer(Viewer(Browser().send, ViewFilter(), 60.0))  # every node is shown
     lab.fanout.set_shedding(True)
     lab.tick()
     lab.tick()  # gpu0's parts of this sample are deferred
+    assert "gpu0" in lab.fanout._deferred
     lab.registry.disconnect("gpu0", lab.connections["gpu0"])  # offline: a whole card
     assert "node-gpu0" in lab.fanout._rendered["gpu0"], "the card is rendered now"
     assert "gpu0" not in lab.fanout._deferred, "it supersedes the deferred parts"

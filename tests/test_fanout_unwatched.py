@@ -6,18 +6,16 @@ the same nodes afresh."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from frontend.render import Renderer
 from hub.domain.gpus import GpuFreeRule
-from hub.fanout import Viewer
 from hub.scene import Scene, ViewFilter
 from node_agent.protocol import Delta, Hello, decode
-from tests.test_fanout import Browser, Lab, run, settle
-from tests.test_fanout_shown import cards_in, nodes_with_parts
+from tests.test_fanout import Lab, run, settle
+from tests.test_fanout_shown import cards_in, joined, nodes_with_parts
 
 
 def count_renders(lab: Lab) -> Counter[str]:
@@ -32,8 +30,8 @@ def count_renders(lab: Lab) -> Counter[str]:
 
         return render_counted
 
-    renderer.host = counted("host", renderer.host)  # type: ignore[method-assign]
-    renderer.gpu = counted("gpu", renderer.gpu)  # type: ignore[method-assign]
+    renderer.host = counted("host", renderer.host)
+    renderer.gpu = counted("gpu", renderer.gpu)
     return renders
 
 
@@ -69,10 +67,7 @@ def test_the_bar_counts_nodes_that_wait_as_they_are() -> None:
 def test_only_the_nodes_a_viewer_shows_render_and_one_coming_into_view_is_current() -> None:
     async def main() -> None:
         lab = Lab(nodes=5)
-        browser = Browser()
-        viewer = Viewer(browser.send, ViewFilter(), 10.0)
-        task = asyncio.create_task(viewer.run())
-        lab.fanout.add_viewer(viewer)
+        viewer, browser, task = await joined(lab)
         lab.fanout.show(viewer, frozenset({"gpu1"}))
         renders = count_renders(lab)
         for _ in range(25):
@@ -99,11 +94,7 @@ def test_only_the_nodes_a_viewer_shows_render_and_one_coming_into_view_is_curren
 def test_a_new_node_a_filtered_viewer_shows_gets_the_changes_it_had_before_the_tick() -> None:
     async def main() -> None:
         lab = Lab(nodes=2)
-        browser = Browser()
-        viewer = Viewer(browser.send, ViewFilter(names=frozenset({"late"})), 10.0)
-        task = asyncio.create_task(viewer.run())
-        lab.fanout.add_viewer(viewer)
-        await settle()
+        _, browser, task = await joined(lab, ViewFilter(names=frozenset({"late"})))
         hello = decode(lab.sims[0].hello_frame().replace('"gpu0"', '"late"'))
         assert isinstance(hello, Hello)
         connection = lab.registry.hello(hello)  # its card renders at once

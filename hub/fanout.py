@@ -272,7 +272,6 @@ class Fanout:
         self._monotonic = monotonic
         self.shedding = False  # rendering each node at most every SHED_RENDER_EVERY_S
         self.tick_lag_s = 0.0  # how late the ticks come, on average
-        self._deferred: dict[str, NodeChange] = {}  # while shedding: changes not rendered yet
         self._rendered_at: dict[str, float] = {}  # while shedding: when each node was rendered
         self._rendered: dict[str, dict[str, str]] = {}  # since the last tick: node id -> element id -> HTML
         self._carded: set[str] = set()  # since the last tick: nodes rendered whole (or removed)
@@ -296,30 +295,24 @@ class Fanout:
         wanted = self._wanted
         if wanted is not None and change.node_id not in wanted and self._scene.defer(change):
             return
-        if self.shedding:
-            due = self._shed(change)
-            if due is None:
-                return
-            change = due
+        if self.shedding and self._shed(change):
+            return
         self._render(change)
 
-    def _shed(self, change: NodeChange) -> NodeChange | None:
-        """The change to render now, joined with the node's deferred one; ``None``: deferred,
-        as the node was rendered less than :data:`SHED_RENDER_EVERY_S` ago. Whole cards and
-        removals are never deferred (a card supersedes the parts deferred before it)."""
+    def _shed(self, change: NodeChange) -> bool:
+        """Whether ``change`` waits (:meth:`Scene.defer`), as its node was rendered less than
+        :data:`SHED_RENDER_EVERY_S` ago. Whole cards and removals never wait (a card supersedes
+        the parts that waited before it); a change that renders takes those parts with it."""
         node_id = change.node_id
-        deferred = self._deferred.pop(node_id, None)
         now = self._monotonic()
-        if change.card or change.removed:
-            self._rendered_at[node_id] = now
-            return change
-        if deferred is not None:
-            change = change._replace(host=change.host or deferred.host, gpus=change.gpus | deferred.gpus)
-        if now - self._rendered_at.get(node_id, -math.inf) < SHED_RENDER_EVERY_S:
-            self._deferred[node_id] = change
-            return None
+        if (
+            not (change.card or change.removed)
+            and now - self._rendered_at.get(node_id, -math.inf) < SHED_RENDER_EVERY_S
+            and self._scene.defer(change)
+        ):
+            return True
         self._rendered_at[node_id] = now
-        return change
+        return False
 
     def observe_lag(self, lag_s: float) -> None:
         """How late a tick came: turns shedding on past :data:`SHED_AFTER_LAG_S` on average,
@@ -343,13 +336,15 @@ class Fanout:
         self._scene.cards_every_s = SHED_RENDER_EVERY_S if on else 0.0
 
     def _render_deferred(self, now: float) -> None:
-        """Renders the deferred changes that are due (all of them once shedding has stopped)."""
-        rendered_at = self._rendered_at
-        for node_id, change in list(self._deferred.items()):
+        """Renders the shown nodes' waiting changes that are due (all of them once shedding
+        has stopped)."""
+        rendered_at, wanted = self._rendered_at, self._wanted
+        for node_id in self._scene.unrendered():
+            if wanted is not None and node_id not in wanted:
+                continue  # no viewer shows it: it waits for that, not for the clock
             if not self.shedding or now - rendered_at.get(node_id, -math.inf) >= SHED_RENDER_EVERY_S:
-                del self._deferred[node_id]
                 rendered_at[node_id] = now
-                self._render(change)
+                self._render(NodeChange(node_id))
         if not self.shedding:
             rendered_at.clear()
 
@@ -443,7 +438,7 @@ class Fanout:
 
     def flush(self) -> None:
         self._want()  # nodes come and go, and filters select by what nodes report
-        if self._deferred or self._rendered_at:
+        if self.shedding or self._rendered_at:
             self._render_deferred(self._monotonic())
         now = time.monotonic()
         fragments, self._rendered = self._rendered, {}

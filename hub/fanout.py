@@ -367,22 +367,25 @@ class Fanout:
         """Works out which nodes some viewer shows; the deferred changes of those that were
         not shown before render now, so their parts go out with the next tick."""
         before = self._wanted
-        wanted: set[str] = set()
-        nodes = self._registry.nodes
-        every = False
-        for view_filter, shown in {(viewer.filter, viewer.shown) for viewer in self.viewers}:
-            if shown is not None:
-                wanted |= shown
-            elif view_filter.every_card:
-                every = True  # a viewer of every node
-                break
-            else:
-                wanted.update(node_id for node_id, node in nodes.items() if view_filter.matches(node))
-        self._wanted = now = None if every else frozenset(wanted)
+        self._wanted = now = self._shown_somewhere()
         if now != before:  # a node deferred was not wanted then
             for node_id in self._scene.unrendered():
                 if now is None or node_id in now:
                     self._render(NodeChange(node_id))
+
+    def _shown_somewhere(self) -> frozenset[str] | None:
+        """The nodes some viewer shows; ``None`` while a viewer shows every node."""
+        views = {(viewer.filter, viewer.shown) for viewer in self.viewers}
+        if any(shown is None and view_filter.every_card for view_filter, shown in views):
+            return None
+        wanted: set[str] = set()
+        nodes = self._registry.nodes
+        for view_filter, shown in views:
+            if shown is not None:
+                wanted |= shown
+            else:
+                wanted.update(node_id for node_id, node in nodes.items() if view_filter.matches(node))
+        return frozenset(wanted)
 
     # ------------------------------------------------------------------ viewers
     def full_state(self, view_filter: ViewFilter) -> tuple[bytes, ...]:
